@@ -1,0 +1,154 @@
+"""Training throughput of the bigmodel runtime against plain PyTorch DDP, measured in one run.
+
+Both sides train the same built-in task with the same model, per-worker batch, worker count, backend
+(gloo on CPU, NCCL on GPU) and threads per worker. The runtime side is the real Ray Train run that
+`bigmodel train` does; the baseline is torch.distributed with a DistributedSampler DataLoader, the
+way a plain DDP script is written. Throughput is taken over the steady part of each run (after
+warm-up, before the final checkpoint and export), so start-up costs of either side are left out.
+
+    python bench/train_throughput.py                 # gpt task, 2 workers, CPU
+    python bench/train_throughput.py --task digits --steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tempfile
+import time
+
+import ray
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from bigmodel.api.job import BigModelJobSpec, BuiltinWorkload
+from bigmodel.runtime.driver import run_training
+from bigmodel.runtime.embedded import embedded_ray
+from bigmodel.runtime.progress import ProgressSnapshot
+from bigmodel.runtime.tasks import make_task
+
+TASK_OPTIONS = {
+    "gpt": {"gpt": {"layers": 2, "heads": 4, "embedDim": 128, "contextLength": 128, "corpusMegabytes": 2}},
+    "digits": {"digits": {"hiddenSize": 512}},
+}
+
+
+def workload(task: str, steps: int, batch_size: int) -> BuiltinWorkload:
+    return BuiltinWorkload.model_validate(
+        {"task": task, "epochs": 1000, "maxSteps": steps, "batchSize": batch_size, **TASK_OPTIONS[task]},
+        by_alias=True,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ddp_worker(rank: int, world: int, port: int, spec: dict, warmup: int, results: dict) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    work = BuiltinWorkload.model_validate(spec)
+    task = make_task(work)
+    torch.manual_seed(work.seed)
+    model = DistributedDataParallel(task.build_model())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=work.learning_rate)
+    dataset = task.dataset()
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=work.seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=work.batch_size, sampler=sampler, drop_last=True)
+    steps, samples, started = 0, 0, 0.0
+    epoch = 0
+    while steps < work.max_steps:
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            loss = task.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if steps == warmup:
+                dist.barrier()
+                started = time.perf_counter()
+            elif steps > warmup:
+                samples += task.batch_size_of(batch)
+            if steps >= work.max_steps:
+                break
+        epoch += 1
+    dist.barrier()
+    if rank == 0:
+        results["samples_per_second"] = samples * world / (time.perf_counter() - started)
+    dist.destroy_process_group()
+
+
+def plain_ddp(work: BuiltinWorkload, workers: int, warmup: int) -> float:
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(
+            _ddp_worker,
+            args=(workers, _free_port(), work.model_dump(mode="json"), warmup, results),
+            nprocs=workers,
+            join=True,
+        )
+        return float(results["samples_per_second"])
+
+
+def bigmodel_runtime(work: BuiltinWorkload, workers: int, warmup: int) -> float:
+    spec = BigModelJobSpec.model_validate(
+        {
+            "workload": {"builtin": work.model_dump(by_alias=True, exclude_none=True)},
+            "workers": {"replicas": workers},
+            "checkpoint": {"everySteps": work.max_steps},
+        },
+        by_alias=True,
+    )
+    seen: list[tuple[int, float]] = []
+
+    def on_progress(snapshot: ProgressSnapshot) -> None:
+        event = snapshot.latest
+        if event is not None and event.kind == "step" and (not seen or seen[-1][0] != event.step):
+            seen.append((event.step, event.time))
+
+    with tempfile.TemporaryDirectory() as storage:
+        run_training(
+            "bench",
+            spec,
+            storage,
+            resources_per_worker={"CPU": 1},
+            on_progress=on_progress,
+            progress_interval_s=0.25,
+        )
+    steady = [(step, at) for step, at in seen if step >= warmup]
+    if len(steady) < 2:
+        raise SystemExit("the run was too short to measure: raise --steps")
+    (first_step, first_at), (last_step, last_at) = steady[0], steady[-1]
+    return (last_step - first_step) * work.batch_size * workers / (last_at - first_at)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(TASK_OPTIONS), default="gpt")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+
+    work = workload(args.task, args.steps, args.batch_size)
+    baseline = plain_ddp(work, args.workers, args.warmup)
+    with embedded_ray(num_cpus=args.workers):
+        runtime = bigmodel_runtime(work, args.workers, args.warmup)
+    print(f"task={args.task} workers={args.workers} batch/worker={args.batch_size} steps={args.steps} backend=gloo")
+    print(f"plain DDP          {baseline:10.1f} samples/s")
+    print(f"bigmodel runtime   {runtime:10.1f} samples/s")
+    print(f"ratio              {runtime / baseline:10.3f}   (goal >= 0.90)")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Types shared by both resources: resources, scheduling, conditions, object metadata."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "bigmodel.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Kubernetes resource.Quantity as the API server's own schema spells it, minus the sign: a pod never asks for a
+# negative amount, and leaving "-" out lets the CRD reject what the Python model rejects.
+QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+
+
+class Model(BaseModel):
+    """Base of every API type: camelCase on the wire, unknown fields rejected, snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The manifest form: camelCase keys, unset optional fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _check_quantity(value: int | float | str) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("must be a Kubernetes quantity such as 2, 500m or 8Gi, not a boolean")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        # The CRD types a quantity as integer-or-string, so the API server refuses 0.5; say how to write it.
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f'a fractional quantity must be a string, such as "{value}" or "{round(value * 1000)}m"')
+            return int(value)
+        return value
+    if value.startswith("-"):
+        raise ValueError("must not be negative")
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 2, 500m, 8Gi)")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+
+_GPU_KEYS = ("nvidia.com/gpu", "gpus", "nvidia.com/gpus", "amd.com/gpu")
+
+
+class Resources(Model):
+    """Compute for one pod (one Ray node). Requests equal limits so GPU nodes are not overcommitted."""
+
+    cpu: Quantity = Field("1", description="CPU cores for the pod, as a Kubernetes quantity (2, 500m).")
+    memory: Quantity = Field("4Gi", description="Memory for the pod, as a Kubernetes quantity (8Gi).")
+    gpu: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Whole GPUs for the pod, requested as nvidia.com/gpu. 0 trains on CPU.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_has_one_name(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _GPU_KEYS:
+                if key in data:
+                    raise ValueError(f"GPUs are requested with the field 'gpu' (an integer), not {key!r}")
+        return data
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any) -> Any:
+        if isinstance(value, (int, float, str)):
+            return _check_quantity(value)
+        raise ValueError(f"must be a Kubernetes quantity such as 2, 500m or 8Gi, not {type(value).__name__}")
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _whole_gpus(cls, value: Any) -> Any:
+        if isinstance(value, str) or isinstance(value, float):
+            raise ValueError("must be a whole number of GPUs (0, 1, 8), not a quantity string or fraction")
+        return value
+
+
+class Toleration(Model):
+    """A Kubernetes toleration, passed to the pods as written."""
+
+    key: str | None = Field(None, description="Taint key the toleration applies to; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(None, description="Taint value to match when the operator is Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
+
+
+class Scheduling(Model):
+    """Where the pods may run; passed through to the pod specs."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods require.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate.")
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="A Kubernetes Affinity object (nodeAffinity, podAffinity, podAntiAffinity), passed through.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+
+
+class NodeGroup(Scheduling):
+    """Pods of one role in the Ray cluster."""
+
+    resources: Resources = Field(default_factory=Resources, description="Compute for each pod of this group.")
+
+
+class EnvVar(Model):
+    """An environment variable set in every Ray container and in the training processes."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
+    value: str = Field("", description="Variable value.")
+
+
+class Condition(Model):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(..., description="Condition type, such as Ready, Running or ValidationFailed.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", description="One CamelCase word for the last transition.")
+    message: str = Field("", description="What happened, for a person.")
+    last_transition_time: datetime | None = Field(None, description="When the status last changed.")
+    observed_generation: int | None = Field(None, description="The spec generation the condition was computed from.")
+
+
+class ObjectMeta(Model):
+    """The part of Kubernetes metadata the operator reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=48,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Resource name; short enough that child pod names stay valid DNS labels.",
+    )
+    namespace: str | None = Field(None, description="Namespace of the resource.")
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,289 @@
+"""BigModelJob: distributed PyTorch training on a Ray cluster."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from bigmodel.api.common import API_VERSION, Condition, EnvVar, Model, NodeGroup, ObjectMeta
+from bigmodel.version import RUNTIME_IMAGE
+
+BuiltinTask = Literal["digits", "gpt"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class DigitsOptions(Model):
+    """A multilayer perceptron on scikit-learn's bundled 8x8 handwritten digits (no download)."""
+
+    hidden_size: int = Field(128, ge=8, le=65536, description="Width of the two hidden layers.")
+
+
+class GptOptions(Model):
+    """A GPT-style causal transformer trained on bytes of a corpus that ships with Python itself."""
+
+    layers: int = Field(2, ge=1, le=128, description="Transformer blocks.")
+    heads: int = Field(2, ge=1, le=128, description="Attention heads per block; must divide embedDim.")
+    embed_dim: int = Field(64, ge=8, le=16384, description="Width of the residual stream.")
+    context_length: int = Field(64, ge=8, le=16384, description="Tokens (bytes) per training sequence.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
+    corpus_megabytes: float = Field(
+        4.0,
+        gt=0,
+        le=1024,
+        description="How much of the Python standard library's source to train on, in MB.",
+    )
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "self.embedDim % self.heads == 0", "message": "embedDim must be a multiple of heads"}
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GptOptions:
+        if self.embed_dim % self.heads:
+            raise ValueError(f"embedDim ({self.embed_dim}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class BuiltinWorkload(Model):
+    """A built-in training task that needs no download."""
+
+    task: BuiltinTask = Field(..., description="digits (an MLP classifier) or gpt (a causal language model).")
+    epochs: int = Field(1, ge=1, le=100000, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps in total, even within an epoch."
+    )
+    batch_size: int = Field(64, ge=1, le=1048576, description="Samples (sequences for gpt) per worker per step.")
+    learning_rate: float = Field(1e-3, gt=0, le=10, description="Peak learning rate of the AdamW optimizer.")
+    seed: int = Field(0, ge=0, description="Seed for initialisation and data order; runs with the same seed match.")
+    precision: Precision = Field(
+        "auto", description="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16."
+    )
+    digits: DigitsOptions | None = Field(None, description="Options of the digits task.")
+    gpt: GptOptions | None = Field(None, description="Options of the gpt task.")
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(!has(self.digits) || self.task == 'digits') && (!has(self.gpt) || self.task == 'gpt')",
+                    "message": "task options must match the task",
+                }
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _options_match_task(self) -> BuiltinWorkload:
+        for other in ("digits", "gpt"):
+            if other != self.task and getattr(self, other) is not None:
+                raise ValueError(f"options for {other!r} given, but the task is {self.task!r}")
+        return self
+
+    def task_options(self) -> DigitsOptions | GptOptions:
+        """The options of the chosen task, defaults filled in."""
+        if self.task == "digits":
+            return self.digits or DigitsOptions()
+        return self.gpt or GptOptions()
+
+
+class EntrypointWorkload(Model):
+    """A user train loop, run on every worker by Ray Train: `def train(config: dict) -> None`."""
+
+    function: str = Field(
+        ...,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="The loop as module:function, importable in the runtime image or runtimeEnv.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to the function as its only argument.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class Workload(Model):
+    """What to train: exactly one of builtin, entrypoint or command."""
+
+    builtin: BuiltinWorkload | None = Field(None, description="A built-in task.")
+    entrypoint: EntrypointWorkload | None = Field(None, description="A user train loop run by Ray Train.")
+    command: list[str] | None = Field(
+        None, min_length=1, description="A raw command run as the Ray job's entrypoint, for full control."
+    )
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "minProperties": 1,
+            "maxProperties": 1,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.builtin), has(self.entrypoint), has(self.command)].filter(x, x).size() == 1",
+                    "message": "set exactly one of builtin, entrypoint or command",
+                }
+            ],
+        }
+    }
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Workload:
+        given = [name for name in ("builtin", "entrypoint", "command") if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none"
+            raise ValueError(f"set exactly one of builtin, entrypoint or command (found: {found})")
+        return self
+
+
+class WorkerGroup(NodeGroup):
+    """The Ray worker pods; one Ray Train worker runs on each."""
+
+    replicas: int = Field(1, ge=1, le=1024, description="Number of worker pods, and of data-parallel workers.")
+
+
+class CheckpointSpec(Model):
+    """Where and how often training state is saved; a run always resumes from the latest checkpoint."""
+
+    storage: str | None = Field(
+        None,
+        description=(
+            "A directory (a path on volumeClaimName's volume in the cluster, or a local path for `bigmodel train`) "
+            "or an object-store URI (s3://, gs://, hdfs://). Defaults to bigmodel-runs/<name> locally."
+        ),
+    )
+    volume_claim_name: str | None = Field(
+        None, min_length=1, description="A ReadWriteMany PersistentVolumeClaim mounted at storage on every pod."
+    )
+    every_steps: int | None = Field(None, ge=1, description="Save every N optimizer steps.")
+    every_epochs: int | None = Field(
+        None, ge=1, description="Save every N epochs. With neither set, a checkpoint is saved after every epoch."
+    )
+    keep_last: int = Field(3, ge=1, le=1000, description="Completed checkpoints kept; older ones are deleted.")
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.volumeClaimName) || (has(self.storage) && self.storage.startsWith('/'))",
+                    "message": "volumeClaimName needs storage to be the absolute path where the volume is mounted",
+                }
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _claim_needs_path(self) -> CheckpointSpec:
+        if self.volume_claim_name and (not self.storage or not self.storage.startswith("/")):
+            raise ValueError("volumeClaimName needs storage to be the absolute path where the volume is mounted")
+        return self
+
+
+class FailurePolicy(Model):
+    """How many failures the job absorbs before it is Failed."""
+
+    max_restarts: int = Field(
+        3, ge=0, le=1000, description="Rebuilds of the whole cluster (failed run, lost head) before Failed."
+    )
+    max_worker_failures: int = Field(
+        3, ge=0, le=1000, description="Worker failures absorbed inside one run by restarting the worker group."
+    )
+
+
+class BigModelJobSpec(Model):
+    """The desired training job."""
+
+    image: str = Field(RUNTIME_IMAGE, description="Container image with Ray, PyTorch and the bigmodel runtime.")
+    workload: Workload = Field(..., description="What to train.")
+    workers: WorkerGroup = Field(default_factory=WorkerGroup, description="Ray worker pods, one trainer each.")
+    head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (drives the run, no training).")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint storage and cadence.")
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart budgets.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job (DeadlineExceeded) when it runs longer than this."
+    )
+    suspend: bool = Field(False, description="Delete the pods but keep checkpoints and status; false resumes.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this long after it Succeeded or Failed."
+    )
+    clean_pod_policy: Literal["All", "None"] = Field(
+        "All", description="Pods to delete when the job finishes: All, or None to keep them for debugging."
+    )
+    env: list[EnvVar] = Field(default_factory=list, description="Environment of every Ray container.")
+    runtime_env: dict[str, Any] | None = Field(
+        None,
+        description="A Ray runtime environment (pip, working_dir, env_vars, ...) for the training processes.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    service_account_name: str | None = Field(None, description="ServiceAccount of the Ray pods.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image with.")
+
+    def uses_gpu(self) -> bool:
+        return self.workers.resources.gpu > 0
+
+
+JobPhase = Literal["Pending", "Starting", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+
+
+class WorkerCounts(Model):
+    desired: int = Field(0, description="Worker pods the spec asks for.")
+    ready: int = Field(0, description="Worker pods running and ready.")
+    replaced: int = Field(0, description="Worker pods recreated after a failure, over the job's life.")
+
+
+class CheckpointRef(Model):
+    path: str = Field(..., description="Where the checkpoint lives.")
+    step: int = Field(..., description="Optimizer steps done when it was saved.")
+    epoch: int = Field(..., description="Epoch it was saved in (0-based).")
+    time: datetime | None = Field(None, description="When it was saved.")
+
+
+class TrainingMetrics(Model):
+    loss: float | None = Field(None, description="Latest training loss.")
+    samples_per_second: float | None = Field(None, description="Training throughput over all workers.")
+    tokens_per_second: float | None = Field(None, description="Token throughput, for language models.")
+
+
+class Progress(Model):
+    percent: int = Field(0, ge=0, le=100, description="Share of the planned steps done.")
+    step: int = Field(0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, description="Optimizer steps planned.")
+    epoch: int = Field(0, description="Current epoch (0-based).")
+    eta_seconds: int | None = Field(None, description="Estimated seconds left at the current speed.")
+
+
+class BigModelJobStatus(Model):
+    """Where the job is, computed by the operator."""
+
+    phase: JobPhase = Field("Pending", description="Pending, Starting, Running, Restarting, Succeeded, Failed, Suspended.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Standard conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, description="The spec generation this status describes.")
+    workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pod counts.")
+    workers_ready: str = Field("0/0", description="ready/desired workers, for kubectl get.")
+    restarts: int = Field(0, description="Cluster rebuilds so far.")
+    worker_failures: int = Field(0, description="Worker failures absorbed inside runs so far.")
+    start_time: datetime | None = Field(None, description="When the job first ran.")
+    completion_time: datetime | None = Field(None, description="When the job Succeeded or Failed.")
+    last_checkpoint: CheckpointRef | None = Field(None, description="The latest completed checkpoint.")
+    metrics: TrainingMetrics = Field(default_factory=TrainingMetrics, description="Latest training metrics.")
+    progress: Progress = Field(default_factory=Progress, description="Steps done and time left.")
+    model_uri: str | None = Field(None, description="The exported model, once the job Succeeded.")
+    ray_job_id: str | None = Field(None, description="Submission id of the current Ray job.")
+    dashboard_url: str | None = Field(None, description="In-cluster URL of the Ray dashboard.")
+    message: str = Field("", description="The latest thing that happened, for a person.")
+
+
+class BigModelJob(Model):
+    """A distributed training job."""
+
+    api_version: Literal["bigmodel.dev/v1alpha1"] = Field(API_VERSION, description="bigmodel.dev/v1alpha1")
+    kind: Literal["BigModelJob"] = Field("BigModelJob", description="BigModelJob")
+    metadata: ObjectMeta
+    spec: BigModelJobSpec
+    status: BigModelJobStatus | None = None

@@ -1,0 +1,186 @@
+"""BigModelService: a trained model served over HTTP by Ray Serve, autoscaled in replicas and in worker pods."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from bigmodel.api.common import API_VERSION, Condition, EnvVar, Model, NodeGroup, ObjectMeta
+from bigmodel.version import RUNTIME_IMAGE
+
+
+class ModelSource(Model):
+    """Which model to serve: exactly one of jobName or uri."""
+
+    job_name: str | None = Field(
+        None,
+        min_length=1,
+        description="A BigModelJob in the same namespace; its exported model is served once the job Succeeded.",
+    )
+    uri: str | None = Field(
+        None,
+        min_length=1,
+        description="A model directory exported by a job: an object-store URI (s3://, gs://) or a path.",
+    )
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="The model name in request URLs (/v2/models/<name>/infer); defaults to the resource name.",
+    )
+
+    # `name` may accompany either source, so minProperties/maxProperties cannot express the rule; oneOf with
+    # `required` branches is the structural-schema way to say "exactly one of", and CEL gives the readable message.
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "oneOf": [{"required": ["jobName"]}, {"required": ["uri"]}],
+            "x-kubernetes-validations": [
+                {"rule": "has(self.jobName) != has(self.uri)", "message": "set exactly one of jobName or uri"}
+            ],
+        }
+    }
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.job_name is None) == (self.uri is None):
+            found = "both" if self.job_name is not None else "neither"
+            raise ValueError(f"set exactly one of jobName or uri (found: {found})")
+        return self
+
+
+class ReplicaScaling(Model):
+    """How Ray Serve scales the model's replicas with load."""
+
+    min: int = Field(1, ge=0, le=1024, description="Fewest replicas; 0 lets an idle service scale to zero.")
+    max: int = Field(4, ge=1, le=1024, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, le=10000, description="Requests in flight per replica that the autoscaler aims for."
+    )
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [{"rule": "self.min <= self.max", "message": "min must not exceed max"}]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> ReplicaScaling:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class ReplicaResources(Model):
+    """Ray resources of one Serve replica. Fractions are allowed: several replicas may share one GPU or core."""
+
+    cpu: float = Field(1.0, gt=0, le=1024, description="CPU cores reserved by each replica in Ray.")
+    gpu: float = Field(0.0, ge=0, le=16, description="GPUs reserved by each replica in Ray; 0.5 shares a GPU.")
+
+
+class ServiceWorkerGroup(NodeGroup):
+    """The Ray worker pods that host the replicas; the operator scales them between minReplicas and maxReplicas."""
+
+    min_replicas: int = Field(1, ge=0, le=1024, description="Fewest worker pods.")
+    max_replicas: int = Field(4, ge=1, le=1024, description="Most worker pods.")
+    idle_timeout_seconds: int = Field(
+        300, ge=10, le=86400, description="How long a worker pod with no replicas is kept before it is removed."
+    )
+
+    model_config = NodeGroup.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"}
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> ServiceWorkerGroup:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) must not exceed maxReplicas ({self.max_replicas})")
+        return self
+
+
+class Batching(Model):
+    """Requests grouped into one forward pass, trading a little latency for throughput."""
+
+    max_batch_size: int = Field(32, ge=1, le=65536, description="Most requests in one batch.")
+    wait_timeout_ms: int = Field(
+        10, ge=0, le=60000, description="Longest wait for a batch to fill, in milliseconds; 0 disables waiting."
+    )
+
+
+class BigModelServiceSpec(Model):
+    """The desired inference service."""
+
+    image: str = Field(RUNTIME_IMAGE, description="Container image with Ray, PyTorch and the bigmodel runtime.")
+    model: ModelSource = Field(..., description="The model to serve.")
+    replicas: ReplicaScaling = Field(default_factory=ReplicaScaling, description="Serve replica autoscaling.")
+    replica_resources: ReplicaResources = Field(
+        default_factory=ReplicaResources, description="Ray resources reserved by each replica."
+    )
+    workers: ServiceWorkerGroup = Field(
+        default_factory=ServiceWorkerGroup, description="Ray worker pods that host the replicas."
+    )
+    head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (Serve controller and proxy).")
+    batching: Batching = Field(default_factory=Batching, description="Dynamic request batching.")
+    env: list[EnvVar] = Field(default_factory=list, description="Environment of every Ray container.")
+    service_account_name: str | None = Field(None, description="ServiceAccount of the Ray pods.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image with.")
+
+    def uses_gpu(self) -> bool:
+        return self.replica_resources.gpu > 0
+
+
+ServicePhase = Literal["Pending", "Deploying", "Ready", "Upgrading", "Failed"]
+
+
+class ReplicaCounts(Model):
+    """Serve replica counts."""
+
+    desired: int = Field(0, description="Replicas the autoscaler currently wants.")
+    running: int = Field(0, description="Replicas running and healthy.")
+
+
+class ServiceWorkerCounts(Model):
+    """Worker pod counts."""
+
+    desired: int = Field(0, description="Worker pods the operator currently wants.")
+    ready: int = Field(0, description="Worker pods running and ready.")
+
+
+class ServedModel(Model):
+    """The model being served right now."""
+
+    source: str | None = Field(None, description="Where it was loaded from: the model directory URI or path.")
+    version: str | None = Field(None, description="Version of the served model, changed by every upgrade.")
+
+
+class BigModelServiceStatus(Model):
+    """Where the service is, computed by the operator."""
+
+    phase: ServicePhase = Field("Pending", description="Pending, Deploying, Ready, Upgrading or Failed.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Standard conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, description="The spec generation this status describes.")
+    replicas: ReplicaCounts = Field(default_factory=ReplicaCounts, description="Serve replica counts.")
+    replicas_ready: str = Field("0/0", description="running/desired replicas, for kubectl get.")
+    workers: ServiceWorkerCounts = Field(default_factory=ServiceWorkerCounts, description="Worker pod counts.")
+    url: str | None = Field(None, description="In-cluster base URL of the HTTP endpoint.")
+    model: ServedModel = Field(default_factory=ServedModel, description="The model being served.")
+    message: str = Field("", description="The latest thing that happened, for a person.")
+
+
+class BigModelService(Model):
+    """A model served over HTTP."""
+
+    api_version: Literal["bigmodel.dev/v1alpha1"] = Field(API_VERSION, description="bigmodel.dev/v1alpha1")
+    kind: Literal["BigModelService"] = Field("BigModelService", description="BigModelService")
+    metadata: ObjectMeta
+    spec: BigModelServiceSpec
+    status: BigModelServiceStatus | None = None

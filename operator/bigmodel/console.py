@@ -1,0 +1,92 @@
+"""What `bigmodel train` shows a person: a live progress line and a one-screen summary."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bigmodel.runtime.driver import TrainingResult
+from bigmodel.runtime.progress import ProgressSnapshot
+
+
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _rate(metrics: dict[str, float]) -> str:
+    if "tokens_per_second" in metrics:
+        return f"{metrics['tokens_per_second']:,.0f} tok/s"
+    if "samples_per_second" in metrics:
+        return f"{metrics['samples_per_second']:,.0f} samples/s"
+    return ""
+
+
+def progress_line(snapshot: ProgressSnapshot) -> str:
+    """epoch, step, loss, throughput and ETA in one line."""
+    event = snapshot.latest
+    if event is None:
+        return "starting workers"
+    _, eta = snapshot.percent_and_eta()
+    parts = [f"epoch {event.epoch + 1}/{event.epochs}", f"step {event.step}/{event.total_steps}"]
+    if "loss" in event.metrics:
+        parts.append(f"loss {event.metrics['loss']:.4f}")
+    if _rate(event.metrics):
+        parts.append(_rate(event.metrics))
+    parts.append(f"ETA {_duration(eta)}")
+    if snapshot.worker_restarts:
+        parts.append(f"[yellow]worker restarts {snapshot.worker_restarts}[/yellow]")
+    return "  ".join(parts)
+
+
+class LiveProgress:
+    """A rich progress bar fed with recorder snapshots from the driver's polling thread."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[line]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task: TaskID = self._progress.add_task(title, total=None, line="starting workers")
+
+    def __enter__(self) -> LiveProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, snapshot: ProgressSnapshot) -> None:
+        event = snapshot.latest
+        total = event.total_steps if event else None
+        completed = event.step if event else 0
+        self._progress.update(self._task, total=total, completed=completed, line=progress_line(snapshot))
+
+
+def summary_table(name: str, result: TrainingResult) -> Table:
+    table = Table(title=f"BigModelJob {name}: Succeeded", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("steps", f"{result.steps}/{result.total_steps} over {result.epochs} epoch(s)")
+    for key, value in sorted(result.metrics.items()):
+        table.add_row(key.replace("_", " "), f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.0f}")
+    resumed = result.progress.attempts[0].resumed_from_step if result.progress.attempts else 0
+    if resumed:
+        table.add_row("resumed from", f"step {resumed}")
+    if result.progress.worker_restarts:
+        table.add_row("worker restarts", str(result.progress.worker_restarts))
+    if result.checkpoint is not None:
+        table.add_row("checkpoint", f"{result.checkpoint.uri} (step {result.checkpoint.step})")
+    if result.model_uri:
+        table.add_row("model", result.model_uri)
+    table.add_row("time", f"{result.elapsed_s:.1f} s")
+    return table

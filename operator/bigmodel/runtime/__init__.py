@@ -1,0 +1,1 @@
+"""Code that runs inside the Ray cluster: built-in tasks, checkpoints, exported models, the train driver."""

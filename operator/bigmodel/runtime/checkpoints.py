@@ -1,0 +1,120 @@
+"""Training checkpoints under <storage>/checkpoints/step-<step>/, pruned to the newest few.
+
+A checkpoint is complete once its meta.json exists; see bigmodel.runtime.storage for why that is enough.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from bigmodel.runtime.storage import (
+    json_writer,
+    read_json,
+    read_torch,
+    remove_directory,
+    resolve,
+    staged_target,
+    subdirectories,
+    torch_writer,
+    write_directory,
+)
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+_STEP_DIR = re.compile(r"^step-(?P<step>\d{10})$")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    uri: str
+    step: int
+    epoch: int
+    time: datetime
+    metrics: dict[str, float]
+
+
+def _step_dir_name(step: int) -> str:
+    return f"step-{step:010d}"
+
+
+def _step_of(name: str) -> int | None:
+    match = _STEP_DIR.fullmatch(name)
+    return int(match["step"]) if match else None
+
+
+class CheckpointStore:
+    def __init__(self, storage: str, keep_last: int = 3) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, not {keep_last}")
+        self._root = resolve(storage).child("checkpoints")
+        self._keep_last = keep_last
+
+    def save(
+        self, state: dict[str, Any], *, step: int, epoch: int, metrics: dict[str, float] | None = None
+    ) -> CheckpointInfo:
+        time = datetime.now(timezone.utc)
+        metrics = dict(metrics or {})
+        meta = {"step": step, "epoch": epoch, "time": time.isoformat(), "metrics": metrics}
+        directory = write_directory(
+            self._root,
+            _step_dir_name(step),
+            [(STATE_FILE, torch_writer(state)), (META_FILE, json_writer(meta))],
+        )
+        self._prune()
+        return CheckpointInfo(uri=directory.uri, step=step, epoch=epoch, time=time, metrics=metrics)
+
+    def latest(self) -> CheckpointInfo | None:
+        for step in sorted(self._steps(), reverse=True):
+            info = self._read_info(step)
+            if info is not None:
+                return info
+        return None
+
+    def list(self) -> builtins.list[CheckpointInfo]:
+        """Completed checkpoints, oldest first."""
+        infos = (self._read_info(step) for step in sorted(self._steps()))
+        return [info for info in infos if info is not None]
+
+    def load(self, info: CheckpointInfo) -> dict[str, Any]:
+        state: dict[str, Any] = read_torch(self._root.child(_step_dir_name(info.step)).child(STATE_FILE))
+        return state
+
+    def _steps(self) -> builtins.list[int]:
+        return [step for name in subdirectories(self._root) if (step := _step_of(name)) is not None]
+
+    def _read_info(self, step: int) -> CheckpointInfo | None:
+        """The checkpoint at step, or None while it is incomplete (or was pruned meanwhile)."""
+        directory = self._root.child(_step_dir_name(step))
+        try:
+            meta = read_json(directory.child(META_FILE))
+        except FileNotFoundError:
+            return None
+        return CheckpointInfo(
+            uri=directory.uri,
+            step=int(meta["step"]),
+            epoch=int(meta["epoch"]),
+            time=datetime.fromisoformat(meta["time"]),
+            metrics={key: float(value) for key, value in meta["metrics"].items()},
+        )
+
+    def _prune(self) -> None:
+        complete = [info.step for info in self.list()]
+        if not complete:
+            return
+        newest = complete[-1]
+        doomed = set(complete[: -self._keep_last])
+        for name in subdirectories(self._root):
+            step = _step_of(name)
+            if step is not None:
+                # A step directory that never got its marker is a crashed save, once a later one completed.
+                stale = step in doomed or (step not in complete and step < newest)
+            else:
+                target = staged_target(name)
+                target_step = _step_of(target) if target is not None else None
+                stale = target_step is not None and target_step <= newest
+            if stale:
+                remove_directory(self._root.child(name), marker=META_FILE)

@@ -1,0 +1,175 @@
+"""The Ray Train driver: runs one BigModelJob's workload on the Ray cluster this process is connected to.
+
+The same driver runs in the embedded local cluster of `bigmodel train` and as the Ray job the operator
+submits in Kubernetes; only the resources each worker asks for differ.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from bigmodel.api.job import BigModelJobSpec
+from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
+from bigmodel.runtime.progress import ProgressRecorder, ProgressSnapshot
+from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop
+
+STORAGE_ENV = "BIGMODEL_CHECKPOINT_STORAGE"
+
+
+class TrainingFailed(RuntimeError):
+    """The run failed beyond its worker-failure budget, or the workload itself raised."""
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    steps: int
+    total_steps: int
+    epochs: int
+    metrics: dict[str, float]
+    checkpoint: CheckpointInfo | None
+    model_uri: str | None
+    progress: ProgressSnapshot
+    elapsed_s: float
+
+
+ProgressCallback = Callable[[ProgressSnapshot], None]
+
+
+def resolve_storage(storage: str) -> str:
+    """Local paths become absolute so every Ray worker process writes to the same place."""
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def _import_function(reference: str) -> Callable[[dict[str, Any]], Any]:
+    module_name, _, function_name = reference.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise TrainingFailed(f"workload.entrypoint.function {reference!r} cannot be imported: {error}") from error
+    if not callable(function):
+        raise TrainingFailed(f"workload.entrypoint.function {reference!r} is not callable")
+    return function
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first_line}"
+
+
+class _Poller:
+    """Calls back with the recorder's snapshot at an interval, from a thread, while the run goes on."""
+
+    def __init__(self, recorder: Any, callback: ProgressCallback | None, interval_s: float) -> None:
+        self._recorder = recorder
+        self._callback = callback
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bigmodel-progress", daemon=True)
+
+    def __enter__(self) -> _Poller:
+        if self._callback is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        assert self._callback is not None
+        while not self._stop.wait(self._interval_s):
+            self._callback(ray.get(self._recorder.snapshot.remote()))
+
+
+def run_training(
+    name: str,
+    spec: BigModelJobSpec,
+    storage: str,
+    *,
+    resources_per_worker: dict[str, float],
+    on_progress: ProgressCallback | None = None,
+    progress_interval_s: float = 0.5,
+) -> TrainingResult:
+    """Train `spec` to completion and return what it produced. Resumes from checkpoints in `storage`."""
+    workload = spec.workload
+    if workload.command is not None:
+        raise ValueError("a command workload is not a Ray Train run: use run_command")
+    storage = resolve_storage(storage)
+    recorder = ProgressRecorder.remote()
+    env_vars = {item.name: item.value for item in spec.env} | {STORAGE_ENV: storage}
+
+    if workload.builtin is not None:
+        settings = LoopSettings(
+            workload=workload.builtin,
+            storage=storage,
+            keep_last=spec.checkpoint.keep_last,
+            every_steps=spec.checkpoint.every_steps,
+            every_epochs=spec.checkpoint.every_epochs,
+            progress_interval_s=progress_interval_s,
+        )
+        loop: Callable[[dict[str, Any]], Any] = builtin_train_loop
+        loop_config: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "recorder": recorder}
+    else:
+        assert workload.entrypoint is not None
+        loop = _import_function(workload.entrypoint.function)
+        loop_config = dict(workload.entrypoint.config)
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=spec.workers.replicas,
+            use_gpu=spec.uses_gpu(),
+            resources_per_worker=resources_per_worker,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=f"{storage}/ray" if "://" in storage else os.path.join(storage, "ray"),
+            failure_config=FailureConfig(max_failures=spec.failure_policy.max_worker_failures),
+            worker_runtime_env={"env_vars": env_vars},
+        ),
+    )
+    started = time.monotonic()
+    with _Poller(recorder, on_progress, progress_interval_s):
+        try:
+            trainer.fit()
+        except Exception as error:  # Ray wraps worker errors in several layers; users need the innermost.
+            raise TrainingFailed(_root_cause(error)) from error
+    snapshot: ProgressSnapshot = ray.get(recorder.snapshot.remote())
+    if on_progress is not None:
+        on_progress(snapshot)
+    done = snapshot.latest if snapshot.latest is not None and snapshot.latest.kind == "done" else None
+    return TrainingResult(
+        steps=snapshot.latest.step if snapshot.latest else 0,
+        total_steps=snapshot.latest.total_steps if snapshot.latest else 0,
+        epochs=snapshot.latest.epochs if snapshot.latest else 0,
+        metrics=dict(done.metrics) if done else {},
+        checkpoint=CheckpointStore(storage, keep_last=spec.checkpoint.keep_last).latest(),
+        model_uri=done.model_uri if done else None,
+        progress=snapshot,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def run_command(spec: BigModelJobSpec, storage: str, ray_address: str) -> int:
+    """Run a command workload against the cluster at `ray_address`; returns its exit code."""
+    assert spec.workload.command is not None
+    env = os.environ | {item.name: item.value for item in spec.env}
+    env |= {"RAY_ADDRESS": ray_address, STORAGE_ENV: resolve_storage(storage)}
+    return subprocess.run(spec.workload.command, env=env, check=False).returncode

@@ -1,0 +1,44 @@
+"""The embedded local Ray cluster behind `bigmodel train`: started by the command, stopped when it ends."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+import ray
+
+from bigmodel.api.job import BigModelJobSpec
+
+
+def local_worker_resources(spec: BigModelJobSpec) -> dict[str, float]:
+    """One CPU per worker, and the spec's GPUs when this machine has them.
+
+    The manifest's pod sizes describe Kubernetes nodes; on one machine every worker shares its cores.
+    """
+    resources: dict[str, float] = {"CPU": 1.0}
+    if spec.uses_gpu():
+        resources["GPU"] = float(spec.workers.resources.gpu)
+    return resources
+
+
+def local_cpus(spec: BigModelJobSpec) -> int:
+    """Enough logical CPUs for every worker to be placed, even on a machine with fewer cores."""
+    return max(os.cpu_count() or 1, spec.workers.replicas)
+
+
+@contextlib.contextmanager
+def embedded_ray(num_cpus: int, *, verbose: bool = False) -> Iterator[str]:
+    """A private Ray cluster on this machine for the duration of the block; yields its address."""
+    context = ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level=logging.INFO if verbose else logging.ERROR,
+        configure_logging=True,
+    )
+    try:
+        yield context.address_info["address"]
+    finally:
+        ray.shutdown()

@@ -1,0 +1,110 @@
+"""Training progress: events the rank-0 worker sends, and the actor that keeps them for the driver.
+
+The actor outlives worker-group restarts (the driver owns it), so it is the one place that sees a
+run across failures: which step each attempt resumed from and how far each got.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import ray
+
+EventKind = Literal["step", "checkpoint", "resume", "done"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    kind: EventKind
+    step: int
+    total_steps: int
+    epoch: int
+    epochs: int
+    attempt: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint_uri: str | None = None
+    model_uri: str | None = None
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One start of the train loop: the first run, or a restart after a worker failure."""
+
+    number: int
+    resumed_from_step: int
+    last_step: int
+    started_at: float
+
+
+@dataclass
+class ProgressSnapshot:
+    latest: ProgressEvent | None
+    attempts: list[Attempt]
+    checkpoints: list[ProgressEvent]
+
+    @property
+    def worker_restarts(self) -> int:
+        return max(0, len(self.attempts) - 1)
+
+    def steps_per_second(self) -> float | None:
+        """Speed of the current attempt, from its start (model build included) to the latest event."""
+        if self.latest is None or not self.attempts:
+            return None
+        current = self.attempts[-1]
+        done = self.latest.step - current.resumed_from_step
+        elapsed = self.latest.time - current.started_at
+        return done / elapsed if done > 0 and elapsed > 0 else None
+
+    def percent_and_eta(self) -> tuple[int, int | None]:
+        if self.latest is None:
+            return 0, None
+        return percent_and_eta(self.latest.step, self.latest.total_steps, self.steps_per_second())
+
+    def steps_trained_twice(self) -> int:
+        """Steps redone after failures: work lost between a failure and the checkpoint resumed from."""
+        redone = 0
+        for previous, following in zip(self.attempts, self.attempts[1:]):
+            redone += max(0, previous.last_step - following.resumed_from_step)
+        return redone
+
+
+def percent_and_eta(step: int, total_steps: int, steps_per_second: float | None) -> tuple[int, int | None]:
+    """Progress as a whole percent and the seconds left at the current speed (None until a speed is known)."""
+    if total_steps <= 0:
+        return 0, None
+    percent = min(100, int(100 * step / total_steps))
+    if not steps_per_second or steps_per_second <= 0:
+        return percent, None
+    return percent, int(round((total_steps - step) / steps_per_second))
+
+
+class ProgressLog:
+    """The state behind the actor, kept plain so it is testable without Ray."""
+
+    def __init__(self) -> None:
+        self._latest: ProgressEvent | None = None
+        self._attempts: list[Attempt] = []
+        self._checkpoints: list[ProgressEvent] = []
+
+    def begin_attempt(self, resumed_from_step: int) -> int:
+        number = len(self._attempts)
+        self._attempts.append(Attempt(number, resumed_from_step, resumed_from_step, time.time()))
+        return number
+
+    def record(self, event: ProgressEvent) -> None:
+        self._latest = event
+        if self._attempts:
+            current = self._attempts[-1]
+            if event.step > current.last_step:
+                self._attempts[-1] = Attempt(current.number, current.resumed_from_step, event.step, current.started_at)
+        if event.kind == "checkpoint":
+            self._checkpoints.append(event)
+
+    def snapshot(self) -> ProgressSnapshot:
+        return ProgressSnapshot(self._latest, list(self._attempts), list(self._checkpoints))
+
+
+ProgressRecorder = ray.remote(num_cpus=0, max_restarts=0)(ProgressLog)

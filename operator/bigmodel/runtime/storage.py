@@ -1,0 +1,131 @@
+"""Run storage, a local directory or an object store, behind one pyarrow filesystem API.
+
+Directories are written so that a reader never mistakes a half-written one for a complete one: the last file written
+is the completion marker, and on local filesystems the directory is staged under a hidden name and renamed into place.
+Object stores have no rename, so there the marker-last rule alone carries completeness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pyarrow.fs as pafs
+import torch
+
+Writer = Callable[[IO[bytes]], None]
+
+_STAGED = re.compile(r"^\.(?P<name>.+)\.(?:tmp|trash)-[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A path on a filesystem, with the URI (or absolute local path) that names it to other processes."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    uri: str
+
+    def child(self, name: str) -> Location:
+        path = f"{self.path.rstrip('/')}/{name}"
+        if "://" not in self.uri:
+            return Location(self.filesystem, path, path)
+        # Options such as ?region=... stay at the end of the URI.
+        base, _, query = self.uri.partition("?")
+        uri = f"{base.rstrip('/')}/{name}" + (f"?{query}" if query else "")
+        return Location(self.filesystem, path, uri)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+
+def resolve(storage: str) -> Location:
+    """A storage string as a Location: a URI (s3://, gs://, file://, ...) or a local path, made absolute."""
+    if "://" in storage:
+        filesystem, path = pafs.FileSystem.from_uri(storage)
+        return Location(filesystem, path, storage)
+    path = os.path.abspath(os.path.expanduser(storage))
+    return Location(pafs.LocalFileSystem(), path, path)
+
+
+def exists(location: Location) -> bool:
+    return location.filesystem.get_file_info(location.path).type != pafs.FileType.NotFound
+
+
+def write_directory(parent: Location, name: str, files: Sequence[tuple[str, Writer]]) -> Location:
+    """Write files into parent/name, replacing what was there; the last file is the completion marker."""
+    target = parent.child(name)
+    parent.filesystem.create_dir(parent.path, recursive=True)
+    if not target.is_local:
+        # Without this, a re-save would show the old marker next to half-written new files.
+        remove_directory(target, marker=files[-1][0])
+        _write_files(target, files)
+        return target
+    staging = parent.child(f".{name}.tmp-{uuid.uuid4().hex}")
+    _write_files(staging, files)
+    if exists(target):
+        # rename(2) refuses a non-empty destination, so the old copy steps aside first.
+        trash = parent.child(f".{name}.trash-{uuid.uuid4().hex}")
+        parent.filesystem.move(target.path, trash.path)
+        parent.filesystem.move(staging.path, target.path)
+        remove_directory(trash)
+    else:
+        parent.filesystem.move(staging.path, target.path)
+    return target
+
+
+def _write_files(directory: Location, files: Sequence[tuple[str, Writer]]) -> None:
+    directory.filesystem.create_dir(directory.path, recursive=True)
+    for file_name, write in files:
+        with directory.filesystem.open_output_stream(directory.child(file_name).path) as stream:
+            write(stream)
+
+
+def remove_directory(location: Location, marker: str | None = None) -> None:
+    """Delete a directory, its marker first so that it stops looking complete; a missing one is fine."""
+    try:
+        if marker is not None:
+            location.filesystem.delete_file(location.child(marker).path)
+    except FileNotFoundError:
+        pass
+    try:
+        location.filesystem.delete_dir(location.path)
+    except FileNotFoundError:
+        pass
+
+
+def subdirectories(parent: Location) -> list[str]:
+    """Names of the directories directly under parent (none when parent does not exist)."""
+    selector = pafs.FileSelector(parent.path, allow_not_found=True)
+    return [info.base_name for info in parent.filesystem.get_file_info(selector) if info.type == pafs.FileType.Directory]
+
+
+def staged_target(entry_name: str) -> str | None:
+    """The directory name a staging or trash directory was made for, or None for any other entry."""
+    match = _STAGED.fullmatch(entry_name)
+    return match["name"] if match else None
+
+
+def torch_writer(obj: Any) -> Writer:
+    return lambda stream: torch.save(obj, stream)
+
+
+def json_writer(document: dict[str, Any]) -> Writer:
+    return lambda stream: stream.write(json.dumps(document, indent=2, sort_keys=True).encode())
+
+
+def read_torch(location: Location) -> Any:
+    with location.filesystem.open_input_file(location.path) as stream:
+        return torch.load(stream, map_location="cpu", weights_only=True)
+
+
+def read_json(location: Location) -> dict[str, Any]:
+    with location.filesystem.open_input_stream(location.path) as stream:
+        document: dict[str, Any] = json.loads(stream.read())
+    return document

@@ -1,0 +1,139 @@
+"""A GPT-2 style causal transformer over bytes: pre-LN blocks, learned positions, weight-tied output head."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bigmodel.runtime.tasks.base import device_of
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, embed_dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if embed_dim % heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be a multiple of heads ({heads})")
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.residual_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = (
+            part.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+            for part in self.qkv(x).split(width, dim=2)
+        )
+        attended = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        return self.residual_dropout(self.proj(attended.transpose(1, 2).reshape(batch, length, width)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, embed_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(embed_dim, 4 * embed_dim)
+        self.proj = nn.Linear(4 * embed_dim, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, embed_dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(embed_dim)
+        self.attention = CausalSelfAttention(embed_dim, heads, dropout)
+        self.feed_forward_norm = nn.LayerNorm(embed_dim)
+        self.feed_forward = FeedForward(embed_dim, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.feed_forward(self.feed_forward_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(
+        self, *, vocab_size: int, layers: int, heads: int, embed_dim: int, context_length: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.token_embedding = nn.Embedding(vocab_size, embed_dim)
+        self.position_embedding = nn.Embedding(context_length, embed_dim)
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(embed_dim, heads, dropout) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, vocab_size, bias=False)
+        self.head.weight = self.token_embedding.weight
+        self.apply(_init_weights)
+        # GPT-2's scaling: each block adds two residual contributions, so shrink them to keep the stream's variance flat.
+        for block in self.blocks:
+            for projection in (block.attention.proj, block.feed_forward.proj):
+                nn.init.normal_(projection.weight, mean=0.0, std=0.02 / math.sqrt(2 * layers))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-token logits, shape (batch, length, vocab), for tokens of shape (batch, length)."""
+        length = tokens.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"sequence of {length} tokens is longer than the context length {self.context_length}")
+        positions = torch.arange(length, device=tokens.device)
+        x = self.embedding_dropout(self.token_embedding(tokens) + self.position_embedding(positions))
+        for block in self.blocks:
+            x = block(x)
+        logits: torch.Tensor = self.head(self.final_norm(x))
+        return logits
+
+    def num_parameters(self, *, include_position_embedding: bool = True) -> int:
+        """Distinct parameters (the tied head counts once); works on the meta device."""
+        total = sum(parameter.numel() for parameter in self.parameters())
+        return total if include_position_embedding else total - self.position_embedding.weight.numel()
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def build_gpt(config: dict[str, Any]) -> GPT:
+    return GPT(
+        vocab_size=int(config["vocab_size"]),
+        layers=int(config["layers"]),
+        heads=int(config["heads"]),
+        embed_dim=int(config["embed_dim"]),
+        context_length=int(config["context_length"]),
+        dropout=float(config["dropout"]),
+    )
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompt: bytes,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> bytes:
+    """The bytes that follow prompt: greedy at temperature 0, else sampled; only the last context_length bytes count."""
+    if not prompt:
+        raise ValueError("the prompt must hold at least one byte")
+    if temperature < 0:
+        raise ValueError(f"temperature must be 0 or more, not {temperature}")
+    tokens = torch.tensor(list(prompt), dtype=torch.int64, device=device_of(model)).unsqueeze(0)
+    for _ in range(max_new_tokens):
+        logits = model(tokens[:, -model.context_length :])[0, -1].float()
+        if temperature == 0:
+            next_token = logits.argmax().view(1, 1)
+        else:
+            probabilities = F.softmax(logits / temperature, dim=-1)
+            next_token = torch.multinomial(probabilities, 1, generator=generator).view(1, 1)
+        tokens = torch.cat([tokens, next_token], dim=1)
+    return bytes(tokens[0, len(prompt) :].tolist())

@@ -1,0 +1,233 @@
+"""The per-worker training loop of the built-in tasks, run by Ray Train on every worker.
+
+Every start of the loop (the first, and each restart of the worker group after a failure) resumes
+from the latest completed checkpoint in storage, so a failure costs at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator
+
+import ray.train
+import ray.train.torch
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch.utils.data import DistributedSampler
+
+from bigmodel.api.job import BuiltinWorkload
+from bigmodel.runtime.artifacts import export_model
+from bigmodel.runtime.checkpoints import CheckpointStore
+from bigmodel.runtime.progress import ProgressEvent
+from bigmodel.runtime.tasks import TrainingTask, make_task, unwrap_model
+
+
+class LoopSettings(BaseModel):
+    """Everything a worker needs to know, sent from the driver as plain data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workload: BuiltinWorkload
+    storage: str
+    keep_last: int
+    every_steps: int | None
+    every_epochs: int | None
+    progress_interval_s: float = 1.0
+
+
+class StepPlan(BaseModel):
+    """How many steps the run has and when it checkpoints: the same on every rank."""
+
+    steps_per_epoch: int
+    total_steps: int
+    every_steps: int | None
+    every_epochs: int | None
+
+    def epoch_of(self, step: int) -> int:
+        return min(step // self.steps_per_epoch, max(0, (self.total_steps - 1) // self.steps_per_epoch))
+
+    def checkpoint_due(self, step: int) -> bool:
+        """After `step` optimizer steps, is a checkpoint due? The last step always saves."""
+        if step >= self.total_steps:
+            return True
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        epoch_done = step % self.steps_per_epoch == 0
+        every_epochs = self.every_epochs or (None if self.every_steps else 1)
+        return bool(epoch_done and every_epochs and (step // self.steps_per_epoch) % every_epochs == 0)
+
+
+def plan_steps(settings: LoopSettings, samples: int, world_size: int) -> StepPlan:
+    workload = settings.workload
+    steps_per_epoch = samples // world_size // workload.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"batchSize {workload.batch_size} x {world_size} workers is larger than the {samples} training samples"
+        )
+    total = workload.epochs * steps_per_epoch
+    if workload.max_steps:
+        total = min(total, workload.max_steps)
+    return StepPlan(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        every_steps=settings.every_steps,
+        every_epochs=settings.every_epochs,
+    )
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _epoch_batches(
+    sampler: DistributedSampler[Any], epoch: int, batch_size: int, steps: int, skip: int
+) -> list[list[int]]:
+    """This rank's batches of one epoch, the first `skip` left out: the order is fixed by seed and epoch."""
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    return [indices[i * batch_size : (i + 1) * batch_size] for i in range(skip, steps)]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(item, device) for item in batch)
+    return batch
+
+
+class _Throughput:
+    """Samples and tokens per second over all workers, measured between two reports."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self._reset()
+
+    def _reset(self) -> None:
+        self._start = time.perf_counter()
+        self._samples = 0
+        self._tokens = 0
+        self._losses: list[float] = []
+
+    def add(self, samples: int, tokens: int, loss: float) -> None:
+        self._samples += samples
+        self._tokens += tokens
+        self._losses.append(loss)
+
+    def take(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        figures = {
+            "loss": sum(self._losses) / max(len(self._losses), 1),
+            "samples_per_second": self._samples * self.world_size / elapsed,
+        }
+        if self._tokens:
+            figures["tokens_per_second"] = self._tokens * self.world_size / elapsed
+        self._reset()
+        return figures
+
+
+def _steps(
+    task: TrainingTask, settings: LoopSettings, plan: StepPlan, start: int, rank: int, world: int
+) -> Iterator[tuple[int, list[list[int]]]]:
+    """(epoch, batches) for each epoch left, starting mid-epoch when resuming."""
+    sampler = DistributedSampler(
+        task.dataset(), num_replicas=world, rank=rank, shuffle=True, seed=settings.workload.seed, drop_last=True
+    )
+    step = start
+    while step < plan.total_steps:
+        epoch = plan.epoch_of(step)
+        skip = step - epoch * plan.steps_per_epoch
+        last = min(plan.steps_per_epoch, plan.total_steps - epoch * plan.steps_per_epoch)
+        yield epoch, _epoch_batches(sampler, epoch, settings.workload.batch_size, last, skip)
+        step = epoch * plan.steps_per_epoch + last
+
+
+def builtin_train_loop(config: dict[str, Any]) -> None:
+    settings = LoopSettings.model_validate(config["settings"])
+    recorder = config.get("recorder")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    workload = settings.workload
+
+    task = make_task(workload)
+    torch.manual_seed(workload.seed)
+    model = task.build_model()
+    store = CheckpointStore(settings.storage, keep_last=settings.keep_last)
+    latest = store.latest()
+    state = store.load(latest) if latest else None
+    if state:
+        model.load_state_dict(state["model"])
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=workload.learning_rate, fused=device.type == "cuda")
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+
+    dataset = task.dataset()
+    plan = plan_steps(settings, len(dataset), world)  # type: ignore[arg-type]
+    step = latest.step if latest else 0
+    attempt = ray.get(recorder.begin_attempt.remote(step)) if recorder is not None and rank == 0 else 0
+
+    def emit(
+        kind: str, epoch: int, figures: dict[str, float], checkpoint_uri: str | None = None, model_uri: str | None = None
+    ) -> None:
+        if recorder is None or rank != 0:
+            return
+        event = ProgressEvent(
+            kind=kind,  # type: ignore[arg-type]
+            step=step,
+            total_steps=plan.total_steps,
+            epoch=epoch,
+            epochs=workload.epochs,
+            attempt=attempt,
+            metrics=figures,
+            checkpoint_uri=checkpoint_uri,
+            model_uri=model_uri,
+        )
+        recorder.record.remote(event)
+
+    emit("resume", plan.epoch_of(step), {})
+    throughput = _Throughput(world)
+    last_figures: dict[str, float] = {}
+    last_emit = time.monotonic()
+    model.train()
+    for epoch, batches in _steps(task, settings, plan, step, rank, world):
+        for indices in batches:
+            batch = _to_device(torch.utils.data.default_collate([dataset[i] for i in indices]), device)
+            with _autocast(workload.precision, device):
+                loss = task.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            throughput.add(task.batch_size_of(batch), task.tokens_in(batch), float(loss.detach()))
+
+            if plan.checkpoint_due(step):
+                last_figures = throughput.take()
+                uri = None
+                if rank == 0:
+                    saved = store.save(
+                        {"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict()},
+                        step=step,
+                        epoch=epoch,
+                        metrics=last_figures,
+                    )
+                    uri = saved.uri
+                    emit("checkpoint", epoch, last_figures, uri)
+                # A barrier too: no rank runs ahead of a checkpoint that is still being written.
+                ray.train.report({"step": step, "epoch": epoch, **last_figures})
+                last_emit = time.monotonic()
+            elif time.monotonic() - last_emit >= settings.progress_interval_s:
+                last_figures = throughput.take()
+                emit("step", epoch, last_figures)
+                last_emit = time.monotonic()
+
+    if rank == 0:
+        final = {**last_figures, **task.evaluate(unwrap_model(model))}
+        uri = export_model(settings.storage, unwrap_model(model), task.model_config(), final)
+        emit("done", plan.epoch_of(step), final, model_uri=uri)
+

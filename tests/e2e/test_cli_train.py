@@ -1,0 +1,113 @@
+"""`bigmodel train` as a user runs it: the real console script, an embedded Ray cluster, files on disk."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bigmodel.api.manifests import load_manifest
+from bigmodel.runtime.artifacts import load_model
+from bigmodel.runtime.checkpoints import CheckpointStore
+from bigmodel.runtime.tasks import make_task
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+BIGMODEL = [sys.executable, "-m", "bigmodel.cli"]
+
+
+def _train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run(
+        [*BIGMODEL, "train", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
+def test_train_example_end_to_end_then_resume(tmp_path: Path) -> None:
+    storage = tmp_path / "digits"
+    first = _train("examples/digits.yaml", "--storage", str(storage), "--num-cpus", "2")
+    assert first.returncode == 0, f"bigmodel train failed:\n{first.stdout}\n{first.stderr}"
+    assert "BigModelJob digits: Succeeded" in first.stdout, first.stdout
+    assert "accuracy" in first.stdout and "model" in first.stdout, first.stdout
+
+    job = load_manifest(ROOT / "examples/digits.yaml")
+    checkpoints = CheckpointStore(str(storage)).list()
+    assert [c.epoch for c in checkpoints] == [5, 6, 7], "one checkpoint per epoch, the last three kept"
+    model, config = load_model(str(storage / "model"))
+    accuracy = make_task(job.spec.workload.builtin).evaluate(model)["accuracy"]
+    assert accuracy > 0.9, f"the exported digits model is only {accuracy:.2%} accurate on held-out digits"
+
+    again = _train("examples/digits.yaml", "--storage", str(storage), "--num-cpus", "2")
+    assert again.returncode == 0, f"second run failed:\n{again.stdout}\n{again.stderr}"
+    final_step = checkpoints[-1].step
+    assert re.search(rf"resumed from\W+step {final_step}\b", again.stdout), (
+        f"the second run did not resume from step {final_step}:\n{again.stdout}"
+    )
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    storage = tmp_path / "gpt"
+    env = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"}
+    process = subprocess.Popen(
+        [*BIGMODEL, "train", "examples/gpt-small.yaml", "--storage", str(storage), "--num-cpus", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = CheckpointStore(str(storage))
+    deadline = time.monotonic() + 240
+    while store.latest() is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert store.latest() is not None, "no checkpoint was written within 240 s"
+    process.send_signal(signal.SIGINT)
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("bigmodel train did not stop within 60 s of Ctrl-C")
+    assert process.returncode == 130, f"exit code {process.returncode}:\n{stdout}\n{stderr}"
+    assert "Run the same command to resume" in stdout, stdout
+    assert "Traceback" not in stdout + stderr, stderr
+    assert store.latest() is not None, "the checkpoint was lost on Ctrl-C"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no such file"),
+        ("apiVersion: [unclosed", "not valid YAML"),
+        (
+            "apiVersion: bigmodel.dev/v1alpha1\nkind: BigModelJob\nmetadata: {name: x}\n"
+            "spec: {workload: {builtin: {task: resnet}}}\n",
+            "spec.workload.builtin.task",
+        ),
+    ],
+    ids=["missing-file", "invalid-yaml", "invalid-spec"],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, content: str | None, expected: str) -> None:
+    manifest = tmp_path / "job.yaml"
+    if content is not None:
+        manifest.write_text(content)
+    result = _train(str(manifest), timeout=60)
+    assert result.returncode == 2, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line of error, got:\n{result.stderr}"
+    assert str(manifest) in lines[0] and expected.lower() in lines[0].lower(), lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_console_script_is_installed() -> None:
+    script = shutil.which("bigmodel", path=str(Path(sys.executable).parent))
+    assert script, "the `bigmodel` console script is not installed next to the interpreter"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("bigmodel "), result

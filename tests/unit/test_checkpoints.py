@@ -1,0 +1,127 @@
+"""Checkpoints: complete-only listing, pruning, crash leftovers, and the same rules through URIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigmodel.runtime.checkpoints import CheckpointStore
+
+
+def state(value: float) -> dict[str, object]:
+    return {"model": {"weight": torch.full((3,), value)}, "step": int(value)}
+
+
+def test_save_latest_list_and_load(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path), keep_last=3)
+    assert store.latest() is None and store.list() == []
+    saved = store.save(state(1.0), step=1, epoch=0, metrics={"loss": 2.5})
+    store.save(state(2.0), step=2, epoch=1)
+    latest = store.latest()
+    assert latest is not None and (latest.step, latest.epoch, latest.metrics) == (2, 1, {})
+    assert [info.step for info in store.list()] == [1, 2]
+    assert store.list()[0] == saved
+    assert saved.uri == str(tmp_path / "checkpoints" / "step-0000000001")
+    assert saved.time.tzinfo is not None
+    assert torch.equal(store.load(saved)["model"]["weight"], torch.full((3,), 1.0))
+    meta = json.loads((tmp_path / "checkpoints" / "step-0000000001" / "meta.json").read_text())
+    assert meta["metrics"] == {"loss": 2.5} and meta["step"] == 1
+
+
+def test_keeps_only_the_newest(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path), keep_last=2)
+    for step in (5, 10, 15, 20):
+        store.save(state(step), step=step, epoch=0)
+    assert [info.step for info in store.list()] == [15, 20]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step-0000000015", "step-0000000020"]
+
+
+def test_saving_a_step_again_replaces_it(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path))
+    store.save(state(1.0), step=7, epoch=0, metrics={"loss": 3.0})
+    again = store.save(state(2.0), step=7, epoch=0, metrics={"loss": 1.0})
+    assert [info.metrics for info in store.list()] == [{"loss": 1.0}]
+    assert store.load(again)["step"] == 2
+    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["step-0000000007"]
+
+
+def test_a_crashed_save_is_ignored_then_cleaned(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path))
+    store.save(state(2.0), step=2, epoch=0)
+    root = tmp_path / "checkpoints"
+    staging = root / f".step-0000000003.tmp-{'a' * 32}"
+    staging.mkdir()
+    (staging / "state.pt").write_bytes(b"half a checkpoint")
+    (staging / "meta.json").write_text("{}")
+    unmarked = root / "step-0000000004"
+    unmarked.mkdir()
+    (unmarked / "state.pt").write_bytes(b"half a checkpoint")
+    latest = store.latest()
+    assert latest is not None and latest.step == 2
+    assert [info.step for info in store.list()] == [2]
+
+    store.save(state(5.0), step=5, epoch=0)
+    assert sorted(path.name for path in root.iterdir()) == ["step-0000000002", "step-0000000005"]
+
+
+def test_crash_leftovers_newer_than_the_latest_checkpoint_stay(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path))
+    unmarked = tmp_path / "checkpoints" / "step-0000000009"
+    unmarked.mkdir(parents=True)
+    store.save(state(5.0), step=5, epoch=0)
+    assert unmarked.exists()
+    store.save(state(9.0), step=9, epoch=0)
+    assert [info.step for info in store.list()] == [5, 9]
+
+
+def test_pruning_tolerates_directories_removed_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = CheckpointStore(str(tmp_path), keep_last=1)
+    store.save(state(1.0), step=1, epoch=0)
+    other = CheckpointStore(str(tmp_path), keep_last=1)
+    # Another process prunes step 1 between this store's listing and its delete.
+    original_list = CheckpointStore.list
+
+    def list_then_race(self: CheckpointStore) -> list:  # type: ignore[type-arg]
+        infos = original_list(self)
+        other._prune()
+        return infos
+
+    monkeypatch.setattr(CheckpointStore, "list", list_then_race)
+    store.save(state(2.0), step=2, epoch=0)
+    monkeypatch.undo()
+    assert [info.step for info in store.list()] == [2]
+
+
+def test_relative_storage_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    info = CheckpointStore("runs/demo").save(state(1.0), step=1, epoch=0)
+    assert info.uri == str(tmp_path / "runs" / "demo" / "checkpoints" / "step-0000000001")
+
+
+def test_file_uri(tmp_path: Path) -> None:
+    store = CheckpointStore(f"file://{tmp_path}/run", keep_last=1)
+    store.save(state(1.0), step=1, epoch=0)
+    info = store.save(state(2.0), step=2, epoch=0)
+    assert info.uri == f"file://{tmp_path}/run/checkpoints/step-0000000002"
+    assert CheckpointStore(f"file://{tmp_path}/run").latest() == info
+    assert store.load(info)["step"] == 2
+    assert [path.name for path in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-0000000002"]
+
+
+def test_object_store_without_rename() -> None:
+    # pyarrow's in-memory mock filesystem takes the object-store path: files written in place, meta.json last.
+    store = CheckpointStore("mock:///bucket/run", keep_last=2)
+    for step in (1, 2, 3):
+        store.save(state(step), step=step, epoch=0)
+    again = store.save(state(30.0), step=3, epoch=1)
+    assert [(info.step, info.epoch) for info in store.list()] == [(2, 0), (3, 1)]
+    assert again.uri == "mock:///bucket/run/checkpoints/step-0000000003"
+    assert store.load(again)["step"] == 30
+
+
+def test_keep_last_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        CheckpointStore(str(tmp_path), keep_last=0)
