@@ -78,7 +78,7 @@ def summary_table(name: str, result: TrainingResult) -> Table:
     table.add_column()
     table.add_row("steps", f"{result.steps}/{result.total_steps} over {result.epochs} epoch(s)")
     for key, value in sorted(result.metrics.items()):
-        table.add_row(key.replace("_", " "), f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.0f}")
+        table.add_row(key.replace("_", " "), f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}")
     resumed = result.progress.attempts[0].resumed_from_step if result.progress.attempts else 0
     if resumed:
         table.add_row("resumed from", f"step {resumed}")

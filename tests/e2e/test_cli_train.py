@@ -36,13 +36,13 @@ def test_train_example_end_to_end_then_resume(tmp_path: Path) -> None:
     first = _train("examples/digits.yaml", "--storage", str(storage), "--num-cpus", "2")
     assert first.returncode == 0, f"bigmodel train failed:\n{first.stdout}\n{first.stderr}"
     assert "BigModelJob digits: Succeeded" in first.stdout, first.stdout
-    assert "accuracy" in first.stdout and "model" in first.stdout, first.stdout
+    assert "val accuracy" in first.stdout and "model" in first.stdout, first.stdout
 
     job = load_manifest(ROOT / "examples/digits.yaml")
     checkpoints = CheckpointStore(str(storage)).list()
     assert [c.epoch for c in checkpoints] == [5, 6, 7], "one checkpoint per epoch, the last three kept"
     model, config = load_model(str(storage / "model"))
-    accuracy = make_task(job.spec.workload.builtin).evaluate(model)["accuracy"]
+    accuracy = make_task(job.spec.workload.builtin).evaluate(model)["val_accuracy"]
     assert accuracy > 0.9, f"the exported digits model is only {accuracy:.2%} accurate on held-out digits"
 
     again = _train("examples/digits.yaml", "--storage", str(storage), "--num-cpus", "2")

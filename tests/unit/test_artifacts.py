@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import distributed
 from torch.nn.parallel import DistributedDataParallel
 
 from bigmodel.api.job import BuiltinWorkload
@@ -33,18 +34,20 @@ def test_gpt_round_trip_gives_identical_outputs(tmp_path: Path, as_uri: bool) ->
     assert document["metrics"] == {"val_loss": 1.5}
 
 
-def test_ddp_wrapper_is_unwrapped_and_export_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ddp_wrapper_is_unwrapped_and_export_replaces(tmp_path: Path) -> None:
     task = make_task(BuiltinWorkload(task="digits", digits={"hiddenSize": 16}))
     torch.manual_seed(0)
     first = task.build_model()
     export_model(str(tmp_path), first, task.model_config(), {})
     second = task.build_model()
-    wrapped = DistributedDataParallel.__new__(DistributedDataParallel)
-    torch.nn.Module.__init__(wrapped)
-    wrapped.module = second
     stale = tmp_path / f".model.tmp-{'b' * 32}"
     stale.mkdir()
-    uri = export_model(str(tmp_path), wrapped, task.model_config(), {})
+    distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        uri = export_model(str(tmp_path), DistributedDataParallel(second), task.model_config(), {})
+    finally:
+        distributed.destroy_process_group()
+    (tmp_path / "rendezvous").unlink(missing_ok=True)
     loaded, _ = load_model(uri)
     features = task.dataset()[:5][0]
     assert torch.equal(loaded(features), second(features))

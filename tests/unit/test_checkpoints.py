@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bigmodel.runtime import checkpoints
 from bigmodel.runtime.checkpoints import CheckpointStore
+from bigmodel.runtime.storage import Location
 
 
 def state(value: float) -> dict[str, object]:
@@ -80,18 +82,14 @@ def test_crash_leftovers_newer_than_the_latest_checkpoint_stay(tmp_path: Path) -
 def test_pruning_tolerates_directories_removed_meanwhile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = CheckpointStore(str(tmp_path), keep_last=1)
     store.save(state(1.0), step=1, epoch=0)
-    other = CheckpointStore(str(tmp_path), keep_last=1)
-    # Another process prunes step 1 between this store's listing and its delete.
-    original_list = CheckpointStore.list
+    listed = checkpoints.subdirectories
 
-    def list_then_race(self: CheckpointStore) -> list:  # type: ignore[type-arg]
-        infos = original_list(self)
-        other._prune()
-        return infos
+    def listed_then_removed_by_another_process(parent: Location) -> list[str]:
+        # Entries a concurrent pruner deleted after this listing was taken.
+        return [*listed(parent), "step-0000000000", f".step-0000000000.tmp-{'c' * 32}"]
 
-    monkeypatch.setattr(CheckpointStore, "list", list_then_race)
+    monkeypatch.setattr(checkpoints, "subdirectories", listed_then_removed_by_another_process)
     store.save(state(2.0), step=2, epoch=0)
-    monkeypatch.undo()
     assert [info.step for info in store.list()] == [2]
 
 

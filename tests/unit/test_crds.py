@@ -150,8 +150,20 @@ def test_structural_checker_catches_violations() -> None:
         ({"$ref": "#/$defs/Missing"}, "cannot resolve"),
         ({"type": "integer", "minimum": 0, "exclusiveMinimum": 0}, "both minimum and exclusiveMinimum"),
         ({"type": "object", "oneOf": [{"type": "object"}]}, "oneOf branches"),
+        ({"type": ["string", "integer"]}, "needs one type"),
+        ({"description": "untyped"}, "needs one type"),
     ],
-    ids=["format", "unknown-keyword", "union", "free-form-object", "dangling-ref", "double-bound", "typed-oneOf"],
+    ids=[
+        "format",
+        "unknown-keyword",
+        "union",
+        "free-form-object",
+        "dangling-ref",
+        "double-bound",
+        "typed-oneOf",
+        "type-list",
+        "untyped",
+    ],
 )
 def test_unconvertible_schema_fails_loudly(schema: dict[str, Any], fragment: str) -> None:
     with pytest.raises(SchemaConversionError) as caught:

@@ -159,12 +159,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, seen: tuple[
         if "description" in node:
             out["description"] = node["description"]
         return out
-    elif "type" in node:
-        if not isinstance(node["type"], str):
-            raise SchemaConversionError(f"{path}: a list of types {node['type']!r} is not structural")
+    elif isinstance(node.get("type"), str):
         out["type"] = node["type"]
-    elif "const" not in node:
-        raise SchemaConversionError(f"{path}: no type; every node of a structural schema needs one")
+    else:
+        raise SchemaConversionError(f"{path}: type {node.get('type')!r}; every structural schema node needs one type")
 
     for key in _KEPT & set(node):
         # Copies: the same definition is inlined in several places, and shared objects would become YAML anchors.
@@ -172,9 +170,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, seen: tuple[
     if "x-kubernetes-validations" in out:
         out["x-kubernetes-validations"] = [_cel_rule(rule, path) for rule in out["x-kubernetes-validations"]]
     if "default" in node and node["default"] is not None:
-        out["default"] = node["default"]
+        out["default"] = copy.deepcopy(node["default"])
     if "const" in node:
-        out.setdefault("type", "string")
         out["enum"] = [node["const"]]
     if "format" in node:
         if node["format"] not in _FORMATS:
