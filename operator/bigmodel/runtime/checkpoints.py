@@ -30,6 +30,8 @@ _STEP_DIR = re.compile(r"^step-(?P<step>\d{10})$")
 
 @dataclass(frozen=True)
 class CheckpointInfo:
+    """A completed checkpoint: where it lives and the progress and metrics it was saved with."""
+
     uri: str
     step: int
     epoch: int
@@ -47,6 +49,8 @@ def _step_of(name: str) -> int | None:
 
 
 class CheckpointStore:
+    """The checkpoints of one run; storage is a local path (relative ones are made absolute) or a URI."""
+
     def __init__(self, storage: str, keep_last: int = 3) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last must be at least 1, not {keep_last}")

@@ -97,6 +97,28 @@ class _Poller:
             self._callback(ray.get(self._recorder.snapshot.remote()))
 
 
+def _fit_interruptibly(trainer: TorchTrainer) -> None:
+    """trainer.fit() in a helper thread, so Ctrl-C in the main thread reaches the caller at once.
+
+    In the main thread Ray Train would take SIGINT over with its own graceful abort, which ends the
+    process with exit code 1 and no word of the checkpoint; the caller knows better what to say.
+    """
+    outcome: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # handed to the main thread, which decides what it means
+            outcome.append(error)
+
+    thread = threading.Thread(target=fit, name="bigmodel-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.2)
+    if outcome:
+        raise outcome[0]
+
+
 def run_training(
     name: str,
     spec: BigModelJobSpec,
@@ -148,7 +170,7 @@ def run_training(
     started = time.monotonic()
     with _Poller(recorder, on_progress, progress_interval_s):
         try:
-            trainer.fit()
+            _fit_interruptibly(trainer)
         except Exception as error:  # Ray wraps worker errors in several layers; users need the innermost.
             raise TrainingFailed(_root_cause(error)) from error
     snapshot: ProgressSnapshot = ray.get(recorder.snapshot.remote())

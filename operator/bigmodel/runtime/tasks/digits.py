@@ -14,7 +14,7 @@ from bigmodel.runtime.tasks.base import TrainingTask, device_of, evaluating
 
 INPUTS = 64
 CLASSES = 10
-# Fixed apart from the workload's seed so that every run is scored on the same held-out images.
+# Independent of the workload's seed, so that every run is scored on the same held-out images.
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.2
 
