@@ -100,10 +100,10 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
         try:
             manifest = load_manifest(path)
         except ManifestError as error:
-            console.print(f"[red]invalid[/red] {error}", highlight=False)
+            console.print(f"[red]invalid[/red] {error}", highlight=False, soft_wrap=True)
             failed += 1
         else:
-            console.print(f"[green]valid[/green]   {path}: {manifest.kind} {manifest.metadata.name}", highlight=False)
+            console.print(f"[green]valid[/green]   {path}: {manifest.kind} {manifest.metadata.name}", soft_wrap=True)
     return EXIT_USAGE if failed else 0
 
 
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args, console)
     except CliError as error:
-        Console(stderr=True, highlight=False).print(f"bigmodel: {error}", markup=False)
+        # Plain print: a terminal-width wrap would split the one line a user (or a script) reads.
+        print(f"bigmodel: {error}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -10,6 +10,9 @@ from bigmodel.runtime.driver import TrainingResult
 from bigmodel.runtime.progress import ProgressSnapshot
 
 
+_PROGRESS_KEYS = {"progress", "eta_seconds"}
+
+
 def _duration(seconds: int | None) -> str:
     if seconds is None:
         return "--:--"
@@ -31,13 +34,13 @@ def progress_line(snapshot: ProgressSnapshot) -> str:
     event = snapshot.latest
     if event is None:
         return "starting workers"
-    _, eta = snapshot.percent_and_eta()
+    eta = event.metrics.get("eta_seconds")
     parts = [f"epoch {event.epoch + 1}/{event.epochs}", f"step {event.step}/{event.total_steps}"]
     if "loss" in event.metrics:
         parts.append(f"loss {event.metrics['loss']:.4f}")
     if _rate(event.metrics):
         parts.append(_rate(event.metrics))
-    parts.append(f"ETA {_duration(eta)}")
+    parts.append(f"ETA {_duration(None if eta is None else int(eta))}")
     if snapshot.worker_restarts:
         parts.append(f"[yellow]worker restarts {snapshot.worker_restarts}[/yellow]")
     return "  ".join(parts)
@@ -78,6 +81,8 @@ def summary_table(name: str, result: TrainingResult) -> Table:
     table.add_column()
     table.add_row("steps", f"{result.steps}/{result.total_steps} over {result.epochs} epoch(s)")
     for key, value in sorted(result.metrics.items()):
+        if key in _PROGRESS_KEYS:
+            continue
         table.add_row(key.replace("_", " "), f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}")
     resumed = result.progress.attempts[0].resumed_from_step if result.progress.attempts else 0
     if resumed:

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIGMODEL = [sys.executable, "-m", "bigmodel.cli"]
 
 
-def _train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"}
+def _train(*args: str, timeout: float = 300, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"COLUMNS": str(columns), "NO_COLOR": "1"}
     return subprocess.run(
         [*BIGMODEL, "train", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
     )
@@ -98,7 +98,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, content: str | None, e
     manifest = tmp_path / "job.yaml"
     if content is not None:
         manifest.write_text(content)
-    result = _train(str(manifest), timeout=60)
+    # A narrow terminal: the error must stay one line, not wrap.
+    result = _train(str(manifest), timeout=60, columns=40)
     assert result.returncode == 2, result
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line of error, got:\n{result.stderr}"

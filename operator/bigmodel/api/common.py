@@ -146,6 +146,18 @@ class Condition(Model):
     observed_generation: int | None = Field(None, description="The spec generation the condition was computed from.")
 
 
+class ObservedStatus(Model):
+    """What every status carries besides its phase: conditions, the generation they describe, a message."""
+
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Standard conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, description="The spec generation this status describes.")
+    message: str = Field("", description="The latest thing that happened, for a person.")
+
+
 class ObjectMeta(Model):
     """The part of Kubernetes metadata the operator reads; everything else is kept as is."""
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from bigmodel.api.common import API_VERSION, Condition, EnvVar, Model, NodeGroup, ObjectMeta
+from bigmodel.api.common import API_VERSION, EnvVar, Model, NodeGroup, ObjectMeta, ObservedStatus
 from bigmodel.version import RUNTIME_IMAGE
 
 BuiltinTask = Literal["digits", "gpt"]
@@ -254,16 +254,10 @@ class Progress(Model):
     eta_seconds: int | None = Field(None, description="Estimated seconds left at the current speed.")
 
 
-class BigModelJobStatus(Model):
+class BigModelJobStatus(ObservedStatus):
     """Where the job is, computed by the operator."""
 
     phase: JobPhase = Field("Pending", description="Pending, Starting, Running, Restarting, Succeeded, Failed, Suspended.")
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="Standard conditions.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: int | None = Field(None, description="The spec generation this status describes.")
     workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pod counts.")
     workers_ready: str = Field("0/0", description="ready/desired workers, for kubectl get.")
     restarts: int = Field(0, description="Cluster rebuilds so far.")
@@ -276,7 +270,6 @@ class BigModelJobStatus(Model):
     model_uri: str | None = Field(None, description="The exported model, once the job Succeeded.")
     ray_job_id: str | None = Field(None, description="Submission id of the current Ray job.")
     dashboard_url: str | None = Field(None, description="In-cluster URL of the Ray dashboard.")
-    message: str = Field("", description="The latest thing that happened, for a person.")
 
 
 class BigModelJob(Model):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from bigmodel.api.common import API_VERSION, Condition, EnvVar, Model, NodeGroup, ObjectMeta
+from bigmodel.api.common import API_VERSION, EnvVar, Model, NodeGroup, ObjectMeta, ObservedStatus
 from bigmodel.version import RUNTIME_IMAGE
 
 
@@ -158,22 +158,15 @@ class ServedModel(Model):
     version: str | None = Field(None, description="Version of the served model, changed by every upgrade.")
 
 
-class BigModelServiceStatus(Model):
+class BigModelServiceStatus(ObservedStatus):
     """Where the service is, computed by the operator."""
 
     phase: ServicePhase = Field("Pending", description="Pending, Deploying, Ready, Upgrading or Failed.")
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        description="Standard conditions.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    observed_generation: int | None = Field(None, description="The spec generation this status describes.")
     replicas: ReplicaCounts = Field(default_factory=ReplicaCounts, description="Serve replica counts.")
     replicas_ready: str = Field("0/0", description="running/desired replicas, for kubectl get.")
     workers: ServiceWorkerCounts = Field(default_factory=ServiceWorkerCounts, description="Worker pod counts.")
     url: str | None = Field(None, description="In-cluster base URL of the HTTP endpoint.")
     model: ServedModel = Field(default_factory=ServedModel, description="The model being served.")
-    message: str = Field("", description="The latest thing that happened, for a person.")
 
 
 class BigModelService(Model):

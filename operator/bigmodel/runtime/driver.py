@@ -22,7 +22,8 @@ from ray.train.torch import TorchTrainer
 from bigmodel.api.job import BigModelJobSpec
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
 from bigmodel.runtime.progress import ProgressRecorder, ProgressSnapshot
-from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop
+from bigmodel.runtime.tasks import make_task
+from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop, plan_steps
 
 STORAGE_ENV = "BIGMODEL_CHECKPOINT_STORAGE"
 
@@ -62,6 +63,14 @@ def _import_function(reference: str) -> Callable[[dict[str, Any]], Any]:
     if not callable(function):
         raise TrainingFailed(f"workload.entrypoint.function {reference!r} is not callable")
     return function
+
+
+def _check_plan(settings: LoopSettings, workers: int) -> None:
+    """Refuse a run whose data cannot fill one step before any worker starts, rather than fail on every retry."""
+    try:
+        plan_steps(settings, len(make_task(settings.workload).dataset()), workers)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise TrainingFailed(f"spec.workload.builtin: {error}") from error
 
 
 def _root_cause(error: BaseException) -> str:
@@ -133,8 +142,10 @@ def run_training(
     if workload.command is not None:
         raise ValueError("a command workload is not a Ray Train run: use run_command")
     storage = resolve_storage(storage)
-    recorder = ProgressRecorder.remote()
-    env_vars = {item.name: item.value for item in spec.env} | {STORAGE_ENV: storage}
+    runtime_env = dict(spec.runtime_env or {})
+    runtime_env["env_vars"] = (
+        runtime_env.get("env_vars", {}) | {item.name: item.value for item in spec.env} | {STORAGE_ENV: storage}
+    )
 
     if workload.builtin is not None:
         settings = LoopSettings(
@@ -145,12 +156,18 @@ def run_training(
             every_epochs=spec.checkpoint.every_epochs,
             progress_interval_s=progress_interval_s,
         )
+        _check_plan(settings, spec.workers.replicas)
         loop: Callable[[dict[str, Any]], Any] = builtin_train_loop
-        loop_config: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "recorder": recorder}
+        loop_config: dict[str, Any] = {"settings": settings.model_dump(mode="json")}
     else:
         assert workload.entrypoint is not None
         loop = _import_function(workload.entrypoint.function)
         loop_config = dict(workload.entrypoint.config)
+
+    # Only the built-in loop reports to it; a user loop reports to Ray Train alone.
+    recorder = ProgressRecorder.remote()
+    if workload.builtin is not None:
+        loop_config["recorder"] = recorder
 
     trainer = TorchTrainer(
         loop,
@@ -164,7 +181,7 @@ def run_training(
             name=name,
             storage_path=f"{storage}/ray" if "://" in storage else os.path.join(storage, "ray"),
             failure_config=FailureConfig(max_failures=spec.failure_policy.max_worker_failures),
-            worker_runtime_env={"env_vars": env_vars},
+            worker_runtime_env=runtime_env,
         ),
     )
     started = time.monotonic()

@@ -49,20 +49,6 @@ class ProgressSnapshot:
     def worker_restarts(self) -> int:
         return max(0, len(self.attempts) - 1)
 
-    def steps_per_second(self) -> float | None:
-        """Speed of the current attempt, from its start (model build included) to the latest event."""
-        if self.latest is None or not self.attempts:
-            return None
-        current = self.attempts[-1]
-        done = self.latest.step - current.resumed_from_step
-        elapsed = self.latest.time - current.started_at
-        return done / elapsed if done > 0 and elapsed > 0 else None
-
-    def percent_and_eta(self) -> tuple[int, int | None]:
-        if self.latest is None:
-            return 0, None
-        return percent_and_eta(self.latest.step, self.latest.total_steps, self.steps_per_second())
-
     def steps_trained_twice(self) -> int:
         """Steps redone after failures: work lost between a failure and the checkpoint resumed from."""
         redone = 0

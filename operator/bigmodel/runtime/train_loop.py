@@ -19,7 +19,7 @@ from torch.utils.data import DistributedSampler
 from bigmodel.api.job import BuiltinWorkload
 from bigmodel.runtime.artifacts import export_model
 from bigmodel.runtime.checkpoints import CheckpointStore
-from bigmodel.runtime.progress import ProgressEvent
+from bigmodel.runtime.progress import ProgressEvent, percent_and_eta
 from bigmodel.runtime.tasks import TrainingTask, make_task, unwrap_model
 
 
@@ -146,88 +146,112 @@ def _steps(
         step = epoch * plan.steps_per_epoch + last
 
 
-def builtin_train_loop(config: dict[str, Any]) -> None:
-    settings = LoopSettings.model_validate(config["settings"])
-    recorder = config.get("recorder")
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    workload = settings.workload
+class _Run:
+    """One start of the loop on one rank: the model and optimizer resumed from the latest checkpoint."""
 
-    task = make_task(workload)
-    torch.manual_seed(workload.seed)
-    model = task.build_model()
-    store = CheckpointStore(settings.storage, keep_last=settings.keep_last)
-    latest = store.latest()
-    state = store.load(latest) if latest else None
-    if state:
-        model.load_state_dict(state["model"])
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=workload.learning_rate, fused=device.type == "cuda")
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
+    def __init__(self, settings: LoopSettings, recorder: Any) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.settings = settings
+        self.recorder = recorder if self.rank == 0 else None
+        self.device = ray.train.torch.get_device()
+        workload = settings.workload
+        self.task = make_task(workload)
+        self.dataset = self.task.dataset()
+        self.plan = plan_steps(settings, len(self.dataset), self.world)  # type: ignore[arg-type]
 
-    dataset = task.dataset()
-    plan = plan_steps(settings, len(dataset), world)  # type: ignore[arg-type]
-    step = latest.step if latest else 0
-    attempt = ray.get(recorder.begin_attempt.remote(step)) if recorder is not None and rank == 0 else 0
+        torch.manual_seed(workload.seed)
+        model = self.task.build_model()
+        self.store = CheckpointStore(settings.storage, keep_last=settings.keep_last)
+        latest = self.store.latest()
+        state = self.store.load(latest) if latest else None
+        if state:
+            model.load_state_dict(state["model"])
+        self.model = ray.train.torch.prepare_model(model)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=workload.learning_rate, fused=self.device.type == "cuda"
+        )
+        if state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.step = latest.step if latest else 0
+        self._first_step = self.step
+        self._started = time.monotonic()
+        self.attempt = ray.get(self.recorder.begin_attempt.remote(self.step)) if self.recorder else 0
 
-    def emit(
-        kind: str, epoch: int, figures: dict[str, float], checkpoint_uri: str | None = None, model_uri: str | None = None
-    ) -> None:
-        if recorder is None or rank != 0:
+    def progress(self) -> dict[str, float]:
+        """Fraction of the planned steps done and, once this attempt has a speed, the seconds left."""
+        done, elapsed = self.step - self._first_step, time.monotonic() - self._started
+        _, eta = percent_and_eta(self.step, self.plan.total_steps, done / elapsed if done > 0 else None)
+        figures = {"progress": self.step / self.plan.total_steps}
+        if eta is not None:
+            figures["eta_seconds"] = float(eta)
+        return figures
+
+    def emit(self, kind: str, figures: dict[str, float], **uris: str | None) -> None:
+        if self.recorder is None:
             return
         event = ProgressEvent(
             kind=kind,  # type: ignore[arg-type]
-            step=step,
-            total_steps=plan.total_steps,
-            epoch=epoch,
-            epochs=workload.epochs,
-            attempt=attempt,
-            metrics=figures,
-            checkpoint_uri=checkpoint_uri,
-            model_uri=model_uri,
+            step=self.step,
+            total_steps=self.plan.total_steps,
+            epoch=self.plan.epoch_of(self.step),
+            epochs=self.settings.workload.epochs,
+            attempt=self.attempt,
+            metrics=figures | self.progress(),
+            **uris,
         )
-        recorder.record.remote(event)
+        self.recorder.record.remote(event)
 
-    emit("resume", plan.epoch_of(step), {})
-    throughput = _Throughput(world)
-    last_figures: dict[str, float] = {}
+    def train_step(self, indices: list[int]) -> tuple[Any, float]:
+        batch = _to_device(torch.utils.data.default_collate([self.dataset[i] for i in indices]), self.device)
+        with _autocast(self.settings.workload.precision, self.device):
+            loss = self.task.loss(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return batch, float(loss.detach())
+
+    def checkpoint(self, epoch: int, figures: dict[str, float]) -> None:
+        if self.rank == 0:
+            saved = self.store.save(
+                {"model": unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict()},
+                step=self.step,
+                epoch=epoch,
+                metrics=figures,
+            )
+            self.emit("checkpoint", figures, checkpoint_uri=saved.uri)
+        # A barrier too: no rank runs ahead of a checkpoint that is still being written.
+        ray.train.report({"step": self.step, "epoch": epoch, **figures, **self.progress()})
+
+    def finish(self, figures: dict[str, float]) -> None:
+        """Rank 0 scores the model on held-out data and exports it for serving."""
+        if self.rank != 0:
+            return
+        model = unwrap_model(self.model)
+        final = figures | self.task.evaluate(model)
+        uri = export_model(self.settings.storage, model, self.task.model_config(), final)
+        self.emit("done", final, model_uri=uri)
+
+
+def builtin_train_loop(config: dict[str, Any]) -> None:
+    settings = LoopSettings.model_validate(config["settings"])
+    run = _Run(settings, config.get("recorder"))
+    run.emit("resume", {})
+    throughput = _Throughput(run.world)
+    figures: dict[str, float] = {}
     last_emit = time.monotonic()
-    model.train()
-    for epoch, batches in _steps(task, settings, plan, step, rank, world):
+    run.model.train()
+    for epoch, batches in _steps(run.task, settings, run.plan, run.step, run.rank, run.world):
         for indices in batches:
-            batch = _to_device(torch.utils.data.default_collate([dataset[i] for i in indices]), device)
-            with _autocast(workload.precision, device):
-                loss = task.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            throughput.add(task.batch_size_of(batch), task.tokens_in(batch), float(loss.detach()))
-
-            if plan.checkpoint_due(step):
-                last_figures = throughput.take()
-                uri = None
-                if rank == 0:
-                    saved = store.save(
-                        {"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict()},
-                        step=step,
-                        epoch=epoch,
-                        metrics=last_figures,
-                    )
-                    uri = saved.uri
-                    emit("checkpoint", epoch, last_figures, uri)
-                # A barrier too: no rank runs ahead of a checkpoint that is still being written.
-                ray.train.report({"step": step, "epoch": epoch, **last_figures})
+            batch, loss = run.train_step(indices)
+            throughput.add(run.task.batch_size_of(batch), run.task.tokens_in(batch), loss)
+            if run.plan.checkpoint_due(run.step):
+                figures = throughput.take()
+                run.checkpoint(epoch, figures)
                 last_emit = time.monotonic()
             elif time.monotonic() - last_emit >= settings.progress_interval_s:
-                last_figures = throughput.take()
-                emit("step", epoch, last_figures)
+                figures = throughput.take()
+                run.emit("step", figures)
                 last_emit = time.monotonic()
-
-    if rank == 0:
-        final = {**last_figures, **task.evaluate(unwrap_model(model))}
-        uri = export_model(settings.storage, unwrap_model(model), task.model_config(), final)
-        emit("done", plan.epoch_of(step), final, model_uri=uri)
-
+    run.finish(figures)

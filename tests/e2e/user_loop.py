@@ -1,0 +1,22 @@
+"""A user's own Ray Train loop, as an `entrypoint` workload names it: `user_loop:train`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+
+def train(config: dict) -> None:
+    context = ray.train.get_context()
+    # An all-reduce across the ranks: proves the workers form one process group.
+    value = torch.tensor([float(context.get_world_rank() + 1)])
+    dist.all_reduce(value)
+    storage = Path(os.environ["BIGMODEL_CHECKPOINT_STORAGE"])
+    record = {"rank": context.get_world_rank(), "world": context.get_world_size(), "sum": value.item(), **config}
+    (storage / f"rank-{context.get_world_rank()}.json").write_text(json.dumps(record))
+    ray.train.report({"sum": value.item()})
