@@ -107,6 +107,19 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     return EXIT_USAGE if failed else 0
 
 
+def cmd_operator(args: argparse.Namespace, console: Console) -> int:
+    from bigmodel.controller.main import run_operator
+    from bigmodel.controller.settings import OperatorSettings
+
+    settings = OperatorSettings.from_env()
+    if args.namespace:
+        settings.namespaces = args.namespace
+    if args.default_storage:
+        settings.default_storage = args.default_storage
+    run_operator(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bigmodel", description="Train and serve PyTorch models on Ray, locally or through Kubernetes."
@@ -124,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     crds.add_argument("--output", default="crds", help="directory to write to (default: crds)")
     crds.set_defaults(handler=cmd_crds)
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (in-cluster or with a kubeconfig)")
+    operator.add_argument(
+        "--namespace", action="append", help="namespace to watch; repeat for several (default: all, or BIGMODEL_NAMESPACES)"
+    )
+    operator.add_argument("--default-storage", help="checkpoint storage for jobs that name none (BIGMODEL_DEFAULT_STORAGE)")
+    operator.set_defaults(handler=cmd_operator)
 
     validate = commands.add_parser("validate", help="check manifests without running them")
     validate.add_argument("manifests", nargs="+", help="YAML files")

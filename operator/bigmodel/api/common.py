@@ -167,8 +167,8 @@ class ObjectMeta(Model):
         ...,
         min_length=1,
         max_length=48,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="Resource name; short enough that child pod names stay valid DNS labels.",
+        pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        description="Resource name: starts with a letter and is short enough that child pod and Service names stay valid DNS labels.",
     )
     namespace: str | None = Field(None, description="Namespace of the resource.")
     uid: str | None = None

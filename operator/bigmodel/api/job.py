@@ -260,7 +260,10 @@ class BigModelJobStatus(ObservedStatus):
     phase: JobPhase = Field("Pending", description="Pending, Starting, Running, Restarting, Succeeded, Failed, Suspended.")
     workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pod counts.")
     workers_ready: str = Field("0/0", description="ready/desired workers, for kubectl get.")
-    restarts: int = Field(0, description="Cluster rebuilds so far.")
+    restarts: int = Field(0, description="Cluster rebuilds after a failure so far (counted against maxRestarts).")
+    cluster_generation: int = Field(
+        0, description="Ray clusters built for this job so far; the current cluster's pods carry it in their names."
+    )
     worker_failures: int = Field(0, description="Worker failures absorbed inside runs so far.")
     start_time: datetime | None = Field(None, description="When the job first ran.")
     completion_time: datetime | None = Field(None, description="When the job Succeeded or Failed.")

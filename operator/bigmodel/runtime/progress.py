@@ -7,10 +7,14 @@ run across failures: which step each attempt resumed from and how far each got.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Literal
 
 import ray
+
+from bigmodel.api.job import CheckpointRef
+from bigmodel.api.training_report import TrainingReport
 
 EventKind = Literal["step", "checkpoint", "resume", "done"]
 
@@ -94,3 +98,28 @@ class ProgressLog:
 
 
 ProgressRecorder = ray.remote(num_cpus=0, max_restarts=0)(ProgressLog)
+
+
+def training_report(snapshot: ProgressSnapshot) -> TrainingReport:
+    """The snapshot in the form the operator reads from the driver's progress endpoint."""
+    latest = snapshot.latest
+    report = TrainingReport(
+        worker_restarts=snapshot.worker_restarts,
+        resumed_from_step=snapshot.attempts[0].resumed_from_step if snapshot.attempts else 0,
+    )
+    if latest is None:
+        return report
+    report.step, report.total_steps = latest.step, latest.total_steps
+    report.epoch, report.epochs = latest.epoch, latest.epochs
+    report.metrics = dict(latest.metrics)
+    report.done = latest.kind == "done"
+    report.model_uri = latest.model_uri
+    if snapshot.checkpoints:
+        saved = snapshot.checkpoints[-1]
+        report.checkpoint = CheckpointRef(
+            path=saved.checkpoint_uri or "",
+            step=saved.step,
+            epoch=saved.epoch,
+            time=datetime.fromtimestamp(saved.time, tz=timezone.utc),
+        )
+    return report

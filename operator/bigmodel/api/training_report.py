@@ -1,0 +1,24 @@
+"""What the training driver on the Ray head tells the operator: the wire format of its progress endpoint."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bigmodel.api.job import CheckpointRef
+
+
+class TrainingReport(BaseModel):
+    """A run as its driver sees it, across worker-group restarts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    metrics: dict[str, float] = Field(default_factory=dict)
+    worker_restarts: int = Field(0, description="Restarts of the worker group inside this run.")
+    resumed_from_step: int = Field(0, description="The checkpoint step this run started from.")
+    checkpoint: CheckpointRef | None = None
+    model_uri: str | None = None
+    done: bool = False

@@ -1,0 +1,211 @@
+"""The Ray cluster a BigModelJob runs on: a head Service, a head pod and one pod per training worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bigmodel.api.common import API_VERSION, NodeGroup
+from bigmodel.api.job import BigModelJob
+from bigmodel.builders import naming
+from bigmodel.builders.pod import (
+    container_security_context,
+    http_probe,
+    pod_security_context,
+    scheduling,
+    volume_mounts,
+    volumes,
+)
+from bigmodel.builders.resources import ray_num_cpus, requirements
+
+RAY_GCS_PORT = 6379
+RAY_DASHBOARD_PORT = 8265
+RAY_CLIENT_PORT = 10001
+RAY_AGENT_PORT = 52365
+PROGRESS_PORT = 8270
+
+SPEC_GENERATION_ANNOTATION = "bigmodel.dev/spec-generation"
+HEAD_CONTAINER = "ray-head"
+WORKER_CONTAINER = "ray-worker"
+# Long enough for a checkpoint that is being written when the pod is deleted to complete.
+TERMINATION_GRACE_SECONDS = 60
+
+_HEAD_PORTS = {
+    "gcs": RAY_GCS_PORT,
+    "dashboard": RAY_DASHBOARD_PORT,
+    "client": RAY_CLIENT_PORT,
+    "progress": PROGRESS_PORT,
+}
+
+
+def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def head_address(job_name: str, namespace: str, generation: int) -> str:
+    return f"{naming.head_service_name(job_name, generation)}.{namespace}.svc:{RAY_GCS_PORT}"
+
+
+def _http_url(pod_ip: str, port: int) -> str:
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    return f"http://{host}:{port}"
+
+
+def dashboard_url(pod_ip: str) -> str:
+    return _http_url(pod_ip, RAY_DASHBOARD_PORT)
+
+
+def progress_url(pod_ip: str) -> str:
+    return _http_url(pod_ip, PROGRESS_PORT)
+
+
+def _namespace_and_uid(job: BigModelJob) -> tuple[str, str]:
+    namespace, uid = job.metadata.namespace, job.metadata.uid
+    if not namespace or not uid:
+        # Children without an owner reference would outlive the job; only an object read back from the API server
+        # has what they need.
+        raise ValueError(
+            f"BigModelJob {job.metadata.name!r} has no namespace or uid; read it from the API server first"
+        )
+    return namespace, uid
+
+
+def _metadata(job: BigModelJob, name: str, object_labels: dict[str, str]) -> dict[str, Any]:
+    namespace, uid = _namespace_and_uid(job)
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": object_labels,
+        "ownerReferences": [owner_reference(job.kind, job.metadata.name, uid)],
+    }
+    # The generation is set by the API server on every write of the spec; objects from elsewhere may lack it.
+    if job.metadata.generation is not None:
+        metadata["annotations"] = {SPEC_GENERATION_ANNOTATION: str(job.metadata.generation)}
+    return metadata
+
+
+def _env(job: BigModelJob, generation: int) -> list[dict[str, Any]]:
+    namespace, _ = _namespace_and_uid(job)
+    # The user's entries come last so that they can refer to these with $(NAME).
+    return [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "RAY_HEAD_ADDRESS", "value": head_address(job.metadata.name, namespace, generation)},
+        {"name": "BIGMODEL_JOB", "value": job.metadata.name},
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        *(variable.to_wire() for variable in job.spec.env),
+    ]
+
+
+def _container(
+    job: BigModelJob, generation: int, name: str, group: NodeGroup, command: list[str], health: tuple[str, int]
+) -> dict[str, Any]:
+    path, port = health
+    return {
+        "name": name,
+        "image": job.spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "env": _env(job, generation),
+        "resources": requirements(group.resources),
+        "volumeMounts": volume_mounts(job.spec.checkpoint),
+        "readinessProbe": http_probe(path, port, initial_delay=5, period=5, timeout=2, failures=6),
+        # A Ray node that stops answering for two minutes is gone; its pod fails and the operator replaces it.
+        "livenessProbe": http_probe(path, port, initial_delay=30, period=10, timeout=5, failures=12),
+        "securityContext": container_security_context(),
+    }
+
+
+def _pod(
+    job: BigModelJob, name: str, pod_labels: dict[str, str], group: NodeGroup, container: dict[str, Any]
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes(group.resources.memory, job.spec.checkpoint),
+        # The operator replaces failed pods itself, so it can count replacements against the failure budget.
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        **scheduling(group),
+    }
+    if job.spec.service_account_name:
+        spec["serviceAccountName"] = job.spec.service_account_name
+    else:
+        # Code running on Ray (reachable through its unauthenticated ports) gets no API token it was not given.
+        spec["automountServiceAccountToken"] = False
+    if job.spec.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": secret} for secret in job.spec.image_pull_secrets]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name, pod_labels), "spec": spec}
+
+
+def head_pod(job: BigModelJob, generation: int) -> dict[str, Any]:
+    # The head drives the run and trains nothing: with no CPUs or GPUs advertised, Ray places all training on workers.
+    command = [
+        "ray", "start", "--head", "--block",
+        f"--port={RAY_GCS_PORT}",
+        "--dashboard-host=0.0.0.0",
+        f"--dashboard-port={RAY_DASHBOARD_PORT}",
+        f"--ray-client-server-port={RAY_CLIENT_PORT}",
+        f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
+        "--num-cpus=0",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    group = job.spec.head
+    container = _container(job, generation, HEAD_CONTAINER, group, command, ("/api/gcs_healthz", RAY_DASHBOARD_PORT))
+    container["ports"] = [
+        {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in _HEAD_PORTS.items()
+    ]
+    name = naming.head_pod_name(job.metadata.name, generation)
+    return _pod(job, name, naming.labels(job.metadata.name, generation, "head"), group, container)
+
+
+def worker_pod(job: BigModelJob, generation: int, index: int) -> dict[str, Any]:
+    group = job.spec.workers
+    command = [
+        "ray", "start", "--block",
+        "--address=$(RAY_HEAD_ADDRESS)",
+        "--node-ip-address=$(POD_IP)",
+        f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
+        f"--num-cpus={ray_num_cpus(group.resources.cpu)}",
+        f"--num-gpus={group.resources.gpu}",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    health = ("/api/local_raylet_healthz", RAY_AGENT_PORT)
+    container = _container(job, generation, WORKER_CONTAINER, group, command, health)
+    name = naming.worker_pod_name(job.metadata.name, generation, index)
+    return _pod(job, name, naming.labels(job.metadata.name, generation, "worker", index), group, container)
+
+
+def head_service(job: BigModelJob, generation: int) -> dict[str, Any]:
+    """ClusterIP only: Ray's ports have no authentication, so they are never exposed outside the cluster."""
+    job_name = job.metadata.name
+    name = naming.head_service_name(job_name, generation)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, name, naming.labels(job_name, generation, "head")),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": naming.cluster_selector(job_name, generation) | {naming.ROLE_LABEL: "head"},
+            "ports": [
+                {"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}
+                for port_name, port in _HEAD_PORTS.items()
+            ],
+            # Workers resolve the head by this name while it starts; waiting for readiness would fail their joins.
+            "publishNotReadyAddresses": True,
+        },
+    }
+
+
+def cluster_objects(job: BigModelJob, generation: int) -> list[dict[str, Any]]:
+    """Everything one generation of the cluster needs, in the order it should be created."""
+    workers = [worker_pod(job, generation, index) for index in range(job.spec.workers.replicas)]
+    return [head_service(job, generation), head_pod(job, generation), *workers]

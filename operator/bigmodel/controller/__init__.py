@@ -1,0 +1,1 @@
+"""The operator process: Kopf handlers (thin), the Kubernetes and Ray clients, settings."""

@@ -1,0 +1,99 @@
+"""Kopf handlers, kept thin: they route events to one level-based reconcile loop per job.
+
+Every BigModelJob gets a daemon that reconciles it, then sleeps until its plan asks to look again or
+something wakes it: an edit of its spec, or any change to one of its pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from bigmodel.api.common import GROUP, VERSION
+from bigmodel.builders.naming import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
+from bigmodel.controller.job_controller import delete_children, reconcile_job
+from bigmodel.controller.kube import KubeClient, load_configuration
+from bigmodel.controller.ray_client import HttpRayClient
+from bigmodel.controller.settings import OperatorSettings
+
+# Our own registry: importing this module never adds handlers to another operator in the same process.
+REGISTRY = kopf.OperatorRegistry()
+ERROR_BACKOFF_S = 5.0
+PREFIX = "bigmodel.dev"
+
+
+class Wakers:
+    """One asyncio.Event per job, set by handlers that know something changed."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+
+    def event(self, namespace: str, name: str) -> asyncio.Event:
+        return self._events.setdefault((namespace, name), asyncio.Event())
+
+    def wake(self, namespace: str, name: str) -> None:
+        self.event(namespace, name).set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._events.pop((namespace, name), None)
+
+
+@kopf.on.startup(registry=REGISTRY)
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """All Kopf settings in one place, and the clients every handler shares."""
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    operator_settings: OperatorSettings = memo.setdefault("settings", OperatorSettings.from_env())
+    memo.setdefault("wakers", Wakers())
+    if "kube" not in memo:
+        memo.kube = await KubeClient(load_configuration()).__aenter__()
+    if "ray" not in memo:
+        memo.ray = HttpRayClient()
+    logger.info("bigmodel operator started; namespaces: %s", operator_settings.namespaces or "all")
+
+
+@kopf.on.cleanup(registry=REGISTRY)
+async def close_clients(memo: kopf.Memo, **_: Any) -> None:
+    await memo.ray.close()
+    await memo.kube.__aexit__(None, None, None)
+
+
+@kopf.daemon(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-reconciler", cancellation_timeout=5.0, registry=REGISTRY)
+async def job_reconciler(name: str, namespace: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger, **_: Any) -> None:
+    wake = memo.wakers.event(namespace, name)
+    while not stopped:
+        wake.clear()
+        try:
+            delay = await reconcile_job(namespace, name, memo.kube, memo.ray, memo.settings)
+        except Exception:  # a failed pass is retried; the status was not written, so nothing is half-done
+            logger.exception("reconciling BigModelJob %s/%s failed; retrying in %.0f s", namespace, name, ERROR_BACKOFF_S)
+            delay = ERROR_BACKOFF_S
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+
+
+@kopf.on.event(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-spec-watch", registry=REGISTRY)
+def job_changed(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the job's loop on a spec edit; its own status writes come back here too and are ignored."""
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if body["metadata"].get("generation") != observed:
+        memo.wakers.wake(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: OPERATOR_NAME, JOB_LABEL: kopf.PRESENT}, id="pod-watch", registry=REGISTRY)
+def pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.wakers.wake(namespace, labels[JOB_LABEL])
+
+
+@kopf.on.delete(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-cleanup", registry=REGISTRY)
+async def job_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    await delete_children(dict(body), memo.kube, memo.ray)
+    memo.wakers.forget(namespace, name)

@@ -1,0 +1,140 @@
+"""One reconcile pass of a BigModelJob: read the world, let reconcile decide, carry the plan out.
+
+The I/O half of the operator for jobs; every decision is in bigmodel.reconcile.job.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from bigmodel.api.job import BigModelJob, BigModelJobStatus
+from bigmodel.api.manifests import validation_errors
+from bigmodel.builders.naming import job_selector, submission_id
+from bigmodel.controller.kube import JOBS, PODS, SERVICES, KubeClient
+from bigmodel.controller.ray_client import RayClient, RayUnreachable
+from bigmodel.controller.settings import OperatorSettings
+from bigmodel.reconcile.job import JobPlan, decide_job, validation_plan
+from bigmodel.reconcile.observed import JobObservation, PodView, ServiceView
+
+log = logging.getLogger(__name__)
+
+STORAGE_REQUIRED = (
+    "spec.checkpoint.storage: required in a cluster: a path on a shared volume (with volumeClaimName) or an "
+    "object-store URI, unless the operator has a default storage"
+)
+
+
+def _parse_status(raw: Any) -> BigModelJobStatus | None:
+    """The stored status, or None when it is missing or was edited into something unreadable."""
+    if not raw:
+        return None
+    try:
+        return BigModelJobStatus.model_validate(raw, by_alias=True)
+    except ValidationError:
+        log.warning("ignoring an unreadable status; recomputing it")
+        return None
+
+
+def parse_job(body: dict[str, Any], settings: OperatorSettings) -> tuple[BigModelJob | None, list[str]]:
+    """The job with operator defaults filled in, or the spec's errors as `field: reason` lines."""
+    manifest = {key: body.get(key) for key in ("apiVersion", "kind", "metadata", "spec")}
+    errors = [str(error) for error in validation_errors(manifest)]
+    if errors:
+        return None, errors
+    job = BigModelJob.model_validate(manifest, by_alias=True, by_name=False)
+    job.status = _parse_status(body.get("status"))
+    checkpoint = job.spec.checkpoint
+    if checkpoint.storage is None:
+        if settings.default_storage is None:
+            return None, [STORAGE_REQUIRED]
+        checkpoint.storage = f"{settings.default_storage.rstrip('/')}/{job.metadata.namespace}/{job.metadata.name}"
+    return job, []
+
+
+async def observe(job: BigModelJob, kube: KubeClient, ray: RayClient) -> JobObservation:
+    meta = job.metadata
+    namespace = meta.namespace or "default"
+    selector = job_selector(meta.name)
+    pods = [PodView.from_object(pod) for pod in await kube.list(PODS, namespace, selector)]
+    services = [ServiceView.from_object(svc) for svc in await kube.list(SERVICES, namespace, selector)]
+    seen = JobObservation(now=datetime.now(timezone.utc), pods=pods, services=services)
+    generation = job.status.cluster_generation if job.status else 0
+    head = seen.head(generation)
+    if head is None or not head.ready or not head.pod_ip:
+        return seen
+    try:
+        ray_job = await ray.job(head.pod_ip, submission_id(meta.uid or "", generation))
+    except RayUnreachable as error:
+        log.info("Ray head of %s/%s not reachable yet: %s", namespace, meta.name, error)
+        return seen
+    report = await ray.report(head.pod_ip)
+    return JobObservation(seen.now, pods, services, ray_reachable=True, ray_job=ray_job, report=report)
+
+
+async def apply(plan: JobPlan, body: dict[str, Any], kube: KubeClient, ray: RayClient) -> None:
+    """Carry out the plan; the status is written last, so a failed step is retried from the same status."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    for pod in plan.delete_pods:
+        await kube.delete(PODS, namespace, pod)
+    for service in plan.delete_services:
+        await kube.delete(SERVICES, namespace, service)
+    for obj in plan.create:
+        await kube.create(SERVICES if obj["kind"] == "Service" else PODS, namespace, obj)
+    if plan.stop_ray_job and plan.ray_head_ip:
+        try:
+            await ray.stop(plan.ray_head_ip, plan.stop_ray_job)
+        except RayUnreachable:
+            log.info("could not stop Ray job %s: the head is gone, and the job with it", plan.stop_ray_job)
+    if plan.submit and plan.ray_head_ip:
+        await ray.submit(plan.ray_head_ip, plan.submit)
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    if plan.delete_job:
+        await kube.delete(JOBS, namespace, name)
+        return
+    new_status = plan.status.model_dump(by_alias=True, mode="json")
+    if new_status != body.get("status"):
+        await kube.patch_status(JOBS, namespace, name, new_status)
+
+
+async def reconcile_job(
+    namespace: str, name: str, kube: KubeClient, ray: RayClient, settings: OperatorSettings
+) -> float | None:
+    """One pass; returns when to look again (None: only when something changes)."""
+    body = await kube.get(JOBS, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    job, errors = parse_job(body, settings)
+    if job is None:
+        generation = body["metadata"].get("generation")
+        status = _parse_status(body.get("status"))
+        await apply(validation_plan(status, generation, errors, datetime.now(timezone.utc)), body, kube, ray)
+        return None
+    plan = decide_job(job, await observe(job, kube, ray), poll_s=settings.poll_running_s)
+    await apply(plan, body, kube, ray)
+    return plan.requeue_after
+
+
+async def delete_children(body: dict[str, Any], kube: KubeClient, ray: RayClient) -> None:
+    """On deletion: stop the run and remove every pod and service the job made, of every generation."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    selector = job_selector(name)
+    pods = [PodView.from_object(pod) for pod in await kube.list(PODS, namespace, selector)]
+    status = _parse_status(body.get("status"))
+    if status is not None and status.ray_job_id:
+        for head in (p for p in pods if p.role == "head" and p.pod_ip):
+            try:
+                await ray.stop(head.pod_ip or "", status.ray_job_id)
+            except RayUnreachable:
+                pass
+    for pod in pods:
+        await kube.delete(PODS, namespace, pod.name)
+    for service in await kube.list(SERVICES, namespace, selector):
+        await kube.delete(SERVICES, namespace, service["metadata"]["name"])

@@ -1,0 +1,141 @@
+"""A small async Kubernetes REST client: the handful of calls the operator makes, and nothing else.
+
+Authentication comes from the official client's loaders (kubeconfig or in-cluster service account);
+requests go through one aiohttp session so a thousand jobs share its connection pool.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import kubernetes.client
+import kubernetes.config
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        path = f"{base}/namespaces/{quote(namespace)}/{self.plural}"
+        if name is not None:
+            path += f"/{quote(name)}"
+        if subresource is not None:
+            path += f"/{subresource}"
+        return path
+
+
+PODS = Resource("", "v1", "pods")
+SERVICES = Resource("", "v1", "services")
+JOBS = Resource("bigmodel.dev", "v1alpha1", "bigmodeljobs")
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {message}")
+        self.status = status
+
+
+def load_configuration(kubeconfig: str | None = None) -> kubernetes.client.Configuration:
+    """In a pod, the service account; elsewhere the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return configuration
+
+
+def _ssl_context(configuration: kubernetes.client.Configuration) -> ssl.SSLContext | bool:
+    if not configuration.host.startswith("https"):
+        return False
+    if not configuration.verify_ssl:
+        return False
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    return context
+
+
+class KubeClient:
+    def __init__(self, configuration: kubernetes.client.Configuration) -> None:
+        self._configuration = configuration
+        self._host = configuration.host.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> KubeClient:
+        connector = aiohttp.TCPConnector(ssl=_ssl_context(self._configuration), limit=64)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        token = self._configuration.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str | None = None,
+        tolerate: tuple[int, ...] = (),
+    ) -> dict[str, Any] | None:
+        assert self._session is not None, "use the client inside `async with`"
+        async with self._session.request(
+            method,
+            self._host + path,
+            json=body,
+            params=params,
+            headers=self._headers(content_type or ("application/json" if body is not None else None)),
+        ) as response:
+            if response.status in tolerate:
+                return None
+            if response.status >= 400:
+                text = await response.text()
+                raise KubeError(response.status, method, path, text[:300])
+            return await response.json(content_type=None)
+
+    async def list(self, resource: Resource, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        found = await self._call("GET", resource.path(namespace), params={"labelSelector": selector})
+        items = (found or {}).get("items", [])
+        # Filtered here too: a server that ignores labelSelector must not hand us another job's pods.
+        return [i for i in items if all((i["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    async def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._call("GET", resource.path(namespace, name), tolerate=(404,))
+
+    async def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> None:
+        """Create, or find it already there: a repeated pass after an operator restart makes nothing twice."""
+        await self._call("POST", resource.path(namespace), body=body, tolerate=(409,))
+
+    async def delete(self, resource: Resource, namespace: str, name: str) -> None:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        await self._call("DELETE", resource.path(namespace, name), body=body, tolerate=(404,))
+
+    async def patch_status(self, resource: Resource, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self._call(
+            "PATCH",
+            resource.path(namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+            tolerate=(404,),
+        )

@@ -1,0 +1,77 @@
+"""The operator's one way to Ray: job submit/status/stop on the head's dashboard, and the driver's progress.
+
+`RayClient` is the seam tests substitute; `HttpRayClient` speaks Ray's Job Submission REST API.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import aiohttp
+
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.builders.ray_cluster import dashboard_url, progress_url
+from bigmodel.reconcile.observed import RayJobView
+
+
+class RayUnreachable(RuntimeError):
+    """The head's dashboard did not answer: the head is starting, or the network is in the way."""
+
+
+class RayClient(Protocol):
+    async def submit(self, head_ip: str, submission: dict[str, Any]) -> None: ...
+
+    async def job(self, head_ip: str, submission_id: str) -> RayJobView | None: ...
+
+    async def stop(self, head_ip: str, submission_id: str) -> None: ...
+
+    async def report(self, head_ip: str) -> TrainingReport | None: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpRayClient:
+    def __init__(self, timeout_s: float = 5.0) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _request(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+        try:
+            async with self._session.request(method, url, json=body) as response:
+                text = await response.text()
+                try:
+                    payload: Any = await response.json(content_type=None) if text else None
+                except ValueError:
+                    payload = text
+                return response.status, payload
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise RayUnreachable(f"{method} {url}: {error}") from error
+
+    async def submit(self, head_ip: str, submission: dict[str, Any]) -> None:
+        status, payload = await self._request("POST", f"{dashboard_url(head_ip)}/api/jobs/", submission)
+        # Ray answers 400 "already exists" to a repeated submission id: the run we want is there.
+        if status >= 400 and "already exists" not in str(payload):
+            raise RuntimeError(f"Ray refused job {submission['submission_id']}: HTTP {status}: {payload}")
+
+    async def job(self, head_ip: str, submission_id: str) -> RayJobView | None:
+        status, payload = await self._request("GET", f"{dashboard_url(head_ip)}/api/jobs/{submission_id}")
+        if status == 404:
+            return None
+        if status >= 400 or not isinstance(payload, dict):
+            raise RayUnreachable(f"Ray job {submission_id}: HTTP {status}: {payload}")
+        return RayJobView(submission_id, payload["status"], payload.get("message") or "")
+
+    async def stop(self, head_ip: str, submission_id: str) -> None:
+        await self._request("POST", f"{dashboard_url(head_ip)}/api/jobs/{submission_id}/stop")
+
+    async def report(self, head_ip: str) -> TrainingReport | None:
+        """The driver's progress; None while the driver has not started serving it."""
+        try:
+            status, payload = await self._request("GET", f"{progress_url(head_ip)}/progress")
+        except RayUnreachable:
+            return None
+        if status != 200 or not isinstance(payload, dict):
+            return None
+        return TrainingReport.model_validate(payload)

@@ -1,0 +1,35 @@
+"""Operator settings, from flags or BIGMODEL_* environment variables (the Helm chart sets the latter)."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+
+class OperatorSettings(BaseModel):
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty watches all.")
+    default_storage: str | None = Field(
+        None,
+        description="Checkpoint storage for jobs that name none: a URI or shared path; <namespace>/<name> is appended.",
+    )
+    poll_running_s: float = Field(3.0, gt=0, description="How often a running job's Ray state is polled.")
+    liveness_port: int | None = Field(8080, description="Port of the /healthz liveness endpoint; None disables it.")
+    peering: str | None = Field(None, description="Kopf peering name for several replicas; None runs standalone.")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if env.get("BIGMODEL_NAMESPACES"):
+            values["namespaces"] = [n.strip() for n in env["BIGMODEL_NAMESPACES"].split(",") if n.strip()]
+        if env.get("BIGMODEL_DEFAULT_STORAGE"):
+            values["default_storage"] = env["BIGMODEL_DEFAULT_STORAGE"]
+        if env.get("BIGMODEL_POLL_RUNNING_S"):
+            values["poll_running_s"] = float(env["BIGMODEL_POLL_RUNNING_S"])
+        if env.get("BIGMODEL_LIVENESS_PORT"):
+            port = env["BIGMODEL_LIVENESS_PORT"]
+            values["liveness_port"] = None if port in ("", "0", "off") else int(port)
+        if env.get("BIGMODEL_PEERING"):
+            values["peering"] = env["BIGMODEL_PEERING"]
+        return cls.model_validate(values)

@@ -1,0 +1,106 @@
+"""What the operator sees of a job, reduced from raw API objects to the few facts decisions need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.builders.naming import GENERATION_LABEL, ROLE_LABEL, WORKER_INDEX_LABEL
+MODEL_SPEC_ANNOTATION = "bigmodel.dev/model-spec"
+RUN_SPEC_ANNOTATION = "bigmodel.dev/run-spec"
+
+RayJobState = Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"]
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    generation: int
+    role: str
+    index: int | None
+    phase: str
+    ready: bool
+    deleting: bool
+    pod_ip: str | None
+    failure: str
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.phase in ("Failed", "Succeeded")
+
+    @classmethod
+    def from_object(cls, pod: dict[str, Any]) -> PodView:
+        meta = pod.get("metadata", {})
+        labels = meta.get("labels") or {}
+        status = pod.get("status") or {}
+        conditions = status.get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        index = labels.get(WORKER_INDEX_LABEL)
+        return cls(
+            name=meta["name"],
+            generation=int(labels.get(GENERATION_LABEL, "0")),
+            role=labels.get(ROLE_LABEL, ""),
+            index=int(index) if index is not None else None,
+            phase=status.get("phase", "Pending"),
+            ready=ready,
+            deleting=bool(meta.get("deletionTimestamp")),
+            pod_ip=status.get("podIP"),
+            failure=_failure(status),
+            annotations=dict(meta.get("annotations") or {}),
+        )
+
+
+def _failure(status: dict[str, Any]) -> str:
+    """Why a pod's container stopped, in the words kubectl describe would use."""
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated:
+            reason = terminated.get("reason") or "Error"
+            return f"{reason} (exit code {terminated.get('exitCode')})"
+    return status.get("reason") or status.get("message") or ""
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    name: str
+    generation: int
+
+    @classmethod
+    def from_object(cls, service: dict[str, Any]) -> ServiceView:
+        meta = service.get("metadata", {})
+        return cls(meta["name"], int((meta.get("labels") or {}).get(GENERATION_LABEL, "0")))
+
+
+@dataclass(frozen=True)
+class RayJobView:
+    submission_id: str
+    state: RayJobState
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """Everything observed about one BigModelJob in one pass."""
+
+    now: datetime
+    pods: list[PodView] = field(default_factory=list)
+    services: list[ServiceView] = field(default_factory=list)
+    ray_reachable: bool = False
+    ray_job: RayJobView | None = None
+    report: TrainingReport | None = None
+
+    def pods_of(self, generation: int) -> list[PodView]:
+        return [pod for pod in self.pods if pod.generation == generation]
+
+    def head(self, generation: int) -> PodView | None:
+        return next((p for p in self.pods_of(generation) if p.role == "head" and not p.deleting), None)
+
+    def workers(self, generation: int) -> dict[int, PodView]:
+        return {
+            p.index: p
+            for p in self.pods_of(generation)
+            if p.role == "worker" and p.index is not None and not p.deleting
+        }

@@ -1,0 +1,273 @@
+"""The BigModelJob lifecycle as pure decisions: a job and an observation in, actions and a status out."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from bigmodel.api.job import BigModelJob, BigModelJobStatus, CheckpointRef
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.builders.naming import submission_id
+from bigmodel.builders.ray_cluster import head_pod, head_service, worker_pod
+from bigmodel.reconcile.job import JobPlan, decide_job, spec_digests, validation_plan
+from bigmodel.reconcile.observed import JobObservation, PodView, RayJobView, ServiceView
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+UID = "0123456789abcdef"
+
+
+def make_job(status: BigModelJobStatus | None = None, **spec: Any) -> BigModelJob:
+    body = {
+        "apiVersion": "bigmodel.dev/v1alpha1",
+        "kind": "BigModelJob",
+        "metadata": {"name": "demo", "namespace": "team", "uid": UID, "generation": 1},
+        "spec": {
+            "workload": {"builtin": {"task": "digits"}},
+            "workers": {"replicas": 2},
+            "checkpoint": {"storage": "s3://bucket/demo"},
+            **spec,
+        },
+    }
+    job = BigModelJob.model_validate(body, by_alias=True)
+    job.status = status
+    return job
+
+
+def pod(obj: dict[str, Any], job: BigModelJob, *, phase: str = "Running", ready: bool = True, exit_code: int = 0) -> PodView:
+    obj["metadata"]["annotations"].update(spec_digests(job))
+    obj["status"] = {
+        "phase": phase,
+        "podIP": "10.0.0.7",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if phase == "Failed":
+        obj["status"]["containerStatuses"] = [{"state": {"terminated": {"reason": "OOMKilled", "exitCode": exit_code}}}]
+    return PodView.from_object(obj)
+
+
+def cluster(job: BigModelJob, generation: int = 1, **overrides: PodView | None) -> tuple[list[PodView], list[ServiceView]]:
+    pods = {"head": pod(head_pod(job, generation), job)}
+    for index in range(job.spec.workers.replicas):
+        pods[f"w{index}"] = pod(worker_pod(job, generation, index), job)
+    pods.update(overrides)  # type: ignore[arg-type]
+    service = head_service(job, generation)["metadata"]["name"]
+    return [p for p in pods.values() if p is not None], [ServiceView(service, generation)]
+
+
+def running(generation: int = 1, **status: Any) -> BigModelJobStatus:
+    return BigModelJobStatus.model_validate(
+        {
+            "phase": "Running",
+            "clusterGeneration": generation,
+            "startTime": NOW - timedelta(minutes=5),
+            "rayJobId": submission_id(UID, generation),
+            **status,
+        },
+        by_alias=True,
+    )
+
+
+def observe(job: BigModelJob, state: str | None = "RUNNING", report: TrainingReport | None = None, **kw: Any) -> JobObservation:
+    generation = job.status.cluster_generation if job.status else 1
+    pods, services = cluster(job, generation, **kw)
+    ray_job = RayJobView(submission_id(UID, generation), state, "boom" if state == "FAILED" else "") if state else None  # type: ignore[arg-type]
+    return JobObservation(now=NOW, pods=pods, services=services, ray_reachable=True, ray_job=ray_job, report=report)
+
+
+def reasons(plan: JobPlan) -> list[str]:
+    return [event.reason for event in plan.events]
+
+
+def condition(plan: JobPlan, type_: str) -> str | None:
+    return next((c.status for c in plan.status.conditions if c.type == type_), None)
+
+
+def test_a_new_job_builds_its_ray_cluster() -> None:
+    job = make_job()
+    plan = decide_job(job, JobObservation(now=NOW))
+    names = [(obj["kind"], obj["metadata"]["name"]) for obj in plan.create]
+    assert names == [
+        ("Service", "demo-g1-head"),
+        ("Pod", "demo-g1-head"),
+        ("Pod", "demo-g1-w0"),
+        ("Pod", "demo-g1-w1"),
+    ]
+    assert plan.status.phase == "Starting" and plan.status.cluster_generation == 1
+    assert plan.status.start_time == NOW and plan.status.workers_ready == "0/2"
+    assert reasons(plan) == ["Created"] and condition(plan, "Created") == "True"
+    assert plan.submit is None
+
+
+def test_nothing_is_submitted_until_the_head_is_ready() -> None:
+    job = make_job(running(phase="Starting", rayJobId=None))
+    not_ready = pod(head_pod(job, 1), job, ready=False)
+    plan = decide_job(job, observe(job, state=None, head=not_ready))
+    assert plan.submit is None and plan.create == [] and plan.status.phase == "Starting"
+    assert "waiting for the Ray head pod" in plan.status.message
+
+
+def test_ready_head_gets_the_training_submitted_once_with_a_deterministic_id() -> None:
+    job = make_job(running(phase="Starting", rayJobId=None))
+    plan = decide_job(job, observe(job, state=None))
+    assert plan.submit is not None and plan.submit["submission_id"] == submission_id(UID, 1)
+    assert plan.ray_head_ip == "10.0.0.7" and reasons(plan) == ["TrainingSubmitted"]
+    job.status = plan.status
+    again = decide_job(job, observe(job, state=None))
+    assert again.submit == plan.submit, "the same pass after an operator restart submits the same id"
+    assert reasons(again) == [], "no second TrainingSubmitted event"
+
+
+def test_running_job_reports_progress_metrics_and_checkpoint() -> None:
+    job = make_job(running(phase="Starting"))
+    checkpoint = CheckpointRef(path="s3://bucket/demo/checkpoints/step-0000000040", step=40, epoch=1, time=NOW)
+    report = TrainingReport(
+        step=50,
+        total_steps=200,
+        epoch=1,
+        epochs=4,
+        metrics={"loss": 0.5, "samples_per_second": 1234.0, "eta_seconds": 30.0},
+        worker_restarts=1,
+        checkpoint=checkpoint,
+    )
+    plan = decide_job(job, observe(job, report=report))
+    status = plan.status
+    assert status.phase == "Running" and condition(plan, "Running") == "True"
+    assert (status.progress.percent, status.progress.eta_seconds) == (25, 30)
+    assert status.metrics.loss == 0.5 and status.metrics.samples_per_second == 1234.0
+    assert status.last_checkpoint is not None and status.last_checkpoint.step == 40
+    assert status.worker_failures == 1 and status.workers_ready == "2/2"
+    assert status.dashboard_url == "http://10.0.0.7:8265"
+    assert "Running" in reasons(plan)
+
+
+def test_failed_worker_pod_is_replaced_and_counted() -> None:
+    job = make_job(running())
+    failed = pod(worker_pod(job, 1, 1), job, phase="Failed", exit_code=137)
+    plan = decide_job(job, observe(job, w1=failed))
+    assert plan.delete_pods == ["demo-g1-w1"]
+    assert [obj["metadata"]["name"] for obj in plan.create] == ["demo-g1-w1"]
+    assert plan.status.workers.replaced == 1 and plan.status.restarts == 0
+    assert reasons(plan) == ["WorkerReplaced"] and "OOMKilled (exit code 137)" in plan.events[0].message
+
+
+def test_missing_worker_pod_is_recreated() -> None:
+    job = make_job(running())
+    plan = decide_job(job, observe(job, w0=None))
+    assert [obj["metadata"]["name"] for obj in plan.create] == ["demo-g1-w0"]
+    assert plan.status.workers_ready == "1/2"
+
+
+def test_failed_ray_job_rebuilds_the_cluster_and_resumes_from_the_checkpoint() -> None:
+    checkpoint = CheckpointRef(path="s3://bucket/demo/checkpoints/step-0000000040", step=40, epoch=1, time=NOW)
+    job = make_job(running(lastCheckpoint=checkpoint.model_dump()))
+    plan = decide_job(job, observe(job, state="FAILED"))
+    status = plan.status
+    assert status.phase == "Restarting" and status.restarts == 1 and status.cluster_generation == 2
+    assert sorted(plan.delete_pods) == ["demo-g1-head", "demo-g1-w0", "demo-g1-w1"]
+    assert plan.delete_services == ["demo-g1-head"]
+    assert [obj["metadata"]["name"] for obj in plan.create][:2] == ["demo-g2-head", "demo-g2-head"]
+    assert "resuming from checkpoint step 40" in status.message and "restart 1/3" in status.message
+    assert reasons(plan) == ["Restarting"] and condition(plan, "Restarting") == "True"
+    assert status.ray_job_id is None, "the next pass submits the new generation's run"
+
+
+def test_lost_head_pod_rebuilds_the_cluster() -> None:
+    job = make_job(running())
+    plan = decide_job(job, observe(job, state=None, head=None))
+    assert plan.status.restarts == 1 and plan.status.cluster_generation == 2
+    assert "head pod lost" in plan.status.message and "starting over: no checkpoint yet" in plan.status.message
+
+
+def test_restart_budget_exhausted_fails_the_job_and_cleans_up() -> None:
+    job = make_job(running(restarts=3))
+    plan = decide_job(job, observe(job, state="FAILED"))
+    assert plan.status.phase == "Failed" and plan.status.restarts == 3
+    assert plan.status.completion_time == NOW and condition(plan, "Failed") == "True"
+    assert reasons(plan) == ["RestartLimitExceeded"] and "no restarts left (maxRestarts: 3)" in plan.status.message
+    assert len(plan.delete_pods) == 3 and plan.create == []
+
+
+def test_success_keeps_status_and_model_and_removes_pods() -> None:
+    job = make_job(running())
+    report = TrainingReport(step=200, total_steps=200, epoch=3, epochs=4, model_uri="s3://bucket/demo/model", done=True)
+    plan = decide_job(job, observe(job, state="SUCCEEDED", report=report))
+    assert plan.status.phase == "Succeeded" and plan.status.model_uri == "s3://bucket/demo/model"
+    assert plan.status.progress.percent == 100 and len(plan.delete_pods) == 3
+    assert plan.status.workers_ready == "0/0"
+    kept = make_job(running(), cleanPodPolicy="None")
+    assert decide_job(kept, observe(kept, state="SUCCEEDED")).delete_pods == []
+
+
+def test_ttl_after_finished_deletes_the_job_when_due() -> None:
+    finished = running(phase="Succeeded", completionTime=NOW - timedelta(seconds=30))
+    early = decide_job(make_job(finished, ttlSecondsAfterFinished=60), JobObservation(now=NOW))
+    assert not early.delete_job and early.requeue_after == 30
+    due = decide_job(make_job(finished, ttlSecondsAfterFinished=10), JobObservation(now=NOW))
+    assert due.delete_job
+
+
+def test_active_deadline_fails_the_job_and_stops_the_run() -> None:
+    job = make_job(running(), activeDeadlineSeconds=60)
+    plan = decide_job(job, observe(job))
+    assert plan.status.phase == "Failed" and reasons(plan) == ["DeadlineExceeded"]
+    assert plan.stop_ray_job == submission_id(UID, 1) and len(plan.delete_pods) == 3
+
+
+def test_suspend_deletes_pods_keeps_status_and_resume_builds_a_new_cluster() -> None:
+    checkpoint = CheckpointRef(path="p", step=40, epoch=1, time=NOW)
+    job = make_job(running(restarts=1, lastCheckpoint=checkpoint.model_dump()), suspend=True)
+    plan = decide_job(job, observe(job))
+    assert plan.status.phase == "Suspended" and reasons(plan) == ["Suspended"]
+    assert plan.stop_ray_job is not None and len(plan.delete_pods) == 3 and plan.status.restarts == 1
+    resumed = make_job(plan.status, suspend=False)
+    again = decide_job(resumed, JobObservation(now=NOW))
+    assert again.status.phase == "Starting" and again.status.cluster_generation == 2
+    assert again.status.restarts == 1, "a suspension is not a failure"
+    assert reasons(again) == ["Resumed"] and again.status.start_time == NOW
+
+
+def test_changed_worker_count_is_applied_by_a_rebuild_that_is_not_a_restart() -> None:
+    job = make_job(running())
+    pods, services = cluster(job)
+    rescaled = make_job(running(), workers={"replicas": 3})
+    plan = decide_job(rescaled, JobObservation(NOW, pods, services, True, RayJobView(submission_id(UID, 1), "RUNNING")))
+    assert plan.status.cluster_generation == 2 and plan.status.restarts == 0
+    assert reasons(plan) == ["SpecApplied"]
+    assert len([o for o in plan.create if o["kind"] == "Pod"]) == 4
+
+
+def test_a_change_of_model_under_a_running_job_is_refused_in_a_condition() -> None:
+    job = make_job(running())
+    pods, services = cluster(job)
+    changed = make_job(running(), workload={"builtin": {"task": "gpt"}})
+    plan = decide_job(changed, JobObservation(NOW, pods, services, True, RayJobView(submission_id(UID, 1), "RUNNING")))
+    assert condition(plan, "SpecChangeRejected") == "True"
+    assert plan.status.cluster_generation == 1 and plan.create == []
+
+
+def test_pods_of_an_older_generation_are_removed() -> None:
+    job = make_job(running(generation=2))
+    pods, services = cluster(job, 2)
+    old = pod(worker_pod(job, 1, 0), job)
+    plan = decide_job(job, JobObservation(NOW, [*pods, old], [*services, ServiceView("demo-g1-head", 1)], True,
+                                          RayJobView(submission_id(UID, 2), "RUNNING")))
+    assert plan.delete_pods == ["demo-g1-w0"] and plan.delete_services == ["demo-g1-head"]
+
+
+def test_invalid_spec_is_reported_once_with_its_field_path() -> None:
+    plan = validation_plan(None, 3, ["spec.workers.replicas: must be at least 1"], NOW)
+    assert condition(plan, "ValidationFailed") == "True" and plan.status.observed_generation == 3
+    assert reasons(plan) == ["ValidationFailed"] and plan.create == [] and plan.requeue_after is None
+    again = validation_plan(plan.status, 3, ["spec.workers.replicas: must be at least 1"], NOW)
+    assert reasons(again) == [], "the same error is not announced twice"
+    fixed = decide_job(make_job(again.status), JobObservation(now=NOW))
+    assert condition(fixed, "ValidationFailed") == "False" and fixed.status.phase == "Starting"
+
+
+def test_condition_transition_time_only_moves_when_the_status_flips() -> None:
+    job = make_job(running(phase="Starting"))
+    first = decide_job(job, observe(job))
+    job.status = first.status
+    later = decide_job(job, observe(job).__class__(**{**observe(job).__dict__, "now": NOW + timedelta(minutes=1)}))
+    running_condition = next(c for c in later.status.conditions if c.type == "Running")
+    assert running_condition.last_transition_time == NOW
