@@ -6,16 +6,24 @@ client, ``time.sleep``, a Ray call) without stalling the server the operator tal
 
 Recipe (exercised by ``tests/integration/test_emulator_smoke.py``)::
 
-    with running_emulator(sorted(CRDS.glob("*.yaml"))) as emulator:
-        # in-process operator; the kubeconfig reaches Kopf through the `kubernetes` client's login:
-        with KopfRunner(["run", "--standalone", "--namespace=default", str(operator_py)],
+    with running_emulator(PROJECT_CRDS) as emulator:           # sync: fine in sync or async tests and fixtures
+        # A) the operator as a real process: Kopf's default login reads $KUBECONFIG through the `kubernetes` client.
+        env = {**os.environ, "KUBECONFIG": str(emulator.kubeconfig)}
+        subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", "--namespace=default", "op.py"], env=env)
+        # B) in-process, e.g. to inject fakes: `kubernetes` reads $KUBECONFIG once, at import, so give Kopf a login
+        #    handler that reads it when called, and pass the variable to the runner:
+        registry = kopf.OperatorRegistry()           # or the default one, plus the same login handler
+        kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
+        with KopfRunner(["run", "--standalone", "--namespace=default"], registry=registry,
                         env={"KUBECONFIG": str(emulator.kubeconfig)}, timeout=30):
             async with KubeClient(emulator.url) as kube:
                 await kube.create("bigmodel.dev/v1alpha1", "bigmodeljobs", {...})
                 await wait_for(lambda: kube.get("v1", "configmaps", "..."), 10, "no child appeared")
-        # or a real process: KUBECONFIG=<emulator.kubeconfig> kopf run --standalone --namespace=default op.py
 
-The same kubeconfig works with ``kubernetes.config.load_kube_config(config_file=str(emulator.kubeconfig))``.
+A ``kubernetes`` client for the test itself: ``kubernetes.config.new_client_from_config(config_file=str(kubeconfig))``.
+Give Kopf exact ``--namespace`` names or ``--all-namespaces``, and ``settings.watching.server_timeout`` a few
+seconds so that its namespace watch reconnects quickly. ``emulator.operator_calls()`` lists what the operator asked
+(verb, group, resource, subresource), for checking the chart's RBAC rules.
 
 What kmock 0.8 does by itself (verified by experiment, not taken on trust):
 
@@ -24,7 +32,7 @@ What kmock 0.8 does by itself (verified by experiment, not taken on trust):
 * create (POST; 409 if the name exists), get, list, delete, and PATCH with either a JSON merge patch (dicts are merged,
   ``null`` removes a key, lists are replaced whole) or a JSON patch (a list of operations);
 * watch streams that Kopf consumes: every (re)connection first replays all existing objects as ``ADDED``, then streams
-  ``ADDED``/``MODIFIED``/``DELETED``; ``resourceVersion``, ``timeoutSeconds`` and bookmarks are ignored;
+  ``ADDED``/``MODIFIED``/``DELETED``; ``timeoutSeconds`` and bookmarks are ignored (a watch never ends by itself);
 * finalizers: DELETE of an object with finalizers only sets ``metadata.deletionTimestamp``; the object goes away
   when a patch empties its finalizers.
 
@@ -33,7 +41,11 @@ What kmock does NOT do, and this module adds (each is exercised by ``tests/integ
 * server-populated metadata: kmock stores the body as sent. Here, create sets ``uid``, ``creationTimestamp``,
   ``namespace``, ``generation: 1`` and ``resourceVersion``; ``generateName`` makes a unique name (kmock answers 409
   to the second object with the same prefix, which breaks Kopf's event posting). Every patch bumps
-  ``resourceVersion``; a patch that carries ``spec`` bumps ``generation``. Lists carry the current resourceVersion.
+  ``resourceVersion``; a patch that carries ``spec`` bumps ``generation``. Lists carry the current resourceVersion,
+  and a watch from a resourceVersion skips the replay of objects unchanged since then (kmock replays them all,
+  so Kopf would act twice on a stale body).
+* a JSON patch whose ``test`` operation fails answers 422, as a real server does (kmock answers 500, and Kopf, whose
+  finalizer patches ``test`` the resourceVersion, then retries the stale patch until it gives up).
 * ``labelSelector`` and ``fieldSelector`` on list and watch: kmock ignores both and returns every object. Here, label
   selectors support ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)``, ``k`` and ``!k``; field selectors
   support ``=``, ``==`` and ``!=`` on any dotted path (``metadata.name``, ``status.phase``). A watch only streams the
@@ -50,12 +62,14 @@ What neither does (so test it in our own code, not here):
 * no resourceVersion conflicts (a stale ``metadata.resourceVersion`` in a patch is accepted and overwritten);
 * no PUT (the ``update`` verb): it answers 404 Endpoint Not Found, so the operator must patch, never replace;
 * no server-side apply, strategic merge (lists are always replaced whole), dry-run, or ``deletecollection``;
+* no namespace lifecycle: namespaces cannot be created or deleted, and objects can be created in a namespace that
+  does not exist;
 * no admission, no RBAC, no authentication: any request is allowed (:meth:`Emulator.api_calls` records them so a
   test can compare them with the chart's RBAC rules);
-* no Namespace objects at all: kmock's URL parser takes ``/api/v1/namespaces[/name]`` for the namespace prefix of
-  a namespaced path, so listing, creating or reading namespaces fails (500 or 404). Objects can be created in any
-  namespace without one; the kubeconfig's context namespace is ``default``. Give Kopf exact ``--namespace=`` names
-  or ``--all-namespaces``: a glob pattern makes Kopf watch Namespace objects, which cannot work here;
+* Namespace objects: kmock's URL parser takes ``/api/v1/namespaces[/name]`` for the namespace prefix of a namespaced
+  path, so it answers 500 to listing namespaces and 404 to reading one, and Kopf (which lists and watches namespaces
+  when given ``--namespace``) never starts. Here, the namespaces given to :func:`running_emulator` are served
+  read-only: list, get, and a watch that replays them and ends after ``timeoutSeconds`` (at most 60 s).
 * no controllers besides the garbage collector: no Deployments/ReplicaSets, no Service endpoints, no scheduler,
   no kubelet (see :mod:`tests.support.kubelet` for the test-only kubelet), pods stay without status.
 """
@@ -63,8 +77,10 @@ What neither does (so test it in our own code, not here):
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import datetime
+import json
 import re
 import secrets
 import tempfile
@@ -74,10 +90,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, overload
 
 import aiohttp
 import attrs
+import jsonpatch
 import kmock
 import yaml
 from typing_extensions import override
@@ -94,6 +111,7 @@ TEST_USER_AGENTS = frozenset({EMULATOR_USER_AGENT, CLIENT_USER_AGENT, KUBELET_US
 
 PROJECT_CRDS = sorted((Path(__file__).resolve().parents[2] / "crds").glob("*.yaml"))
 GC_PERIOD_S = 0.2
+NAMESPACE_WATCH_S = 60.0
 START_TIMEOUT_S = 15.0
 
 
@@ -190,6 +208,26 @@ def _object_selected(obj: Mapping[str, Any], params: Mapping[str, str]) -> bool:
     return labels_match(labels, params.get("labelSelector", "")) and fields_match(obj, params.get("fieldSelector", ""))
 
 
+_NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
+_HTTP_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def _rbac_verb(request: kmock.Request) -> str:
+    if request.params.get("watch") in ("true", "1"):
+        return "watch"
+    if request.method.value == "GET":
+        return "get" if request.name else "list"
+    if request.method.value == "DELETE" and not request.name:
+        return "deletecollection"
+    method = str(request.method.value)
+    return _HTTP_VERBS.get(method, method.lower())
+
+
+def _status_response(status: int, reason: str, message: str) -> aiohttp.web.Response:
+    return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                                      "code": status, "reason": reason, "message": message}, status=status)
+
+
 def _now() -> str:
     return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -198,17 +236,70 @@ def _now() -> str:
 class _ClusterEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus the API-server behaviour listed in the module docstring."""
 
+    namespaces: dict[str, JsonObject] = attrs.field(factory=dict)
+    calls: list[ApiCall] = attrs.field(factory=list)
     _resource_version: int = 0
 
     def _next_resource_version(self) -> str:
         self._resource_version += 1
         return str(self._resource_version)
 
+    def add_namespace(self, name: str) -> None:
+        namespace: JsonObject = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+                                 "status": {"phase": "Active"}}
+        self._complete_new_object(namespace, None)
+        self.namespaces[name] = namespace
+
+    @override
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        match = _NAMESPACE_PATH.match(raw_request.path)
+        if match is None:
+            return await super().__call__(raw_request)
+        # kmock's URL parser cannot represent Namespace objects (see the module docstring), so they are served here.
+        name = match["name"]
+        watching = raw_request.query.get("watch") in ("true", "1")
+        verb = "watch" if watching else "get" if name else "list" if raw_request.method == "GET" else ""
+        self.calls.append(ApiCall(method=raw_request.method, verb=verb or _HTTP_VERBS.get(raw_request.method, ""),
+                                  group="", resource="namespaces", subresource=None, namespace=None, name=name,
+                                  user_agent=raw_request.headers.get("User-Agent", "")))
+        if raw_request.method != "GET":
+            return _status_response(405, "MethodNotAllowed", "namespaces are read-only in this emulator")
+        if watching:
+            return await self._watch_namespaces(raw_request)
+        if name is not None:
+            if name not in self.namespaces:
+                return _status_response(404, "NotFound", f"namespaces {name!r} not found")
+            return aiohttp.web.json_response(self.namespaces[name])
+        return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
+                                          "metadata": {"resourceVersion": str(self._resource_version)},
+                                          "items": list(self.namespaces.values())})
+
+    async def _watch_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """Replay the namespaces, then end the stream after `timeoutSeconds` (they never change, so it stays quiet)."""
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw_request)
+        for namespace in self.namespaces.values():
+            await response.write(json.dumps({"type": "ADDED", "object": namespace}).encode() + b"\n")
+        await asyncio.sleep(min(float(raw_request.query.get("timeoutSeconds", NAMESPACE_WATCH_S)), NAMESPACE_WATCH_S))
+        await response.write_eof()
+        return response
+
     def _has_status_subresource(self, resource: kmock.resource) -> bool:
         return resource in self.resources and "status" in self.resources[resource].subresources
 
     @override
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.resource.plural:
+            self.calls.append(ApiCall(
+                method=request.method.value,
+                verb=_rbac_verb(request),
+                group=request.resource.group or "",
+                resource=request.resource.plural,
+                subresource=request.subresource,
+                namespace=request.namespace,
+                name=request.name,
+                user_agent=request.headers.get("User-Agent", ""),
+            ))
         # kmock stores `request.data` as it is, so server-side fields are filled in by editing it in place first.
         if request.resource is not None and isinstance(request.data, dict):
             if request.action == kmock.action.CREATE:
@@ -218,7 +309,11 @@ class _ClusterEmulator(kmock.KubernetesEmulator):
         elif request.resource is not None and isinstance(request.data, list):
             if request.action == kmock.action.UPDATE and request.name is not None:
                 self._complete_json_patch(request, request.data)
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchException as exc:
+            # kmock answers 500 here; Kopf's optimistic `test` of resourceVersion expects a real server's 422.
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from exc
 
     def _complete_new_object(self, body: JsonObject, namespace: str | None) -> None:
         metadata = body.setdefault("metadata", {})
@@ -232,6 +327,7 @@ class _ClusterEmulator(kmock.KubernetesEmulator):
         metadata["resourceVersion"] = self._next_resource_version()
 
     def _current_generation(self, request: kmock.Request) -> int:
+        assert request.resource is not None and request.name is not None  # only called for named objects
         key = (request.resource, request.namespace, request.name)
         if key in self.objects and not self.objects[key].deleted:
             return int(self.objects[key].get("metadata", {}).get("generation", 1))
@@ -273,24 +369,21 @@ class _ClusterEmulator(kmock.KubernetesEmulator):
 
     @override
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        since = int(request.params.get("resourceVersion") or 0)
         async for event in super()._serve_watch(request):
-            if not isinstance(event, dict) or _object_selected(event.get("object", {}), request.params):
+            if not isinstance(event, dict):
+                yield event
+                continue
+            obj = event.get("object", {})
+            # kmock replays every object as ADDED on each watch; a real server only sends what changed since `since`.
+            replayed = event.get("type") == "ADDED" and int(obj.get("metadata", {}).get("resourceVersion", 0)) <= since
+            if not replayed and _object_selected(obj, request.params):
                 yield event
 
     def live_objects(self) -> list[tuple[kmock.resource, JsonObject]]:
         return [(key[0], obj.raw) for key, obj in self.objects.items() if not obj.deleted]
 
 
-def _rbac_verb(request: kmock.Request) -> str:
-    if request.params.get("watch") in ("true", "1"):
-        return "watch"
-    return {
-        "GET": "get" if request.name else "list",
-        "POST": "create",
-        "PUT": "update",
-        "PATCH": "patch",
-        "DELETE": "delete" if request.name else "deletecollection",
-    }.get(request.method.value, request.method.value.lower())
 
 
 def _register_crd(resources: kmock.ResourcesArray, crd: Mapping[str, Any]) -> None:
@@ -325,8 +418,9 @@ def _kubeconfig_text(url: str) -> str:
 class Emulator:
     """A running emulator: its URL, a kubeconfig file pointing at it, and the record of requests it served."""
 
-    def __init__(self, crds: list[JsonObject], directory: Path) -> None:
+    def __init__(self, crds: list[JsonObject], namespaces: tuple[str, ...], directory: Path) -> None:
         self._crds = crds
+        self._namespaces = namespaces
         self._directory = directory
         self._thread = threading.Thread(target=self._run, name="kube-emulator", daemon=True)
         self._ready = threading.Event()
@@ -365,7 +459,10 @@ class Emulator:
 
     def api_calls(self) -> list[ApiCall]:
         """Every Kubernetes API request served so far, in arrival order (discovery requests excluded)."""
-        return self._call(self._collect_calls)
+        def snapshot() -> list[ApiCall]:
+            assert self._handler is not None
+            return list(self._handler.calls)
+        return self._call(snapshot)
 
     def operator_calls(self) -> list[ApiCall]:
         """The requests not made by this test tooling (emulator, :class:`KubeClient`, local kubelet)."""
@@ -380,23 +477,6 @@ class Emulator:
                 for res, body in self._handler.live_objects()
             ]
         return self._call(snapshot)
-
-    def _collect_calls(self) -> list[ApiCall]:
-        assert self._handler is not None
-        return [
-            ApiCall(
-                method=request.method.value,
-                verb=_rbac_verb(request),
-                group=request.resource.group or "",
-                resource=request.resource.plural,
-                subresource=request.subresource,
-                namespace=request.namespace,
-                name=request.name,
-                user_agent=request.headers.get("User-Agent", ""),
-            )
-            for request in list(self._handler)
-            if request.resource is not None and request.resource.plural
-        ]
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the emulator's loop, so it never sees kmock's structures in the middle of a change."""
@@ -420,6 +500,8 @@ class Emulator:
         self._stopping = asyncio.Event()
         async with _ClusterEmulator() as handler, kmock.Server(handler, user_agent=EMULATOR_USER_AGENT) as server:
             handler.resources.load_bundled()
+            for namespace in self._namespaces:
+                handler.add_namespace(namespace)
             for crd in self._crds:
                 _register_crd(handler.resources, crd)
             self._handler = handler
@@ -448,11 +530,11 @@ class Emulator:
 
 
 @contextlib.contextmanager
-def running_emulator(crd_paths: list[Path]) -> Iterator[Emulator]:
-    """Start an emulator on 127.0.0.1 (a free port) with the builtin resources and the given CRDs."""
+def running_emulator(crd_paths: list[Path], namespaces: tuple[str, ...] = ("default",)) -> Iterator[Emulator]:
+    """Start an emulator on 127.0.0.1 (a free port) with the builtin resources, the given CRDs and namespaces."""
     crds = [doc for path in crd_paths for doc in yaml.safe_load_all(path.read_text()) if doc]
     with tempfile.TemporaryDirectory(prefix="kube-emulator-") as directory:
-        emulator = Emulator(crds, Path(directory))
+        emulator = Emulator(crds, namespaces, Path(directory))
         emulator.start()
         try:
             yield emulator
@@ -472,7 +554,8 @@ class KubeClient:
     """A small async client for tests: create/get/list/patch/delete objects and read events.
 
     ``api_version`` is ``"v1"`` for the core group or ``"group/version"``; ``namespace=None`` addresses cluster-scoped
-    resources (or all namespaces, for :meth:`list`).
+    resources (or all namespaces, for :meth:`list`). Annotations say ``builtins.list`` because the method ``list``
+    shadows the builtin in the class body.
     """
 
     def __init__(self, url: str) -> None:
@@ -516,13 +599,13 @@ class KubeClient:
         return await self._request("GET", api_path(api_version, plural, namespace, name))
 
     async def list(self, api_version: str, plural: str, *, namespace: str | None = "default",
-                   label_selector: str | None = None, field_selector: str | None = None) -> list[JsonObject]:
+                   label_selector: str | None = None, field_selector: str | None = None) -> builtins.list[JsonObject]:
         params = {key: value for key, value in {"labelSelector": label_selector,
                                                 "fieldSelector": field_selector}.items() if value}
         listing = await self._request("GET", api_path(api_version, plural, namespace), params=params)
         return [] if listing is None else list(listing["items"])
 
-    async def patch(self, api_version: str, plural: str, name: str, patch: JsonObject | list[JsonObject], *,
+    async def patch(self, api_version: str, plural: str, name: str, patch: JsonObject | builtins.list[JsonObject], *,
                     namespace: str | None = "default", subresource: str | None = None) -> JsonObject:
         """A JSON merge patch (a dict) or a JSON patch (a list of operations)."""
         content_type = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
@@ -541,22 +624,31 @@ class KubeClient:
         """The object as last seen, or None when it did not exist."""
         return await self._request("DELETE", api_path(api_version, plural, namespace, name))
 
-    async def events(self, *, namespace: str | None = "default", involved_name: str | None = None) -> list[JsonObject]:
+    async def events(self, *, namespace: str | None = "default", involved_name: str | None = None) -> builtins.list[JsonObject]:
         """Core v1 Events, optionally only those about one object (by name)."""
         selector = f"involvedObject.name={involved_name}" if involved_name else None
         return await self.list("v1", "events", namespace=namespace, field_selector=selector)
 
 
-async def wait_for(predicate: Callable[[], Awaitable[T] | T], timeout: float, message: str,
+@overload
+async def wait_for(predicate: Callable[[], Awaitable[T | None]], timeout: float, message: str,
                    interval: float = 0.1) -> T:
+    ...
+
+
+@overload
+async def wait_for(predicate: Callable[[], T | None], timeout: float, message: str, interval: float = 0.1) -> T:
+    ...
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.1) -> Any:
     """Poll `predicate` (sync or async) until it returns something truthy and return that; fail after `timeout` s."""
     deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
     while True:
         result = predicate()
         last = await result if isinstance(result, Awaitable) else result
         if last:
-            return cast(T, last)
+            return last
         if asyncio.get_running_loop().time() >= deadline:
             raise AssertionError(f"{message} (waited {timeout} s; last value: {last!r})")
         await asyncio.sleep(interval)

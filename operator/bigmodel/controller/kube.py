@@ -6,6 +6,7 @@ requests go through one aiohttp session so a thousand jobs share its connection 
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -43,13 +44,15 @@ class KubeError(RuntimeError):
         self.status = status
 
 
-def load_configuration(kubeconfig: str | None = None) -> kubernetes.client.Configuration:
-    """In a pod, the service account; elsewhere the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+def load_configuration() -> kubernetes.client.Configuration:
+    """In a pod, the service account; elsewhere $KUBECONFIG (read now, not at import) or ~/.kube/config."""
     configuration = kubernetes.client.Configuration()
     try:
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        kubernetes.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
     return configuration
 
 

@@ -279,8 +279,10 @@ class _Decision:
         expected = submission_id(self.job.metadata.uid or "", status.cluster_generation)
         self.plan.requeue_after = self.poll_s
         if not head.ready or not self.seen.ray_reachable:
-            status.phase = "Starting" if status.phase != "Restarting" else "Restarting"
-            status.message = f"waiting for the Ray head pod {head.name} to be ready"
+            # A restart keeps saying why it restarts, and from where, until the new run is up.
+            if status.phase != "Restarting":
+                status.phase = "Starting"
+                status.message = f"waiting for the Ray head pod {head.name} to be ready"
             self.plan.requeue_after = POLL_STARTING_S
             return
         ray_job = self.seen.ray_job

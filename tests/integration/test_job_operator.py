@@ -1,0 +1,260 @@
+"""The BigModelJob operator against a real HTTP Kubernetes API (the emulator), Ray replaced at its seam."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bigmodel.api.job import CheckpointRef
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.builders.naming import submission_id
+from tests.support.emulator import Emulator, KubeClient, wait_for
+from tests.support.fake_ray import FakeRay
+from tests.support.operator import running_operator
+
+JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
+WAIT_S = 20.0
+
+
+def job_manifest(name: str = "demo", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "bigmodel.dev/v1alpha1",
+        "kind": "BigModelJob",
+        "metadata": {"name": name},
+        "spec": {
+            "workload": {"builtin": {"task": "digits", "epochs": 2}},
+            "workers": {"replicas": 2, "resources": {"cpu": "2", "memory": "4Gi", "gpu": 1}},
+            "checkpoint": {"storage": "/checkpoints/demo", "volumeClaimName": "shared", "everySteps": 10},
+            "failurePolicy": {"maxRestarts": 1},
+            **spec,
+        },
+    }
+
+
+async def pods(kube: KubeClient, job: str = "demo") -> dict[str, dict[str, Any]]:
+    found = await kube.list("v1", "pods", label_selector=f"bigmodel.dev/job={job}")
+    return {pod["metadata"]["name"]: pod for pod in found if not pod["metadata"].get("deletionTimestamp")}
+
+
+async def mark(kube: KubeClient, name: str, phase: str = "Running", ready: bool = True, exit_code: int = 0) -> None:
+    status: dict[str, Any] = {
+        "phase": phase,
+        "podIP": "127.0.0.1",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if phase == "Failed":
+        status["containerStatuses"] = [
+            {"name": "ray-worker", "state": {"terminated": {"reason": "Error", "exitCode": exit_code}}}
+        ]
+    await kube.patch_status("v1", "pods", name, status)
+
+
+async def mark_all_ready(kube: KubeClient, job: str = "demo") -> None:
+    for name in await pods(kube, job):
+        await mark(kube, name)
+
+
+async def status(kube: KubeClient, name: str = "demo") -> dict[str, Any]:
+    found = await kube.get(*JOBS, name)
+    return (found or {}).get("status") or {}
+
+
+async def wait_status(kube: KubeClient, check: Any, message: str, name: str = "demo") -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        current = await status(kube, name)
+        return current if check(current) else None
+
+    return await wait_for(probe, WAIT_S, message)
+
+
+async def event_reasons(kube: KubeClient, name: str = "demo") -> list[str]:
+    return [event["reason"] for event in await kube.events(involved_name=name)]
+
+
+async def start_running(kube: KubeClient, ray: FakeRay, uid: str) -> None:
+    await wait_for(lambda: pods(kube), WAIT_S, "the operator created no pods")
+    await mark_all_ready(kube)
+    await wait_for(lambda: submission_id(uid, 1) in ray.submitted_ids(), WAIT_S, "the training was never submitted")
+    await wait_status(kube, lambda s: s.get("phase") == "Running", "the job never reached Running")
+
+
+async def test_job_becomes_a_ray_cluster_that_trains_and_succeeds(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        uid = created["metadata"]["uid"]
+        found = await wait_for(lambda: pods(kube), WAIT_S, "no pods were created for the job")
+        assert sorted(found) == ["demo-g1-head", "demo-g1-w0", "demo-g1-w1"]
+        worker = found["demo-g1-w0"]
+        container = worker["spec"]["containers"][0]
+        assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+        assert worker["metadata"]["ownerReferences"][0]["uid"] == uid
+        assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "shared" for v in worker["spec"]["volumes"])
+        assert "/checkpoints/demo" in [mount["mountPath"] for mount in container["volumeMounts"]]
+        service = await kube.get("v1", "services", "demo-g1-head")
+        assert service is not None and service["spec"]["type"] == "ClusterIP"
+        starting = await wait_status(kube, lambda s: s.get("phase") == "Starting", "no Starting phase")
+        assert starting["workersReady"] == "0/2"
+
+        await mark_all_ready(kube)
+        await wait_for(lambda: ray.submitted_ids() == [submission_id(uid, 1)], WAIT_S, "the run was not submitted")
+        checkpoint = CheckpointRef(path="/checkpoints/demo/checkpoints/step-0000000020", step=20, epoch=0)
+        ray.reports[submission_id(uid, 1)] = TrainingReport(
+            step=25, total_steps=100, epoch=0, epochs=2, metrics={"loss": 0.7}, checkpoint=checkpoint
+        )
+        running = await wait_status(
+            kube, lambda s: s.get("phase") == "Running" and s.get("progress", {}).get("step") == 25, "no progress"
+        )
+        assert running["workersReady"] == "2/2" and running["progress"]["percent"] == 25
+        assert running["lastCheckpoint"]["step"] == 20 and running["metrics"]["loss"] == 0.7
+        assert running["dashboardUrl"] == "http://127.0.0.1:8265"
+
+        ray.succeed(
+            submission_id(uid, 1),
+            TrainingReport(step=100, total_steps=100, epoch=1, epochs=2, model_uri="/checkpoints/demo/model", done=True),
+        )
+        done = await wait_status(kube, lambda s: s.get("phase") == "Succeeded", "the job never Succeeded")
+        assert done["modelUri"] == "/checkpoints/demo/model" and done["completionTime"]
+        await wait_for(lambda: _no(pods(kube)), WAIT_S, "the pods were not removed after success")
+        reasons = await event_reasons(kube)
+        for expected in ("Created", "TrainingSubmitted", "Running", "Succeeded"):
+            assert expected in reasons, f"no {expected} event among {reasons}"
+
+
+async def _no(awaitable: Any) -> bool:
+    return not await awaitable
+
+
+async def test_failed_worker_pod_is_recreated_with_an_event(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        await start_running(kube, ray, created["metadata"]["uid"])
+        before = (await pods(kube))["demo-g1-w1"]["metadata"]["uid"]
+        await mark(kube, "demo-g1-w1", phase="Failed", exit_code=137)
+
+        async def replaced() -> bool:
+            current = (await pods(kube)).get("demo-g1-w1")
+            return current is not None and current["metadata"]["uid"] != before
+
+        await wait_for(replaced, WAIT_S, "the failed worker pod was not recreated")
+        current = await wait_status(kube, lambda s: s["workers"]["replaced"] == 1, "the replacement was not counted")
+        assert current["restarts"] == 0, "a worker replacement is not a cluster restart"
+        await wait_for(lambda: _has(event_reasons(kube), "WorkerReplaced"), WAIT_S, "no WorkerReplaced event")
+        assert len(ray.submitted_ids()) == 1, "a worker replacement must not resubmit the run"
+
+
+async def _has(awaitable: Any, item: str) -> bool:
+    return item in await awaitable
+
+
+async def test_failed_run_rebuilds_the_cluster_then_fails_past_the_budget(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        uid = created["metadata"]["uid"]
+        await start_running(kube, ray, uid)
+        checkpoint = CheckpointRef(path="/checkpoints/demo/checkpoints/step-0000000030", step=30, epoch=0)
+        ray.reports[submission_id(uid, 1)] = TrainingReport(step=34, total_steps=100, checkpoint=checkpoint)
+        await wait_status(kube, lambda s: (s.get("lastCheckpoint") or {}).get("step") == 30, "checkpoint not seen")
+
+        ray.fail(submission_id(uid, 1), "NCCL timeout")
+        restarting = await wait_status(kube, lambda s: s.get("restarts") == 1, "the failed run did not restart")
+        assert "resuming from checkpoint step 30" in restarting["message"]
+        assert "NCCL timeout" in restarting["message"]
+        await wait_for(
+            lambda: _keys(pods(kube), ["demo-g2-head", "demo-g2-w0", "demo-g2-w1"]), WAIT_S, "no generation-2 pods"
+        )
+        await mark_all_ready(kube)
+        await wait_for(lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "the rebuilt run was not submitted")
+
+        ray.fail(submission_id(uid, 2), "NCCL timeout again")
+        failed = await wait_status(kube, lambda s: s.get("phase") == "Failed", "the job did not fail past its budget")
+        assert failed["restarts"] == 1 and "no restarts left (maxRestarts: 1)" in failed["message"]
+        reasons = await event_reasons(kube)
+        assert "Restarting" in reasons and "RestartLimitExceeded" in reasons, reasons
+
+
+async def _keys(awaitable: Any, names: list[str]) -> bool:
+    return sorted(await awaitable) == names
+
+
+async def test_suspend_deletes_pods_and_resume_continues(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        uid = created["metadata"]["uid"]
+        await start_running(kube, ray, uid)
+
+        await kube.patch(*JOBS, "demo", {"spec": {"suspend": True}})
+        await wait_status(kube, lambda s: s.get("phase") == "Suspended", "the job was not Suspended")
+        await wait_for(lambda: _no(pods(kube)), WAIT_S, "the pods of a suspended job were not deleted")
+        assert submission_id(uid, 1) in ray.stops, "the run of a suspended job was not stopped"
+
+        await kube.patch(*JOBS, "demo", {"spec": {"suspend": False}})
+        resumed = await wait_for(lambda: pods(kube), WAIT_S, "no pods after resuming")
+        assert sorted(resumed) == ["demo-g2-head", "demo-g2-w0", "demo-g2-w1"]
+        current = await status(kube)
+        assert current["restarts"] == 0 and "Resumed" in await event_reasons(kube)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"workers": {"replicas": 0}}, "spec.workers.replicas"),
+        ({"workload": {"builtin": {"task": "resnet"}}}, "spec.workload.builtin.task"),
+        ({"checkpoint": {}}, "spec.checkpoint.storage"),
+    ],
+    ids=["zero-workers", "unknown-task", "no-storage"],
+)
+async def test_invalid_spec_is_reported_without_children(
+    emulator: Emulator, kube: KubeClient, spec: dict[str, Any], field: str
+) -> None:
+    with running_operator(emulator, FakeRay()):
+        await kube.create(*JOBS, job_manifest(**spec))
+        current = await wait_status(
+            kube,
+            lambda s: any(c["type"] == "ValidationFailed" and c["status"] == "True" for c in s.get("conditions", [])),
+            "no ValidationFailed condition",
+        )
+        assert field in current["message"], current["message"]
+        events = await kube.events(involved_name="demo")
+        warnings = [e for e in events if e["reason"] == "ValidationFailed"]
+        assert warnings and warnings[0]["type"] == "Warning" and field in warnings[0]["message"]
+        assert await pods(kube) == {}, "an invalid job got pods"
+
+        await kube.patch(*JOBS, "demo", {"spec": job_manifest()["spec"]})
+        await wait_for(lambda: pods(kube), WAIT_S, "fixing the spec did not start the job")
+        assert len([e for e in await kube.events(involved_name="demo") if e["reason"] == "ValidationFailed"]) == 1
+
+
+async def test_operator_restart_mid_flight_creates_no_duplicates(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        uid = created["metadata"]["uid"]
+        await start_running(kube, ray, uid)
+    before = sorted(await pods(kube))
+    with running_operator(emulator, ray):
+        await wait_status(kube, lambda s: s.get("phase") == "Running", "the restarted operator lost the job")
+        await mark(kube, "demo-g1-head")  # any pod event wakes the reconcile loop
+        await wait_for(lambda: len(ray.submissions) >= 1, WAIT_S, "no submission")
+        assert sorted(await pods(kube)) == before, "the restarted operator made new pods"
+        assert set(ray.submitted_ids()) == {submission_id(uid, 1)}, "the restarted operator started a second run"
+        assert (await status(kube))["clusterGeneration"] == 1
+
+
+async def test_deleting_the_job_removes_everything_it_created(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        await start_running(kube, ray, created["metadata"]["uid"])
+        await kube.delete(*JOBS, "demo")
+        await wait_for(lambda: _no(pods(kube)), WAIT_S, "pods survived the job's deletion")
+        await wait_for(lambda: _no(kube.list("v1", "services")), WAIT_S, "the head service survived")
+        await wait_for(lambda: _gone(kube), WAIT_S, "the job's finalizer was never released")
+
+
+async def _gone(kube: KubeClient) -> bool:
+    return await kube.get(*JOBS, "demo") is None

@@ -1,0 +1,155 @@
+"""The test-only kubelet runs pods as local processes and reports their status like a kubelet."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.support.emulator import Emulator, KubeClient, wait_for
+from tests.support.kubelet import LocalKubelet
+
+WAIT_S = 10.0
+
+# A readiness endpoint plus a view of the environment the pod got, on the port given as `--port=N`.
+SERVER = """
+import http.server, json, os, sys
+port = int(sys.argv[1].split("=")[1])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"argv": sys.argv, "env": dict(os.environ)}).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+@pytest.fixture()
+def kubelet(emulator: Emulator, tmp_path: Path) -> Iterator[LocalKubelet]:
+    with LocalKubelet(emulator.url, tmp_path / "pods", termination_grace_s=2.0) as running:
+        yield running
+
+
+def pod(name: str, command: list[str], args: list[str] | None = None, **container: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "main", "image": "python", "command": command, "args": args or [],
+                                 **container}]},
+    }
+
+
+def server_pod(name: str, port: int, **container: Any) -> dict[str, Any]:
+    return pod(name, [sys.executable, "-c", SERVER], [f"--port={port}"],
+               ports=[{"containerPort": port, "name": "http"}],
+               readinessProbe={"httpGet": {"path": "/ready", "port": "http"}}, **container)
+
+
+async def phase_of(kube: KubeClient, name: str, phase: str) -> dict[str, Any] | None:
+    body = await kube.get("v1", "pods", name)
+    return body if body and body.get("status", {}).get("phase") == phase else None
+
+
+async def ready(kube: KubeClient, name: str) -> dict[str, Any] | None:
+    body = await kube.get("v1", "pods", name)
+    conditions = (body or {}).get("status", {}).get("conditions", [])
+    return body if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else None
+
+
+async def get_json(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return dict(await response.json(content_type=None))
+
+
+async def test_a_serving_pod_becomes_running_and_ready(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HEAD", "value": "head-svc.default.svc.cluster.local"},
+        {"name": "GREETING", "value": "hello $(POD_NAME) $$(POD_NAME) $(UNKNOWN)"},
+    ]
+    await kube.create("v1", "pods", server_pod("web", 18080, env=env))
+    body = await wait_for(lambda: ready(kube, "web"), WAIT_S, f"pod web never became Ready:\n{kubelet.log_tail('web')}")
+    status = body["status"]
+    assert status["phase"] == "Running" and status["podIP"] == "127.0.0.1" and status["hostIP"] == "127.0.0.1"
+    assert status["containerStatuses"][0]["ready"] is True
+    assert kubelet.pid_of("web") is not None
+
+    seen = await get_json(f"http://127.0.0.1:{kubelet.host_port('web', 18080)}/")
+    assert seen["env"]["POD_NAME"] == "web" and seen["env"]["POD_IP"] == "127.0.0.1"
+    assert seen["env"]["HEAD"] == "127.0.0.1"
+    assert seen["env"]["GREETING"] == "hello web $(POD_NAME) $(UNKNOWN)"
+
+
+async def test_a_failing_command_fails_the_pod_with_its_exit_code(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    await kube.create("v1", "pods", pod("crash", [sys.executable, "-c", "print('bye'); raise SystemExit(3)"]))
+    body = await wait_for(lambda: phase_of(kube, "crash", "Failed"), WAIT_S, "pod crash never failed")
+    assert body["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+    assert "bye" in kubelet.log_tail("crash")
+
+    await kube.create("v1", "pods", pod("done", [sys.executable, "-c", "pass"]))
+    await wait_for(lambda: phase_of(kube, "done", "Succeeded"), WAIT_S, "pod done never succeeded")
+
+
+async def test_a_killed_process_reports_the_signal(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    await kube.create("v1", "pods", pod("victim", [sys.executable, "-c", "import time; time.sleep(60)"]))
+    await wait_for(lambda: kubelet.pid_of("victim"), WAIT_S, "pod victim never started")
+    kubelet.kill("victim")
+    body = await wait_for(lambda: phase_of(kube, "victim", "Failed"), WAIT_S, "the killed pod never failed")
+    assert body["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+
+
+async def test_deleting_a_pod_kills_its_processes(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    # The child ignores SIGTERM: it only goes away because the kubelet kills the whole process group once the main
+    # process is gone, as a container runtime tears a container down.
+    script = ("import signal, subprocess, sys, time\n"
+              "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+              "time.sleep(60)\n")
+    await kube.create("v1", "pods", pod("sleeper", [sys.executable, "-c", script]))
+    pid = await wait_for(lambda: kubelet.pid_of("sleeper"), WAIT_S, "pod sleeper never started")
+    children = await wait_for(lambda: psutil.Process(pid).children(), WAIT_S, "the pod's child never started")
+
+    await kube.delete("v1", "pods", "sleeper")
+    processes = [psutil.Process(pid), *children]
+    await wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes),
+                   WAIT_S, "deleting the pod did not kill its processes")
+    assert kubelet.pid_of("sleeper") is None
+
+
+async def test_pods_with_the_same_port_both_become_ready(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    await kube.create("v1", "pods", server_pod("twin-a", 18090))
+    await kube.create("v1", "pods", server_pod("twin-b", 18090))
+    for name in ("twin-a", "twin-b"):
+        await wait_for(lambda: ready(kube, name), WAIT_S, f"pod {name} never became Ready:\n{kubelet.log_tail(name)}")
+
+    ports = {kubelet.host_port("twin-a", 18090), kubelet.host_port("twin-b", 18090)}
+    assert len(ports) == 2 and 18090 in ports
+    for name in ("twin-a", "twin-b"):
+        seen = await get_json(f"http://127.0.0.1:{kubelet.host_port(name, 18090)}/")
+        assert seen["argv"][1] == f"--port={kubelet.host_port(name, 18090)}"
+
+
+async def test_service_ports_follow_rewritten_pod_ports(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    await kube.create("v1", "pods", server_pod("first", 18100))
+    await kube.create("v1", "pods", server_pod("second", 18100))
+    for name in ("first", "second"):
+        await wait_for(lambda: ready(kube, name), WAIT_S, f"pod {name} never became Ready")
+    await kube.create("v1", "services", {"metadata": {"name": "second-svc"}, "spec": {
+        "selector": {"app": "second"}, "ports": [{"port": 80, "targetPort": "http"}]}})
+
+    client_env = [{"name": "TARGET", "value": "http://second-svc.default.svc:80/"}]
+    await kube.create("v1", "pods", server_pod("client", 18110, env=client_env))
+    await wait_for(lambda: ready(kube, "client"), WAIT_S, "pod client never became Ready")
+    seen = await get_json(f"http://127.0.0.1:{kubelet.host_port('client', 18110)}/")
+    assert seen["env"]["TARGET"] == f"http://127.0.0.1:{kubelet.host_port('second', 18100)}/"

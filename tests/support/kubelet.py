@@ -1,0 +1,463 @@
+"""A test-only kubelet: runs the pods of an emulated API server as local processes on this host.
+
+:class:`LocalKubelet` watches the Pods of one namespace and, for each new pod, runs its first container's
+``command`` + ``args`` (the image is ignored: the host's Python environment plays the image) in a new process group,
+with the host's environment plus the container's ``env``. It reports back what a kubelet reports through the
+``status`` subresource: ``Pending`` then ``Running`` with ``podIP``/``hostIP`` 127.0.0.1, the container status and the
+``Ready`` condition, then ``Succeeded`` (exit code 0) or ``Failed`` with ``state.terminated.exitCode`` (128 + the
+signal number when a signal ended it, as container runtimes report). Deleting the pod (or setting its
+``deletionTimestamp``) sends SIGTERM to the process group and SIGKILL after ``termination_grace_s``; when the main
+process ends by itself, what is left of its group is killed, as a container runtime tears a container down.
+
+How the environment is resolved, as Kubernetes does:
+
+* ``$(VAR)`` in ``command``, ``args`` and env values expands to an env var of the container defined earlier
+  (``$$(VAR)`` is a literal ``$(VAR)``; an unknown ``$(VAR)`` stays as written);
+* downward API ``fieldRef``: ``metadata.name``/``namespace``/``uid``, ``metadata.labels['k']``,
+  ``metadata.annotations['k']``, ``spec.nodeName`` (``localhost``), ``spec.serviceAccountName``, ``status.podIP``
+  and ``status.hostIP`` (127.0.0.1). Any other ``valueFrom`` fails the pod with reason ``LocalKubeletUnsupported``.
+
+Where it deliberately differs from a real kubelet, because every pod shares this host's network namespace:
+
+* there is no cluster DNS: a host name ending in ``.svc`` or ``.svc.cluster.local`` in an env value or an argument
+  becomes 127.0.0.1. When it is followed by ``:<port>`` and names a Service whose selector matches a pod this kubelet
+  runs, the port becomes the host port of that pod's target port (see the next point);
+* ports: a container port or probe port number that another pod of this kubelet uses, or that is busy on this host,
+  is replaced by a free port: every occurrence of the number in the args and env values is rewritten (for example
+  ``--dashboard-agent-listen-port=52365``) and the probe uses the new port. :meth:`LocalKubelet.host_port` tells
+  which port a pod really got. Two pods can therefore both "listen on 8265".
+
+Other simplifications: restartPolicy is always treated as ``Never`` (the pod fails; nothing restarts it), only the
+first container runs (no init containers or sidecars), volumes are not mounted, resources are not enforced, and
+readiness probes (``httpGet``: any status 200-399, or ``tcpSocket``) run every ``probe_period_s`` regardless of the
+probe's own timings. Each process's stdout and stderr go to ``<log_dir>/<pod>.log``; when a process fails, the tail
+of its log is printed to stderr (pytest shows it with the failing test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import psutil
+
+from tests.support.emulator import KUBELET_USER_AGENT, JsonObject, api_path, labels_match
+
+LOCAL_IP = "127.0.0.1"
+START_TIMEOUT_S = 10.0
+LOG_TAIL_LINES = 40
+
+_VAR_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_SERVICE_HOST = re.compile(rf"\b(?P<host>{_LABEL}(?:\.{_LABEL})*\.svc(?:\.cluster\.local)?)\b(?::(?P<port>\d+))?")
+_FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
+
+
+class PodFailure(Exception):
+    """A pod this kubelet cannot run as asked; the pod fails with this reason and message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class _Pod:
+    """What the kubelet knows about one incarnation (uid) of a pod it runs."""
+
+    name: str
+    uid: str
+    labels: dict[str, str]
+    container: JsonObject
+    ports: dict[int, int] = field(default_factory=dict)
+    process: asyncio.subprocess.Process | None = None
+    started_at: str = ""
+    ready: bool = False
+    deleted: bool = False
+    gone: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: defined variables expand, ``$$`` is a literal ``$``, the rest stays."""
+    return _VAR_REFERENCE.sub(lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), text)
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOCAL_IP, 0))
+        return int(probe.getsockname()[1])
+
+
+def _rewrite_ports(text: str, ports: Mapping[int, int]) -> str:
+    for declared, host in ports.items():
+        if declared != host:
+            text = re.sub(rf"(?<!\d){declared}(?!\d)", str(host), text)
+    return text
+
+
+def _named_port(container: Mapping[str, Any], port: int | str) -> int:
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for declared in container.get("ports") or []:
+        if declared.get("name") == port:
+            return int(declared["containerPort"])
+    raise PodFailure("LocalKubeletUnsupported", f"no container port named {port!r}")
+
+
+class LocalKubelet:
+    """Runs the pods of one namespace of an emulated API server as local processes (see the module docstring)."""
+
+    def __init__(self, api_url: str, log_dir: Path, namespace: str = "default", *, probe_period_s: float = 0.2,
+                 termination_grace_s: float = 5.0) -> None:
+        self._api_url = api_url
+        self._log_dir = log_dir
+        self._namespace = namespace
+        self._probe_period_s = probe_period_s
+        self._termination_grace_s = termination_grace_s
+        self._pods: dict[str, _Pod] = {}
+        self._thread = threading.Thread(target=self._run, name="local-kubelet", daemon=True)
+        self._watching = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._failure: BaseException | None = None
+
+    def __enter__(self) -> LocalKubelet:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start watching pods; returns once the watch is established."""
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+        if not self._watching.wait(START_TIMEOUT_S):
+            raise TimeoutError(f"the local kubelet did not start watching pods within {START_TIMEOUT_S} s")
+        if self._failure is not None:
+            raise RuntimeError("the local kubelet failed to start") from self._failure
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Kill every pod's processes (SIGTERM, then SIGKILL after the grace period) and stop watching."""
+        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the local kubelet did not stop within {timeout} s")
+
+    def pid_of(self, pod_name: str) -> int | None:
+        """The pid of the pod's main process while it runs."""
+        pod = self._pods.get(pod_name)
+        process = pod.process if pod is not None else None
+        return process.pid if process is not None and process.returncode is None else None
+
+    def kill(self, pod_name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send a signal to the pod's main process, as a crash or an OOM kill would."""
+        pid = self.pid_of(pod_name)
+        if pid is None:
+            raise LookupError(f"pod {pod_name!r} has no running process")
+        os.kill(pid, sig)
+
+    def host_port(self, pod_name: str, container_port: int) -> int:
+        """The port of this host where the pod's `container_port` really listens (see the module docstring)."""
+        pod = self._pods.get(pod_name)
+        return pod.ports.get(container_port, container_port) if pod is not None else container_port
+
+    def log_path(self, pod_name: str) -> Path:
+        return self._log_dir / f"{pod_name}.log"
+
+    def log_tail(self, pod_name: str, lines: int = LOG_TAIL_LINES) -> str:
+        path = self.log_path(pod_name)
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to the starting thread, which raises it
+            self._failure = exc
+            self._watching.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        async with aiohttp.ClientSession(self._api_url, headers={"User-Agent": KUBELET_USER_AGENT}) as session:
+            self._session = session
+            watcher = asyncio.create_task(self._watch())
+            await self._stopping.wait()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            pods = list(self._pods.values())
+            for pod in pods:
+                pod.gone = pod.deleted = True
+            await asyncio.gather(*(self._terminate(pod) for pod in pods))
+            await asyncio.gather(*(pod.task for pod in pods if pod.task is not None), return_exceptions=True)
+
+    async def _watch(self) -> None:
+        assert self._session is not None
+        path = api_path("v1", "pods", self._namespace)
+        no_timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        while True:
+            try:
+                async with self._session.get(path, params={"watch": "true"}, timeout=no_timeout) as response:
+                    response.raise_for_status()
+                    self._watching.set()
+                    async for line in response.content:
+                        if line.strip():
+                            event = json.loads(line)
+                            self._on_event(event["type"], event["object"])
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                print(f"local kubelet: pod watch broke ({exc!r}); reconnecting", file=sys.stderr)
+                await asyncio.sleep(0.5)
+
+    def _on_event(self, kind: str, body: JsonObject) -> None:
+        metadata = body.get("metadata", {})
+        name, uid = metadata["name"], metadata.get("uid", metadata["name"])
+        known = self._pods.get(name)
+        if kind == "DELETED" or metadata.get("deletionTimestamp"):
+            if known is not None and known.uid == uid:
+                known.gone = kind == "DELETED"
+                if not known.deleted:
+                    known.deleted = True
+                    asyncio.get_running_loop().create_task(self._terminate(known))
+            return
+        if known is not None and known.uid == uid:
+            return
+        if body.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            return  # a replayed pod that already ran
+        pod = _Pod(name=name, uid=uid, labels=dict(metadata.get("labels") or {}),
+                   container=body["spec"]["containers"][0])
+        previous = known
+        self._pods[name] = pod
+        pod.task = asyncio.get_running_loop().create_task(self._run_pod(pod, body, previous))
+
+    async def _run_pod(self, pod: _Pod, body: JsonObject, previous: _Pod | None) -> None:
+        if previous is not None:
+            previous.gone = previous.deleted = True
+            await self._terminate(previous)
+        try:
+            await self._patch_status(pod, self._status(pod, "Pending", {"waiting": {"reason": "ContainerCreating"}}))
+            argv, env = await self._prepare(pod, body)
+            with self.log_path(pod.name).open("ab") as log:
+                log.write(f"--- pod {pod.name} uid {pod.uid} at {_now()}: {argv!r}\n".encode())
+                log.flush()
+                pod.process = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                    env=env, cwd=pod.container.get("workingDir"), start_new_session=True)
+            pod.started_at = _now()
+            probe = pod.container.get("readinessProbe")
+            pod.ready = probe is None
+            await self._patch_status(pod, self._status(pod, "Running", {"running": {"startedAt": pod.started_at}}))
+            prober = asyncio.create_task(self._probe(pod, probe)) if probe is not None else None
+            code = await pod.process.wait()
+            if prober is not None:
+                prober.cancel()
+            self._kill_group(pod, signal.SIGKILL)
+            await self._report_exit(pod, code)
+        except PodFailure as failure:
+            await self._patch_status(pod, self._status(pod, "Failed", {"waiting": {"reason": failure.reason,
+                                                                                    "message": str(failure)}}))
+        except FileNotFoundError as missing:
+            await self._patch_status(pod, self._status(pod, "Failed", {"waiting": {"reason": "StartError",
+                                                                                    "message": str(missing)}}))
+        except aiohttp.ClientError as exc:
+            # Nobody awaits this task, so an API failure would otherwise vanish without a trace.
+            print(f"local kubelet: reporting the status of pod {pod.name} failed: {exc!r}", file=sys.stderr)
+
+    async def _report_exit(self, pod: _Pod, code: int) -> None:
+        exit_code = code if code >= 0 else 128 - code
+        terminated: JsonObject = {"exitCode": exit_code, "reason": "Completed" if code == 0 else "Error",
+                                  "startedAt": pod.started_at, "finishedAt": _now()}
+        if code < 0:
+            terminated["signal"] = -code
+        pod.ready = False
+        if code != 0 and not pod.deleted:
+            print(f"local kubelet: pod {pod.name} exited with code {exit_code}; the tail of "
+                  f"{self.log_path(pod.name)}:\n{self.log_tail(pod.name)}", file=sys.stderr)
+        await self._patch_status(pod, self._status(pod, "Succeeded" if code == 0 else "Failed",
+                                                   {"terminated": terminated}))
+
+    async def _prepare(self, pod: _Pod, body: JsonObject) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of the pod's process, after allocating its host ports."""
+        container = pod.container
+        env: dict[str, str] = {}
+        for var in container.get("env") or []:
+            env[var["name"]] = expand(var["value"], env) if "value" in var else self._env_from(body, var)
+        raw_argv = [expand(part, env) for part in (container.get("command") or []) + (container.get("args") or [])]
+        if not raw_argv:
+            raise PodFailure("LocalKubeletUnsupported", "the container has no command: there is no image to run")
+        declared = {int(port["containerPort"]) for port in container.get("ports") or []}
+        probe_port = ((container.get("readinessProbe") or {}).get("httpGet")
+                      or (container.get("readinessProbe") or {}).get("tcpSocket") or {}).get("port")
+        if probe_port is not None:
+            declared.add(_named_port(container, probe_port))
+        taken = {host for other in self._pods.values()
+                 if other is not pod and not other.gone and (other.process is None or other.process.returncode is None)
+                 for host in other.ports.values()}
+        for port in sorted(declared):
+            pod.ports[port] = port if port not in taken and not _port_busy(port) else _free_port()
+        argv = [await self._resolve_services(_rewrite_ports(part, pod.ports)) for part in raw_argv]
+        for name, value in env.items():
+            env[name] = await self._resolve_services(_rewrite_ports(value, pod.ports))
+        return argv, {**os.environ, **env}
+
+    def _env_from(self, body: JsonObject, var: JsonObject) -> str:
+        field_path = (var.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath")
+        metadata = body.get("metadata", {})
+        values = {
+            "metadata.name": metadata.get("name"),
+            "metadata.namespace": metadata.get("namespace", self._namespace),
+            "metadata.uid": metadata.get("uid"),
+            "spec.nodeName": "localhost",
+            "spec.serviceAccountName": body.get("spec", {}).get("serviceAccountName", "default"),
+            "status.podIP": LOCAL_IP,
+            "status.hostIP": LOCAL_IP,
+        }
+        if field_path in values:
+            return str(values[field_path] or "")
+        keyed = _FIELD_KEY.match(field_path or "")
+        if keyed is not None:
+            return str((metadata.get(keyed[1]) or {}).get(keyed[2], ""))
+        raise PodFailure("LocalKubeletUnsupported", f"env {var['name']}: unsupported valueFrom {var.get('valueFrom')}")
+
+    async def _resolve_services(self, text: str) -> str:
+        """Service host names become 127.0.0.1, and their ports the host ports of the pods behind them."""
+        replacements: dict[str, str] = {}
+        for match in _SERVICE_HOST.finditer(text):
+            port = match["port"]
+            if port is not None:
+                port = str(await self._service_host_port(match["host"], int(port)))
+            replacements[match[0]] = LOCAL_IP if port is None else f"{LOCAL_IP}:{port}"
+        return _SERVICE_HOST.sub(lambda m: replacements[m[0]], text)
+
+    async def _service_host_port(self, host: str, port: int) -> int:
+        assert self._session is not None
+        parts = host.split(".")
+        namespace = parts[1] if parts[1] != "svc" else self._namespace
+        async with self._session.get(api_path("v1", "services", namespace, parts[0])) as response:
+            if response.status != 200:
+                return port
+            service = await response.json()
+        selector = service.get("spec", {}).get("selector") or {}
+        service_ports = [p for p in service.get("spec", {}).get("ports") or [] if int(p.get("port", 0)) == port]
+        target = service_ports[0].get("targetPort", port) if service_ports else port
+        for pod in self._pods.values():
+            if selector and not pod.gone and labels_match(pod.labels, ",".join(f"{k}={v}" for k, v in selector.items())):
+                container_port = _named_port(pod.container, target)
+                return pod.ports.get(container_port, container_port)
+        return port
+
+    async def _probe(self, pod: _Pod, probe: JsonObject) -> None:
+        assert self._session is not None
+        http = probe.get("httpGet")
+        port = pod.ports[_named_port(pod.container, (http or probe.get("tcpSocket") or {})["port"])]
+        url = f"http://{LOCAL_IP}:{port}{(http or {}).get('path', '/')}"
+        timeout = aiohttp.ClientTimeout(total=max(self._probe_period_s * 5, 1.0))
+        while True:
+            await asyncio.sleep(self._probe_period_s)
+            try:
+                if http is not None:
+                    async with self._session.get(url, timeout=timeout) as response:
+                        ready = 200 <= response.status < 400
+                else:
+                    _, writer = await asyncio.wait_for(asyncio.open_connection(LOCAL_IP, port), timeout.total)
+                    writer.close()
+                    ready = True
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                ready = False
+            if ready != pod.ready and pod.process is not None and pod.process.returncode is None:
+                pod.ready = ready
+                await self._patch_status(pod, self._status(pod, "Running",
+                                                           {"running": {"startedAt": pod.started_at}}))
+
+    async def _terminate(self, pod: _Pod) -> None:
+        process = pod.process
+        if process is None or process.returncode is not None:
+            return
+        self._kill_group(pod, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self._termination_grace_s)
+        except asyncio.TimeoutError:
+            self._kill_group(pod, signal.SIGKILL)
+            await process.wait()
+
+    def _kill_group(self, pod: _Pod, sig: signal.Signals) -> None:
+        """Signal the process group and any descendants that left it (a container has no way out)."""
+        if pod.process is None:
+            return
+        pid = pod.process.pid
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.send_signal(sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+
+    def _status(self, pod: _Pod, phase: str, state: JsonObject) -> JsonObject:
+        now = _now()
+        running = phase == "Running"
+        ready = "True" if running and pod.ready else "False"
+        status: JsonObject = {
+            "phase": phase,
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
+                {"type": "Ready", "status": ready, "lastTransitionTime": now},
+            ],
+            "containerStatuses": [{
+                "name": pod.container.get("name", "main"),
+                "image": pod.container.get("image", ""),
+                "ready": ready == "True",
+                "started": running,
+                "restartCount": 0,
+                "state": state,
+            }],
+        }
+        if phase != "Pending":
+            status.update({"podIP": LOCAL_IP, "podIPs": [{"ip": LOCAL_IP}], "hostIP": LOCAL_IP,
+                           "startTime": pod.started_at or now})
+        return status
+
+    async def _patch_status(self, pod: _Pod, status: JsonObject) -> None:
+        if pod.gone:
+            return  # the pod object is gone, or a newer pod of the same name owns it now
+        assert self._session is not None
+        path = api_path("v1", "pods", self._namespace, pod.name, "status")
+        async with self._session.patch(path, json={"status": status},
+                                       headers={"Content-Type": "application/merge-patch+json"}) as response:
+            if response.status not in (200, 404):
+                response.raise_for_status()
