@@ -234,9 +234,11 @@ async def _deleting(kube: KubeClient, name: str) -> dict[str, Any] | None:
 
 def test_the_kubeconfig_works_with_the_kubernetes_client(emulator: Emulator) -> None:
     api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(config_file=str(emulator.kubeconfig)))
-    api.create_namespaced_pod("default", {"metadata": {"name": "p", "labels": {"app": "a"}},
-                                          "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
-    assert [pod.metadata.name for pod in api.list_namespaced_pod("default", label_selector="app=a").items] == ["p"]
+    api.create_namespaced_pod("default", kubernetes.client.V1Pod(
+        metadata=kubernetes.client.V1ObjectMeta(name="p", labels={"app": "a"}),
+        spec=kubernetes.client.V1PodSpec(containers=[kubernetes.client.V1Container(name="c", image="busybox")])))
+    listed = api.list_namespaced_pod("default", label_selector="app=a").items
+    assert [pod.metadata.name for pod in listed if pod.metadata] == ["p"]
     assert api.list_namespaced_pod("default", label_selector="app=b").items == []
     api.delete_namespaced_pod("p", "default")
     assert api.list_namespaced_pod("default").items == []

@@ -72,8 +72,18 @@ async def event_reasons(kube: KubeClient, name: str = "demo") -> list[str]:
     return [event["reason"] for event in await kube.events(involved_name=name)]
 
 
+GENERATION_1 = ["demo-g1-head", "demo-g1-w0", "demo-g1-w1"]
+GENERATION_2 = ["demo-g2-head", "demo-g2-w0", "demo-g2-w1"]
+
+
+async def all_pods(kube: KubeClient, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The job's pods once exactly `names` exist (they are created one request at a time)."""
+    found = await wait_for(lambda: _keys(pods(kube), names), WAIT_S, f"the pods {names} were not all created")
+    return found
+
+
 async def start_running(kube: KubeClient, ray: FakeRay, uid: str) -> None:
-    await wait_for(lambda: pods(kube), WAIT_S, "the operator created no pods")
+    await all_pods(kube, GENERATION_1)
     await mark_all_ready(kube)
     await wait_for(lambda: submission_id(uid, 1) in ray.submitted_ids(), WAIT_S, "the training was never submitted")
     await wait_status(kube, lambda s: s.get("phase") == "Running", "the job never reached Running")
@@ -84,8 +94,7 @@ async def test_job_becomes_a_ray_cluster_that_trains_and_succeeds(emulator: Emul
     with running_operator(emulator, ray):
         created = await kube.create(*JOBS, job_manifest())
         uid = created["metadata"]["uid"]
-        found = await wait_for(lambda: pods(kube), WAIT_S, "no pods were created for the job")
-        assert sorted(found) == ["demo-g1-head", "demo-g1-w0", "demo-g1-w1"]
+        found = await all_pods(kube, GENERATION_1)
         worker = found["demo-g1-w0"]
         container = worker["spec"]["containers"][0]
         assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
@@ -163,9 +172,7 @@ async def test_failed_run_rebuilds_the_cluster_then_fails_past_the_budget(emulat
         restarting = await wait_status(kube, lambda s: s.get("restarts") == 1, "the failed run did not restart")
         assert "resuming from checkpoint step 30" in restarting["message"]
         assert "NCCL timeout" in restarting["message"]
-        await wait_for(
-            lambda: _keys(pods(kube), ["demo-g2-head", "demo-g2-w0", "demo-g2-w1"]), WAIT_S, "no generation-2 pods"
-        )
+        await all_pods(kube, GENERATION_2)
         await mark_all_ready(kube)
         await wait_for(lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "the rebuilt run was not submitted")
 
@@ -176,8 +183,9 @@ async def test_failed_run_rebuilds_the_cluster_then_fails_past_the_budget(emulat
         assert "Restarting" in reasons and "RestartLimitExceeded" in reasons, reasons
 
 
-async def _keys(awaitable: Any, names: list[str]) -> bool:
-    return sorted(await awaitable) == names
+async def _keys(awaitable: Any, names: list[str]) -> dict[str, dict[str, Any]] | None:
+    found = await awaitable
+    return found if sorted(found) == names else None
 
 
 async def test_suspend_deletes_pods_and_resume_continues(emulator: Emulator, kube: KubeClient) -> None:
@@ -193,8 +201,7 @@ async def test_suspend_deletes_pods_and_resume_continues(emulator: Emulator, kub
         assert submission_id(uid, 1) in ray.stops, "the run of a suspended job was not stopped"
 
         await kube.patch(*JOBS, "demo", {"spec": {"suspend": False}})
-        resumed = await wait_for(lambda: pods(kube), WAIT_S, "no pods after resuming")
-        assert sorted(resumed) == ["demo-g2-head", "demo-g2-w0", "demo-g2-w1"]
+        await all_pods(kube, GENERATION_2)
         current = await status(kube)
         assert current["restarts"] == 0 and "Resumed" in await event_reasons(kube)
 

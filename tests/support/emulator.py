@@ -468,16 +468,6 @@ class Emulator:
         """The requests not made by this test tooling (emulator, :class:`KubeClient`, local kubelet)."""
         return [call for call in self.api_calls() if call.user_agent not in TEST_USER_AGENTS]
 
-    def objects(self) -> list[tuple[str, str, JsonObject]]:
-        """A snapshot of all live objects as ``(api_version, plural, body)``."""
-        def snapshot() -> list[tuple[str, str, JsonObject]]:
-            assert self._handler is not None
-            return [
-                (f"{res.group}/{res.version}" if res.group else str(res.version), str(res.plural), body)
-                for res, body in self._handler.live_objects()
-            ]
-        return self._call(snapshot)
-
     def _call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the emulator's loop, so it never sees kmock's structures in the middle of a change."""
         if self._loop is None:
@@ -624,7 +614,8 @@ class KubeClient:
         """The object as last seen, or None when it did not exist."""
         return await self._request("DELETE", api_path(api_version, plural, namespace, name))
 
-    async def events(self, *, namespace: str | None = "default", involved_name: str | None = None) -> builtins.list[JsonObject]:
+    async def events(self, *, namespace: str | None = "default",
+                     involved_name: str | None = None) -> builtins.list[JsonObject]:
         """Core v1 Events, optionally only those about one object (by name)."""
         selector = f"involvedObject.name={involved_name}" if involved_name else None
         return await self.list("v1", "events", namespace=namespace, field_selector=selector)

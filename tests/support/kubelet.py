@@ -374,8 +374,9 @@ class LocalKubelet:
         selector = service.get("spec", {}).get("selector") or {}
         service_ports = [p for p in service.get("spec", {}).get("ports") or [] if int(p.get("port", 0)) == port]
         target = service_ports[0].get("targetPort", port) if service_ports else port
+        label_selector = ",".join(f"{key}={value}" for key, value in selector.items())
         for pod in self._pods.values():
-            if selector and not pod.gone and labels_match(pod.labels, ",".join(f"{k}={v}" for k, v in selector.items())):
+            if selector and not pod.gone and labels_match(pod.labels, label_selector):
                 container_port = _named_port(pod.container, target)
                 return pod.ports.get(container_port, container_port)
         return port
