@@ -23,9 +23,13 @@ START_TIMEOUT_S = 30.0
 
 
 @contextmanager
-def running_operator(emulator: Emulator, ray: Any, **settings: Any) -> Iterator[OperatorSettings]:
-    """The operator watching the emulator until the block ends; raises if it is not ready in time."""
+def running_operator(emulator: Emulator, ray: Any | None, **settings: Any) -> Iterator[OperatorSettings]:
+    """The operator watching the emulator until the block ends; raises if it is not ready in time.
+
+    `ray` replaces the operator's Ray client; None keeps the real one (Ray's HTTP APIs on the head pods).
+    """
     operator_settings = OperatorSettings(liveness_port=None, **settings)
+    memo = kopf.Memo() if ray is None else kopf.Memo(ray=ray)
     ready, stop = threading.Event(), threading.Event()
     failure: list[BaseException] = []
     previous = os.environ.get("KUBECONFIG")
@@ -34,7 +38,7 @@ def running_operator(emulator: Emulator, ray: Any, **settings: Any) -> Iterator[
     def run() -> None:
         try:
             asyncio.run(
-                operator_coroutine(operator_settings, memo=kopf.Memo(ray=ray), ready_flag=ready, stop_flag=stop)
+                operator_coroutine(operator_settings, memo=memo, ready_flag=ready, stop_flag=stop)
             )
         except BaseException as error:  # reported to the test thread below
             failure.append(error)

@@ -99,6 +99,9 @@ def _env(job: BigModelJob, generation: int) -> list[dict[str, Any]]:
         {"name": "RAY_HEAD_ADDRESS", "value": head_address(job.metadata.name, namespace, generation)},
         {"name": "BIGMODEL_JOB", "value": job.metadata.name},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        # Ray's token auth would need the token in every pod and in the operator; until the operator provisions
+        # one per job, the cluster's ports stay reachable only inside it (ClusterIP, and the chart's NetworkPolicy).
+        {"name": "RAY_AUTH_MODE", "value": "disabled"},
         *(variable.to_wire() for variable in job.spec.env),
     ]
 
