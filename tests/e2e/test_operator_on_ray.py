@@ -7,9 +7,7 @@ replaced by the operator, and Ray Train resumes from the checkpoint until the jo
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,21 +16,13 @@ import pytest
 
 from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.checkpoints import CheckpointStore
-from tests.support.emulator import PROJECT_CRDS, KubeClient, running_emulator, wait_for
-from tests.support.kubelet import LocalKubelet
-from tests.support.operator import running_operator
+from tests.support.emulator import KubeClient, wait_for
+from tests.support.local_cluster import LocalCluster, local_cluster
 
 pytestmark = pytest.mark.e2e
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
 EVERY_STEPS = 10
-
-
-@pytest.fixture()
-def host_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This interpreter's environment plays the runtime image: `ray` and `python` resolve to it in the pods."""
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
 
 
 def job_manifest(storage: Path) -> dict[str, Any]:
@@ -58,11 +48,9 @@ def job_manifest(storage: Path) -> dict[str, Any]:
 
 
 @pytest.fixture()
-def cluster(tmp_path: Path, host_image: None) -> Iterator[tuple[Any, LocalKubelet]]:
-    with running_emulator(PROJECT_CRDS) as emulator:
-        with LocalKubelet(emulator.url, tmp_path / "pod-logs") as kubelet:
-            with running_operator(emulator, None, poll_running_s=1.0):
-                yield emulator, kubelet
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path) as running:
+        yield running
 
 
 async def _status(kube: KubeClient) -> dict[str, Any]:
@@ -70,10 +58,8 @@ async def _status(kube: KubeClient) -> dict[str, Any]:
     return (found or {}).get("status") or {}
 
 
-async def test_worker_killed_mid_run_is_replaced_and_training_resumes(
-    cluster: tuple[Any, LocalKubelet], tmp_path: Path
-) -> None:
-    emulator, kubelet = cluster
+async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: LocalCluster, tmp_path: Path) -> None:
+    emulator, kubelet = cluster.emulator, cluster.kubelet
     storage = tmp_path / "storage"
     async with KubeClient(emulator.url) as kube:
         await kube.create(*JOBS, job_manifest(storage))

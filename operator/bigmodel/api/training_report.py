@@ -18,7 +18,8 @@ class TrainingReport(BaseModel):
     epochs: int = 0
     metrics: dict[str, float] = Field(default_factory=dict)
     worker_restarts: int = Field(0, description="Restarts of the worker group inside this run.")
-    resumed_from_step: int = Field(0, description="The checkpoint step this run started from.")
+    resumed_from_step: int = Field(0, description="The checkpoint step the current attempt started from.")
+    steps_redone: int = Field(0, description="Steps trained again after failures: work lost since the checkpoints.")
     checkpoint: CheckpointRef | None = None
     model_uri: str | None = None
     done: bool = False

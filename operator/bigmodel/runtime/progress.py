@@ -105,7 +105,8 @@ def training_report(snapshot: ProgressSnapshot) -> TrainingReport:
     latest = snapshot.latest
     report = TrainingReport(
         worker_restarts=snapshot.worker_restarts,
-        resumed_from_step=snapshot.attempts[0].resumed_from_step if snapshot.attempts else 0,
+        resumed_from_step=snapshot.attempts[-1].resumed_from_step if snapshot.attempts else 0,
+        steps_redone=snapshot.steps_trained_twice(),
     )
     if latest is None:
         return report

@@ -1,0 +1,470 @@
+"""How fast the real operator takes N BigModelJobs to Running, and how much memory it needs doing it.
+
+The issue's goal: 1,000 jobs reconciled to Running within 60 s of being created, the operator under 300 MB.
+
+The operator runs as its own process (`bigmodel operator`), unchanged, against the Kubernetes API emulator of the
+test tier. This script plays everything else a cluster would:
+
+* a kubelet that marks every new pod Running and Ready with podIP 127.0.0.1 at once (the issue measures the
+  operator, not pod start-up);
+* Ray, for every head: since every pod IP is 127.0.0.1, one fake Job Submission API on 127.0.0.1:8265 and one
+  driver progress endpoint on 127.0.0.1:8270 answer for all heads; a submitted job is RUNNING at once;
+* the user: it creates the jobs as fast as the emulator takes them and notes when each is first seen Running.
+
+Running-job polling is not what is measured, so BIGMODEL_POLL_RUNNING_S defaults to 30 s: a job reaches Running on
+the pass that follows its pods' readiness, which a pod event triggers.
+
+Where the time goes: the emulator runs in a thread of this process, sharing one GIL with the kubelet, the fake Ray
+servers and the Running poller; the CPU seconds of the operator process and of each of these threads are printed so
+that a run shows which side was saturated.
+
+    python bench/operator_scale.py                  # 200 jobs, 1 worker each
+    python bench/operator_scale.py --jobs 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+# The API emulator is test infrastructure and lives with the tests, so the repository root goes on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bigmodel.api.training_report import TrainingReport  # noqa: E402
+from bigmodel.builders.ray_cluster import PROGRESS_PORT, RAY_DASHBOARD_PORT  # noqa: E402
+from tests.support.emulator import (  # noqa: E402
+    KUBELET_USER_AGENT,
+    PROJECT_CRDS,
+    Emulator,
+    KubeClient,
+    api_path,
+    running_emulator,
+)
+
+LOCAL_IP = "127.0.0.1"
+NAMESPACE = "default"
+JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
+SAMPLE_S = 0.2
+POLL_S = 0.2
+OPERATOR_READY_S = 60.0
+OPERATOR_STOP_S = 20.0
+GOAL_JOBS = 1000
+GOAL_SECONDS = 60.0
+GOAL_RSS_MB = 300.0
+MB = 1024 * 1024
+
+
+def job_manifest(index: int, workers: int) -> dict[str, Any]:
+    """A small digits job; no checkpoint storage, so the operator's default storage is used."""
+    return {
+        "apiVersion": "bigmodel.dev/v1alpha1",
+        "kind": "BigModelJob",
+        "metadata": {"name": f"scale-{index:04d}"},
+        "spec": {
+            "workload": {"builtin": {"task": "digits", "epochs": 1}},
+            "workers": {"replicas": workers, "resources": {"cpu": "1", "memory": "1Gi"}},
+        },
+    }
+
+
+class FakeRay:
+    """Ray's Job Submission API and the training driver's /progress, for every head at 127.0.0.1, in a thread."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}  # submission id -> Ray job status; only touched on the server's loop
+        self.requests: Counter[str] = Counter()
+        self.thread = threading.Thread(target=self._run, name="fake-ray", daemon=True)
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        report = TrainingReport(step=1, total_steps=100, epoch=0, epochs=1, metrics={"loss": 2.3})
+        self._report = report.model_dump(mode="json")
+
+    def start(self) -> None:
+        self.thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise SystemExit(f"operator_scale: cannot serve the fake Ray endpoints: {self._failure}")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # reported by start(), in the main thread
+            self._failure = error
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        dashboard = web.Application()
+        dashboard.router.add_post("/api/jobs/", self._submit)
+        dashboard.router.add_get("/api/jobs/{id}", self._status)
+        dashboard.router.add_post("/api/jobs/{id}/stop", self._stop)
+        progress = web.Application()
+        progress.router.add_get("/progress", self._progress)
+        runners: list[web.AppRunner] = []
+        try:
+            for app, port in ((dashboard, RAY_DASHBOARD_PORT), (progress, PROGRESS_PORT)):
+                runner = web.AppRunner(app, access_log=None)
+                await runner.setup()
+                runners.append(runner)
+                try:
+                    await web.TCPSite(runner, LOCAL_IP, port).start()
+                except OSError as error:
+                    raise RuntimeError(f"{LOCAL_IP}:{port} is busy (is a Ray dashboard running?): {error}") from error
+            self._ready.set()
+            await self._stopping.wait()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    async def _submit(self, request: web.Request) -> web.Response:
+        self.requests["submit"] += 1
+        submission_id = (await request.json())["submission_id"]
+        if submission_id in self.states:
+            # What Ray answers to a repeated submission id; the operator takes it as "the run is there".
+            return web.json_response({"detail": f"Job with submission_id {submission_id} already exists."}, status=400)
+        self.states[submission_id] = "RUNNING"
+        return web.json_response({"submission_id": submission_id, "job_id": submission_id})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        self.requests["status"] += 1
+        state = self.states.get(request.match_info["id"])
+        if state is None:
+            return web.json_response({"detail": "not found"}, status=404)
+        return web.json_response({"status": state, "message": ""})
+
+    async def _stop(self, request: web.Request) -> web.Response:
+        self.requests["stop"] += 1
+        submission_id = request.match_info["id"]
+        if submission_id not in self.states:
+            return web.json_response({"detail": "not found"}, status=404)
+        self.states[submission_id] = "STOPPED"
+        return web.json_response({"stopped": True})
+
+    async def _progress(self, request: web.Request) -> web.Response:
+        self.requests["progress"] += 1
+        return web.json_response(self._report)
+
+
+@dataclass
+class RssSampler:
+    """The operator's resident memory (with any children), sampled in a thread."""
+
+    process: psutil.Process
+    peak: int = 0
+    first: int = 0
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self.process.memory_info().rss
+                rss += sum(child.memory_info().rss for child in self.process.children(recursive=True))
+            except psutil.Error:  # the operator ended (or a child did mid-sample); the caller notices the former
+                rss = 0
+            if rss:
+                self.first = self.first or rss
+                self.peak = max(self.peak, rss)
+                self.samples += 1
+            self._stop.wait(SAMPLE_S)
+
+
+@dataclass
+class Timeline:
+    """Per job, when its creation was answered and when it was first seen Running (monotonic seconds)."""
+
+    created: dict[str, float] = field(default_factory=dict)
+    running: dict[str, float] = field(default_factory=dict)
+    creation_started: float = 0.0
+    creation_ended: float = 0.0
+    list_calls: int = 0
+    list_seconds: float = 0.0
+    pods_marked: int = 0
+
+
+@contextmanager
+def operator_process(emulator: Emulator, poll_running_s: float, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`bigmodel operator` against the emulator; SIGTERM on the way out, SIGKILL if it lingers."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(emulator.kubeconfig),
+        "BIGMODEL_LIVENESS_PORT": "off",
+        "BIGMODEL_DEFAULT_STORAGE": "/tmp/bench-storage",
+        "BIGMODEL_POLL_RUNNING_S": str(poll_running_s),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bigmodel.cli", "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(OPERATOR_STOP_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for_operator(emulator: Emulator, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until the operator watches jobs and pods: jobs created before that would only measure its start-up."""
+    deadline = time.monotonic() + OPERATOR_READY_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"operator_scale: the operator exited with {process.returncode}:\n{log_tail(log_path)}")
+        watched = {call.resource for call in emulator.operator_calls() if call.verb == "watch"}
+        if {"bigmodeljobs", "pods"} <= watched:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"operator_scale: the operator did not watch jobs and pods within {OPERATOR_READY_S} s")
+
+
+async def kubelet(url: str, watching: asyncio.Event, timeline: Timeline) -> None:
+    """Mark every new pod Running and Ready with podIP 127.0.0.1 as soon as the watch shows it."""
+    marked: set[str] = set()
+    in_flight: set[asyncio.Task[None]] = set()
+    ready_status = {
+        "phase": "Running",
+        "podIP": LOCAL_IP,
+        "hostIP": LOCAL_IP,
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    headers = {"User-Agent": KUBELET_USER_AGENT}
+    # The watch never ends by itself; no read timeout.
+    async with aiohttp.ClientSession(url, headers=headers, timeout=aiohttp.ClientTimeout(total=None)) as session:
+
+        async def mark(name: str) -> None:
+            async with session.patch(
+                api_path("v1", "pods", NAMESPACE, name, "status"),
+                data=json.dumps({"status": ready_status}),
+                headers={"Content-Type": "application/merge-patch+json"},
+            ) as response:
+                if response.status == 404:  # deleted meanwhile
+                    return
+                response.raise_for_status()
+            timeline.pods_marked += 1
+
+        while True:
+            async with session.get(api_path("v1", "pods", NAMESPACE), params={"watch": "true"}) as response:
+                response.raise_for_status()
+                watching.set()
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    pod = event.get("object") or {}
+                    metadata = pod.get("metadata") or {}
+                    uid = metadata.get("uid")
+                    if event.get("type") == "DELETED" or metadata.get("deletionTimestamp") or uid in marked:
+                        continue
+                    if (pod.get("status") or {}).get("podIP"):
+                        continue
+                    marked.add(uid)
+                    task = asyncio.create_task(mark(metadata["name"]))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+
+
+async def create_jobs(kube: KubeClient, count: int, workers: int, concurrency: int, timeline: Timeline) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def create(index: int) -> None:
+        async with gate:
+            created = await kube.create(*JOBS, job_manifest(index, workers), namespace=NAMESPACE)
+        timeline.created[created["metadata"]["name"]] = time.monotonic()
+
+    timeline.creation_started = time.monotonic()
+    await asyncio.gather(*(create(index) for index in range(count)))
+    timeline.creation_ended = time.monotonic()
+
+
+async def watch_running(kube: KubeClient, count: int, deadline: float, timeline: Timeline,
+                        operator: subprocess.Popen[bytes]) -> None:
+    """One list call per poll: the created jobs it does not return (phase != Running) are Running.
+
+    Selecting the jobs not yet Running keeps the poll's own load on the emulator shrinking as the run goes on,
+    instead of serializing every finished job five times a second.
+    """
+    while len(timeline.running) < count and time.monotonic() < deadline and operator.poll() is None:
+        waiting = set(timeline.created) - set(timeline.running)  # taken before the list: all of them exist by then
+        started = time.monotonic()
+        listed = await kube.list(*JOBS, namespace=NAMESPACE, field_selector="status.phase!=Running")
+        seen = time.monotonic()
+        timeline.list_calls += 1
+        timeline.list_seconds += seen - started
+        for name in waiting - {job["metadata"]["name"] for job in listed}:
+            timeline.running[name] = seen
+        await asyncio.sleep(POLL_S)
+
+
+async def drive(emulator: Emulator, args: argparse.Namespace, timeline: Timeline,
+                operator: subprocess.Popen[bytes]) -> None:
+    watching = asyncio.Event()
+    kubelet_task = asyncio.create_task(kubelet(emulator.url, watching, timeline))
+    try:
+        await asyncio.wait_for(watching.wait(), 10)
+        async with KubeClient(emulator.url) as kube:
+            deadline = time.monotonic() + args.timeout
+            creating = asyncio.create_task(create_jobs(kube, args.jobs, args.workers, args.concurrency, timeline))
+            await watch_running(kube, args.jobs, deadline, timeline, operator)
+            await creating
+    finally:
+        kubelet_task.cancel()
+        try:
+            await kubelet_task
+        except asyncio.CancelledError:
+            pass
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
+
+
+def thread_cpu(process: psutil.Process, threads: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of this process's named threads (by native id), and of all the others together."""
+    times = {thread.id: thread.user_time + thread.system_time for thread in process.threads()}
+    named = {name: times.get(native_id, 0.0) for name, native_id in threads.items()}
+    named["other"] = sum(times.values()) - sum(named.values())
+    return named
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def report(args: argparse.Namespace, timeline: Timeline, rss: RssSampler, cpu: dict[str, float], wall: float,
+           emulator: Emulator, ray: FakeRay) -> bool:
+    """Print the figures; whether every job reached Running."""
+    count, pods = args.jobs, args.jobs * (1 + args.workers)
+    latencies = [timeline.running[name] - timeline.created[name] for name in timeline.running]
+    creation = timeline.creation_ended - timeline.creation_started
+    print(f"jobs: {count}, workers per job: {args.workers}, pods: {pods} (+{count} head services)")
+    print(f"creation: {creation:.2f} s for {count} jobs ({count / creation:.0f} jobs/s, {args.concurrency} at a time)")
+    all_running = len(timeline.running) == count
+    if latencies:
+        print(
+            "create -> Running latency: "
+            + ", ".join(f"{label} {percentile(latencies, q):.2f} s" for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)))
+            + f", max {max(latencies):.2f} s"
+        )
+    done_at = max(timeline.running.values(), default=timeline.creation_started) - timeline.creation_started
+    if all_running:
+        print(f"all Running: {done_at:.2f} s after the first create ({count / done_at:.1f} jobs/s)")
+    else:
+        print(f"NOT all Running: {len(timeline.running)}/{count} within the {args.timeout:.0f} s timeout")
+    print(f"operator peak RSS: {rss.peak / MB:.0f} MB (first sample {rss.first / MB:.0f} MB, {rss.samples} samples)")
+    print(f"CPU over the {wall:.1f} s run: " + ", ".join(f"{name} {seconds:.1f} s ({100 * seconds / wall:.0f}%)"
+                                                        for name, seconds in cpu.items()))
+    calls = emulator.operator_calls()
+    by_kind = Counter(f"{call.verb} {call.resource}{'/' + call.subresource if call.subresource else ''}"
+                      for call in calls)
+    print(f"operator API requests: {len(calls)} ({len(calls) / count:.1f} per job): "
+          + ", ".join(f"{kind} {n}" for kind, n in by_kind.most_common()))
+    print("Ray requests: " + ", ".join(f"{kind} {n}" for kind, n in sorted(ray.requests.items()))
+          + f"; pods marked ready: {timeline.pods_marked}")
+    if timeline.list_calls:
+        print(f"Running poll: {timeline.list_calls} list calls, mean {1000 * timeline.list_seconds / timeline.list_calls:.0f} ms")
+    if count >= GOAL_JOBS:
+        met = all_running and done_at <= GOAL_SECONDS
+        verdict = f"{'MET' if met else 'NOT MET'} ({len(timeline.running)}/{count} Running, last at {done_at:.1f} s)"
+    else:
+        verdict = f"not judged: {count} jobs here; run with --jobs {GOAL_JOBS}"
+    print(f"goal: {GOAL_JOBS} jobs Running within {GOAL_SECONDS:.0f} s: {verdict}")
+    print(f"goal: operator < {GOAL_RSS_MB:.0f} MB: {'MET' if rss.peak / MB < GOAL_RSS_MB else 'NOT MET'} "
+          f"(peak {rss.peak / MB:.0f} MB with {count} jobs)")
+    return all_running
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200, help="BigModelJobs to create (default 200)")
+    parser.add_argument("--workers", type=int, default=1, help="worker pods per job (default 1)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for all jobs to reach Running")
+    parser.add_argument("--concurrency", type=int, default=32, help="creations in flight at once (default 32)")
+    parser.add_argument("--poll-running-s", type=float, default=30.0,
+                        help="the operator's BIGMODEL_POLL_RUNNING_S (default 30: polling is not measured)")
+    parser.add_argument("--operator-log", type=Path, help="keep the operator's log here (default: a temporary file)")
+    args = parser.parse_args()
+    if args.jobs < 1 or args.workers < 1 or args.concurrency < 1:
+        parser.error("--jobs, --workers and --concurrency must be at least 1")
+
+    ray = FakeRay()
+    ray.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="operator-scale-") as scratch, running_emulator(PROJECT_CRDS) as emulator:
+            log_path = args.operator_log or Path(scratch) / "operator.log"
+            with operator_process(emulator, args.poll_running_s, log_path) as operator:
+                wait_for_operator(emulator, operator, log_path)
+                operator_ps, bench_ps = psutil.Process(operator.pid), psutil.Process()
+                threads = {thread.name: thread.native_id for thread in threading.enumerate()
+                           if thread.name in ("kube-emulator", "fake-ray") and thread.native_id is not None}
+                threads["bench loop"] = threading.main_thread().native_id or 0
+                rss = RssSampler(operator_ps)
+                rss.start()
+                operator_cpu, bench_cpu = cpu_seconds(operator_ps), thread_cpu(bench_ps, threads)
+                started = time.monotonic()
+                timeline = Timeline()
+                try:
+                    asyncio.run(drive(emulator, args, timeline, operator))
+                finally:
+                    rss.stop()
+                wall = time.monotonic() - started
+                if operator.poll() is not None:
+                    print(f"operator_scale: the operator exited with {operator.returncode}:\n{log_tail(log_path)}")
+                    return 1
+                cpu = {"operator": cpu_seconds(operator_ps) - operator_cpu}
+                cpu |= {name: seconds - bench_cpu[name] for name, seconds in thread_cpu(bench_ps, threads).items()}
+                ok = report(args, timeline, rss, cpu, wall, emulator, ray)
+                if not ok:
+                    print(f"operator log tail ({log_path}):\n{log_tail(log_path)}")
+                return 0 if ok else 1
+    finally:
+        ray.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
