@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.request
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bigmodel.api.job import CheckpointRef
 from bigmodel.api.training_report import TrainingReport
@@ -265,3 +268,47 @@ async def test_deleting_the_job_removes_everything_it_created(emulator: Emulator
 
 async def _gone(kube: KubeClient) -> bool:
     return await kube.get(*JOBS, "demo") is None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sample name{labels} -> value from the operator's /metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+async def test_prometheus_metrics_follow_the_jobs(emulator: Emulator, kube: KubeClient) -> None:
+    ray, port = FakeRay(), _free_port()
+    with running_operator(emulator, ray, metrics_port=port):
+        created = await kube.create(*JOBS, job_manifest())
+        uid = created["metadata"]["uid"]
+        await start_running(kube, ray, uid)
+
+        def running_metrics() -> dict[str, float] | None:
+            samples = scrape(port)
+            return samples if samples.get('bigmodel_jobs{phase="Running"}') == 1 else None
+
+        samples = await wait_for(running_metrics, WAIT_S, "bigmodel_jobs{phase=Running} never became 1")
+        assert samples["bigmodel_job_time_to_running_seconds_count"] == 1
+        assert samples["bigmodel_gpus_requested"] == 2 and samples["bigmodel_gpus_in_use"] == 2
+        assert samples["bigmodel_reconcile_duration_seconds_count"] > 0
+
+        await mark(kube, "demo-g1-w0", phase="Failed", exit_code=1)
+        await wait_for(
+            lambda: scrape(port).get("bigmodel_worker_replacements_total") == 1, WAIT_S, "replacement not counted"
+        )
+        ray.fail(submission_id(uid, 1), "driver crashed")
+        await wait_for(lambda: scrape(port).get("bigmodel_job_restarts_total") == 1, WAIT_S, "restart not counted")
+        after = scrape(port)
+        assert after['bigmodel_jobs{phase="Running"}'] == 0 and after['bigmodel_jobs{phase="Restarting"}'] == 1

@@ -28,7 +28,7 @@ def running_operator(emulator: Emulator, ray: Any | None, **settings: Any) -> It
 
     `ray` replaces the operator's Ray client; None keeps the real one (Ray's HTTP APIs on the head pods).
     """
-    operator_settings = OperatorSettings(liveness_port=None, **settings)
+    operator_settings = OperatorSettings(**({"liveness_port": None, "metrics_port": None} | settings))
     memo = kopf.Memo() if ray is None else kopf.Memo(ray=ray)
     ready, stop = threading.Event(), threading.Event()
     failure: list[BaseException] = []

@@ -14,8 +14,11 @@ import kopf
 
 from bigmodel.api.common import GROUP, VERSION
 from bigmodel.builders.naming import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
-from bigmodel.controller.job_controller import delete_children, reconcile_job
+from prometheus_client import start_http_server
+
+from bigmodel.controller.job_controller import Clients, delete_children, reconcile_job
 from bigmodel.controller.kube import KubeClient, load_configuration
+from bigmodel.controller.metrics import OperatorMetrics
 from bigmodel.controller.ray_client import HttpRayClient
 from bigmodel.controller.settings import OperatorSettings
 
@@ -57,17 +60,25 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     operator_settings: OperatorSettings = memo.setdefault("settings", OperatorSettings.from_env())
     memo.setdefault("wakers", Wakers())
-    if "kube" not in memo:
-        memo.kube = await KubeClient(load_configuration()).__aenter__()
-    if "ray" not in memo:
-        memo.ray = HttpRayClient()
+    metrics = OperatorMetrics()
+    if operator_settings.metrics_port is not None:
+        memo.metrics_server, _ = start_http_server(operator_settings.metrics_port, registry=metrics.registry)
+    memo.clients = Clients(
+        kube=await KubeClient(load_configuration()).__aenter__(),
+        ray=memo.get("ray") or HttpRayClient(),
+        settings=operator_settings,
+        metrics=metrics,
+    )
     logger.info("bigmodel operator started; namespaces: %s", operator_settings.namespaces or "all")
 
 
 @kopf.on.cleanup(registry=REGISTRY)
 async def close_clients(memo: kopf.Memo, **_: Any) -> None:
-    await memo.ray.close()
-    await memo.kube.__aexit__(None, None, None)
+    if "metrics_server" in memo:
+        memo.metrics_server.shutdown()
+        memo.metrics_server.server_close()
+    await memo.clients.ray.close()
+    await memo.clients.kube.__aexit__(None, None, None)
 
 
 @kopf.daemon(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-reconciler", cancellation_timeout=5.0, registry=REGISTRY)
@@ -75,9 +86,12 @@ async def job_reconciler(name: str, namespace: str, memo: kopf.Memo, stopped: An
     wake = memo.wakers.event(namespace, name)
     while not stopped:
         wake.clear()
+        clients: Clients = memo.clients
         try:
-            delay = await reconcile_job(namespace, name, memo.kube, memo.ray, memo.settings)
+            with clients.metrics.reconcile_duration.time():
+                delay = await reconcile_job(namespace, name, clients)
         except Exception:  # a failed pass is retried; the status was not written, so nothing is half-done
+            clients.metrics.reconcile_errors.inc()
             logger.exception("reconciling BigModelJob %s/%s failed; retrying in %.0f s", namespace, name, ERROR_BACKOFF_S)
             delay = ERROR_BACKOFF_S
         try:
@@ -101,5 +115,6 @@ def pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.delete(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-cleanup", registry=REGISTRY)
 async def job_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    await delete_children(dict(body), memo.kube, memo.ray)
+    await delete_children(dict(body), memo.clients.kube, memo.clients.ray)
     memo.wakers.forget(namespace, name)
+    memo.clients.metrics.forget(namespace, name)

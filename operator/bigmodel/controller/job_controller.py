@@ -6,6 +6,7 @@ The I/O half of the operator for jobs; every decision is in bigmodel.reconcile.j
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +17,7 @@ from bigmodel.api.job import BigModelJob, BigModelJobStatus
 from bigmodel.api.manifests import validation_errors
 from bigmodel.builders.naming import job_selector, submission_id
 from bigmodel.controller.kube import JOBS, PODS, SERVICES, KubeClient
+from bigmodel.controller.metrics import OperatorMetrics
 from bigmodel.controller.ray_client import RayClient, RayUnreachable
 from bigmodel.controller.settings import OperatorSettings
 from bigmodel.reconcile.job import JobPlan, decide_job, validation_plan
@@ -103,10 +105,19 @@ async def apply(plan: JobPlan, body: dict[str, Any], kube: KubeClient, ray: RayC
         await kube.patch_status(JOBS, namespace, name, new_status)
 
 
-async def reconcile_job(
-    namespace: str, name: str, kube: KubeClient, ray: RayClient, settings: OperatorSettings
-) -> float | None:
+@dataclass(frozen=True)
+class Clients:
+    """What every pass needs, made once at operator start-up."""
+
+    kube: KubeClient
+    ray: RayClient
+    settings: OperatorSettings
+    metrics: OperatorMetrics
+
+
+async def reconcile_job(namespace: str, name: str, clients: Clients) -> float | None:
     """One pass; returns when to look again (None: only when something changes)."""
+    kube, ray, settings = clients.kube, clients.ray, clients.settings
     body = await kube.get(JOBS, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
@@ -116,8 +127,11 @@ async def reconcile_job(
         status = _parse_status(body.get("status"))
         await apply(validation_plan(status, generation, errors, datetime.now(timezone.utc)), body, kube, ray)
         return None
-    plan = decide_job(job, await observe(job, kube, ray), poll_s=settings.poll_running_s)
+    seen = await observe(job, kube, ray)
+    plan = decide_job(job, seen, poll_s=settings.poll_running_s)
     await apply(plan, body, kube, ray)
+    created = body["metadata"].get("creationTimestamp")
+    clients.metrics.observe_pass(job, plan, seen, datetime.fromisoformat(created) if created else None)
     return plan.requeue_after
 
 

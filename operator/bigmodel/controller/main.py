@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -37,4 +38,5 @@ def operator_coroutine(
 
 
 def run_operator(settings: OperatorSettings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(operator_coroutine(settings))

@@ -15,6 +15,8 @@ class OperatorSettings(BaseModel):
     )
     poll_running_s: float = Field(3.0, gt=0, description="How often a running job's Ray state is polled.")
     liveness_port: int | None = Field(8080, description="Port of the /healthz liveness endpoint; None disables it.")
+    metrics_port: int | None = Field(9090, description="Port of the Prometheus /metrics endpoint; None disables it.")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     peering: str | None = Field(None, description="Kopf peering name for several replicas; None runs standalone.")
 
     @classmethod
@@ -30,6 +32,11 @@ class OperatorSettings(BaseModel):
         if env.get("BIGMODEL_LIVENESS_PORT"):
             port = env["BIGMODEL_LIVENESS_PORT"]
             values["liveness_port"] = None if port in ("", "0", "off") else int(port)
+        if env.get("BIGMODEL_METRICS_PORT"):
+            port = env["BIGMODEL_METRICS_PORT"]
+            values["metrics_port"] = None if port in ("0", "off") else int(port)
+        if env.get("BIGMODEL_LOG_LEVEL"):
+            values["log_level"] = env["BIGMODEL_LOG_LEVEL"].upper()
         if env.get("BIGMODEL_PEERING"):
             values["peering"] = env["BIGMODEL_PEERING"]
         return cls.model_validate(values)

@@ -1,0 +1,94 @@
+"""Prometheus metrics of the operator: what the chart's Grafana dashboard and alerts are built on.
+
+Counts by phase and GPU totals are derived from the last pass over each job, so they stay right after
+an operator restart (the first pass over every job rebuilds them) without any state of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from bigmodel.api.job import BigModelJob, JobPhase
+from bigmodel.reconcile.job import JobPlan
+from bigmodel.reconcile.observed import JobObservation
+
+PHASES: tuple[JobPhase, ...] = ("Pending", "Starting", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+ACTIVE_PHASES = ("Pending", "Starting", "Running", "Restarting")
+_SLOW = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
+_JOB_LENGTH = (60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
+
+METRIC_NAMES = (
+    "bigmodel_jobs",
+    "bigmodel_job_restarts_total",
+    "bigmodel_worker_replacements_total",
+    "bigmodel_job_time_to_running_seconds",
+    "bigmodel_job_duration_seconds",
+    "bigmodel_reconcile_duration_seconds",
+    "bigmodel_reconcile_errors_total",
+    "bigmodel_gpus_requested",
+    "bigmodel_gpus_in_use",
+)
+
+
+@dataclass(frozen=True)
+class _JobFacts:
+    phase: JobPhase
+    gpus_requested: int
+    gpus_in_use: int
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.jobs = Gauge("bigmodel_jobs", "BigModelJobs by phase.", ["phase"], registry=r)
+        self.restarts = Counter("bigmodel_job_restarts", "Ray cluster rebuilds after a failure.", registry=r)
+        self.replacements = Counter("bigmodel_worker_replacements", "Worker pods replaced after a failure.", registry=r)
+        self.time_to_running = Histogram(
+            "bigmodel_job_time_to_running_seconds", "From creation to first Running.", buckets=_SLOW, registry=r
+        )
+        self.duration = Histogram(
+            "bigmodel_job_duration_seconds", "From start to Succeeded or Failed.", ["phase"], buckets=_JOB_LENGTH, registry=r
+        )
+        self.reconcile_duration = Histogram(
+            "bigmodel_reconcile_duration_seconds", "One reconcile pass of one job.", registry=r
+        )
+        self.reconcile_errors = Counter("bigmodel_reconcile_errors", "Reconcile passes that failed.", registry=r)
+        self.gpus_requested = Gauge("bigmodel_gpus_requested", "GPUs the active jobs ask for.", registry=r)
+        self.gpus_in_use = Gauge("bigmodel_gpus_in_use", "GPUs of the active jobs' ready worker pods.", registry=r)
+        self._facts: dict[tuple[str, str], _JobFacts] = {}
+        self._publish()
+
+    def observe_pass(
+        self, job: BigModelJob, plan: JobPlan, seen: JobObservation, created: datetime | None
+    ) -> None:
+        """Counters from what this pass did; gauges from where every job now stands."""
+        before = job.status.phase if job.status else "Pending"
+        after = plan.status.phase
+        reasons = [event.reason for event in plan.events]
+        self.restarts.inc(reasons.count("Restarting"))
+        self.replacements.inc(reasons.count("WorkerReplaced"))
+        ever_ran = job.status is not None and any(c.type == "Running" for c in job.status.conditions)
+        if after == "Running" and not ever_ran and created is not None:
+            self.time_to_running.observe((seen.now - created).total_seconds())
+        if after in ("Succeeded", "Failed") and before != after and plan.status.start_time is not None:
+            self.duration.labels(after).observe((seen.now - plan.status.start_time).total_seconds())
+        per_worker = job.spec.workers.resources.gpu
+        active = after in ACTIVE_PHASES
+        requested = (job.spec.workers.replicas * per_worker + job.spec.head.resources.gpu) if active else 0
+        in_use = plan.status.workers.ready * per_worker if active else 0
+        self._facts[(job.metadata.namespace or "", job.metadata.name)] = _JobFacts(after, requested, in_use)
+        self._publish()
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._facts.pop((namespace, name), None)
+        self._publish()
+
+    def _publish(self) -> None:
+        for phase in PHASES:
+            self.jobs.labels(phase).set(sum(1 for facts in self._facts.values() if facts.phase == phase))
+        self.gpus_requested.set(sum(facts.gpus_requested for facts in self._facts.values()))
+        self.gpus_in_use.set(sum(facts.gpus_in_use for facts in self._facts.values()))
