@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from bigmodel.version import RUNTIME_IMAGE
+
 GROUP = "bigmodel.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -133,6 +135,15 @@ class EnvVar(Model):
 
     name: str = Field(..., min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
     value: str = Field("", description="Variable value.")
+
+
+class RayClusterSpec(Model):
+    """What both resources say about the Ray cluster they become, beside their workload."""
+
+    image: str = Field(RUNTIME_IMAGE, description="Container image with Ray, PyTorch and the bigmodel runtime.")
+    env: list[EnvVar] = Field(default_factory=list, description="Environment of every Ray container.")
+    service_account_name: str | None = Field(None, description="ServiceAccount of the Ray pods.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image with.")
 
 
 class Condition(Model):

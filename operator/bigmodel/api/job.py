@@ -7,8 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from bigmodel.api.common import API_VERSION, EnvVar, Model, NodeGroup, ObjectMeta, ObservedStatus
-from bigmodel.version import RUNTIME_IMAGE
+from bigmodel.api.common import API_VERSION, Model, NodeGroup, ObjectMeta, ObservedStatus, RayClusterSpec
 
 BuiltinTask = Literal["digits", "gpt"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -192,10 +191,9 @@ class FailurePolicy(Model):
     )
 
 
-class BigModelJobSpec(Model):
+class BigModelJobSpec(RayClusterSpec):
     """The desired training job."""
 
-    image: str = Field(RUNTIME_IMAGE, description="Container image with Ray, PyTorch and the bigmodel runtime.")
     workload: Workload = Field(..., description="What to train.")
     workers: WorkerGroup = Field(default_factory=WorkerGroup, description="Ray worker pods, one trainer each.")
     head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (drives the run, no training).")
@@ -211,14 +209,11 @@ class BigModelJobSpec(Model):
     clean_pod_policy: Literal["All", "None"] = Field(
         "All", description="Pods to delete when the job finishes: All, or None to keep them for debugging."
     )
-    env: list[EnvVar] = Field(default_factory=list, description="Environment of every Ray container.")
     runtime_env: dict[str, Any] | None = Field(
         None,
         description="A Ray runtime environment (pip, working_dir, env_vars, ...) for the training processes.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    service_account_name: str | None = Field(None, description="ServiceAccount of the Ray pods.")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image with.")
 
     def uses_gpu(self) -> bool:
         return self.workers.resources.gpu > 0

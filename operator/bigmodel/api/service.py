@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from bigmodel.api.common import API_VERSION, EnvVar, Model, NodeGroup, ObjectMeta, ObservedStatus
-from bigmodel.version import RUNTIME_IMAGE
+from bigmodel.api.common import API_VERSION, Model, NodeGroup, ObjectMeta, ObservedStatus, RayClusterSpec
 
 
 class ModelSource(Model):
@@ -112,10 +111,9 @@ class Batching(Model):
     )
 
 
-class BigModelServiceSpec(Model):
+class BigModelServiceSpec(RayClusterSpec):
     """The desired inference service."""
 
-    image: str = Field(RUNTIME_IMAGE, description="Container image with Ray, PyTorch and the bigmodel runtime.")
     model: ModelSource = Field(..., description="The model to serve.")
     replicas: ReplicaScaling = Field(default_factory=ReplicaScaling, description="Serve replica autoscaling.")
     replica_resources: ReplicaResources = Field(
@@ -126,9 +124,6 @@ class BigModelServiceSpec(Model):
     )
     head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (Serve controller and proxy).")
     batching: Batching = Field(default_factory=Batching, description="Dynamic request batching.")
-    env: list[EnvVar] = Field(default_factory=list, description="Environment of every Ray container.")
-    service_account_name: str | None = Field(None, description="ServiceAccount of the Ray pods.")
-    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image with.")
 
     def uses_gpu(self) -> bool:
         return self.replica_resources.gpu > 0
