@@ -58,6 +58,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # No watching of CRDs and namespaces for changes: the chart installs the CRDs before the operator and names
+    # the namespaces, and the operator's Role then needs no cluster-wide read of either (least privilege).
+    settings.scanning.disabled = True
     operator_settings: OperatorSettings = memo.setdefault("settings", OperatorSettings.from_env())
     memo.setdefault("wakers", Wakers())
     metrics = OperatorMetrics()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import logging
 import threading
 from typing import Any
@@ -30,6 +31,7 @@ def operator_coroutine(
         namespaces=settings.namespaces,
         standalone=settings.peering is None,
         peering_name=settings.peering,
+        priority=settings.peering_priority if settings.peering_priority is not None else random.randint(1, 2**30),
         liveness_endpoint=f"http://0.0.0.0:{port}/healthz" if port else None,
         memo=memo,
         ready_flag=ready_flag,

@@ -18,6 +18,9 @@ class OperatorSettings(BaseModel):
     metrics_port: int | None = Field(9090, description="Port of the Prometheus /metrics endpoint; None disables it.")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     peering: str | None = Field(None, description="Kopf peering name for several replicas; None runs standalone.")
+    peering_priority: int | None = Field(
+        None, description="This replica's peering priority; random when unset, since Kopf pauses replicas that tie."
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
@@ -39,4 +42,6 @@ class OperatorSettings(BaseModel):
             values["log_level"] = env["BIGMODEL_LOG_LEVEL"].upper()
         if env.get("BIGMODEL_PEERING"):
             values["peering"] = env["BIGMODEL_PEERING"]
+        if env.get("BIGMODEL_PEERING_PRIORITY"):
+            values["peering_priority"] = int(env["BIGMODEL_PEERING_PRIORITY"])
         return cls.model_validate(values)

@@ -1,0 +1,75 @@
+{{/* Names, labels and the operator's RBAC rules, shared by every template. */}}
+
+{{- define "bigmodel-operator.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-bigmodel-operator, or the release name alone when it already says bigmodel-operator. */}}
+{{- define "bigmodel-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of the operator's pods, and the selectors that find them (Deployment, metrics Service, NetworkPolicy).
+They must never include app.kubernetes.io/managed-by=bigmodel-operator: that label marks the Ray pods the operator
+creates, which the NetworkPolicy locks down.
+*/}}
+{{- define "bigmodel-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bigmodel-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "bigmodel-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "bigmodel-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* More than one replica runs Kopf peering; one runs standalone. */}}
+{{- define "bigmodel-operator.peering" -}}
+{{- if gt (int .Values.replicas) 1 }}true{{ end }}
+{{- end }}
+
+{{/*
+The operator's API permissions, in one place for both modes (a ClusterRole when it watches every namespace, a Role
+per watched namespace otherwise). Called with (dict "root" $ "peerings" "<kopf.dev peering resource>").
+
+These rules are checked by tests against the API calls the operator was recorded making: change them together with
+the operator's code, never one without the other.
+*/}}
+{{- define "bigmodel-operator.rules" -}}
+- apiGroups: [bigmodel.dev]
+  resources: [bigmodeljobs]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [bigmodel.dev]
+  resources: [bigmodeljobs/status]
+  verbs: [patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, create, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, create, delete]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- if include "bigmodel-operator.peering" .root }}
+- apiGroups: [kopf.dev]
+  resources: [{{ .peerings }}]
+  verbs: [get, list, watch, patch, create]
+{{- end }}
+{{- end }}
+
+{{/*
+Namespaces that get the Ray NetworkPolicy: those listed for it, else the watched ones, else the release namespace.
+Returned as JSON because include can only return a string.
+*/}}
+{{- define "bigmodel-operator.networkPolicyNamespaces" -}}
+{{- $namespaces := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) }}
+{{- $namespaces | uniq | toJson }}
+{{- end }}

@@ -1,0 +1,72 @@
+"""Rendering the Helm chart with the real Helm engine (helm-python-sdk), for the chart tests and for others.
+
+Other tiers import `rendered_rbac_rules` to compare what the chart grants with what the operator was seen calling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO / "charts" / "bigmodel-operator"
+RELEASE = "bigmodel"
+RELEASE_NAMESPACE = "bigmodel-system"
+
+# The operator's Prometheus metrics, as the dashboard may use them. This list is the contract with the operator's
+# metrics module; histograms are also scraped as <name>_bucket, <name>_sum and <name>_count.
+METRIC_NAMES = (
+    "bigmodel_jobs",
+    "bigmodel_job_restarts_total",
+    "bigmodel_worker_replacements_total",
+    "bigmodel_job_time_to_running_seconds",
+    "bigmodel_job_duration_seconds",
+    "bigmodel_reconcile_duration_seconds",
+    "bigmodel_reconcile_errors_total",
+    "bigmodel_gpus_requested",
+    "bigmodel_gpus_in_use",
+)
+HISTOGRAMS = (
+    "bigmodel_job_time_to_running_seconds",
+    "bigmodel_job_duration_seconds",
+    "bigmodel_reconcile_duration_seconds",
+)
+
+
+def render_files(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Template path -> rendered text, NOTES.txt included, as `helm install` would render them."""
+    with helm.Chart.load(CHART_DIR) as chart:
+        return chart.render(values or {}, name=RELEASE, namespace=RELEASE_NAMESPACE, is_install=True)
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every Kubernetes object the chart's templates render (crds/ is installed by Helm as it is, not rendered)."""
+    objects: list[dict[str, Any]] = []
+    for path, text in sorted(render_files(values).items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(document for document in yaml.safe_load_all(text) if document)
+    return objects
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def rendered_rbac_rules(values: dict[str, Any] | None = None) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) for every permission the chart's Roles and ClusterRoles grant with these values."""
+    granted: set[tuple[str, str, str]] = set()
+    for role in render(values):
+        if role["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in role["rules"]:
+            granted.update(
+                (group, resource, verb)
+                for group in rule["apiGroups"]
+                for resource in rule["resources"]
+                for verb in rule["verbs"]
+            )
+    return granted

@@ -1,0 +1,231 @@
+"""What the chart lets the operator do, how its pod runs, and who may reach the Ray pods it creates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bigmodel.builders import naming
+from bigmodel.builders.ray_cluster import PROGRESS_PORT, RAY_DASHBOARD_PORT
+from bigmodel.controller.settings import OperatorSettings
+from tests.chart.rendering import RELEASE, RELEASE_NAMESPACE, of_kind, render, rendered_rbac_rules
+
+NAMESPACES = ["team-a", "team-b"]
+
+# The lead's measured list of the operator's API calls; tests of the running operator compare it with recorded ones.
+OPERATOR_RULES = {
+    *(("bigmodel.dev", "bigmodeljobs", verb) for verb in ("get", "list", "watch", "patch", "delete")),
+    ("bigmodel.dev", "bigmodeljobs/status", "patch"),
+    *(("", "pods", verb) for verb in ("list", "watch", "create", "delete")),
+    *(("", "services", verb) for verb in ("list", "create", "delete")),
+    ("", "events", "create"),
+}
+PEERING_VERBS = ("get", "list", "watch", "patch", "create")
+
+
+def deployment(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    (found,) = of_kind(render(values), "Deployment")
+    return found
+
+
+def container(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    (found,) = deployment(values)["spec"]["template"]["spec"]["containers"]
+    return found
+
+
+def env(values: dict[str, Any] | None = None) -> dict[str, str]:
+    return {variable["name"]: variable["value"] for variable in container(values)["env"] if "value" in variable}
+
+
+# The operator's pod
+
+
+def test_operator_runs_non_root_on_a_read_only_root_filesystem() -> None:
+    pod = deployment()["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container()["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    (mount,) = container()["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    assert {"name": mount["name"], "emptyDir": {}} in pod["volumes"]
+
+
+def test_operator_command_probe_and_resources() -> None:
+    operator = container()
+    assert operator["command"] == ["bigmodel", "operator"]
+    ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
+    assert ports == {"healthz": 8080, "metrics": 9090}
+    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert operator["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
+
+
+def test_defaults_run_one_standalone_operator_on_every_namespace() -> None:
+    assert env() == {
+        "BIGMODEL_LOG_LEVEL": "INFO",
+        "BIGMODEL_LIVENESS_PORT": "8080",
+        "BIGMODEL_METRICS_PORT": "9090",
+    }
+    settings = OperatorSettings.from_env(env())
+    assert settings.namespaces == [] and settings.peering is None and settings.liveness_port == 8080
+    assert deployment()["spec"]["replicas"] == 1
+    # Two standalone operators would both act on every job while a rollout overlaps them.
+    assert deployment()["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_values_reach_the_operator_settings() -> None:
+    values = {
+        "watchNamespaces": NAMESPACES,
+        "defaultStorage": "s3://bucket/bigmodel",
+        "replicas": 2,
+        "logLevel": "DEBUG",
+        "metrics": {"enabled": False},
+    }
+    variables = env(values)
+    assert variables["BIGMODEL_LOG_LEVEL"] == "DEBUG"
+    assert variables["BIGMODEL_METRICS_PORT"] == "off"
+    settings = OperatorSettings.from_env(variables)
+    assert settings.namespaces == NAMESPACES
+    assert settings.default_storage == "s3://bucket/bigmodel"
+    assert settings.peering == RELEASE
+    assert deployment(values)["spec"]["replicas"] == 2
+    assert deployment(values)["spec"]["strategy"] == {"type": "RollingUpdate"}
+    pod_id = next(variable for variable in container(values)["env"] if variable["name"] == "POD_ID")
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_scheduling_is_passed_through() -> None:
+    values = {
+        "nodeSelector": {"pool": "ops"},
+        "tolerations": [{"key": "ops", "operator": "Exists"}],
+        "affinity": {"podAntiAffinity": {}},
+        "imagePullSecrets": [{"name": "registry"}],
+    }
+    pod = deployment(values)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == values["nodeSelector"]
+    assert pod["tolerations"] == values["tolerations"]
+    assert pod["affinity"] == values["affinity"]
+    assert pod["imagePullSecrets"] == values["imagePullSecrets"]
+    assert not {"nodeSelector", "tolerations", "affinity", "imagePullSecrets"} & set(deployment()["spec"]["template"]["spec"])
+
+
+# RBAC
+
+
+def test_cluster_wide_rbac_is_exactly_the_operator_rules() -> None:
+    objects = render()
+    assert rendered_rbac_rules() == OPERATOR_RULES
+    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
+    (role,) = of_kind(objects, "ClusterRole")
+    (binding,) = of_kind(objects, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    assert_binds_the_operator(binding)
+
+
+def test_namespaced_rbac_grants_the_same_rules_in_each_watched_namespace_only() -> None:
+    values = {"watchNamespaces": NAMESPACES}
+    objects = render(values)
+    roles = of_kind(objects, "Role")
+    assert sorted(role["metadata"]["namespace"] for role in roles) == NAMESPACES
+    for role in roles:
+        assert rules_of(role) == OPERATOR_RULES
+    bindings = of_kind(objects, "RoleBinding")
+    assert sorted(binding["metadata"]["namespace"] for binding in bindings) == NAMESPACES
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert_binds_the_operator(binding)
+    # The operator turns Kopf's namespace and CRD scanning off, so it needs nothing cluster-wide.
+    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    assert rendered_rbac_rules(values) == OPERATOR_RULES
+
+
+@pytest.mark.parametrize(
+    ("values", "peerings", "scope", "kind"),
+    [
+        ({"replicas": 2}, "clusterkopfpeerings", "Cluster", "ClusterKopfPeering"),
+        ({"replicas": 2, "watchNamespaces": NAMESPACES}, "kopfpeerings", "Namespaced", "KopfPeering"),
+    ],
+)
+def test_several_replicas_get_kopf_peering(values: dict[str, Any], peerings: str, scope: str, kind: str) -> None:
+    peering = {("kopf.dev", peerings, verb) for verb in PEERING_VERBS}
+    assert rendered_rbac_rules(values) == OPERATOR_RULES | peering
+    (crd,) = of_kind(render(values), "CustomResourceDefinition")
+    assert crd["metadata"]["name"] == f"{peerings}.kopf.dev"
+    assert crd["spec"]["group"] == "kopf.dev" and crd["spec"]["scope"] == scope
+    assert crd["spec"]["names"]["kind"] == kind and crd["spec"]["names"]["plural"] == peerings
+    assert [version["name"] for version in crd["spec"]["versions"]] == ["v1"]
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not of_kind(render(values | {"peering": {"installCRD": False}}), "CustomResourceDefinition")
+    assert not of_kind(render({k: v for k, v in values.items() if k != "replicas"}), "CustomResourceDefinition")
+
+
+def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def assert_binds_the_operator(binding: dict[str, Any]) -> None:
+    service_account = deployment()["spec"]["template"]["spec"]["serviceAccountName"]
+    (account,) = of_kind(render(), "ServiceAccount")
+    assert account["metadata"]["name"] == service_account
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account, "namespace": RELEASE_NAMESPACE}]
+
+
+# NetworkPolicy
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) == {"matchLabels"}, "only matchLabels selectors are expected here"
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_ray_pods_are_reachable_only_from_their_namespace_peers_and_the_operator() -> None:
+    (policy,) = of_kind(render(), "NetworkPolicy")
+    spec = policy["spec"]
+    head = naming.labels("digits", 0, "head")
+    worker = naming.labels("digits", 0, "worker", 1)
+    operator_pod = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert matches(spec["podSelector"], head) and matches(spec["podSelector"], worker)
+    assert not matches(spec["podSelector"], operator_pod), "the operator must not lock itself out"
+    assert spec["policyTypes"] == ["Ingress"]
+
+    peers, operator = spec["ingress"]
+    # Ray pods talk to each other on every port (GCS, object transfers, NCCL, random worker ports), same namespace.
+    assert set(peers) == {"from"}
+    (peer,) = peers["from"]
+    assert set(peer) == {"podSelector"} and matches(peer["podSelector"], worker)
+
+    (source,) = operator["from"]
+    assert source["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NAMESPACE}}
+    assert matches(source["podSelector"], operator_pod)
+    assert not matches(source["podSelector"], worker)
+    ports = {(port["port"], port["protocol"]) for port in operator["ports"]}
+    assert ports == {(RAY_DASHBOARD_PORT, "TCP"), (PROGRESS_PORT, "TCP")}
+
+
+@pytest.mark.parametrize(
+    ("values", "namespaces"),
+    [
+        ({}, [RELEASE_NAMESPACE]),
+        ({"watchNamespaces": NAMESPACES}, NAMESPACES),
+        ({"networkPolicy": {"namespaces": ["ml-a", "ml-b", "ml-c"]}}, ["ml-a", "ml-b", "ml-c"]),
+        ({"watchNamespaces": NAMESPACES, "networkPolicy": {"namespaces": ["team-a"]}}, ["team-a"]),
+        ({"networkPolicy": {"enabled": False}}, []),
+    ],
+)
+def test_network_policy_namespaces(values: dict[str, Any], namespaces: list[str]) -> None:
+    policies = of_kind(render(values), "NetworkPolicy")
+    assert sorted(policy["metadata"]["namespace"] for policy in policies) == namespaces
+    assert len({str(policy["spec"]) for policy in policies}) <= 1, "every namespace gets the same policy"

@@ -1,0 +1,82 @@
+"""Least privilege, proven: the chart grants exactly the API calls the operator makes, no more, no fewer.
+
+Every request the operator sends to the API emulator is recorded (method -> RBAC verb, group, resource,
+subresource) while it takes jobs through their whole life; the Roles the Helm chart renders must allow
+each of them and must not grant anything that was never used.
+"""
+
+from __future__ import annotations
+
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.builders.naming import submission_id
+from tests.chart.rendering import rendered_rbac_rules
+from tests.integration.test_job_operator import (
+    GENERATION_1,
+    GENERATION_2,
+    JOBS,
+    WAIT_S,
+    _gone,
+    all_pods,
+    job_manifest,
+    mark,
+    mark_all_ready,
+    start_running,
+    wait_status,
+)
+from tests.support.emulator import Emulator, KubeClient, wait_for
+from tests.support.fake_ray import FakeRay
+from tests.support.operator import running_operator
+
+Permission = tuple[str, str, str]
+
+
+def used_permissions(emulator: Emulator) -> set[Permission]:
+    return {
+        (call.group, f"{call.resource}/{call.subresource}" if call.subresource else call.resource, call.verb)
+        for call in emulator.operator_calls()
+    }
+
+
+async def whole_life_of_jobs(kube: KubeClient, ray: FakeRay) -> None:
+    """A job that loses a worker, fails once, succeeds and expires; an invalid one; one deleted mid-run."""
+    created = await kube.create(*JOBS, job_manifest(ttlSecondsAfterFinished=1))
+    uid = created["metadata"]["uid"]
+    await start_running(kube, ray, uid)
+    await mark(kube, "demo-g1-w0", phase="Failed", exit_code=1)
+    await wait_status(kube, lambda s: s["workers"]["replaced"] == 1, "the worker was not replaced")
+    ray.fail(submission_id(uid, 1), "lost")
+    await all_pods(kube, GENERATION_2)
+    await mark_all_ready(kube)
+    await wait_for(lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "no second run")
+    ray.succeed(submission_id(uid, 2), TrainingReport(step=10, total_steps=10, done=True))
+    await wait_for(lambda: _gone(kube), WAIT_S, "ttlSecondsAfterFinished did not delete the job")
+
+    invalid = job_manifest(workers={"replicas": 0})
+    invalid["metadata"]["name"] = "broken"
+    await kube.create(*JOBS, invalid)
+    await wait_status(kube, lambda s: bool(s.get("conditions")), "the invalid job got no status", name="broken")
+
+    await kube.create(*JOBS, job_manifest())
+    await all_pods(kube, GENERATION_1)
+    await kube.delete(*JOBS, "demo")
+    await wait_for(lambda: _gone(kube), WAIT_S, "the deleted job was not released")
+
+
+def _compare(used: set[Permission], granted: set[Permission]) -> None:
+    missing, unused = used - granted, granted - used
+    assert not missing, f"the operator made calls the chart does not allow: {sorted(missing)}"
+    assert not unused, f"the chart grants permissions the operator never used: {sorted(unused)}"
+
+
+async def test_cluster_wide_rbac_is_exactly_what_the_operator_uses(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        await whole_life_of_jobs(kube, ray)
+    _compare(used_permissions(emulator), rendered_rbac_rules({}))
+
+
+async def test_namespaced_rbac_is_exactly_what_the_operator_uses(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray, namespaces=["default"]):
+        await whole_life_of_jobs(kube, ray)
+    _compare(used_permissions(emulator), rendered_rbac_rules({"watchNamespaces": ["default"]}))
