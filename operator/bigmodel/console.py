@@ -9,7 +9,6 @@ from rich.table import Table
 from bigmodel.runtime.driver import TrainingResult
 from bigmodel.runtime.progress import ProgressSnapshot
 
-
 _PROGRESS_KEYS = {"progress", "eta_seconds"}
 
 

@@ -6,8 +6,8 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 
+import tomllib
 from packaging.requirements import Requirement
 
 from bigmodel.version import OPERATOR_IMAGE, RUNTIME_IMAGE, VERSION

@@ -11,11 +11,10 @@ import logging
 from typing import Any
 
 import kopf
+from prometheus_client import start_http_server
 
 from bigmodel.api.common import GROUP, VERSION
 from bigmodel.builders.naming import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
-from prometheus_client import start_http_server
-
 from bigmodel.controller.job_controller import Clients, delete_children, reconcile_job
 from bigmodel.controller.kube import KubeClient, load_configuration
 from bigmodel.controller.metrics import OperatorMetrics

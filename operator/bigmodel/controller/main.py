@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import logging
+import random
 import threading
 from typing import Any
 

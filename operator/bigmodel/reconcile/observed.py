@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import GENERATION_LABEL, ROLE_LABEL, WORKER_INDEX_LABEL
+
 MODEL_SPEC_ANNOTATION = "bigmodel.dev/model-spec"
 RUN_SPEC_ANNOTATION = "bigmodel.dev/run-spec"
 

@@ -7,8 +7,9 @@ run across failures: which step each attempt resumed from and how far each got.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import pairwise
 from typing import Literal
 
 import ray
@@ -56,7 +57,7 @@ class ProgressSnapshot:
     def steps_trained_twice(self) -> int:
         """Steps redone after failures: work lost between a failure and the checkpoint resumed from."""
         redone = 0
-        for previous, following in zip(self.attempts, self.attempts[1:]):
+        for previous, following in pairwise(self.attempts):
             redone += max(0, previous.last_step - following.resumed_from_step)
         return redone
 
