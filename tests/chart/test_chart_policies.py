@@ -21,7 +21,8 @@ OPERATOR_RULES = {
     *(("", "services", verb) for verb in ("list", "create", "delete")),
     ("", "events", "create"),
 }
-PEERING_VERBS = ("get", "list", "watch", "patch", "create")
+# What Kopf's peering was recorded doing (tests/integration/test_rbac.py): no get, no create.
+PEERING_VERBS = ("list", "watch", "patch")
 
 
 def deployment(values: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -164,6 +165,31 @@ def test_several_replicas_get_kopf_peering(values: dict[str, Any], peerings: str
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert not of_kind(render(values | {"peering": {"installCRD": False}}), "CustomResourceDefinition")
     assert not of_kind(render({k: v for k, v in values.items() if k != "replicas"}), "CustomResourceDefinition")
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "namespaces"),
+    [
+        ({"replicas": 2}, "ClusterKopfPeering", [None]),
+        ({"replicas": 2, "watchNamespaces": NAMESPACES}, "KopfPeering", NAMESPACES),
+        # The CRD may come from another Kopf-based operator; the peering object is this release's own.
+        ({"replicas": 2, "peering": {"installCRD": False}}, "ClusterKopfPeering", [None]),
+    ],
+)
+def test_several_replicas_get_the_peering_object_kopf_needs(
+    values: dict[str, Any], kind: str, namespaces: list[str | None]
+) -> None:
+    objects = render(values)
+    peerings = of_kind(objects, kind)
+    assert [peering["metadata"].get("namespace") for peering in peerings] == namespaces
+    for peering in peerings:
+        assert peering["apiVersion"] == "kopf.dev/v1"
+        # The operator's BIGMODEL_PEERING, which Kopf patches but never creates.
+        assert peering["metadata"]["name"] == env(values)["BIGMODEL_PEERING"] == RELEASE
+        # Created after the release's CRD exists: see kopf-peering.yaml.
+        assert peering["metadata"]["annotations"] == {"helm.sh/hook": "post-install,post-upgrade"}
+        assert set(peering) == {"apiVersion", "kind", "metadata"}
+    assert not [obj for obj in render() if obj["apiVersion"] == "kopf.dev/v1"]
 
 
 def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:

@@ -2,14 +2,22 @@
 
 Every request the operator sends to the API emulator is recorded (method -> RBAC verb, group, resource,
 subresource) while it takes jobs through their whole life; the Roles the Helm chart renders must allow
-each of them and must not grant anything that was never used.
+each of them and must not grant anything that was never used. With several replicas (Kopf peering), the
+emulator also serves the chart's peering CRD and holds the chart's peering object, as a cluster would
+after `helm install`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
-from tests.chart.rendering import rendered_rbac_rules
+from tests.chart.rendering import RELEASE, of_kind, render, rendered_rbac_rules
 from tests.integration.test_job_operator import (
     GENERATION_1,
     GENERATION_2,
@@ -23,7 +31,7 @@ from tests.integration.test_job_operator import (
     start_running,
     wait_status,
 )
-from tests.support.emulator import Emulator, KubeClient, wait_for
+from tests.support.emulator import PROJECT_CRDS, Emulator, KubeClient, running_emulator, wait_for
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
 
@@ -80,3 +88,37 @@ async def test_namespaced_rbac_is_exactly_what_the_operator_uses(emulator: Emula
     with running_operator(emulator, ray, namespaces=["default"]):
         await whole_life_of_jobs(kube, ray)
     _compare(used_permissions(emulator), rendered_rbac_rules({"watchNamespaces": ["default"]}))
+
+
+# Kopf names a replica by $POD_ID in the peering object, which the chart sets to the pod's name.
+POD_ID = "bigmodel-operator-7d9f-x2v4q"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"replicas": 2}, {"replicas": 2, "watchNamespaces": ["default"]}],
+    ids=["cluster-wide", "namespaced"],
+)
+async def test_peering_rbac_is_exactly_what_the_operator_uses(
+    values: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = render(values)
+    (crd,) = of_kind(objects, "CustomResourceDefinition")
+    (peering,) = [obj for obj in objects if obj["apiVersion"] == "kopf.dev/v1"]
+    crd_file = tmp_path / "kopf-peering-crd.yaml"
+    crd_file.write_text(yaml.safe_dump(crd))
+    plural = crd["spec"]["names"]["plural"]
+    namespace = peering["metadata"].get("namespace")
+    monkeypatch.setenv("POD_ID", POD_ID)
+    ray = FakeRay()
+    with running_emulator([*PROJECT_CRDS, crd_file]) as emulator:
+        async with KubeClient(emulator.url) as kube:
+            await kube.create("kopf.dev/v1", plural, peering, namespace=namespace)
+            with running_operator(emulator, ray, peering=RELEASE, namespaces=values.get("watchNamespaces", [])):
+                # Told a peering name, Kopf stays paused until it has read the peering object: a job life that
+                # completes proves the operator found it and, alone there, went on.
+                await whole_life_of_jobs(kube, ray)
+                live = await kube.get("kopf.dev/v1", plural, RELEASE, namespace=namespace)
+                assert live is not None and list(live.get("status", {})) == [POD_ID], live
+        used = used_permissions(emulator)
+    _compare(used, rendered_rbac_rules(values))

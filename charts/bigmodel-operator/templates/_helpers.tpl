@@ -59,9 +59,11 @@ the operator's code, never one without the other.
   resources: [events]
   verbs: [create]
 {{- if include "bigmodel-operator.peering" .root }}
+{{- /* Kopf lists and watches the peering objects and patches its keep-alive into the status of the one it is
+told; it never reads one alone, nor creates it (the chart does: kopf-peering.yaml). */}}
 - apiGroups: [kopf.dev]
   resources: [{{ .peerings }}]
-  verbs: [get, list, watch, patch, create]
+  verbs: [list, watch, patch]
 {{- end }}
 {{- end }}
 
