@@ -247,6 +247,12 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def log_errors(path: Path, lines: int = 5) -> str:
+    """How many ERROR records the operator logged, and the last few (its INFO lines are one per handled event)."""
+    errors = [line for line in path.read_text(errors="replace").splitlines() if " ERROR " in line]
+    return "\n".join([f"{len(errors)} ERROR lines in {path}", *errors[-lines:]])
+
+
 def wait_for_operator(emulator: Emulator, process: subprocess.Popen[bytes], log_path: Path) -> None:
     """Until the operator watches jobs and pods: jobs created before that would only measure its start-up."""
     deadline = time.monotonic() + OPERATOR_READY_S
@@ -460,7 +466,7 @@ def main() -> int:
                 cpu |= {name: seconds - bench_cpu[name] for name, seconds in thread_cpu(bench_ps, threads).items()}
                 ok = report(args, timeline, rss, cpu, wall, emulator, ray)
                 if not ok:
-                    print(f"operator log tail ({log_path}):\n{log_tail(log_path)}")
+                    print(log_errors(log_path))
                 return 0 if ok else 1
     finally:
         ray.stop()

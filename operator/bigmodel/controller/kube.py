@@ -75,7 +75,10 @@ class KubeClient:
 
     async def __aenter__(self) -> KubeClient:
         connector = aiohttp.TCPConnector(ssl=_ssl_context(self._configuration), limit=64)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+        # No total timeout: it would count the wait for one of the 64 pooled connections, so a thousand reconcile
+        # loops starting at once time out in the queue and retry. Connecting and each read are bounded instead.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
