@@ -28,6 +28,9 @@ PROGRESS_PORT_ENV = "BIGMODEL_PROGRESS_PORT"
 # The operator polls every few seconds; the final report (model URI, last metrics) must outlive one poll.
 LINGER_ENV = "BIGMODEL_PROGRESS_LINGER_S"
 DEFAULT_LINGER_S = 10.0
+# How often rank 0 reports its step; spec.env may lower it where the exact step of a failure matters.
+PROGRESS_INTERVAL_ENV = "BIGMODEL_PROGRESS_INTERVAL_S"
+DEFAULT_PROGRESS_INTERVAL_S = 0.5
 
 
 class ProgressServer:
@@ -90,7 +93,12 @@ def main() -> int:
     with ProgressServer(int(os.environ.get(PROGRESS_PORT_ENV, PROGRESS_PORT))) as server:
         try:
             result = run_training(
-                job.metadata.name, spec, storage, resources_per_worker=resources, on_progress=server.update
+                job.metadata.name,
+                spec,
+                storage,
+                resources_per_worker=resources,
+                on_progress=server.update,
+                progress_interval_s=float(os.environ.get(PROGRESS_INTERVAL_ENV, DEFAULT_PROGRESS_INTERVAL_S)),
             )
         except TrainingFailed as error:
             print(f"training failed: {error}", file=sys.stderr)
