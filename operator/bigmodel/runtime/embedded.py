@@ -31,7 +31,9 @@ def local_cpus(spec: BigModelJobSpec) -> int:
 @contextlib.contextmanager
 def embedded_ray(num_cpus: int, *, verbose: bool = False) -> Iterator[str]:
     """A private Ray cluster on this machine for the duration of the block; yields its address."""
+    # "local" always starts a new cluster: without it Ray would join any cluster `ray start` left on this machine.
     context = ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         log_to_driver=verbose,
