@@ -11,29 +11,25 @@ from typing import Any
 import helm_python as helm
 import yaml
 
+from bigmodel.controller.metrics import OperatorMetrics
+
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "bigmodel-operator"
 RELEASE = "bigmodel"
 RELEASE_NAMESPACE = "bigmodel-system"
 
-# The operator's Prometheus metrics, as the dashboard may use them. This list is the contract with the operator's
-# metrics module; histograms are also scraped as <name>_bucket, <name>_sum and <name>_count.
-METRIC_NAMES = (
-    "bigmodel_jobs",
-    "bigmodel_job_restarts_total",
-    "bigmodel_worker_replacements_total",
-    "bigmodel_job_time_to_running_seconds",
-    "bigmodel_job_duration_seconds",
-    "bigmodel_reconcile_duration_seconds",
-    "bigmodel_reconcile_errors_total",
-    "bigmodel_gpus_requested",
-    "bigmodel_gpus_in_use",
-)
-HISTOGRAMS = (
-    "bigmodel_job_time_to_running_seconds",
-    "bigmodel_job_duration_seconds",
-    "bigmodel_reconcile_duration_seconds",
-)
+def _exported() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The operator's real Prometheus metrics, read from its registry: the dashboard may use these and no others.
+
+    Counters are scraped as <name>_total; histograms also as <name>_bucket, <name>_sum and <name>_count.
+    """
+    families = list(OperatorMetrics().registry.collect())
+    names = tuple(sorted(f"{f.name}_total" if f.type == "counter" else f.name for f in families))
+    histograms = tuple(sorted(f.name for f in families if f.type == "histogram"))
+    return names, histograms
+
+
+METRIC_NAMES, HISTOGRAMS = _exported()
 
 
 def render_files(values: dict[str, Any] | None = None) -> dict[str, str]:

@@ -20,18 +20,6 @@ ACTIVE_PHASES = ("Pending", "Starting", "Running", "Restarting")
 _SLOW = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 _JOB_LENGTH = (60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
 
-METRIC_NAMES = (
-    "bigmodel_jobs",
-    "bigmodel_job_restarts_total",
-    "bigmodel_worker_replacements_total",
-    "bigmodel_job_time_to_running_seconds",
-    "bigmodel_job_duration_seconds",
-    "bigmodel_reconcile_duration_seconds",
-    "bigmodel_reconcile_errors_total",
-    "bigmodel_gpus_requested",
-    "bigmodel_gpus_in_use",
-)
-
 
 @dataclass(frozen=True)
 class _JobFacts:
