@@ -27,11 +27,7 @@ class LocalCluster:
 @contextmanager
 def local_cluster(work_dir: Path, poll_running_s: float = 1.0) -> Iterator[LocalCluster]:
     """Everything up until the block ends. This interpreter's environment plays the runtime image."""
-    image_env = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        # One machine hosts every node here: a replacement worker can take longer to join than on a cluster.
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60",
-    }
+    image_env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with mock.patch.dict(os.environ, image_env):
         with running_emulator(PROJECT_CRDS) as emulator:
             with LocalKubelet(emulator.url, work_dir / "pod-logs") as kubelet:
