@@ -148,6 +148,15 @@ def _pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name, pod_labels), "spec": spec}
 
 
+# A worker pod that dies takes its raylet with it. With Ray's defaults the GCS needs several missed 3 s health checks
+# to notice, and until then Ray Train keeps placing the restarted worker group on the dead node, each try spending
+# one of the job's maxWorkerFailures. Checking every second, five misses (a busy node may lag a few), take ~5 s.
+_NODE_FAILURE_DETECTION = [
+    {"name": "RAY_health_check_period_ms", "value": "1000"},
+    {"name": "RAY_health_check_failure_threshold", "value": "5"},
+]
+
+
 def head_pod(job: BigModelJob, generation: int) -> dict[str, Any]:
     # The head drives the run and trains nothing: with no CPUs or GPUs advertised, Ray places all training on workers.
     command = [
@@ -166,6 +175,7 @@ def head_pod(job: BigModelJob, generation: int) -> dict[str, Any]:
     container["ports"] = [
         {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in _HEAD_PORTS.items()
     ]
+    container["env"] = [*container["env"], *_NODE_FAILURE_DETECTION]
     name = naming.head_pod_name(job.metadata.name, generation)
     return _pod(job, name, naming.labels(job.metadata.name, generation, "head"), group, container)
 
