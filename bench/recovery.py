@@ -21,7 +21,6 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 # The local cluster harness lives with the tests; the benchmark reuses it as is.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,32 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bigmodel.api.training_report import TrainingReport  # noqa: E402
 from bigmodel.builders.ray_cluster import PROGRESS_PORT  # noqa: E402
 from tests.support.emulator import KubeClient, wait_for  # noqa: E402
-from tests.support.local_cluster import local_cluster  # noqa: E402
+from tests.support.local_cluster import local_cluster, two_worker_gpt_job  # noqa: E402
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
-
-
-def manifest(storage: Path, every_steps: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "bigmodel.dev/v1alpha1",
-        "kind": "BigModelJob",
-        "metadata": {"name": "recovery"},
-        "spec": {
-            "workload": {
-                "builtin": {
-                    "task": "gpt",
-                    "maxSteps": 100000,
-                    "batchSize": 8,
-                    "gpt": {"layers": 2, "heads": 2, "embedDim": 64, "contextLength": 64, "corpusMegabytes": 0.5},
-                }
-            },
-            "workers": {"replicas": 2, "resources": {"cpu": "1", "memory": "2Gi"}},
-            "checkpoint": {"storage": str(storage), "everySteps": every_steps, "keepLast": 2},
-            # Every step reported, so the step the failure interrupted is known exactly.
-            "env": [{"name": "BIGMODEL_PROGRESS_INTERVAL_S", "value": "0"}],
-            "failurePolicy": {"maxRestarts": 0, "maxWorkerFailures": 3},
-        },
-    }
 
 
 def read_report(port: int) -> TrainingReport:
@@ -65,7 +41,12 @@ def read_report(port: int) -> TrainingReport:
 async def measure(work: Path, every_steps: int) -> None:
     with local_cluster(work) as cluster:
         async with KubeClient(cluster.emulator.url) as kube:
-            await kube.create(*JOBS, manifest(work / "storage", every_steps))
+            # Every step reported, so the step the failure interrupted is known exactly.
+            every_step = [{"name": "BIGMODEL_PROGRESS_INTERVAL_S", "value": "0"}]
+            job = two_worker_gpt_job(
+                "recovery", work / "storage", max_steps=100000, every_steps=every_steps, max_restarts=0, env=every_step
+            )
+            await kube.create(*JOBS, job)
 
             async def checkpointed() -> bool:
                 status = ((await kube.get(*JOBS, "recovery")) or {}).get("status") or {}

@@ -17,34 +17,12 @@ import pytest
 from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.checkpoints import CheckpointStore
 from tests.support.emulator import KubeClient, wait_for
-from tests.support.local_cluster import LocalCluster, local_cluster
+from tests.support.local_cluster import LocalCluster, local_cluster, two_worker_gpt_job
 
 pytestmark = pytest.mark.e2e
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
 EVERY_STEPS = 10
-
-
-def job_manifest(storage: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": "bigmodel.dev/v1alpha1",
-        "kind": "BigModelJob",
-        "metadata": {"name": "e2e"},
-        "spec": {
-            "workload": {
-                "builtin": {
-                    "task": "gpt",
-                    "maxSteps": 80,
-                    "batchSize": 8,
-                    "gpt": {"layers": 2, "heads": 2, "embedDim": 64, "contextLength": 64, "corpusMegabytes": 0.5},
-                }
-            },
-            "workers": {"replicas": 2, "resources": {"cpu": "1", "memory": "2Gi"}},
-            "head": {"resources": {"cpu": "1", "memory": "2Gi"}},
-            "checkpoint": {"storage": str(storage), "everySteps": EVERY_STEPS, "keepLast": 2},
-            "failurePolicy": {"maxRestarts": 1, "maxWorkerFailures": 3},
-        },
-    }
 
 
 @pytest.fixture()
@@ -62,7 +40,9 @@ async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: L
     emulator, kubelet = cluster.emulator, cluster.kubelet
     storage = tmp_path / "storage"
     async with KubeClient(emulator.url) as kube:
-        await kube.create(*JOBS, job_manifest(storage))
+        await kube.create(
+            *JOBS, two_worker_gpt_job("e2e", storage, max_steps=80, every_steps=EVERY_STEPS, max_restarts=1)
+        )
 
         async def checkpointed() -> dict[str, Any] | None:
             status = await _status(kube)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 from tests.support.emulator import PROJECT_CRDS, Emulator, running_emulator
@@ -33,3 +34,31 @@ def local_cluster(work_dir: Path, poll_running_s: float = 1.0) -> Iterator[Local
             with LocalKubelet(emulator.url, work_dir / "pod-logs") as kubelet:
                 with running_operator(emulator, None, poll_running_s=poll_running_s):
                     yield LocalCluster(emulator, kubelet)
+
+
+def two_worker_gpt_job(
+    name: str, storage: Path, *, max_steps: int, every_steps: int, max_restarts: int, **spec: Any
+) -> dict[str, Any]:
+    """A small GPT on two one-CPU workers: a few seconds a checkpoint interval on this machine."""
+    return {
+        "apiVersion": "bigmodel.dev/v1alpha1",
+        "kind": "BigModelJob",
+        "metadata": {"name": name},
+        "spec": {
+            "workload": {
+                "builtin": {
+                    "task": "gpt",
+                    "maxSteps": max_steps,
+                    "batchSize": 8,
+                    "gpt": {"layers": 2, "heads": 2, "embedDim": 64, "contextLength": 64, "corpusMegabytes": 0.5},
+                }
+            },
+            "workers": {"replicas": 2, "resources": {"cpu": "1", "memory": "2Gi"}},
+            "head": {"resources": {"cpu": "1", "memory": "2Gi"}},
+            "checkpoint": {"storage": str(storage), "everySteps": every_steps, "keepLast": 2},
+            # One lost pod can cost Ray Train two or three tries here: the surviving rank's broken collective, then
+            # placements while the dead node is being detected on two busy cores. The budget absorbs one loss.
+            "failurePolicy": {"maxRestarts": max_restarts, "maxWorkerFailures": 5},
+            **spec,
+        },
+    }
