@@ -15,13 +15,13 @@ import ray.train
 import ray.train.torch
 import torch
 from pydantic import BaseModel, ConfigDict
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from bigmodel.api.job import BuiltinWorkload
 from bigmodel.runtime.artifacts import export_model
 from bigmodel.runtime.checkpoints import CheckpointStore
 from bigmodel.runtime.progress import ProgressEvent, percent_and_eta
-from bigmodel.runtime.tasks import TrainingTask, make_task, unwrap_model
+from bigmodel.runtime.tasks import make_task, unwrap_model
 
 
 class LoopSettings(BaseModel):
@@ -132,11 +132,11 @@ class _Throughput:
 
 
 def _steps(
-    task: TrainingTask, settings: LoopSettings, plan: StepPlan, start: int, rank: int, world: int
+    dataset: Dataset[Any], settings: LoopSettings, plan: StepPlan, start: int, rank: int, world: int
 ) -> Iterator[tuple[int, list[list[int]]]]:
     """(epoch, batches) for each epoch left, starting mid-epoch when resuming."""
     sampler = DistributedSampler(
-        task.dataset(), num_replicas=world, rank=rank, shuffle=True, seed=settings.workload.seed, drop_last=True
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=settings.workload.seed, drop_last=True
     )
     step = start
     while step < plan.total_steps:
@@ -243,7 +243,7 @@ def builtin_train_loop(config: dict[str, Any]) -> None:
     figures: dict[str, float] = {}
     last_emit = time.monotonic()
     run.model.train()
-    for epoch, batches in _steps(run.task, settings, run.plan, run.step, run.rank, run.world):
+    for epoch, batches in _steps(run.dataset, settings, run.plan, run.step, run.rank, run.world):
         for indices in batches:
             batch, loss = run.train_step(indices)
             throughput.add(run.task.batch_size_of(batch), run.task.tokens_in(batch), loss)
