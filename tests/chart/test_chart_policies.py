@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bigmodel.builders import naming
-from bigmodel.builders.ray_cluster import PROGRESS_PORT, RAY_DASHBOARD_PORT
+from bigmodel.builders.ray_cluster import PROGRESS_PORT, RAY_DASHBOARD_PORT, SERVE_PORT
 from bigmodel.controller.settings import OperatorSettings
 from tests.chart.rendering import RELEASE, RELEASE_NAMESPACE, of_kind, render, rendered_rbac_rules
 
@@ -17,8 +17,10 @@ NAMESPACES = ["team-a", "team-b"]
 OPERATOR_RULES = {
     *(("bigmodel.dev", "bigmodeljobs", verb) for verb in ("get", "list", "watch", "patch", "delete")),
     ("bigmodel.dev", "bigmodeljobs/status", "patch"),
+    *(("bigmodel.dev", "bigmodelservices", verb) for verb in ("get", "list", "watch", "patch")),
+    ("bigmodel.dev", "bigmodelservices/status", "patch"),
     *(("", "pods", verb) for verb in ("list", "watch", "create", "delete")),
-    *(("", "services", verb) for verb in ("list", "create", "delete")),
+    *(("", "services", verb) for verb in ("list", "create", "patch", "delete")),
     ("", "events", "create"),
 }
 # What Kopf's peering was recorded doing (tests/integration/test_rbac.py): no get, no create.
@@ -218,7 +220,7 @@ def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 
 def test_ray_pods_are_reachable_only_from_their_namespace_peers_and_the_operator() -> None:
-    (policy,) = of_kind(render(), "NetworkPolicy")
+    policy, _ = of_kind(render(), "NetworkPolicy")
     spec = policy["spec"]
     head = naming.labels("digits", 0, "head")
     worker = naming.labels("digits", 0, "worker", 1)
@@ -241,6 +243,21 @@ def test_ray_pods_are_reachable_only_from_their_namespace_peers_and_the_operator
     assert ports == {(RAY_DASHBOARD_PORT, "TCP"), (PROGRESS_PORT, "TCP")}
 
 
+def test_only_service_heads_open_the_inference_port_to_the_configured_clients() -> None:
+    _, policy = of_kind(render(), "NetworkPolicy")
+    selector = policy["spec"]["podSelector"]
+    assert selector["matchLabels"] == {"app.kubernetes.io/managed-by": "bigmodel-operator", "bigmodel.dev/role": "head"}
+    assert selector["matchExpressions"] == [{"key": "bigmodel.dev/service", "operator": "Exists"}]
+    assert "bigmodel.dev/service" in naming.labels("digits", 0, "head", kind="BigModelService")
+    assert "bigmodel.dev/service" not in naming.labels("digits", 0, "head"), "job heads stay closed"
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": SERVE_PORT, "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {}}]
+    clients = [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]
+    _, narrowed = of_kind(render({"networkPolicy": {"servingFrom": clients}}), "NetworkPolicy")
+    assert narrowed["spec"]["ingress"][0]["from"] == clients
+
+
 @pytest.mark.parametrize(
     ("values", "namespaces"),
     [
@@ -252,6 +269,6 @@ def test_ray_pods_are_reachable_only_from_their_namespace_peers_and_the_operator
     ],
 )
 def test_network_policy_namespaces(values: dict[str, Any], namespaces: list[str]) -> None:
-    policies = of_kind(render(values), "NetworkPolicy")
+    policies = [p for p in of_kind(render(values), "NetworkPolicy") if p["metadata"]["name"].endswith("-ray")]
     assert sorted(policy["metadata"]["namespace"] for policy in policies) == namespaces
     assert len({str(policy["spec"]) for policy in policies}) <= 1, "every namespace gets the same policy"

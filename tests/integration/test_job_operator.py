@@ -40,10 +40,12 @@ async def pods(kube: KubeClient, job: str = "demo") -> dict[str, dict[str, Any]]
     return {pod["metadata"]["name"]: pod for pod in found if not pod["metadata"].get("deletionTimestamp")}
 
 
-async def mark(kube: KubeClient, name: str, phase: str = "Running", ready: bool = True, exit_code: int = 0) -> None:
+async def mark(
+    kube: KubeClient, name: str, phase: str = "Running", ready: bool = True, exit_code: int = 0, pod_ip: str = "127.0.0.1"
+) -> None:
     status: dict[str, Any] = {
         "phase": phase,
-        "podIP": "127.0.0.1",
+        "podIP": pod_ip,
         "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
     }
     if phase == "Failed":

@@ -1,7 +1,7 @@
 """Least privilege, proven: the chart grants exactly the API calls the operator makes, no more, no fewer.
 
 Every request the operator sends to the API emulator is recorded (method -> RBAC verb, group, resource,
-subresource) while it takes jobs through their whole life; the Roles the Helm chart renders must allow
+subresource) while it takes jobs and services through their whole life; the Roles the Helm chart renders must allow
 each of them and must not grant anything that was never used. With several replicas (Kopf peering), the
 emulator also serves the chart's peering CRD and holds the chart's peering object, as a cluster would
 after `helm install`.
@@ -31,6 +31,8 @@ from tests.integration.test_job_operator import (
     start_running,
     wait_status,
 )
+from tests.integration.test_service_operator import SERVICES, service_manifest, service_pods, start_cluster
+from tests.integration.test_service_operator import wait_status as wait_service_status
 from tests.support.emulator import PROJECT_CRDS, Emulator, KubeClient, running_emulator, wait_for
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
@@ -70,6 +72,31 @@ async def whole_life_of_jobs(kube: KubeClient, ray: FakeRay) -> None:
     await wait_for(lambda: _gone(kube), WAIT_S, "the deleted job was not released")
 
 
+async def whole_life_of_services(kube: KubeClient, ray: FakeRay) -> None:
+    """A service that serves, is upgraded to a new cluster and is deleted; an invalid one."""
+    await kube.create(*SERVICES, service_manifest())
+    await start_cluster(kube, ray, 0)
+    await wait_service_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+    await kube.patch(*SERVICES, "demo", {"spec": {"image": "registry.example/bigmodel-runtime:2"}})
+    await start_cluster(kube, ray, 1)
+    await wait_service_status(kube, lambda s: s.get("clusterGeneration") == 1, "the upgrade never switched")
+    await kube.delete(*SERVICES, "demo")
+    await wait_for(lambda: _no_pods(service_pods(kube)), WAIT_S, "the deleted service's pods were not removed")
+
+    invalid = service_manifest("broken", replicaResources={"cpu": 8})
+    await kube.create(*SERVICES, invalid)
+    await wait_service_status(kube, lambda s: bool(s.get("conditions")), "the invalid service got no status", "broken")
+
+
+async def _no_pods(found: Any) -> bool:
+    return not await found
+
+
+async def whole_life(kube: KubeClient, ray: FakeRay) -> None:
+    await whole_life_of_jobs(kube, ray)
+    await whole_life_of_services(kube, ray)
+
+
 def _compare(used: set[Permission], granted: set[Permission]) -> None:
     missing, unused = used - granted, granted - used
     assert not missing, f"the operator made calls the chart does not allow: {sorted(missing)}"
@@ -79,14 +106,14 @@ def _compare(used: set[Permission], granted: set[Permission]) -> None:
 async def test_cluster_wide_rbac_is_exactly_what_the_operator_uses(emulator: Emulator, kube: KubeClient) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray):
-        await whole_life_of_jobs(kube, ray)
+        await whole_life(kube, ray)
     _compare(used_permissions(emulator), rendered_rbac_rules({}))
 
 
 async def test_namespaced_rbac_is_exactly_what_the_operator_uses(emulator: Emulator, kube: KubeClient) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray, namespaces=["default"]):
-        await whole_life_of_jobs(kube, ray)
+        await whole_life(kube, ray)
     _compare(used_permissions(emulator), rendered_rbac_rules({"watchNamespaces": ["default"]}))
 
 
@@ -117,7 +144,7 @@ async def test_peering_rbac_is_exactly_what_the_operator_uses(
             with running_operator(emulator, ray, peering=RELEASE, namespaces=values.get("watchNamespaces", [])):
                 # Told a peering name, Kopf stays paused until it has read the peering object: a job life that
                 # completes proves the operator found it and, alone there, went on.
-                await whole_life_of_jobs(kube, ray)
+                await whole_life(kube, ray)
                 live = await kube.get("kopf.dev/v1", plural, RELEASE, namespace=namespace)
                 assert live is not None and list(live.get("status", {})) == [POD_ID], live
         used = used_permissions(emulator)

@@ -11,6 +11,7 @@ from typing import Any
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.reconcile.observed import RayJobState, RayJobView
+from bigmodel.reconcile.service_observed import RayClusterView, ReplicaView, ServeAppView
 
 
 @dataclass
@@ -20,6 +21,13 @@ class FakeRay:
     states: dict[str, RayJobState] = field(default_factory=dict)
     messages: dict[str, str] = field(default_factory=dict)
     reports: dict[str, TrainingReport] = field(default_factory=dict)
+    deploys: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    apps: dict[str, ServeAppView] = field(default_factory=dict)
+    """The Serve application each head (by pod IP) reports."""
+    nodes: dict[str, frozenset[str]] = field(default_factory=dict)
+    """The Ray nodes (pod names) each head reports alive."""
+    deploy_outcome: str = "RUNNING"
+    """The status a newly deployed application reports; DEPLOY_FAILED plays a model that does not load."""
 
     async def submit(self, head_ip: str, submission: dict[str, Any]) -> None:
         self.submissions.append(submission)
@@ -37,6 +45,24 @@ class FakeRay:
     async def report(self, head_ip: str) -> TrainingReport | None:
         """The report of the newest run that has one: every head answers for the run submitted to it last."""
         return next((self.reports[sid] for sid in reversed(self.submitted_ids()) if sid in self.reports), None)
+
+    async def deploy_serve(self, head_ip: str, config: dict[str, Any]) -> None:
+        """Serve takes the config at once; its one replica runs on the first worker node the head knows."""
+        self.deploys.append((head_ip, config))
+        node = min(self.nodes.get(head_ip, frozenset()), default=None)
+        replicas = (ReplicaView(self.deploy_outcome if self.deploy_outcome == "RUNNING" else "STARTING", node),)
+        message = "replica constructor failed" if self.deploy_outcome == "DEPLOY_FAILED" else ""
+        self.apps[head_ip] = ServeAppView(
+            self.deploy_outcome, message, config["applications"][0], target_replicas=1, replicas=replicas
+        )
+
+    async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView:
+        return RayClusterView(True, self.apps.get(head_ip), self.nodes.get(head_ip, frozenset()))
+
+    def set_replicas(self, head_ip: str, replicas: tuple[ReplicaView, ...]) -> None:
+        """What Serve's autoscaler did: these replicas now exist, placed or waiting for room."""
+        app = self.apps[head_ip]
+        self.apps[head_ip] = ServeAppView(app.status, app.message, app.deployed, len(replicas), replicas)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -127,8 +127,8 @@ def test_selectors() -> None:
     head_g1, worker_g1 = naming.labels("digits", 1, "head"), naming.labels("digits", 1, "worker", 0)
     worker_g2 = naming.labels("digits", 2, "worker", 0)
     other_job = naming.labels("digits2", 1, "head")
-    assert all(selects(naming.job_selector("digits"), item) for item in (head_g1, worker_g1, worker_g2))
-    assert not selects(naming.job_selector("digits"), other_job)
+    assert all(selects(naming.owner_selector("digits"), item) for item in (head_g1, worker_g1, worker_g2))
+    assert not selects(naming.owner_selector("digits"), other_job)
     assert selects(naming.cluster_selector("digits", 1), head_g1)
     assert selects(naming.cluster_selector("digits", 1), worker_g1)
     assert not selects(naming.cluster_selector("digits", 1), worker_g2)
@@ -190,7 +190,7 @@ def test_head_pod(digits: BigModelJob) -> None:
     assert head["command"] == [
         "ray", "start", "--head", "--block", "--port=6379", "--dashboard-host=0.0.0.0", "--dashboard-port=8265",
         "--ray-client-server-port=10001", "--dashboard-agent-listen-port=52365", "--num-cpus=0", "--num-gpus=0",
-        "--disable-usage-stats",
+        "--node-name=$(POD_NAME)", "--disable-usage-stats",
     ]  # fmt: skip
     assert {port["name"]: port["containerPort"] for port in head["ports"]} == {
         "gcs": 6379,
@@ -210,6 +210,7 @@ def test_worker_pod(digits: BigModelJob) -> None:
     assert worker["command"][:3] == ["ray", "start", "--block"]
     assert flag(pod, "address") == "$(RAY_HEAD_ADDRESS)"
     assert flag(pod, "node-ip-address") == "$(POD_IP)"
+    assert flag(pod, "node-name") == "$(POD_NAME)"
     assert flag(pod, "dashboard-agent-listen-port") == "52365"
     assert flag(pod, "num-cpus") == "1"
     assert flag(pod, "num-gpus") == "0"
@@ -407,7 +408,7 @@ def test_every_child_is_owned_by_the_job(file: str) -> None:
             }
         ]
         assert metadata["annotations"] == {"bigmodel.dev/spec-generation": "7"}
-        assert selects(naming.job_selector(job.metadata.name), metadata["labels"])
+        assert selects(naming.owner_selector(job.metadata.name), metadata["labels"])
 
 
 def test_a_job_without_uid_or_namespace_is_refused(digits: BigModelJob) -> None:

@@ -275,9 +275,10 @@ KINDS: tuple[_Kind, ...] = (
         columns=(
             _column("Phase", ".status.phase", description="Where the service is."),
             _column("Replicas", ".status.replicasReady", description="running/desired Serve replicas."),
-            _column("Workers", ".status.workers.ready", "integer", description="Worker pods ready."),
+            _column("Workers", ".status.workersReady", description="ready/desired worker pods."),
             _column("URL", ".status.url", description="In-cluster URL of the HTTP endpoint."),
             _AGE,
+            _column("Version", ".status.model.version", priority=1, description="Version of the served model."),
             _MESSAGE,
         ),
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -22,6 +23,14 @@ class ModelSource(Model):
         min_length=1,
         description="A model directory exported by a job: an object-store URI (s3://, gs://) or a path.",
     )
+    volume_claim_name: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "A PersistentVolumeClaim that holds uri (an absolute path), mounted read-only there. A jobName source "
+            "mounts its job's checkpoint volume by itself."
+        ),
+    )
     name: str | None = Field(
         None,
         min_length=1,
@@ -36,7 +45,11 @@ class ModelSource(Model):
         "json_schema_extra": {
             "oneOf": [{"required": ["jobName"]}, {"required": ["uri"]}],
             "x-kubernetes-validations": [
-                {"rule": "has(self.jobName) != has(self.uri)", "message": "set exactly one of jobName or uri"}
+                {"rule": "has(self.jobName) != has(self.uri)", "message": "set exactly one of jobName or uri"},
+                {
+                    "rule": "!has(self.volumeClaimName) || (has(self.uri) && self.uri.startsWith('/'))",
+                    "message": "volumeClaimName needs uri to be an absolute path on that volume",
+                },
             ],
         }
     }
@@ -46,6 +59,8 @@ class ModelSource(Model):
         if (self.job_name is None) == (self.uri is None):
             found = "both" if self.job_name is not None else "neither"
             raise ValueError(f"set exactly one of jobName or uri (found: {found})")
+        if self.volume_claim_name is not None and not (self.uri or "").startswith("/"):
+            raise ValueError("volumeClaimName needs uri to be an absolute path on that volume")
         return self
 
 
@@ -56,6 +71,12 @@ class ReplicaScaling(Model):
     max: int = Field(4, ge=1, le=1024, description="Most replicas.")
     target_ongoing_requests: float = Field(
         2.0, gt=0, le=10000, description="Requests in flight per replica that the autoscaler aims for."
+    )
+    upscale_delay_seconds: float = Field(
+        5.0, ge=0, le=3600, description="How long load must stay above the target before replicas are added."
+    )
+    downscale_delay_seconds: float = Field(
+        60.0, ge=0, le=86400, description="How long load must stay below the target before replicas are removed."
     )
 
     model_config = Model.model_config | {
@@ -160,8 +181,21 @@ class BigModelServiceStatus(ObservedStatus):
     replicas: ReplicaCounts = Field(default_factory=ReplicaCounts, description="Serve replica counts.")
     replicas_ready: str = Field("0/0", description="running/desired replicas, for kubectl get.")
     workers: ServiceWorkerCounts = Field(default_factory=ServiceWorkerCounts, description="Worker pod counts.")
+    workers_ready: str = Field("0/0", description="ready/desired worker pods, for kubectl get.")
     url: str | None = Field(None, description="In-cluster base URL of the HTTP endpoint.")
     model: ServedModel = Field(default_factory=ServedModel, description="The model being served.")
+    cluster_generation: int = Field(0, ge=0, description="The Ray cluster that takes the traffic.")
+    pending_generation: int | None = Field(
+        None, ge=0, description="A new cluster being built for a cluster-shape change; it takes the traffic when ready."
+    )
+    upgrade_started: datetime | None = Field(None, description="When the pending cluster was started.")
+    retiring_generation: int | None = Field(
+        None, ge=0, description="The previous cluster, kept until retireAfter so requests in flight complete."
+    )
+    retire_after: datetime | None = Field(None, description="When the retiring cluster is deleted.")
+    failed_cluster_spec: str | None = Field(
+        None, description="Digest of a cluster shape whose upgrade failed; it is not retried until the spec changes."
+    )
 
 
 class BigModelService(Model):

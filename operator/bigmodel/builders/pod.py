@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from bigmodel.api.common import Scheduling
-from bigmodel.api.job import CheckpointSpec
 from bigmodel.builders.resources import shm_size_limit
 
 RUN_AS_USER = 1000
@@ -34,24 +34,37 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def volumes(memory: int | str, checkpoint: CheckpointSpec) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ClaimMount:
+    """A PersistentVolumeClaim mounted where the storage path says: a job's checkpoints, a service's model."""
+
+    volume: str
+    claim_name: str
+    path: str
+    read_only: bool
+
+
+def volumes(memory: int | str, claim: ClaimMount | None) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = [
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size_limit(memory)}},
         # Ray's session directory grows with logs; an emptyDir keeps it out of the container's image layer.
         {"name": "ray-tmp", "emptyDir": {}},
     ]
-    if checkpoint.volume_claim_name:
-        result.append({"name": "checkpoints", "persistentVolumeClaim": {"claimName": checkpoint.volume_claim_name}})
+    if claim is not None:
+        volume: dict[str, Any] = {"claimName": claim.claim_name}
+        if claim.read_only:
+            volume["readOnly"] = True
+        result.append({"name": claim.volume, "persistentVolumeClaim": volume})
     return result
 
 
-def volume_mounts(checkpoint: CheckpointSpec) -> list[dict[str, Any]]:
+def volume_mounts(claim: ClaimMount | None) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = [
         {"name": "shm", "mountPath": SHM_DIR},
         {"name": "ray-tmp", "mountPath": RAY_TMP_DIR},
     ]
-    if checkpoint.volume_claim_name and checkpoint.storage:
-        result.append({"name": "checkpoints", "mountPath": checkpoint.storage, "readOnly": False})
+    if claim is not None:
+        result.append({"name": claim.volume, "mountPath": claim.path, "readOnly": claim.read_only})
     return result
 
 

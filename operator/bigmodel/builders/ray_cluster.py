@@ -1,4 +1,4 @@
-"""The Ray cluster a BigModelJob runs on: a head Service, a head pod and one pod per training worker."""
+"""The Ray cluster a BigModelJob or a BigModelService runs on: a head Service, a head pod and worker pods."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from typing import Any
 
 from bigmodel.api.common import API_VERSION, NodeGroup
 from bigmodel.api.job import BigModelJob
+from bigmodel.api.service import BigModelService
 from bigmodel.builders import naming
 from bigmodel.builders.pod import (
+    ClaimMount,
     container_security_context,
     http_probe,
     pod_security_context,
@@ -22,6 +24,9 @@ RAY_DASHBOARD_PORT = 8265
 RAY_CLIENT_PORT = 10001
 RAY_AGENT_PORT = 52365
 PROGRESS_PORT = 8270
+SERVE_PORT = 8000
+
+ClusterOwner = BigModelJob | BigModelService
 
 SPEC_GENERATION_ANNOTATION = "bigmodel.dev/spec-generation"
 HEAD_CONTAINER = "ray-head"
@@ -29,12 +34,13 @@ WORKER_CONTAINER = "ray-worker"
 # Long enough for a checkpoint that is being written when the pod is deleted to complete.
 TERMINATION_GRACE_SECONDS = 60
 
-_HEAD_PORTS = {
-    "gcs": RAY_GCS_PORT,
-    "dashboard": RAY_DASHBOARD_PORT,
-    "client": RAY_CLIENT_PORT,
-    "progress": PROGRESS_PORT,
+_RAY_PORTS = {"gcs": RAY_GCS_PORT, "dashboard": RAY_DASHBOARD_PORT, "client": RAY_CLIENT_PORT}
+# Jobs' drivers report progress on the head; services' Serve proxy listens there (proxy_location HeadOnly).
+_HEAD_PORTS: dict[str, dict[str, int]] = {
+    "BigModelJob": _RAY_PORTS | {"progress": PROGRESS_PORT},
+    "BigModelService": _RAY_PORTS | {"serve": SERVE_PORT},
 }
+_OWNER_ENV = {"BigModelJob": "BIGMODEL_JOB", "BigModelService": "BIGMODEL_SERVICE"}
 
 
 def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
@@ -48,8 +54,8 @@ def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def head_address(job_name: str, namespace: str, generation: int) -> str:
-    return f"{naming.head_service_name(job_name, generation)}.{namespace}.svc:{RAY_GCS_PORT}"
+def head_address(owner: str, namespace: str, generation: int, kind: naming.OwnerKind = "BigModelJob") -> str:
+    return f"{naming.head_service_name(owner, generation, kind)}.{namespace}.svc:{RAY_GCS_PORT}"
 
 
 def _http_url(pod_ip: str, port: int) -> str:
@@ -65,59 +71,78 @@ def progress_url(pod_ip: str) -> str:
     return _http_url(pod_ip, PROGRESS_PORT)
 
 
-def _namespace_and_uid(job: BigModelJob) -> tuple[str, str]:
-    namespace, uid = job.metadata.namespace, job.metadata.uid
+def _namespace_and_uid(owner: ClusterOwner) -> tuple[str, str]:
+    namespace, uid = owner.metadata.namespace, owner.metadata.uid
     if not namespace or not uid:
-        # Children without an owner reference would outlive the job; only an object read back from the API server
-        # has what they need.
+        # Children without an owner reference would outlive their owner; only an object read back from the API
+        # server has what they need.
         raise ValueError(
-            f"BigModelJob {job.metadata.name!r} has no namespace or uid; read it from the API server first"
+            f"{owner.kind} {owner.metadata.name!r} has no namespace or uid; read it from the API server first"
         )
     return namespace, uid
 
 
-def _metadata(job: BigModelJob, name: str, object_labels: dict[str, str]) -> dict[str, Any]:
-    namespace, uid = _namespace_and_uid(job)
+def object_metadata(owner: ClusterOwner, name: str, object_labels: dict[str, str]) -> dict[str, Any]:
+    """Metadata of a child: its owner reference, and the owner's spec generation it was built from."""
+    namespace, uid = _namespace_and_uid(owner)
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "labels": object_labels,
-        "ownerReferences": [owner_reference(job.kind, job.metadata.name, uid)],
+        "ownerReferences": [owner_reference(owner.kind, owner.metadata.name, uid)],
     }
     # The generation is set by the API server on every write of the spec; objects from elsewhere may lack it.
-    if job.metadata.generation is not None:
-        metadata["annotations"] = {SPEC_GENERATION_ANNOTATION: str(job.metadata.generation)}
+    if owner.metadata.generation is not None:
+        metadata["annotations"] = {SPEC_GENERATION_ANNOTATION: str(owner.metadata.generation)}
     return metadata
 
 
-def _env(job: BigModelJob, generation: int) -> list[dict[str, Any]]:
-    namespace, _ = _namespace_and_uid(job)
+def _env(owner: ClusterOwner, generation: int) -> list[dict[str, Any]]:
+    namespace, _ = _namespace_and_uid(owner)
     # The user's entries come last so that they can refer to these with $(NAME).
     return [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "RAY_HEAD_ADDRESS", "value": head_address(job.metadata.name, namespace, generation)},
-        {"name": "BIGMODEL_JOB", "value": job.metadata.name},
+        {"name": "RAY_HEAD_ADDRESS", "value": head_address(owner.metadata.name, namespace, generation, owner.kind)},
+        {"name": _OWNER_ENV[owner.kind], "value": owner.metadata.name},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         # Ray's token auth would need the token in every pod and in the operator; until the operator provisions
         # one per job, the cluster's ports stay reachable only inside it (ClusterIP, and the chart's NetworkPolicy).
         {"name": "RAY_AUTH_MODE", "value": "disabled"},
-        *(variable.to_wire() for variable in job.spec.env),
+        *(variable.to_wire() for variable in owner.spec.env),
     ]
 
 
+def checkpoint_claim(job: BigModelJob) -> ClaimMount | None:
+    checkpoint = job.spec.checkpoint
+    if not checkpoint.volume_claim_name or not checkpoint.storage:
+        return None
+    return ClaimMount("checkpoints", checkpoint.volume_claim_name, checkpoint.storage, read_only=False)
+
+
+def _claim(owner: ClusterOwner, claim: ClaimMount | None) -> ClaimMount | None:
+    """A job mounts its own checkpoint volume; a service mounts the volume its model is on, which the caller knows."""
+    return checkpoint_claim(owner) if isinstance(owner, BigModelJob) else claim
+
+
 def _container(
-    job: BigModelJob, generation: int, name: str, group: NodeGroup, command: list[str], health: tuple[str, int]
+    owner: ClusterOwner,
+    generation: int,
+    name: str,
+    group: NodeGroup,
+    command: list[str],
+    health: tuple[str, int],
+    claim: ClaimMount | None,
 ) -> dict[str, Any]:
     path, port = health
     return {
         "name": name,
-        "image": job.spec.image,
+        "image": owner.spec.image,
         "imagePullPolicy": "IfNotPresent",
         "command": command,
-        "env": _env(job, generation),
+        "env": _env(owner, generation),
         "resources": requirements(group.resources),
-        "volumeMounts": volume_mounts(job.spec.checkpoint),
+        "volumeMounts": volume_mounts(claim),
         "readinessProbe": http_probe(path, port, initial_delay=5, period=5, timeout=2, failures=6),
         # A Ray node that stops answering for two minutes is gone; its pod fails and the operator replaces it.
         "livenessProbe": http_probe(path, port, initial_delay=30, period=10, timeout=5, failures=12),
@@ -126,11 +151,16 @@ def _container(
 
 
 def _pod(
-    job: BigModelJob, name: str, pod_labels: dict[str, str], group: NodeGroup, container: dict[str, Any]
+    owner: ClusterOwner,
+    name: str,
+    pod_labels: dict[str, str],
+    group: NodeGroup,
+    container: dict[str, Any],
+    claim: ClaimMount | None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "containers": [container],
-        "volumes": volumes(group.resources.memory, job.spec.checkpoint),
+        "volumes": volumes(group.resources.memory, claim),
         # The operator replaces failed pods itself, so it can count replacements against the failure budget.
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
@@ -138,14 +168,14 @@ def _pod(
         "securityContext": pod_security_context(),
         **scheduling(group),
     }
-    if job.spec.service_account_name:
-        spec["serviceAccountName"] = job.spec.service_account_name
+    if owner.spec.service_account_name:
+        spec["serviceAccountName"] = owner.spec.service_account_name
     else:
         # Code running on Ray (reachable through its unauthenticated ports) gets no API token it was not given.
         spec["automountServiceAccountToken"] = False
-    if job.spec.image_pull_secrets:
-        spec["imagePullSecrets"] = [{"name": secret} for secret in job.spec.image_pull_secrets]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": _metadata(job, name, pod_labels), "spec": spec}
+    if owner.spec.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": secret} for secret in owner.spec.image_pull_secrets]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": object_metadata(owner, name, pod_labels), "spec": spec}
 
 
 # A worker pod that dies takes its raylet with it. With Ray's defaults the GCS needs several missed 3 s health checks
@@ -157,8 +187,9 @@ _NODE_FAILURE_DETECTION = [
 ]
 
 
-def head_pod(job: BigModelJob, generation: int) -> dict[str, Any]:
-    # The head drives the run and trains nothing: with no CPUs or GPUs advertised, Ray places all training on workers.
+def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None = None) -> dict[str, Any]:
+    # The head drives the run (or runs Serve's controller and proxy) and computes nothing: with no CPUs or GPUs
+    # advertised, Ray places all training and every model replica on workers, which the operator can scale.
     command = [
         "ray", "start", "--head", "--block",
         f"--port={RAY_GCS_PORT}",
@@ -168,49 +199,58 @@ def head_pod(job: BigModelJob, generation: int) -> dict[str, Any]:
         f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
         "--num-cpus=0",
         "--num-gpus=0",
+        "--node-name=$(POD_NAME)",
         "--disable-usage-stats",
     ]  # fmt: skip
-    group = job.spec.head
-    container = _container(job, generation, HEAD_CONTAINER, group, command, ("/api/gcs_healthz", RAY_DASHBOARD_PORT))
+    group = owner.spec.head
+    claim = _claim(owner, claim)
+    health = ("/api/gcs_healthz", RAY_DASHBOARD_PORT)
+    container = _container(owner, generation, HEAD_CONTAINER, group, command, health, claim)
     container["ports"] = [
-        {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in _HEAD_PORTS.items()
+        {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in _HEAD_PORTS[owner.kind].items()
     ]
     container["env"] = [*container["env"], *_NODE_FAILURE_DETECTION]
-    name = naming.head_pod_name(job.metadata.name, generation)
-    return _pod(job, name, naming.labels(job.metadata.name, generation, "head"), group, container)
+    owner_name, kind = owner.metadata.name, owner.kind
+    name = naming.head_pod_name(owner_name, generation, kind)
+    return _pod(owner, name, naming.labels(owner_name, generation, "head", kind=kind), group, container, claim)
 
 
-def worker_pod(job: BigModelJob, generation: int, index: int) -> dict[str, Any]:
-    group = job.spec.workers
+def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMount | None = None) -> dict[str, Any]:
+    group = owner.spec.workers
+    # The node name is the pod's, so the operator can tell which pod hosts which Serve replica.
     command = [
         "ray", "start", "--block",
         "--address=$(RAY_HEAD_ADDRESS)",
         "--node-ip-address=$(POD_IP)",
+        "--node-name=$(POD_NAME)",
         f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
         f"--num-cpus={ray_num_cpus(group.resources.cpu)}",
         f"--num-gpus={group.resources.gpu}",
         "--disable-usage-stats",
     ]  # fmt: skip
     health = ("/api/local_raylet_healthz", RAY_AGENT_PORT)
-    container = _container(job, generation, WORKER_CONTAINER, group, command, health)
-    name = naming.worker_pod_name(job.metadata.name, generation, index)
-    return _pod(job, name, naming.labels(job.metadata.name, generation, "worker", index), group, container)
+    claim = _claim(owner, claim)
+    container = _container(owner, generation, WORKER_CONTAINER, group, command, health, claim)
+    owner_name, kind = owner.metadata.name, owner.kind
+    name = naming.worker_pod_name(owner_name, generation, index, kind)
+    pod_labels = naming.labels(owner_name, generation, "worker", index, kind=kind)
+    return _pod(owner, name, pod_labels, group, container, claim)
 
 
-def head_service(job: BigModelJob, generation: int) -> dict[str, Any]:
+def head_service(owner: ClusterOwner, generation: int) -> dict[str, Any]:
     """ClusterIP only: Ray's ports have no authentication, so they are never exposed outside the cluster."""
-    job_name = job.metadata.name
-    name = naming.head_service_name(job_name, generation)
+    owner_name, kind = owner.metadata.name, owner.kind
+    name = naming.head_service_name(owner_name, generation, kind)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(job, name, naming.labels(job_name, generation, "head")),
+        "metadata": object_metadata(owner, name, naming.labels(owner_name, generation, "head", kind=kind)),
         "spec": {
             "type": "ClusterIP",
-            "selector": naming.cluster_selector(job_name, generation) | {naming.ROLE_LABEL: "head"},
+            "selector": naming.cluster_selector(owner_name, generation, kind) | {naming.ROLE_LABEL: "head"},
             "ports": [
                 {"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}
-                for port_name, port in _HEAD_PORTS.items()
+                for port_name, port in _HEAD_PORTS[kind].items()
             ],
             # Workers resolve the head by this name while it starts; waiting for readiness would fail their joins.
             "publishNotReadyAddresses": True,

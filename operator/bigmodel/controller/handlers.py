@@ -1,24 +1,27 @@
-"""Kopf handlers, kept thin: they route events to one level-based reconcile loop per job.
+"""Kopf handlers, kept thin: they route events to one level-based reconcile loop per resource.
 
-Every BigModelJob gets a daemon that reconciles it, then sleeps until its plan asks to look again or
-something wakes it: an edit of its spec, or any change to one of its pods.
+Every BigModelJob and every BigModelService gets a daemon that reconciles it, then sleeps until its plan asks to
+look again or something wakes it: an edit of its spec, or any change to one of its pods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
 from bigmodel.api.common import GROUP, VERSION
-from bigmodel.builders.naming import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME
+from bigmodel.builders.naming import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME, SERVICE_LABEL
 from bigmodel.controller.job_controller import Clients, delete_children, reconcile_job
 from bigmodel.controller.kube import KubeClient, load_configuration
 from bigmodel.controller.metrics import OperatorMetrics
 from bigmodel.controller.ray_client import HttpRayClient
+from bigmodel.controller.service_controller import delete_service_children, reconcile_service
 from bigmodel.controller.settings import OperatorSettings
 
 # Our own registry: importing this module never adds handlers to another operator in the same process.
@@ -28,19 +31,19 @@ PREFIX = "bigmodel.dev"
 
 
 class Wakers:
-    """One asyncio.Event per job, set by handlers that know something changed."""
+    """One asyncio.Event per resource, set by handlers that know something changed."""
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._events: dict[tuple[str, str, str], asyncio.Event] = {}
 
-    def event(self, namespace: str, name: str) -> asyncio.Event:
-        return self._events.setdefault((namespace, name), asyncio.Event())
+    def event(self, kind: str, namespace: str, name: str) -> asyncio.Event:
+        return self._events.setdefault((kind, namespace, name), asyncio.Event())
 
-    def wake(self, namespace: str, name: str) -> None:
-        self.event(namespace, name).set()
+    def wake(self, kind: str, namespace: str, name: str) -> None:
+        self.event(kind, namespace, name).set()
 
-    def forget(self, namespace: str, name: str) -> None:
-        self._events.pop((namespace, name), None)
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self._events.pop((kind, namespace, name), None)
 
 
 @kopf.on.login(registry=REGISTRY)
@@ -83,18 +86,20 @@ async def close_clients(memo: kopf.Memo, **_: Any) -> None:
     await memo.clients.kube.__aexit__(None, None, None)
 
 
-@kopf.daemon(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-reconciler", cancellation_timeout=5.0, registry=REGISTRY)
-async def job_reconciler(name: str, namespace: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger, **_: Any) -> None:
-    wake = memo.wakers.event(namespace, name)
+async def _reconcile_loop(
+    kind: str, namespace: str, name: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger,
+    reconcile: Callable[[Clients], Awaitable[float | None]],
+) -> None:  # fmt: skip
+    wake = memo.wakers.event(kind, namespace, name)
     while not stopped:
         wake.clear()
         clients: Clients = memo.clients
         try:
             with clients.metrics.reconcile_duration.time():
-                delay = await reconcile_job(namespace, name, clients)
+                delay = await reconcile(clients)
         except Exception:  # a failed pass is retried; the status was not written, so nothing is half-done
             clients.metrics.reconcile_errors.inc()
-            logger.exception("reconciling BigModelJob %s/%s failed; retrying in %.0f s", namespace, name, ERROR_BACKOFF_S)
+            logger.exception("reconciling %s %s/%s failed; retrying in %.0f s", kind, namespace, name, ERROR_BACKOFF_S)
             delay = ERROR_BACKOFF_S
         try:
             await asyncio.wait_for(wake.wait(), timeout=delay)
@@ -102,21 +107,62 @@ async def job_reconciler(name: str, namespace: str, memo: kopf.Memo, stopped: An
             pass
 
 
+def _spec_edited(body: kopf.Body) -> bool:
+    """A spec edit, not one of our own status writes coming back."""
+    return body["metadata"].get("generation") != (body.get("status") or {}).get("observedGeneration")
+
+
+@kopf.daemon(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-reconciler", cancellation_timeout=5.0, registry=REGISTRY)
+async def job_reconciler(name: str, namespace: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger, **_: Any) -> None:
+    async def reconcile(clients: Clients) -> float | None:
+        return await reconcile_job(namespace, name, clients)
+
+    await _reconcile_loop("job", namespace, name, memo, stopped, logger, reconcile)
+
+
+@kopf.daemon(GROUP, VERSION, "bigmodelservices", id="bigmodelservice-reconciler", cancellation_timeout=5.0, registry=REGISTRY)
+async def service_reconciler(name: str, namespace: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger, **_: Any) -> None:
+    # Kept in memory only: after an operator restart the idle timers start again, which delays a scale-down and
+    # never hastens one.
+    idle_since: dict[str, datetime] = {}
+
+    async def reconcile(clients: Clients) -> float | None:
+        return await reconcile_service(namespace, name, clients, idle_since)
+
+    await _reconcile_loop("service", namespace, name, memo, stopped, logger, reconcile)
+
+
 @kopf.on.event(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-spec-watch", registry=REGISTRY)
 def job_changed(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """Wake the job's loop on a spec edit; its own status writes come back here too and are ignored."""
-    observed = (body.get("status") or {}).get("observedGeneration")
-    if body["metadata"].get("generation") != observed:
-        memo.wakers.wake(namespace, name)
+    if _spec_edited(body):
+        memo.wakers.wake("job", namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, "bigmodelservices", id="bigmodelservice-spec-watch", registry=REGISTRY)
+def service_changed(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    if _spec_edited(body):
+        memo.wakers.wake("service", namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: OPERATOR_NAME, JOB_LABEL: kopf.PRESENT}, id="pod-watch", registry=REGISTRY)
 def pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.wakers.wake(namespace, labels[JOB_LABEL])
+    memo.wakers.wake("job", namespace, labels[JOB_LABEL])
+
+
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: OPERATOR_NAME, SERVICE_LABEL: kopf.PRESENT}, id="service-pod-watch", registry=REGISTRY)
+def service_pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.wakers.wake("service", namespace, labels[SERVICE_LABEL])
 
 
 @kopf.on.delete(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-cleanup", registry=REGISTRY)
 async def job_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     await delete_children(dict(body), memo.clients.kube, memo.clients.ray)
-    memo.wakers.forget(namespace, name)
+    memo.wakers.forget("job", namespace, name)
     memo.clients.metrics.forget(namespace, name)
+
+
+@kopf.on.delete(GROUP, VERSION, "bigmodelservices", id="bigmodelservice-cleanup", registry=REGISTRY)
+async def service_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    await delete_service_children(dict(body), memo.clients.kube)
+    memo.wakers.forget("service", namespace, name)
+    memo.clients.metrics.forget_service(namespace, name)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from bigmodel.api.job import BigModelJob, BigModelJobStatus
 from bigmodel.api.manifests import validation_errors
-from bigmodel.builders.naming import job_selector, submission_id
+from bigmodel.builders.naming import owner_selector, submission_id
 from bigmodel.controller.kube import JOBS, PODS, SERVICES, KubeClient
 from bigmodel.controller.metrics import OperatorMetrics
 from bigmodel.controller.ray_client import RayClient, RayUnreachable
@@ -61,7 +61,7 @@ def parse_job(body: dict[str, Any], settings: OperatorSettings) -> tuple[BigMode
 async def observe(job: BigModelJob, kube: KubeClient, ray: RayClient) -> JobObservation:
     meta = job.metadata
     namespace = meta.namespace or "default"
-    selector = job_selector(meta.name)
+    selector = owner_selector(meta.name)
     pods = [PodView.from_object(pod) for pod in await kube.list(PODS, namespace, selector)]
     services = [ServiceView.from_object(svc) for svc in await kube.list(SERVICES, namespace, selector)]
     seen = JobObservation(now=datetime.now(timezone.utc), pods=pods, services=services)
@@ -139,7 +139,7 @@ async def delete_children(body: dict[str, Any], kube: KubeClient, ray: RayClient
     """On deletion: stop the run and remove every pod and service the job made, of every generation."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    selector = job_selector(name)
+    selector = owner_selector(name)
     pods = [PodView.from_object(pod) for pod in await kube.list(PODS, namespace, selector)]
     status = _parse_status(body.get("status"))
     if status is not None and status.ray_job_id:

@@ -36,6 +36,7 @@ class Resource:
 PODS = Resource("", "v1", "pods")
 SERVICES = Resource("", "v1", "services")
 JOBS = Resource("bigmodel.dev", "v1alpha1", "bigmodeljobs")
+MODEL_SERVICES = Resource("bigmodel.dev", "v1alpha1", "bigmodelservices")
 
 
 class KubeError(RuntimeError):
@@ -136,6 +137,11 @@ class KubeClient:
     async def delete(self, resource: Resource, namespace: str, name: str) -> None:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         await self._call("DELETE", resource.path(namespace, name), body=body, tolerate=(404,))
+
+    async def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        await self._call(
+            "PATCH", resource.path(namespace, name), body=patch, content_type="application/merge-patch+json"
+        )
 
     async def patch_status(self, resource: Resource, namespace: str, name: str, status: dict[str, Any]) -> None:
         await self._call(

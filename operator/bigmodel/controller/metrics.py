@@ -12,20 +12,32 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bigmodel.api.job import BigModelJob, JobPhase
+from bigmodel.api.service import BigModelService, ServicePhase
 from bigmodel.reconcile.job import JobPlan
 from bigmodel.reconcile.observed import JobObservation
+from bigmodel.reconcile.service import ServicePlan
 
 PHASES: tuple[JobPhase, ...] = ("Pending", "Starting", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+SERVICE_PHASES: tuple[ServicePhase, ...] = ("Pending", "Deploying", "Ready", "Upgrading", "Failed")
+_WORKER_CHANGES = {"WorkerAdded": "added", "WorkerRemoved": "removed", "WorkerReplaced": "replaced"}
+_UPGRADE_RESULTS = {"UpgradeComplete": "complete", "UpgradeFailed": "failed"}
 ACTIVE_PHASES = ("Pending", "Starting", "Running", "Restarting")
 _SLOW = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 _JOB_LENGTH = (60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
 
 
 @dataclass(frozen=True)
-class _JobFacts:
-    phase: JobPhase
+class _Facts:
+    phase: str
     gpus_requested: int
     gpus_in_use: int
+
+
+@dataclass(frozen=True)
+class _ServiceFacts(_Facts):
+    replicas_desired: int
+    replicas_running: int
+    workers_ready: int
 
 
 class OperatorMetrics:
@@ -45,9 +57,29 @@ class OperatorMetrics:
             "bigmodel_reconcile_duration_seconds", "One reconcile pass of one job.", registry=r
         )
         self.reconcile_errors = Counter("bigmodel_reconcile_errors", "Reconcile passes that failed.", registry=r)
-        self.gpus_requested = Gauge("bigmodel_gpus_requested", "GPUs the active jobs ask for.", registry=r)
-        self.gpus_in_use = Gauge("bigmodel_gpus_in_use", "GPUs of the active jobs' ready worker pods.", registry=r)
-        self._facts: dict[tuple[str, str], _JobFacts] = {}
+        self.gpus_requested = Gauge(
+            "bigmodel_gpus_requested", "GPUs the active jobs and the services' worker pods ask for.", registry=r
+        )
+        self.gpus_in_use = Gauge(
+            "bigmodel_gpus_in_use", "GPUs of the ready worker pods of active jobs and of services.", registry=r
+        )
+        self.services = Gauge("bigmodel_services", "BigModelServices by phase.", ["phase"], registry=r)
+        self.service_replicas = Gauge(
+            "bigmodel_service_replicas", "Serve replicas of all services.", ["state"], registry=r
+        )
+        self.service_workers = Gauge("bigmodel_service_workers_ready", "Ready worker pods of all services.", registry=r)
+        self.service_worker_changes = Counter(
+            "bigmodel_service_worker_changes", "Service worker pods added, removed or replaced.", ["change"], registry=r
+        )
+        self.service_upgrades = Counter(
+            "bigmodel_service_upgrades", "Cluster upgrades of services, by result.", ["result"], registry=r
+        )
+        for change in _WORKER_CHANGES.values():
+            self.service_worker_changes.labels(change)
+        for result in _UPGRADE_RESULTS.values():
+            self.service_upgrades.labels(result)
+        self._facts: dict[tuple[str, str], _Facts] = {}
+        self._service_facts: dict[tuple[str, str], _ServiceFacts] = {}
         self._publish()
 
     def observe_pass(
@@ -68,15 +100,43 @@ class OperatorMetrics:
         active = after in ACTIVE_PHASES
         requested = (job.spec.workers.replicas * per_worker + job.spec.head.resources.gpu) if active else 0
         in_use = plan.status.workers.ready * per_worker if active else 0
-        self._facts[(job.metadata.namespace or "", job.metadata.name)] = _JobFacts(after, requested, in_use)
+        self._facts[(job.metadata.namespace or "", job.metadata.name)] = _Facts(after, requested, in_use)
+        self._publish()
+
+    def observe_service(self, service: BigModelService, plan: ServicePlan) -> None:
+        for event in plan.events:
+            if event.reason in _WORKER_CHANGES:
+                self.service_worker_changes.labels(_WORKER_CHANGES[event.reason]).inc()
+            if event.reason in _UPGRADE_RESULTS:
+                self.service_upgrades.labels(_UPGRADE_RESULTS[event.reason]).inc()
+        status, per_worker = plan.status, service.spec.workers.resources.gpu
+        self._service_facts[(service.metadata.namespace or "", service.metadata.name)] = _ServiceFacts(
+            phase=status.phase,
+            gpus_requested=status.workers.desired * per_worker,
+            gpus_in_use=status.workers.ready * per_worker,
+            replicas_desired=status.replicas.desired,
+            replicas_running=status.replicas.running,
+            workers_ready=status.workers.ready,
+        )
         self._publish()
 
     def forget(self, namespace: str, name: str) -> None:
         self._facts.pop((namespace, name), None)
         self._publish()
 
+    def forget_service(self, namespace: str, name: str) -> None:
+        self._service_facts.pop((namespace, name), None)
+        self._publish()
+
     def _publish(self) -> None:
         for phase in PHASES:
             self.jobs.labels(phase).set(sum(1 for facts in self._facts.values() if facts.phase == phase))
-        self.gpus_requested.set(sum(facts.gpus_requested for facts in self._facts.values()))
-        self.gpus_in_use.set(sum(facts.gpus_in_use for facts in self._facts.values()))
+        services = self._service_facts.values()
+        for service_phase in SERVICE_PHASES:
+            self.services.labels(service_phase).set(sum(1 for facts in services if facts.phase == service_phase))
+        self.service_replicas.labels("desired").set(sum(facts.replicas_desired for facts in services))
+        self.service_replicas.labels("running").set(sum(facts.replicas_running for facts in services))
+        self.service_workers.set(sum(facts.workers_ready for facts in services))
+        everything = [*self._facts.values(), *services]
+        self.gpus_requested.set(sum(facts.gpus_requested for facts in everything))
+        self.gpus_in_use.set(sum(facts.gpus_in_use for facts in everything))

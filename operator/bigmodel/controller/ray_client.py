@@ -1,6 +1,7 @@
-"""The operator's one way to Ray: job submit/status/stop on the head's dashboard, and the driver's progress.
+"""The operator's one way to Ray: job submit/status/stop and Serve deploy/status on the head's dashboard, the
+cluster's nodes, and a training driver's progress.
 
-`RayClient` is the seam tests substitute; `HttpRayClient` speaks Ray's Job Submission REST API.
+`RayClient` is the seam tests substitute; `HttpRayClient` speaks Ray's Job Submission, Serve and State REST APIs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import aiohttp
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.ray_cluster import dashboard_url, progress_url
 from bigmodel.reconcile.observed import RayJobView
+from bigmodel.reconcile.service_observed import RayClusterView, ReplicaView, ServeAppView
 
 
 class RayUnreachable(RuntimeError):
@@ -26,6 +28,10 @@ class RayClient(Protocol):
     async def stop(self, head_ip: str, submission_id: str) -> None: ...
 
     async def report(self, head_ip: str) -> TrainingReport | None: ...
+
+    async def deploy_serve(self, head_ip: str, config: dict[str, Any]) -> None: ...
+
+    async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView: ...
 
     async def close(self) -> None: ...
 
@@ -75,3 +81,43 @@ class HttpRayClient:
         if status != 200 or not isinstance(payload, dict):
             return None
         return TrainingReport.model_validate(payload)
+
+    async def deploy_serve(self, head_ip: str, config: dict[str, Any]) -> None:
+        """Declare the cluster's Serve applications; Serve converges to them (rolling replicas) in the background."""
+        status, payload = await self._request("PUT", f"{dashboard_url(head_ip)}/api/serve/applications/", config)
+        if status >= 400:
+            raise RuntimeError(f"Ray Serve refused the config: HTTP {status}: {payload}")
+
+    async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView:
+        base = dashboard_url(head_ip)
+        status, serve = await self._request("GET", f"{base}/api/serve/applications/")
+        if status >= 400 or not isinstance(serve, dict):
+            raise RayUnreachable(f"Ray Serve status: HTTP {status}: {serve}")
+        status, nodes = await self._request("GET", f"{base}/api/v0/nodes?limit=10000")
+        if status >= 400 or not isinstance(nodes, dict):
+            raise RayUnreachable(f"Ray nodes: HTTP {status}: {nodes}")
+        names = {node["node_id"]: node.get("node_name") or "" for node in _state_rows(nodes)}
+        alive = frozenset(node.get("node_name") or "" for node in _state_rows(nodes) if node.get("state") == "ALIVE")
+        app = (serve.get("applications") or {}).get(app_name)
+        return RayClusterView(reachable=True, app=_app_view(app, names) if app else None, nodes=alive)
+
+
+def _state_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a State API answer: {"data": {"result": {"result": [...]}}}."""
+    return list(((payload.get("data") or {}).get("result") or {}).get("result") or [])
+
+
+def _app_view(app: dict[str, Any], node_names: dict[str, str]) -> ServeAppView:
+    deployments = (app.get("deployments") or {}).values()
+    replicas = tuple(
+        ReplicaView(state=replica.get("state", ""), node_name=node_names.get(replica.get("node_id") or ""))
+        for deployment in deployments
+        for replica in deployment.get("replicas") or []
+    )
+    return ServeAppView(
+        status=app.get("status", ""),
+        message=app.get("message") or "",
+        deployed=app.get("deployed_app_config") or {},
+        target_replicas=sum(int(d.get("target_num_replicas") or 0) for d in deployments),
+        replicas=replicas,
+    )

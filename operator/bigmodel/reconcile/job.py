@@ -6,8 +6,6 @@ twice creates nothing twice (creations tolerate AlreadyExists, the Ray submissio
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -23,6 +21,7 @@ from bigmodel.reconcile.observed import (
     JobObservation,
     PodView,
 )
+from bigmodel.reconcile.plans import Event, EventType, annotated, clear_validation, digest, invalid_status
 
 TERMINAL = ("Succeeded", "Failed")
 CONDITION_OF_PHASE = {
@@ -34,16 +33,6 @@ CONDITION_OF_PHASE = {
 }
 POLL_RUNNING_S = 3.0
 POLL_STARTING_S = 2.0
-
-EventType = Literal["Normal", "Warning"]
-
-
-@dataclass(frozen=True)
-class Event:
-    type: EventType
-    reason: str
-    message: str
-
 
 @dataclass
 class JobPlan:
@@ -61,10 +50,6 @@ class JobPlan:
     requeue_after: float | None = None
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def spec_digests(job: BigModelJob) -> dict[str, str]:
     """Digests of what shapes the model (cannot change under a running job) and of what shapes the run."""
     spec = job.spec.to_wire()
@@ -78,12 +63,7 @@ def spec_digests(job: BigModelJob) -> dict[str, str]:
     }
     ignored = ("failurePolicy", "activeDeadlineSeconds", "suspend", "ttlSecondsAfterFinished", "cleanPodPolicy")
     run = {key: value for key, value in spec.items() if key not in ignored}
-    return {MODEL_SPEC_ANNOTATION: _digest(model), RUN_SPEC_ANNOTATION: _digest(run)}
-
-
-def _annotated(obj: dict[str, Any], digests: dict[str, str]) -> dict[str, Any]:
-    obj.setdefault("metadata", {}).setdefault("annotations", {}).update(digests)
-    return obj
+    return {MODEL_SPEC_ANNOTATION: digest(model), RUN_SPEC_ANNOTATION: digest(run)}
 
 
 class _Decision:
@@ -140,7 +120,7 @@ class _Decision:
         self.remove_other_generations(keep=generation)
         objects = [head_service(self.job, generation), head_pod(self.job, generation)]
         objects += [worker_pod(self.job, generation, i) for i in range(self.spec.workers.replicas)]
-        self.plan.create += [_annotated(obj, self.digests) for obj in objects]
+        self.plan.create += [annotated(obj, self.digests) for obj in objects]
         self.status.ray_job_id = None
 
     def resume_point(self) -> str:
@@ -272,7 +252,7 @@ class _Decision:
                 self.event("Warning", "WorkerReplaced", f"worker pod {pod.name} {pod.failure or 'failed'}: replacing it")
         for index in range(self.spec.workers.replicas):
             if index not in workers or workers[index].failed:
-                self.plan.create.append(_annotated(worker_pod(self.job, generation, index), self.digests))
+                self.plan.create.append(annotated(worker_pod(self.job, generation, index), self.digests))
 
     def follow_ray_job(self, head: PodView) -> None:
         status = self.status
@@ -366,25 +346,8 @@ def decide_job(job: BigModelJob, seen: JobObservation, poll_s: float = POLL_RUNN
 
 def validation_plan(status: BigModelJobStatus | None, generation: int | None, errors: list[str], now: datetime) -> JobPlan:
     """An invalid spec: say where and why, create nothing, and wait for the next edit (no retries)."""
-    updated = (status or BigModelJobStatus()).model_copy(deep=True)
-    message = "; ".join(errors)
-    first_time = not any(
-        c.type == "ValidationFailed" and c.status == "True" and c.message == message for c in updated.conditions
-    )
-    updated.observed_generation = generation
-    updated.message = f"invalid spec: {message}"
-    updated.conditions = set_condition(
-        updated.conditions, "ValidationFailed", "True", "InvalidSpec", message, now=now, generation=generation
-    )
+    updated, first_time = invalid_status(status or BigModelJobStatus(), generation, errors, now)
     plan = JobPlan(status=updated)
     if first_time:
-        plan.events.append(Event("Warning", "ValidationFailed", message))
+        plan.events.append(Event("Warning", "ValidationFailed", "; ".join(errors)))
     return plan
-
-
-def clear_validation(status: BigModelJobStatus, generation: int | None, now: datetime) -> None:
-    if any(c.type == "ValidationFailed" for c in status.conditions):
-        status.conditions = set_condition(
-            status.conditions, "ValidationFailed", "False", "Valid", "", now=now, generation=generation
-        )
-

@@ -1,0 +1,20 @@
+"""What the operator (or `bigmodel serve`) hands the Serve application: its arguments in Ray's Serve config."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+APP_IMPORT_PATH = "bigmodel.runtime.serving.app:build"
+DEPLOYMENT_NAME = "Model"
+
+
+class ServeAppArgs(BaseModel):
+    """The `args` of the Serve application; snake_case, since only our own code reads them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_uri: str = Field(..., min_length=1, description="The exported model directory (runtime.artifacts).")
+    model_name: str = Field(..., min_length=1, description="The name in request URLs.")
+    model_version: str = Field(..., min_length=1, description="Changes with every update of the served model.")
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)

@@ -1,0 +1,82 @@
+"""The Ray Serve config of a BigModelService: what the operator PUTs to the head's Serve REST API.
+
+`bigmodel serve` deploys the same application locally, so a manifest behaves the same on a laptop and in a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+from bigmodel.api.serve_app import APP_IMPORT_PATH, DEPLOYMENT_NAME, ServeAppArgs
+from bigmodel.api.service import BigModelServiceSpec
+
+SERVE_PORT = 8000
+VERSION_LENGTH = 12
+
+
+def model_name(service_name: str, spec: BigModelServiceSpec) -> str:
+    return spec.model.name or service_name
+
+
+def model_version(model_uri: str, source_revision: str = "") -> str:
+    """A stable digest of what is served: the directory, and for a job's output, the run that wrote it."""
+    return hashlib.sha256(f"{model_uri}\n{source_revision}".encode()).hexdigest()[:VERSION_LENGTH]
+
+
+def app_args(service_name: str, spec: BigModelServiceSpec, model_uri: str, version: str) -> ServeAppArgs:
+    return ServeAppArgs(
+        model_uri=model_uri,
+        model_name=model_name(service_name, spec),
+        model_version=version,
+        max_batch_size=spec.batching.max_batch_size,
+        batch_wait_timeout_s=spec.batching.wait_timeout_ms / 1000,
+    )
+
+
+def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
+    """Serve's options for the one deployment: replica autoscaling and the Ray resources of each replica."""
+    replicas = spec.replicas
+    # A replica only fills a batch if it may hold that many requests at once; the autoscaler still aims for the
+    # target, so a busy replica queues a full batch while new replicas start.
+    max_ongoing = max(spec.batching.max_batch_size, math.ceil(replicas.target_ongoing_requests * 2))
+    actor_options: dict[str, Any] = {"num_cpus": spec.replica_resources.cpu}
+    if spec.replica_resources.gpu:
+        actor_options["num_gpus"] = spec.replica_resources.gpu
+    return {
+        "name": DEPLOYMENT_NAME,
+        "max_ongoing_requests": max_ongoing,
+        # Serve's default stops an old replica before starting its replacement: with one replica, a model update
+        # would drop requests. Surging starts every replacement first (the operator adds a worker pod when one does
+        # not fit), and old replicas drain their requests before they stop.
+        "max_surge_percent": 100,
+        "autoscaling_config": {
+            "min_replicas": replicas.min,
+            "initial_replicas": max(replicas.min, 1),
+            "max_replicas": replicas.max,
+            "target_ongoing_requests": replicas.target_ongoing_requests,
+            "upscale_delay_s": replicas.upscale_delay_seconds,
+            "downscale_delay_s": replicas.downscale_delay_seconds,
+        },
+        "ray_actor_options": actor_options,
+    }
+
+
+def serve_application(service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs) -> dict[str, Any]:
+    return {
+        "name": service_name,
+        "route_prefix": "/",
+        "import_path": APP_IMPORT_PATH,
+        "args": args.model_dump(mode="json"),
+        "deployments": [deployment_options(spec)],
+    }
+
+
+def serve_deploy_config(service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs) -> dict[str, Any]:
+    """The whole declarative config (Ray's ServeDeploySchema). One proxy, on the head, behind one Service."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        "applications": [serve_application(service_name, spec, args)],
+    }

@@ -1,0 +1,53 @@
+"""Parts every plan shares: Events to post, digests of spec parts, and the invalid-spec verdict."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from bigmodel.api.common import ObservedStatus
+from bigmodel.reconcile.conditions import set_condition
+
+EventType = Literal["Normal", "Warning"]
+StatusT = TypeVar("StatusT", bound=ObservedStatus)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def annotated(obj: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
+    obj.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+    return obj
+
+
+def invalid_status(status: StatusT, generation: int | None, errors: list[str], now: datetime) -> tuple[StatusT, bool]:
+    """The status of an invalid spec (where and why, in a condition), and whether this verdict is new."""
+    updated = status.model_copy(deep=True)
+    message = "; ".join(errors)
+    first_time = not any(
+        c.type == "ValidationFailed" and c.status == "True" and c.message == message for c in updated.conditions
+    )
+    updated.observed_generation = generation
+    updated.message = f"invalid spec: {message}"
+    updated.conditions = set_condition(
+        updated.conditions, "ValidationFailed", "True", "InvalidSpec", message, now=now, generation=generation
+    )
+    return updated, first_time
+
+
+def clear_validation(status: ObservedStatus, generation: int | None, now: datetime) -> None:
+    if any(c.type == "ValidationFailed" for c in status.conditions):
+        status.conditions = set_condition(
+            status.conditions, "ValidationFailed", "False", "Valid", "", now=now, generation=generation
+        )

@@ -1,0 +1,127 @@
+"""What the operator sees of a BigModelService: its pods, its Services, the model source and each cluster's Serve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bigmodel.builders.naming import GENERATION_LABEL
+from bigmodel.reconcile.observed import PodView, ServiceView
+
+# Replica states in which a replica holds (or is about to hold) a place on a node.
+LIVE_REPLICA_STATES = ("STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION")
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    state: str
+    node_name: str | None
+    """The Ray node name (= pod name) the replica was placed on; None while Ray cannot place it."""
+
+
+@dataclass(frozen=True)
+class ServeAppView:
+    """One Serve application as Ray's Serve REST API reports it."""
+
+    status: str
+    message: str = ""
+    deployed: dict[str, Any] = field(default_factory=dict)
+    target_replicas: int = 0
+    replicas: tuple[ReplicaView, ...] = ()
+
+    @property
+    def running_replicas(self) -> int:
+        return sum(1 for replica in self.replicas if replica.state == "RUNNING")
+
+    @property
+    def unplaced_replicas(self) -> int:
+        """Replicas waiting for room: the demand that more worker pods would meet."""
+        return sum(1 for replica in self.replicas if replica.state == "STARTING" and replica.node_name is None)
+
+    def busy_nodes(self) -> set[str]:
+        return {r.node_name for r in self.replicas if r.node_name is not None and r.state in LIVE_REPLICA_STATES}
+
+    def runs(self, desired: dict[str, Any]) -> bool:
+        """Whether the application was deployed from `desired`; Ray may echo it back with its defaults added."""
+        return _contains(self.deployed, desired)
+
+
+def _contains(actual: Any, wanted: Any) -> bool:
+    """Every key of `wanted` is in `actual` with a value that contains the wanted one, recursively."""
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(_contains(actual.get(k), v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(_contains(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
+    return bool(actual == wanted)
+
+
+@dataclass(frozen=True)
+class RayClusterView:
+    """One generation's Ray, as seen through its head; `reachable` False when the head did not answer."""
+
+    reachable: bool
+    app: ServeAppView | None = None
+    nodes: frozenset[str] = frozenset()
+    """Names of the Ray nodes that are alive: the pods that joined the cluster."""
+
+
+@dataclass(frozen=True)
+class ServingServiceView:
+    name: str
+    generation: int | None
+
+    @classmethod
+    def from_object(cls, service: dict[str, Any]) -> ServingServiceView:
+        selected = ((service.get("spec") or {}).get("selector") or {}).get(GENERATION_LABEL)
+        return cls(service["metadata"]["name"], int(selected) if selected is not None else None)
+
+
+@dataclass(frozen=True)
+class ModelSourceView:
+    """Where the model is, once it is there to serve."""
+
+    uri: str
+    revision: str = ""
+    """Changes when the same uri holds a new model: the source job's uid and completion time."""
+    claim: tuple[str, str] | None = None
+    """(claim name, mount path) of the volume that holds the model, if it is on one."""
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """Why there is nothing to serve yet (or no longer)."""
+
+    reason: str
+    message: str
+    final: bool = False
+    """True when waiting will not help (the source job failed)."""
+
+
+@dataclass(frozen=True)
+class ServiceObservation:
+    now: datetime
+    source: ModelSourceView | SourceProblem
+    pods: list[PodView] = field(default_factory=list)
+    head_services: list[ServiceView] = field(default_factory=list)
+    serving: ServingServiceView | None = None
+    clusters: dict[int, RayClusterView] = field(default_factory=dict)
+
+    def pods_of(self, generation: int) -> list[PodView]:
+        return [pod for pod in self.pods if pod.generation == generation]
+
+    def head(self, generation: int) -> PodView | None:
+        return next((p for p in self.pods_of(generation) if p.role == "head" and not p.deleting), None)
+
+    def workers(self, generation: int) -> list[PodView]:
+        return [p for p in self.pods_of(generation) if p.role == "worker" and not p.deleting]
+
+    def generations(self) -> set[int]:
+        return {pod.generation for pod in self.pods}
+
+    def cluster(self, generation: int) -> RayClusterView:
+        return self.clusters.get(generation, RayClusterView(reachable=False))

@@ -1,0 +1,234 @@
+"""The BigModelService operator against a real HTTP Kubernetes API (the emulator), Ray replaced at its seam."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.builders.naming import submission_id
+from bigmodel.reconcile.service_observed import ReplicaView
+from tests.integration.test_job_operator import JOBS, job_manifest, mark, start_running
+from tests.support.emulator import Emulator, KubeClient, wait_for
+from tests.support.fake_ray import FakeRay
+from tests.support.operator import running_operator
+
+SERVICES = ("bigmodel.dev/v1alpha1", "bigmodelservices")
+WAIT_S = 20.0
+HEAD_IPS = {0: "10.1.0.1", 1: "10.1.0.2", 2: "10.1.0.3"}
+
+
+def service_manifest(name: str = "demo", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "bigmodel.dev/v1alpha1",
+        "kind": "BigModelService",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "/models/demo", "volumeClaimName": "models"},
+            "replicas": {"min": 1, "max": 4},
+            "replicaResources": {"cpu": 1},
+            "workers": {"minReplicas": 1, "maxReplicas": 2, "idleTimeoutSeconds": 10, "resources": {"cpu": "1"}},
+            **spec,
+        },
+    }
+
+
+async def service_pods(kube: KubeClient, name: str = "demo") -> dict[str, dict[str, Any]]:
+    found = await kube.list("v1", "pods", label_selector=f"bigmodel.dev/service={name}")
+    return {pod["metadata"]["name"]: pod for pod in found if not pod["metadata"].get("deletionTimestamp")}
+
+
+async def status(kube: KubeClient, name: str = "demo") -> dict[str, Any]:
+    found = await kube.get(*SERVICES, name)
+    return (found or {}).get("status") or {}
+
+
+async def wait_status(kube: KubeClient, check: Any, message: str, name: str = "demo") -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        current = await status(kube, name)
+        return current if check(current) else None
+
+    return await wait_for(probe, WAIT_S, message)
+
+
+async def wait_pods(kube: KubeClient, names: set[str], name: str = "demo") -> dict[str, dict[str, Any]]:
+    async def probe() -> dict[str, dict[str, Any]] | None:
+        found = await service_pods(kube, name)
+        return found if set(found) == names else None
+
+    return await wait_for(probe, WAIT_S, f"the service's pods never were exactly {sorted(names)}")
+
+
+async def start_cluster(kube: KubeClient, ray: FakeRay, generation: int, workers: int = 1, name: str = "demo") -> None:
+    """Play the kubelet and Ray for one cluster: its pods run, and its workers joined Ray."""
+    prefix = f"{name}-s{generation}"
+    pod_names = {f"{prefix}-head", *(f"{prefix}-w{i}" for i in range(workers))}
+    await wait_for(lambda: _has(service_pods(kube, name), pod_names), WAIT_S, f"pods {sorted(pod_names)} not created")
+    ray.nodes[HEAD_IPS[generation]] = frozenset(n for n in pod_names if not n.endswith("-head"))
+    for pod in sorted(pod_names):
+        await mark(kube, pod, pod_ip=HEAD_IPS[generation] if pod.endswith("-head") else "10.2.0.9")
+
+
+async def _has(found: Any, names: set[str]) -> bool:
+    return names <= set(await found)
+
+
+async def event_reasons(kube: KubeClient, name: str = "demo") -> list[str]:
+    return [event["reason"] for event in await kube.events(involved_name=name)]
+
+
+async def test_service_becomes_a_ray_cluster_serving_its_model(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*SERVICES, service_manifest())
+        found = await wait_pods(kube, {"demo-s0-head", "demo-s0-w0"})
+        worker = found["demo-s0-w0"]
+        assert worker["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+        volume = next(v for v in worker["spec"]["volumes"] if "persistentVolumeClaim" in v)
+        assert volume["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+        head = found["demo-s0-head"]["spec"]["containers"][0]
+        assert {"name": "serve", "containerPort": 8000, "protocol": "TCP"} in head["ports"]
+        serving = await wait_for(lambda: kube.get("v1", "services", "demo-serve"), WAIT_S, "no serving Service")
+        assert serving["spec"]["type"] == "ClusterIP"
+        assert serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s0"
+
+        await start_cluster(kube, ray, 0)
+        ready = await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+        (head_ip, config), = ray.deploys
+        assert head_ip == HEAD_IPS[0]
+        application = config["applications"][0]
+        assert application["args"]["model_uri"] == "/models/demo"
+        assert application["deployments"][0]["autoscaling_config"]["max_replicas"] == 4
+        assert ready["url"] == "http://demo-serve.default.svc:8000"
+        assert ready["replicasReady"] == "1/1" and ready["workersReady"] == "1/1"
+        assert ready["model"] == {"source": "/models/demo", "version": application["args"]["model_version"]}
+        conditions = {c["type"]: c["status"] for c in ready["conditions"]}
+        assert conditions == {"Ready": "True", "ModelLoaded": "True", "UpgradeInProgress": "False"}
+        assert "Ready" in await event_reasons(kube)
+
+        await kube.delete(*SERVICES, "demo")
+        await wait_for(lambda: _none(service_pods(kube)), WAIT_S, "the pods were not removed with the service")
+        await wait_for(lambda: _gone(kube, "demo-serve"), WAIT_S, "the serving Service was not removed")
+
+
+async def _none(found: Any) -> bool:
+    return not await found
+
+
+async def _gone(kube: KubeClient, service: str) -> bool:
+    return await kube.get("v1", "services", service) is None
+
+
+async def test_service_waits_for_its_job_and_serves_what_it_exported(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        await kube.create(*SERVICES, service_manifest(model={"jobName": "demo"}))
+        waiting = await wait_status(kube, lambda s: s.get("phase") == "Pending", "no Pending phase without the job")
+        loaded = next(c for c in waiting["conditions"] if c["type"] == "ModelLoaded")
+        assert loaded["reason"] == "SourceJobNotFound" and "spec.model.jobName" in loaded["message"]
+        assert await service_pods(kube) == {}, "nothing is built before there is a model"
+
+        job = await kube.create(*JOBS, job_manifest())
+        uid = job["metadata"]["uid"]
+        await start_running(kube, ray, uid)
+        await wait_status(kube, lambda s: "SourceJobNotFinished" in str(s.get("conditions")), "not waiting on the job")
+        report = TrainingReport(step=100, total_steps=100, epoch=1, epochs=2, model_uri="/checkpoints/demo/model", done=True)
+        ray.succeed(submission_id(uid, 1), report)
+
+        found = await wait_pods(kube, {"demo-s0-head", "demo-s0-w0"})
+        mount = next(m for m in found["demo-s0-w0"]["spec"]["containers"][0]["volumeMounts"] if m["name"] == "model")
+        assert mount == {"name": "model", "mountPath": "/checkpoints/demo", "readOnly": True}
+        await start_cluster(kube, ray, 0)
+        ready = await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+        assert ready["model"]["source"] == "/checkpoints/demo/model"
+
+
+async def test_unplaced_replicas_add_a_worker_and_idle_ones_are_removed(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray, poll_running_s=0.5):
+        await kube.create(*SERVICES, service_manifest())
+        await start_cluster(kube, ray, 0)
+        await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+
+        head_ip = HEAD_IPS[0]
+        ray.set_replicas(head_ip, (ReplicaView("RUNNING", "demo-s0-w0"), ReplicaView("STARTING", None)))
+        await wait_pods(kube, {"demo-s0-head", "demo-s0-w0", "demo-s0-w1"})
+        assert "WorkerAdded" in await event_reasons(kube)
+        await mark(kube, "demo-s0-w1", pod_ip="10.2.0.10")
+        ray.nodes[head_ip] = frozenset({"demo-s0-w0", "demo-s0-w1"})
+        ray.set_replicas(head_ip, (ReplicaView("RUNNING", "demo-s0-w0"), ReplicaView("RUNNING", "demo-s0-w1")))
+        two = await wait_status(kube, lambda s: s.get("replicasReady") == "2/2", "the second replica never counted")
+        assert two["workersReady"] == "2/2"
+
+        # Load gone: Serve scaled down to one replica; w1 hosts nothing and goes after idleTimeoutSeconds (10 s).
+        ray.set_replicas(head_ip, (ReplicaView("RUNNING", "demo-s0-w1"),))
+        found = await wait_for(lambda: _exactly(service_pods(kube), {"demo-s0-head", "demo-s0-w1"}), WAIT_S,
+                               "the idle worker w0 was not removed (w1 hosts the replica and must stay)")
+        assert found
+        assert "WorkerRemoved" in await event_reasons(kube)
+
+
+async def _exactly(found: Any, names: set[str]) -> bool:
+    return set(await found) == names
+
+
+async def test_model_change_is_rolled_in_place_and_shape_change_moves_traffic(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        # On object storage: a new model is a new URI, nothing to mount (a claim's mount path would be a pod change).
+        await kube.create(*SERVICES, service_manifest(model={"uri": "s3://models/demo"}))
+        await start_cluster(kube, ray, 0)
+        first = await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+
+        await kube.patch(*SERVICES, "demo", {"spec": {"model": {"uri": "s3://models/demo-v2"}}})
+        updated = await wait_status(
+            kube, lambda s: s.get("model", {}).get("source") == "s3://models/demo-v2", "the new model was never served"
+        )
+        assert updated["model"]["version"] != first["model"]["version"]
+        assert [ip for ip, _ in ray.deploys] == [HEAD_IPS[0], HEAD_IPS[0]], "a model change rebuilt the cluster"
+        assert set(await service_pods(kube)) == {"demo-s0-head", "demo-s0-w0"}
+
+        await kube.patch(*SERVICES, "demo", {"spec": {"image": "registry.example/bigmodel-runtime:2"}})
+        upgrading = await wait_status(kube, lambda s: s.get("pendingGeneration") == 1, "no new cluster was started")
+        assert upgrading["phase"] == "Upgrading"
+        serving = await kube.get("v1", "services", "demo-serve")
+        assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s0"
+
+        await start_cluster(kube, ray, 1)
+        switched = await wait_status(kube, lambda s: s.get("clusterGeneration") == 1, "traffic never moved")
+        assert switched["retiringGeneration"] == 0
+        serving = await kube.get("v1", "services", "demo-serve")
+        assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s1"
+        reasons = await event_reasons(kube)
+        assert "UpgradeStarted" in reasons and "UpgradeComplete" in reasons
+
+
+async def test_a_new_cluster_that_fails_never_takes_traffic(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        await kube.create(*SERVICES, service_manifest())
+        await start_cluster(kube, ray, 0)
+        await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+
+        ray.deploy_outcome = "DEPLOY_FAILED"
+        await kube.patch(*SERVICES, "demo", {"spec": {"image": "registry.example/bigmodel-runtime:broken"}})
+        await start_cluster(kube, ray, 1)
+        failed = await wait_status(
+            kube, lambda s: "UpgradeFailed" in str(s.get("conditions")), "the failed upgrade was not reported"
+        )
+        assert failed["clusterGeneration"] == 0 and failed["phase"] == "Ready"
+        await wait_pods(kube, {"demo-s0-head", "demo-s0-w0"})
+        serving = await kube.get("v1", "services", "demo-serve")
+        assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s0"
+        assert "UpgradeFailed" in await event_reasons(kube)
+
+
+async def test_invalid_service_is_reported_and_builds_nothing(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        too_big = service_manifest(replicaResources={"cpu": 4})
+        await kube.create(*SERVICES, too_big)
+        failed = await wait_status(kube, lambda s: s.get("phase") == "Failed", "the invalid spec was not reported")
+        condition = next(c for c in failed["conditions"] if c["type"] == "ValidationFailed")
+        assert condition["message"].startswith("spec.replicaResources.cpu: 4 CPUs per replica do not fit")
+        assert await service_pods(kube) == {}
+        assert (await event_reasons(kube)).count("ValidationFailed") == 1
