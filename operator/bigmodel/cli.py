@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -30,6 +31,137 @@ def _load_job(path: str):  # -> BigModelJob, imported lazily so `bigmodel crds` 
     if not isinstance(manifest, BigModelJob):
         raise CliError(f"{path}: kind: `bigmodel train` runs a BigModelJob, this file holds a {manifest.kind}")
     return manifest
+
+
+def _load_service(path: str):  # -> BigModelService
+    from bigmodel.api.manifests import ManifestError, load_manifest
+    from bigmodel.api.service import BigModelService
+
+    try:
+        manifest = load_manifest(path)
+    except ManifestError as error:
+        raise CliError(str(error)) from error
+    if not isinstance(manifest, BigModelService):
+        raise CliError(f"{path}: kind: `bigmodel serve` runs a BigModelService, this file holds a {manifest.kind}")
+    return manifest
+
+
+def _job_manifest_named(job_name: str, directory: Path) -> str | None:
+    """The BigModelJob manifest next to a service manifest that trains the job it names, to tell the user to run it."""
+    from bigmodel.api.job import BigModelJob
+    from bigmodel.api.manifests import ManifestError, load_manifest
+
+    for candidate in sorted(directory.glob("*.y*ml")):
+        try:
+            manifest = load_manifest(candidate)
+        except ManifestError:
+            continue
+        if isinstance(manifest, BigModelJob) and manifest.metadata.name == job_name:
+            return str(candidate)
+    return None
+
+
+def _model_source(service, manifest: str, override: str | None) -> tuple[str, str]:
+    """Where the model to serve is, and what to tell the user when it is not there."""
+    model = service.spec.model
+    if override:
+        return override, "check --model"
+    if model.uri:
+        return model.uri, "check spec.model.uri"
+    job_manifest = _job_manifest_named(model.job_name, Path(manifest).parent)
+    train = f"bigmodel train {job_manifest}" if job_manifest else f"bigmodel train` on the BigModelJob {model.job_name}"
+    return f"bigmodel-runs/{model.job_name}/model", f"run `{train}` first, or pass --model PATH"
+
+
+def _read_exported(uri: str, hint: str) -> dict:
+    """The exported model's config.json, read before Ray starts, so that a missing model is one line, not a failed deploy."""
+    from bigmodel.runtime.artifacts import CONFIG_FILE
+    from bigmodel.runtime.storage import read_json, resolve
+
+    # config.json is written last, so its presence means the export is complete.
+    location = resolve(uri).child(CONFIG_FILE)
+    try:
+        return read_json(location)
+    except FileNotFoundError as error:
+        raise CliError(f"no exported model at {uri} (no {CONFIG_FILE}): {hint}") from error
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot read the exported model at {uri}: {error}") from error
+
+
+def _check_port_free(port: int) -> None:
+    import socket
+
+    from bigmodel.runtime.serving.local import LOOPBACK
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError as error:
+            raise CliError(f"port {port} is not free ({error.strerror}): choose another with --port") from error
+
+
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    service = _load_service(args.manifest)
+    uri, hint = _model_source(service, args.manifest, args.model)
+    exported = _read_exported(uri, hint)
+    _check_port_free(args.port)
+
+    import os
+
+    import ray
+
+    from bigmodel.builders.serve_app import app_args, model_name, model_version, serve_deploy_config
+    from bigmodel.runtime.embedded import embedded_ray
+    from bigmodel.runtime.serving import local
+    from bigmodel.runtime.serving.predictor import predictor_class
+    from bigmodel.runtime.storage import resolve
+
+    name, spec = service.metadata.name, service.spec
+    # Absolute: replicas are other processes, with working directories of their own.
+    model_uri = resolve(uri).uri
+    # The export time stands in for the run revision the operator uses: every new export is a new version.
+    version = model_version(model_uri, str(exported.get("exported", "")))
+    try:
+        sample = predictor_class(exported.get("model", {}).get("task")).sample
+    except ValueError as error:
+        raise CliError(f"{uri}: {error}") from error
+    config = serve_deploy_config(name, spec, app_args(name, spec, model_uri, version))
+    console.print(
+        f"Serving [bold]{name}[/bold] ({model_uri}, version {version}) on an embedded Ray cluster", soft_wrap=True
+    )
+    try:
+        with embedded_ray(args.num_cpus or os.cpu_count() or 1, verbose=args.verbose):
+            resources = ray.cluster_resources()
+            config, notes = local.local_deploy_config(
+                config, port=args.port, cpus=resources.get("CPU", 1.0), gpus=resources.get("GPU", 0.0)
+            )
+            for note in notes:
+                console.print(f"note: {note}")
+            try:
+                local.deploy(config, verbose=args.verbose)
+            except local.DeployFailed as error:
+                console.print(f"[red]BigModelService {name} failed:[/red] {error}", soft_wrap=True)
+                return EXIT_FAILED
+            _show_ready(console, local.base_url(config), model_name(name, spec), sample)
+            # Until Ctrl-C; leaving the block stops the embedded Ray, and with it every replica and the proxy.
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("\nStopped.")
+        return EXIT_INTERRUPTED
+
+
+def _show_ready(console: Console, url: str, model: str, sample: object) -> None:
+    import json
+    import shlex
+
+    body = shlex.quote(json.dumps({"instances": [sample]}))
+    console.print(
+        f"Ready at {url}  (v1: /v1/models/{model}:predict, v2: /v2/models/{model}/infer)", markup=False, soft_wrap=True
+    )
+    console.print("Try:", markup=False)
+    console.print(f"  curl -s {url}/v1/models/{model}:predict -d {body}", markup=False, soft_wrap=True)
+    console.print("Ctrl-C stops the server.", markup=False)
 
 
 def _storage_for(job, override: str | None) -> str:
@@ -134,15 +266,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     train.set_defaults(handler=cmd_train)
 
+    serve = commands.add_parser(
+        "serve", help="serve a BigModelService manifest's model on an embedded local Ray cluster"
+    )
+    serve.add_argument("manifest", help="BigModelService YAML file")
+    serve.add_argument(
+        "--model", help="exported model directory or URI (default: spec.model.uri, or bigmodel-runs/JOB/model)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 (default: 8000)")
+    serve.add_argument("--num-cpus", type=int, help="CPUs the embedded Ray cluster may use (default: all)")
+    serve.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    serve.set_defaults(handler=cmd_serve)
+
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     crds.add_argument("--output", default="crds", help="directory to write to (default: crds)")
     crds.set_defaults(handler=cmd_crds)
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator (in-cluster or with a kubeconfig)")
     operator.add_argument(
-        "--namespace", action="append", help="namespace to watch; repeat for several (default: all, or BIGMODEL_NAMESPACES)"
+        "--namespace",
+        action="append",
+        help="namespace to watch; repeat for several (default: all, or BIGMODEL_NAMESPACES)",
     )
-    operator.add_argument("--default-storage", help="checkpoint storage for jobs that name none (BIGMODEL_DEFAULT_STORAGE)")
+    operator.add_argument(
+        "--default-storage", help="checkpoint storage for jobs that name none (BIGMODEL_DEFAULT_STORAGE)"
+    )
     operator.set_defaults(handler=cmd_operator)
 
     validate = commands.add_parser("validate", help="check manifests without running them")

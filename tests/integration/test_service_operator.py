@@ -6,7 +6,6 @@ from typing import Any
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
-from bigmodel.reconcile.service_observed import ReplicaView
 from tests.integration.test_job_operator import JOBS, job_manifest, mark, start_running
 from tests.support.emulator import Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
@@ -150,17 +149,18 @@ async def test_unplaced_replicas_add_a_worker_and_idle_ones_are_removed(emulator
         await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
 
         head_ip = HEAD_IPS[0]
-        ray.set_replicas(head_ip, (ReplicaView("RUNNING", "demo-s0-w0"), ReplicaView("STARTING", None)))
+        ray.set_replicas(head_ip, running=1, unplaced=1)
         await wait_pods(kube, {"demo-s0-head", "demo-s0-w0", "demo-s0-w1"})
         assert "WorkerAdded" in await event_reasons(kube)
         await mark(kube, "demo-s0-w1", pod_ip="10.2.0.10")
         ray.nodes[head_ip] = frozenset({"demo-s0-w0", "demo-s0-w1"})
-        ray.set_replicas(head_ip, (ReplicaView("RUNNING", "demo-s0-w0"), ReplicaView("RUNNING", "demo-s0-w1")))
+        ray.set_replicas(head_ip, running=2)
         two = await wait_status(kube, lambda s: s.get("replicasReady") == "2/2", "the second replica never counted")
         assert two["workersReady"] == "2/2"
 
-        # Load gone: Serve scaled down to one replica; w1 hosts nothing and goes after idleTimeoutSeconds (10 s).
-        ray.set_replicas(head_ip, (ReplicaView("RUNNING", "demo-s0-w1"),))
+        # Load gone: Serve scaled down to the replica on w1; w0 holds nothing and goes after idleTimeoutSeconds (10 s).
+        ray.set_replicas(head_ip, running=1)
+        ray.busy[head_ip] = frozenset({"demo-s0-w1"})
         found = await wait_for(lambda: _exactly(service_pods(kube), {"demo-s0-head", "demo-s0-w1"}), WAIT_S,
                                "the idle worker w0 was not removed (w1 hosts the replica and must stay)")
         assert found

@@ -11,7 +11,7 @@ from typing import Any
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.reconcile.observed import RayJobState, RayJobView
-from bigmodel.reconcile.service_observed import RayClusterView, ReplicaView, ServeAppView
+from bigmodel.reconcile.service_observed import RayClusterView, ServeAppView
 
 
 @dataclass
@@ -26,6 +26,10 @@ class FakeRay:
     """The Serve application each head (by pod IP) reports."""
     nodes: dict[str, frozenset[str]] = field(default_factory=dict)
     """The Ray nodes (pod names) each head reports alive."""
+    busy: dict[str, frozenset[str]] = field(default_factory=dict)
+    """The nodes where replicas hold CPUs, per head; by default every alive node."""
+    unplaced: dict[str, int] = field(default_factory=dict)
+    """One-CPU replicas each head's scheduler cannot place."""
     deploy_outcome: str = "RUNNING"
     """The status a newly deployed application reports; DEPLOY_FAILED plays a model that does not load."""
 
@@ -47,22 +51,25 @@ class FakeRay:
         return next((self.reports[sid] for sid in reversed(self.submitted_ids()) if sid in self.reports), None)
 
     async def deploy_serve(self, head_ip: str, config: dict[str, Any]) -> None:
-        """Serve takes the config at once; its one replica runs on the first worker node the head knows."""
+        """Serve takes the config at once and reports one replica in the outcome's state."""
         self.deploys.append((head_ip, config))
-        node = min(self.nodes.get(head_ip, frozenset()), default=None)
-        replicas = (ReplicaView(self.deploy_outcome if self.deploy_outcome == "RUNNING" else "STARTING", node),)
+        state = "RUNNING" if self.deploy_outcome == "RUNNING" else "STARTING"
         message = "replica constructor failed" if self.deploy_outcome == "DEPLOY_FAILED" else ""
         self.apps[head_ip] = ServeAppView(
-            self.deploy_outcome, message, config["applications"][0], target_replicas=1, replicas=replicas
+            self.deploy_outcome, message, config["applications"][0], target_replicas=1, replica_states=(state,)
         )
 
     async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView:
-        return RayClusterView(True, self.apps.get(head_ip), self.nodes.get(head_ip, frozenset()))
+        nodes = self.nodes.get(head_ip, frozenset())
+        demand = ((((("CPU", 1.0),), self.unplaced[head_ip]),) if self.unplaced.get(head_ip) else ())
+        return RayClusterView(True, self.apps.get(head_ip), nodes, self.busy.get(head_ip, nodes), demand)
 
-    def set_replicas(self, head_ip: str, replicas: tuple[ReplicaView, ...]) -> None:
-        """What Serve's autoscaler did: these replicas now exist, placed or waiting for room."""
+    def set_replicas(self, head_ip: str, running: int, unplaced: int = 0) -> None:
+        """What Serve's autoscaler did: `running` replicas run, `unplaced` more wait for room."""
         app = self.apps[head_ip]
-        self.apps[head_ip] = ServeAppView(app.status, app.message, app.deployed, len(replicas), replicas)
+        states = ("RUNNING",) * running + ("STARTING",) * unplaced
+        self.apps[head_ip] = ServeAppView(app.status, app.message, app.deployed, running + unplaced, states)
+        self.unplaced[head_ip] = unplaced
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -15,12 +15,12 @@ from bigmodel.reconcile.service import (
     capacity_errors,
     cluster_digest,
     decide_service,
-    replicas_per_worker,
+    worker_capacity,
+    workers_for,
 )
 from bigmodel.reconcile.service_observed import (
     ModelSourceView,
     RayClusterView,
-    ReplicaView,
     ServeAppView,
     ServiceObservation,
     ServingServiceView,
@@ -66,11 +66,10 @@ def cluster_pods(service: BigModelService, generation: int = 0, workers: int = 1
 
 
 def app(
-    plan_or_config: ServicePlan | dict[str, Any], status: str = "RUNNING", replicas: tuple[ReplicaView, ...] = ()
+    plan_or_config: ServicePlan | dict[str, Any], status: str = "RUNNING", replicas: tuple[str, ...] = ("RUNNING",)
 ) -> ServeAppView:
     config = plan_or_config.deploy[0][1] if isinstance(plan_or_config, ServicePlan) else plan_or_config
-    running = replicas or (ReplicaView("RUNNING", "digits-s0-w0"),)
-    return ServeAppView(status=status, deployed=config["applications"][0], target_replicas=len(running), replicas=running)
+    return ServeAppView(status, deployed=config["applications"][0], target_replicas=len(replicas), replica_states=replicas)
 
 
 def seen(
@@ -150,8 +149,8 @@ def test_deploys_the_app_once_the_head_answers_and_is_ready_when_it_runs() -> No
     assert application["deployments"][0]["autoscaling_config"]["max_replicas"] == 4
     assert config["proxy_location"] == "HeadOnly"
 
-    deploying = decide_service(service, seen(pods, {0: RayClusterView(True, app(config, "DEPLOYING", (
-        ReplicaView("STARTING", "digits-s0-w0"),)), nodes(pods))}))
+    starting = app(config, "DEPLOYING", ("STARTING",))
+    deploying = decide_service(service, seen(pods, {0: RayClusterView(True, starting, nodes(pods))}))
     assert deploying.deploy == [], "a config Serve already has is not deployed again"
     assert deploying.status.phase == "Deploying"
 
@@ -168,19 +167,17 @@ def test_replicas_that_do_not_fit_add_worker_pods_up_to_the_max() -> None:
     service = make_service()
     pods = cluster_pods(service)
     config = deployed_config(service, pods)
-    replicas = (
-        ReplicaView("RUNNING", "digits-s0-w0"),
-        ReplicaView("RUNNING", "digits-s0-w0"),
-        *(ReplicaView("STARTING", None) for _ in range(5)),
-    )
-    plan = decide_service(service, seen(pods, {0: RayClusterView(True, app(config, replicas=replicas), nodes(pods))}))
+    replicas = ("RUNNING",) * 2 + ("STARTING",) * 5
+    demand = (((("CPU", 1.0),), 5),)
+    ray = RayClusterView(True, app(config, replicas=replicas), nodes(pods), nodes(pods), demand)
+    plan = decide_service(service, seen(pods, {0: ray}))
     added = [obj["metadata"]["name"] for obj in plan.create]
     # Five unplaced replicas at two per worker want three more pods; maxReplicas 3 allows two.
     assert added == ["digits-s0-w1", "digits-s0-w2"]
     assert "WorkerAdded" in [e.reason for e in plan.events]
 
     starting = pods + cluster_pods(service, workers=3, ready=False)[2:]
-    again = decide_service(service, seen(starting, {0: RayClusterView(True, app(config, replicas=replicas), nodes(pods))}))
+    again = decide_service(service, seen(starting, {0: ray}))
     assert again.create == [], "workers still starting are counted before more are added"
 
 
@@ -188,8 +185,7 @@ def test_idle_workers_go_after_the_timeout_but_never_below_min_or_a_busy_one() -
     service = make_service()
     pods = cluster_pods(service, workers=3)
     config = deployed_config(service, pods)
-    busy_w1 = (ReplicaView("RUNNING", "digits-s0-w1"),)
-    ray = {0: RayClusterView(True, app(config, replicas=busy_w1), nodes(pods))}
+    ray = {0: RayClusterView(True, app(config), nodes(pods), busy=frozenset({"digits-s0-w1"}))}
     first = decide_service(service, seen(pods, ray))
     assert first.delete_pods == []
     assert set(first.idle_since) == {"digits-s0-w0", "digits-s0-w2"}
@@ -250,7 +246,7 @@ def test_a_cluster_shape_change_builds_a_new_cluster_and_moves_traffic_when_it_r
     deploying = decide_service(building, seen(both, {**ray, 1: RayClusterView(True, None, nodes(new_pods))}))
     assert [ip for ip, _ in deploying.deploy] == ["10.0.0.7"] and deploying.serving_selector is None
 
-    new_app = app(deploying.deploy[0][1], replicas=(ReplicaView("RUNNING", "digits-s1-w0"),))
+    new_app = app(deploying.deploy[0][1])
     switched = decide_service(building, seen(both, {**ray, 1: RayClusterView(True, new_app, nodes(new_pods))}))
     assert switched.serving_selector is not None and switched.serving_selector["bigmodel.dev/generation"] == "1"
     assert switched.status.cluster_generation == 1 and switched.status.retiring_generation == 0
@@ -305,7 +301,10 @@ def test_replica_capacity_is_checked_against_the_worker_pods() -> None:
     fits = BigModelServiceSpec.model_validate(
         {"model": {"uri": "/m"}, "replicaResources": {"cpu": 0.5}, "workers": {"resources": {"cpu": "2"}}}
     )
-    assert replicas_per_worker(fits) == 4 and capacity_errors(fits) == []
+    assert capacity_errors(fits) == []
+    capacity = worker_capacity(fits)
+    assert workers_for(((((("CPU", 0.5),), 9)),), capacity) == 3, "four half-CPU replicas per two-CPU worker"
+    assert workers_for(((((("CPU", 1.0), ("GPU", 1.0)), 2)),), capacity) == 0, "a GPU shape fits no CPU worker"
     too_big = BigModelServiceSpec.model_validate(
         {"model": {"uri": "/m"}, "replicaResources": {"cpu": 4, "gpu": 1}, "workers": {"resources": {"cpu": "2"}}}
     )

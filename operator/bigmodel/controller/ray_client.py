@@ -13,7 +13,7 @@ import aiohttp
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.ray_cluster import dashboard_url, progress_url
 from bigmodel.reconcile.observed import RayJobView
-from bigmodel.reconcile.service_observed import RayClusterView, ReplicaView, ServeAppView
+from bigmodel.reconcile.service_observed import Demand, RayClusterView, ServeAppView
 
 
 class RayUnreachable(RuntimeError):
@@ -89,17 +89,28 @@ class HttpRayClient:
             raise RuntimeError(f"Ray Serve refused the config: HTTP {status}: {payload}")
 
     async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView:
-        base = dashboard_url(head_ip)
-        status, serve = await self._request("GET", f"{base}/api/serve/applications/")
-        if status >= 400 or not isinstance(serve, dict):
-            raise RayUnreachable(f"Ray Serve status: HTTP {status}: {serve}")
-        status, nodes = await self._request("GET", f"{base}/api/v0/nodes?limit=10000")
-        if status >= 400 or not isinstance(nodes, dict):
-            raise RayUnreachable(f"Ray nodes: HTTP {status}: {nodes}")
-        names = {node["node_id"]: node.get("node_name") or "" for node in _state_rows(nodes)}
-        alive = frozenset(node.get("node_name") or "" for node in _state_rows(nodes) if node.get("state") == "ALIVE")
+        serve = await self._get(head_ip, "/api/serve/applications/")
+        rows = _state_rows(await self._get(head_ip, "/api/v0/nodes?limit=10000"))
+        # The autoscaler monitor that `ray start --head` runs reports what the scheduler cannot place and what every
+        # node has in use: the signals Ray's own autoscaler scales on.
+        status = (await self._get(head_ip, "/api/cluster_status?format=0")).get("data") or {}
+        report = (status.get("clusterStatus") or {}).get("loadMetricsReport") or {}
+        names = {node["node_id"]: node.get("node_name") or "" for node in rows}
+        usage = report.get("usageByNode") or {}
         app = (serve.get("applications") or {}).get(app_name)
-        return RayClusterView(reachable=True, app=_app_view(app, names) if app else None, nodes=alive)
+        return RayClusterView(
+            reachable=True,
+            app=_app_view(app) if app else None,
+            nodes=frozenset(node.get("node_name") or "" for node in rows if node.get("state") == "ALIVE"),
+            busy=frozenset(names.get(node_id, "") for node_id, used in usage.items() if _holds_compute(used)),
+            demand=_demand(report.get("resourceDemand") or []),
+        )
+
+    async def _get(self, head_ip: str, path: str) -> dict[str, Any]:
+        status, payload = await self._request("GET", f"{dashboard_url(head_ip)}{path}")
+        if status >= 400 or not isinstance(payload, dict):
+            raise RayUnreachable(f"GET {path}: HTTP {status}: {payload}")
+        return payload
 
 
 def _state_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,17 +118,22 @@ def _state_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return list(((payload.get("data") or {}).get("result") or {}).get("result") or [])
 
 
-def _app_view(app: dict[str, Any], node_names: dict[str, str]) -> ServeAppView:
+def _holds_compute(usage: dict[str, Any]) -> bool:
+    """usageByNode values are [used, total] per resource."""
+    return any((usage.get(resource) or [0])[0] > 0 for resource in ("CPU", "GPU"))
+
+
+def _demand(raw: list[Any]) -> Demand:
+    """resourceDemand is [[{"CPU": 1.0}, count], ...]."""
+    return tuple((tuple(sorted((k, float(v)) for k, v in shape.items())), int(count)) for shape, count in raw)
+
+
+def _app_view(app: dict[str, Any]) -> ServeAppView:
     deployments = (app.get("deployments") or {}).values()
-    replicas = tuple(
-        ReplicaView(state=replica.get("state", ""), node_name=node_names.get(replica.get("node_id") or ""))
-        for deployment in deployments
-        for replica in deployment.get("replicas") or []
-    )
     return ServeAppView(
         status=app.get("status", ""),
         message=app.get("message") or "",
         deployed=app.get("deployed_app_config") or {},
         target_replicas=sum(int(d.get("target_num_replicas") or 0) for d in deployments),
-        replicas=replicas,
+        replica_states=tuple(r.get("state", "") for d in deployments for r in d.get("replicas") or []),
     )

@@ -23,7 +23,7 @@ from bigmodel.builders.serve_app import SERVE_PORT, app_args, model_version, ser
 from bigmodel.builders.serving_service import serving_selector, serving_service
 from bigmodel.reconcile.conditions import set_condition
 from bigmodel.reconcile.plans import Event, EventType, annotated, clear_validation, digest, invalid_status
-from bigmodel.reconcile.service_observed import ModelSourceView, PodView, ServiceObservation, SourceProblem
+from bigmodel.reconcile.service_observed import Demand, ModelSourceView, PodView, ServiceObservation, SourceProblem
 
 CLUSTER_SPEC_ANNOTATION = "bigmodel.dev/cluster-spec"
 # Long enough for requests already routed to the old cluster's proxy to complete after the Service moved.
@@ -53,13 +53,20 @@ class ServicePlan:
     requeue_after: float | None = None
 
 
-def replicas_per_worker(spec: BigModelServiceSpec) -> int:
-    """How many Serve replicas one worker pod holds, by its Ray CPUs and GPUs."""
-    worker = spec.workers.resources
-    fits = math.floor(ray_num_cpus(worker.cpu) / spec.replica_resources.cpu)
-    if spec.replica_resources.gpu > 0:
-        fits = min(fits, math.floor(worker.gpu / spec.replica_resources.gpu))
-    return fits
+def worker_capacity(spec: BigModelServiceSpec) -> dict[str, float]:
+    """What one worker pod offers Ray's scheduler."""
+    return {"CPU": float(ray_num_cpus(spec.workers.resources.cpu)), "GPU": float(spec.workers.resources.gpu)}
+
+
+def workers_for(demand: Demand, capacity: dict[str, float]) -> int:
+    """Worker pods that would place the demand; shapes that fit no worker pod (nor any pod we make) are left out."""
+    needed = 0
+    for shape, count in demand:
+        asks = {resource: amount for resource, amount in shape if resource in capacity and amount > 0}
+        per_worker = min((math.floor(capacity[r] / amount) for r, amount in asks.items()), default=0)
+        if per_worker > 0:
+            needed += math.ceil(count / per_worker)
+    return needed
 
 
 def capacity_errors(spec: BigModelServiceSpec) -> list[str]:
@@ -201,13 +208,12 @@ class _Decision:
         group = self.spec.workers
         starting = [pod for pod in healthy if pod.name not in ray.nodes]
         wanted = len(healthy)
-        if ray.reachable and ray.app is not None:
-            needed = math.ceil(ray.app.unplaced_replicas / replicas_per_worker(self.spec)) - len(starting)
-            wanted += max(needed, 0)
+        if ray.reachable:
+            wanted += max(workers_for(ray.demand, worker_capacity(self.spec)) - len(starting), 0)
         wanted = min(max(wanted, group.min_replicas), group.max_replicas)
         if wanted > len(healthy):
             self.add_workers(generation, wanted - len(healthy), len(healthy))
-        elif ray.reachable and ray.app is not None:
+        elif ray.reachable:
             self.remove_idle_workers(generation, healthy)
         if starting:
             self.busy = True
@@ -223,13 +229,12 @@ class _Decision:
         self.busy = True
 
     def remove_idle_workers(self, generation: int, healthy: list[PodView]) -> None:
-        """Workers that host no replica for idleTimeoutSeconds go, newest first, down to minReplicas."""
+        """Workers where nothing (no replica) holds a CPU or GPU for idleTimeoutSeconds go, newest first, down to min."""
         ray = self.seen.cluster(generation)
-        busy = ray.app.busy_nodes() if ray.app is not None else set()
         timeout = timedelta(seconds=self.spec.workers.idle_timeout_seconds)
         removable = len(healthy) - self.spec.workers.min_replicas
         for pod in sorted(healthy, key=lambda p: p.index or 0, reverse=True):
-            if pod.name in busy or pod.name not in ray.nodes:
+            if pod.name in ray.busy or pod.name not in ray.nodes:
                 self.idle_since.pop(pod.name, None)
                 continue
             since = self.idle_since.setdefault(pod.name, self.now)

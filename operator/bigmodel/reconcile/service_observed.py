@@ -9,15 +9,8 @@ from typing import Any
 from bigmodel.builders.naming import GENERATION_LABEL
 from bigmodel.reconcile.observed import PodView, ServiceView
 
-# Replica states in which a replica holds (or is about to hold) a place on a node.
-LIVE_REPLICA_STATES = ("STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION")
-
-
-@dataclass(frozen=True)
-class ReplicaView:
-    state: str
-    node_name: str | None
-    """The Ray node name (= pod name) the replica was placed on; None while Ray cannot place it."""
+Demand = tuple[tuple[tuple[tuple[str, float], ...], int], ...]
+"""Resource shapes Ray could not place, with how many of each: (((resource, amount), ...), count)."""
 
 
 @dataclass(frozen=True)
@@ -28,19 +21,11 @@ class ServeAppView:
     message: str = ""
     deployed: dict[str, Any] = field(default_factory=dict)
     target_replicas: int = 0
-    replicas: tuple[ReplicaView, ...] = ()
+    replica_states: tuple[str, ...] = ()
 
     @property
     def running_replicas(self) -> int:
-        return sum(1 for replica in self.replicas if replica.state == "RUNNING")
-
-    @property
-    def unplaced_replicas(self) -> int:
-        """Replicas waiting for room: the demand that more worker pods would meet."""
-        return sum(1 for replica in self.replicas if replica.state == "STARTING" and replica.node_name is None)
-
-    def busy_nodes(self) -> set[str]:
-        return {r.node_name for r in self.replicas if r.node_name is not None and r.state in LIVE_REPLICA_STATES}
+        return self.replica_states.count("RUNNING")
 
     def runs(self, desired: dict[str, Any]) -> bool:
         """Whether the application was deployed from `desired`; Ray may echo it back with its defaults added."""
@@ -68,6 +53,10 @@ class RayClusterView:
     app: ServeAppView | None = None
     nodes: frozenset[str] = frozenset()
     """Names of the Ray nodes that are alive: the pods that joined the cluster."""
+    busy: frozenset[str] = frozenset()
+    """Nodes where something (a Serve replica) holds CPUs or GPUs."""
+    demand: Demand = ()
+    """What Ray's scheduler is waiting to place for lack of room: the replicas more worker pods would take."""
 
 
 @dataclass(frozen=True)
