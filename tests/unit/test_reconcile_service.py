@@ -318,3 +318,16 @@ def test_worker_scaling_settings_never_rebuild_the_cluster_but_pod_sizes_do() ->
     scaling = {"minReplicas": 2, "maxReplicas": 5, "idleTimeoutSeconds": 30, "resources": {"cpu": "2"}}
     assert cluster_digest(make_service(workers=scaling).spec, None) == base
     assert cluster_digest(make_service(workers={"resources": {"cpu": "4"}}).spec, None) != base
+
+
+def test_a_rolling_update_at_full_size_gets_one_surge_worker_above_the_max() -> None:
+    service = make_service()
+    pods = cluster_pods(service, workers=3)
+    config = deployed_config(service, pods)
+    demand = (((("CPU", 1.0),), 1),)
+    rolling = RayClusterView(True, app(config, "DEPLOYING", ("RUNNING",) * 3 + ("STARTING",)), nodes(pods), nodes(pods), demand)
+    plan = decide_service(service, seen(pods, {0: rolling}))
+    assert [obj["metadata"]["name"] for obj in plan.create] == ["digits-s0-w3"], "maxSurge 1 above maxReplicas 3"
+
+    scaling = RayClusterView(True, app(config, "RUNNING", ("RUNNING",) * 3 + ("STARTING",)), nodes(pods), nodes(pods), demand)
+    assert decide_service(service, seen(pods, {0: scaling})).create == [], "autoscaling stays within maxReplicas"

@@ -107,6 +107,15 @@ class ServiceWorkerGroup(NodeGroup):
     idle_timeout_seconds: int = Field(
         300, ge=10, le=86400, description="How long a worker pod with no replicas is kept before it is removed."
     )
+    max_surge: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description=(
+            "Worker pods allowed above maxReplicas while Serve rolls the replicas to a new model, so that new "
+            "replicas start before old ones stop (no dropped requests at full size). 0: old replicas stop first."
+        ),
+    )
 
     model_config = NodeGroup.model_config | {
         "json_schema_extra": {

@@ -48,9 +48,9 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
         "name": DEPLOYMENT_NAME,
         "max_ongoing_requests": max_ongoing,
         # Serve's default stops an old replica before starting its replacement: with one replica, a model update
-        # would drop requests. Surging starts every replacement first (the operator adds a worker pod when one does
-        # not fit), and old replicas drain their requests before they stop.
-        "max_surge_percent": 100,
+        # would drop requests. Surging starts replacements first (the operator adds up to workers.maxSurge pods
+        # above maxReplicas for them), and old replicas drain their requests before they stop.
+        "max_surge_percent": 100 if spec.workers.max_surge > 0 else 0,
         "autoscaling_config": {
             "min_replicas": replicas.min,
             "initial_replicas": max(replicas.min, 1),

@@ -210,13 +210,20 @@ class _Decision:
         wanted = len(healthy)
         if ray.reachable:
             wanted += max(workers_for(ray.demand, worker_capacity(self.spec)) - len(starting), 0)
-        wanted = min(max(wanted, group.min_replicas), group.max_replicas)
+        wanted = min(max(wanted, group.min_replicas), group.max_replicas + self.surge(generation))
         if wanted > len(healthy):
             self.add_workers(generation, wanted - len(healthy), len(healthy))
         elif ray.reachable:
             self.remove_idle_workers(generation, healthy)
         if starting:
             self.busy = True
+
+    def surge(self, generation: int) -> int:
+        """Room above maxReplicas while Serve rolls replicas to a new version: without it, a rolling update of a
+        service at full size would wait forever for room to start its first new replica."""
+        app = self.seen.cluster(generation).app
+        rolling = app is not None and app.status == "DEPLOYING" and app.running_replicas > 0
+        return self.spec.workers.max_surge if rolling else 0
 
     def add_workers(self, generation: int, count: int, healthy: int) -> None:
         taken = {pod.index for pod in self.seen.pods_of(generation) if pod.role == "worker"}
@@ -363,9 +370,13 @@ class _Decision:
     def report(self, model: ServedModel, app_status: str | None) -> None:
         status, active = self.status, self.status.cluster_generation
         app = self.seen.cluster(active).app if self.seen.cluster(active).reachable else None
-        running = app.running_replicas if app else 0
+        running, desired = (app.running_replicas, app.target_replicas) if app else (0, 0)
+        if app is not None and app.status == "DEPLOYING" and not app.replica_states:
+            # Right after a config change Serve reports the application before its deployments; the replicas
+            # that were serving still are.
+            running, desired = self.before.replicas.running, self.before.replicas.desired
         serving_now = running > 0 and app_status is not None
-        status.replicas.desired = app.target_replicas if app else 0
+        status.replicas.desired = desired
         status.replicas.running = running
         status.replicas_ready = f"{running}/{status.replicas.desired}"
         workers = [p for p in self.seen.workers(active) if not p.failed]

@@ -1,0 +1,360 @@
+"""`bigmodel serve` as a user runs it: the real command, an embedded Ray with Serve, and HTTP requests to it.
+
+Two servers start side by side once per module (digits from examples/service-digits.yaml, a tiny GPT by uri), since
+starting Ray and Serve is most of the time these tests take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from bigmodel.api.job import BuiltinWorkload
+from bigmodel.cli import main
+from bigmodel.runtime.artifacts import export_model, load_model
+from bigmodel.runtime.tasks import build_model_from_config, generate, make_task
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+BIGMODEL = [sys.executable, "-m", "bigmodel.cli"]
+STARTUP_SECONDS = 240
+STOP_SECONDS = 60
+GPT_CONFIG = {
+    "task": "gpt",
+    "vocab_size": 256,
+    "layers": 2,
+    "heads": 2,
+    "embed_dim": 32,
+    "context_length": 32,
+    "dropout": 0.0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running `bigmodel serve`, its output collected by threads so that a full pipe never blocks it."""
+
+    process: subprocess.Popen[str]
+    url: str
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    ready: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    def output(self) -> str:
+        return "".join(self.stdout) + "\n--- stderr ---\n" + "".join(self.stderr)[-4000:]
+
+    def stop(self) -> int:
+        """Ctrl-C, as a user stops it; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"bigmodel serve did not stop within {STOP_SECONDS} s of Ctrl-C:\n{self.output()}")
+
+
+def _collect(stream: Any, lines: list[str], ready: queue.Queue[str] | None) -> None:
+    for line in stream:
+        lines.append(line)
+        if ready is not None and line.startswith("Ready at "):
+            ready.put(line)
+
+
+def start_server(manifest: Path, cwd: Path, *options: str) -> Server:
+    port = free_port()
+    env = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"}
+    process = subprocess.Popen(
+        [*BIGMODEL, "serve", str(manifest), "--port", str(port), "--num-cpus", "2", *options],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = Server(process, f"http://127.0.0.1:{port}")
+    for stream, lines, ready in ((process.stdout, server.stdout, server.ready), (process.stderr, server.stderr, None)):
+        threading.Thread(target=_collect, args=(stream, lines, ready), daemon=True).start()
+    return server
+
+
+def wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            line = server.ready.get(timeout=0.5)
+        except queue.Empty:
+            if server.process.poll() is not None:
+                pytest.fail(
+                    f"bigmodel serve exited with {server.process.returncode} before it was ready:\n{server.output()}"
+                )
+            continue
+        assert server.url in line, f"the printed URL is not the one asked for: {line}"
+        return
+    server.process.kill()
+    pytest.fail(f"bigmodel serve printed no 'Ready at' line within {STARTUP_SECONDS} s:\n{server.output()}")
+
+
+def call(url: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, Any]:
+    """(status, parsed JSON) of a GET, or of a POST when there is a body."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def train_digits(storage: Path) -> str:
+    """A digits model worth serving (most answers right), trained in-process in about a second."""
+    torch.manual_seed(0)
+    task = make_task(BuiltinWorkload.model_validate({"task": "digits", "digits": {"hiddenSize": 32}}))
+    model = task.build_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(3):
+        for batch in torch.utils.data.DataLoader(task.dataset(), batch_size=64, shuffle=True):
+            optimizer.zero_grad()
+            task.loss(model, batch).backward()
+            optimizer.step()
+    return export_model(str(storage), model, task.model_config(), task.evaluate(model))
+
+
+def export_gpt(storage: Path) -> str:
+    torch.manual_seed(0)
+    model = build_model_from_config(GPT_CONFIG)
+    with torch.no_grad():
+        # Untrained but decisive: larger weights make each prompt's continuation differ, so equality means something.
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.5)
+    return export_model(str(storage), model, GPT_CONFIG, {})
+
+
+@dataclass
+class Servers:
+    workdir: Path
+    digits: Server
+    gpt: Server
+    gpt_model: str
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    workdir = tmp_path_factory.mktemp("serve")
+    # Where `bigmodel train examples/digits.yaml` run in workdir exports, and so where the service looks by jobName.
+    train_digits(workdir / "bigmodel-runs" / "digits")
+    gpt_model = export_gpt(workdir / "gpt-run")
+    gpt_manifest = workdir / "gpt-service.yaml"
+    gpt_manifest.write_text(
+        "apiVersion: bigmodel.dev/v1alpha1\nkind: BigModelService\nmetadata: {name: tiny-gpt}\n"
+        f"spec:\n  model: {{uri: {json.dumps(gpt_model)}, name: coder}}\n"
+        "  replicaResources: {cpu: 0.5}\n  batching: {maxBatchSize: 8, waitTimeoutMs: 20}\n"
+    )
+    digits = start_server(ROOT / "examples/service-digits.yaml", workdir)
+    gpt = start_server(gpt_manifest, workdir)
+    try:
+        wait_ready(digits)
+        wait_ready(gpt)
+        yield Servers(workdir, digits, gpt, gpt_model)
+    finally:
+        for server in (digits, gpt):
+            if server.process.poll() is None:
+                server.stop()
+
+
+def expected_labels(model_dir: Path, instances: list[list[int]]) -> list[int]:
+    model, _ = load_model(str(model_dir))
+    with torch.no_grad():
+        return model(torch.tensor(instances, dtype=torch.float32) / 16.0).argmax(dim=1).tolist()
+
+
+def digit_images(count: int) -> list[list[int]]:
+    return [[int(pixel) for pixel in image] for image in load_digits().data[:count]]
+
+
+def test_v1_and_v2_predictions_equal_the_model_loaded_directly(servers: Servers) -> None:
+    url = servers.digits.url
+    instances = digit_images(24)
+    expected = expected_labels(servers.workdir / "bigmodel-runs/digits/model", instances)
+    assert sum(label == truth for label, truth in zip(expected, load_digits().target, strict=False)) > 18
+
+    status, body = call(f"{url}/v1/models/digits:predict", {"instances": instances})
+    assert (status, body) == (200, {"predictions": expected})
+
+    tensor = {"name": "input", "shape": [24, 64], "datatype": "FP32", "data": [p for row in instances for p in row]}
+    status, body = call(f"{url}/v2/models/digits/infer", {"id": "batch-1", "inputs": [tensor]})
+    assert status == 200, body
+    assert (body["model_name"], body["id"]) == ("digits", "batch-1")
+    predictions, probabilities = body["outputs"]
+    assert predictions == {"name": "predictions", "datatype": "INT64", "shape": [24], "data": expected}
+    assert (probabilities["datatype"], probabilities["shape"]) == ("FP32", [24, 10])
+
+
+def test_concurrent_requests_each_get_their_own_answer(servers: Servers) -> None:
+    # Requests arriving together share a batch in the replica; each must still get back its own prediction.
+    instances = digit_images(16)
+    expected = expected_labels(servers.workdir / "bigmodel-runs/digits/model", instances)
+    url = f"{servers.digits.url}/v1/models/digits:predict"
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda instance: call(url, {"instances": [instance]}), instances))
+    assert answers == [(200, {"predictions": [label]}) for label in expected]
+
+
+def test_health_metadata_and_readiness(servers: Servers) -> None:
+    url = servers.digits.url
+    assert call(f"{url}/v2/health/live") == (200, {"live": True})
+    assert call(f"{url}/v2/health/ready") == (200, {"ready": True})
+    assert call(f"{url}/v2/models/digits/ready") == (200, {"name": "digits", "ready": True})
+    assert call(f"{url}/v1/models/digits") == (200, {"name": "digits", "ready": True})
+    status, metadata = call(f"{url}/v2/models/digits")
+    assert status == 200
+    assert metadata["name"] == "digits" and metadata["platform"] == "pytorch"
+    assert len(metadata["versions"]) == 1 and metadata["versions"][0]
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert [output["name"] for output in metadata["outputs"]] == ["predictions", "probabilities"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v1/models/digits:predict", b'{"instances": [', 400, "request body is not valid JSON"),
+        ("/v1/models/digits:predict", b'{"instances": []}', 400, "instances: must hold at least one instance"),
+        (
+            "/v1/models/digits:predict",
+            b'{"instances": [[1, 2, 3]]}',
+            400,
+            "instances[0]: must be a list of 64 pixel values",
+        ),
+        ("/v1/models/digits:predict", b'{"rows": [[0]]}', 400, "instances: required field is missing"),
+        (
+            "/v2/models/digits/infer",
+            b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "BYTES", "data": ["x"]}]}',
+            400,
+            "inputs[0].datatype: must be a numeric datatype such as FP32",
+        ),
+        (
+            "/v2/models/digits/infer",
+            b'{"inputs": [{"name": "input", "shape": [1, 63], "datatype": "FP32", "data": [0]}]}',
+            400,
+            "inputs[0].shape: expected [N, 64], got [1, 63]",
+        ),
+        ("/v1/models/mnist:predict", b'{"instances": [[0]]}', 404, 'model "mnist" is not served here'),
+        ("/v2/models/mnist/infer", b"{}", 404, 'model "mnist" is not served here'),
+        ("/v2/models/mnist", None, 404, 'model "mnist" is not served here'),
+        ("/v3/anything", None, 404, "GET /v3/anything: Not Found"),
+    ],
+    ids=[
+        "bad-json",
+        "empty",
+        "short-instance",
+        "no-instances",
+        "v2-datatype",
+        "v2-shape",
+        "v1-unknown-model",
+        "v2-unknown-model",
+        "unknown-metadata",
+        "unknown-path",
+    ],  # fmt: skip
+)
+def test_malformed_requests_are_4xx_with_a_message_and_the_server_keeps_serving(
+    servers: Servers, path: str, body: bytes | None, status: int, message: str
+) -> None:
+    url = servers.digits.url
+    got_status, got = call(f"{url}{path}", raw=body)
+    assert got_status == status and set(got) == {"error"} and got["error"].startswith(message), (got_status, got)
+    assert call(f"{url}/v1/models/digits:predict", {"instances": digit_images(1)})[0] == 200
+
+
+def test_gpt_generation_equals_greedy_generate_and_ctrl_c_exits_130(servers: Servers) -> None:
+    url, model = servers.gpt.url, load_model(servers.gpt_model)[0]
+    prompts = [("def fibonacci(n):", 6), ("import", 10), ("a much longer prompt than the context of 32 bytes", 4)]
+    instances = [{"prompt": prompt, "max_new_tokens": count} for prompt, count in prompts]
+    expected = [generate(model, prompt.encode(), count).decode("utf-8", errors="replace") for prompt, count in prompts]
+
+    assert call(f"{url}/v1/models/coder:predict", {"instances": instances}) == (200, {"predictions": expected})
+    tensor = {"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["import"]}
+    status, body = call(f"{url}/v2/models/coder/infer", {"inputs": [tensor], "parameters": {"max_new_tokens": 10}})
+    assert status == 200 and body["outputs"][0]["data"] == [expected[1]], body
+    assert body["id"], "a v2 response always carries an id"
+
+    code = servers.gpt.stop()
+    assert code == 130, f"exit code {code}:\n{servers.gpt.output()}"
+    assert "Stopped." in "".join(servers.gpt.stdout)
+    assert "Traceback" not in servers.gpt.output()
+
+
+def test_the_ready_output_shows_a_working_request(servers: Servers) -> None:
+    shown = "".join(servers.digits.stdout)
+    assert f"Ready at {servers.digits.url}" in shown
+    curl = next(line.strip() for line in shown.splitlines() if line.strip().startswith("curl "))
+    assert f"{servers.digits.url}/v1/models/digits:predict" in curl
+    body = json.loads(curl.split(" -d ", 1)[1].strip("'"))
+    assert call(f"{servers.digits.url}/v1/models/digits:predict", body)[0] == 200
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_job_manifest_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(ROOT / "examples/digits.yaml")]) == 2
+    line = one_error_line(capsys)
+    assert "`bigmodel serve` runs a BigModelService, this file holds a BigModelJob" in line, line
+
+
+def test_an_invalid_service_is_refused_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = tmp_path / "service.yaml"
+    manifest.write_text(
+        "apiVersion: bigmodel.dev/v1alpha1\nkind: BigModelService\nmetadata: {name: s}\nspec: {model: {}}\n"
+    )
+    assert main(["serve", str(manifest)]) == 2
+    assert "spec.model: set exactly one of jobName or uri" in one_error_line(capsys)
+
+
+def test_a_missing_model_says_which_train_command_makes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", str(ROOT / "examples/service-digits.yaml")]) == 2
+    line = one_error_line(capsys)
+    assert "no exported model at bigmodel-runs/digits/model" in line, line
+    assert f"run `bigmodel train {ROOT / 'examples/digits.yaml'}` first" in line, line
+
+    assert main(["serve", str(ROOT / "examples/service-digits.yaml"), "--model", str(tmp_path / "elsewhere")]) == 2
+    assert "check --model" in one_error_line(capsys)
+
+
+def test_a_busy_port_is_refused_before_ray_starts(servers: Servers, capsys: pytest.CaptureFixture[str]) -> None:
+    port = servers.digits.url.rsplit(":", 1)[1]
+    manifest = ROOT / "examples/service-digits.yaml"
+    model = servers.workdir / "bigmodel-runs/digits/model"
+    assert main(["serve", str(manifest), "--model", str(model), "--port", port]) == 2
+    assert f"port {port} is not free" in one_error_line(capsys)

@@ -1,0 +1,184 @@
+"""A BigModelService on one machine: the operator, the API emulator, pods as local processes, real Ray Serve.
+
+The operator builds the Ray cluster, deploys the Serve application through Ray's REST API and follows its demand
+with worker pods; the test calls the model over HTTP as a client in the cluster would (through the Service's head
+pod), loads it, watches the cluster scale up and back down, and updates the model under traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import torch
+
+from bigmodel.builders.ray_cluster import SERVE_PORT
+from bigmodel.runtime.artifacts import load_model
+from tests.support.emulator import KubeClient, wait_for
+from tests.support.local_cluster import LocalCluster, local_cluster
+from tests.support.models import PIXEL_MAX, digits_pixels, train_digits
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = ("bigmodel.dev/v1alpha1", "bigmodelservices")
+NAME = "digits"
+CLIENTS = 6
+
+
+def service_manifest(model_uri: str) -> dict[str, Any]:
+    """One-CPU replicas on one-CPU workers: every replica beyond the first needs a new worker pod."""
+    return {
+        "apiVersion": "bigmodel.dev/v1alpha1",
+        "kind": "BigModelService",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"uri": model_uri},
+            "replicas": {
+                "min": 1,
+                "max": 2,
+                "targetOngoingRequests": 1,
+                "upscaleDelaySeconds": 1,
+                "downscaleDelaySeconds": 5,
+            },
+            "replicaResources": {"cpu": 1},
+            "workers": {"minReplicas": 1, "maxReplicas": 2, "idleTimeoutSeconds": 10,
+                        "resources": {"cpu": "1", "memory": "2Gi"}},
+            "head": {"resources": {"cpu": "1", "memory": "2Gi"}},
+            "batching": {"maxBatchSize": 8, "waitTimeoutMs": 5},
+        },
+    }  # fmt: skip
+
+
+def expected(model_uri: str, pixels: list[list[int]]) -> tuple[list[int], torch.Tensor]:
+    """Labels and class probabilities straight from the exported model, as the service must answer."""
+    model, _ = load_model(model_uri)
+    with torch.no_grad():
+        logits = model(torch.tensor(pixels, dtype=torch.float32) / PIXEL_MAX)
+    return logits.argmax(dim=1).tolist(), logits.softmax(dim=1)
+
+
+@dataclass
+class Load:
+    """Clients calling the model in a loop; every answer that is not a 200 is kept."""
+
+    url: str
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def load(url: str, clients: int) -> AsyncIterator[Load]:
+    tally = Load(url)
+    body = {"instances": digits_pixels(4)}
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while True:
+            try:
+                async with session.post(url, json=body) as response:
+                    tally.sent += 1
+                    if response.status != 200:
+                        tally.failures.append(f"HTTP {response.status}: {(await response.text())[:200]}")
+            except aiohttp.ClientError as error:
+                tally.failures.append(repr(error))
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        tasks = [asyncio.create_task(client(session)) for _ in range(clients)]
+        try:
+            yield tally
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path) as running:
+        yield running
+
+
+async def _status(kube: KubeClient) -> dict[str, Any]:
+    found = await kube.get(*SERVICES, NAME)
+    return (found or {}).get("status") or {}
+
+
+async def _wait_status(kube: KubeClient, check: Any, timeout: float, message: str) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        status = await _status(kube)
+        return status if check(status) else None
+
+    return await wait_for(probe, timeout, message, 1.0)
+
+
+async def _worker_pods(kube: KubeClient) -> list[str]:
+    pods = await kube.list("v1", "pods", label_selector=f"bigmodel.dev/service={NAME},bigmodel.dev/role=worker")
+    return sorted(p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp"))
+
+
+async def test_service_serves_scales_and_updates_without_failed_requests(cluster: LocalCluster, tmp_path: Path) -> None:
+    first = train_digits(tmp_path / "run-1", seed=1)
+    second = train_digits(tmp_path / "run-2", seed=2, steps=60)
+    pixels = digits_pixels(16, offset=100)
+    async with KubeClient(cluster.emulator.url) as kube:
+        await kube.create(*SERVICES, service_manifest(first))
+        ready = await _wait_status(kube, lambda s: s.get("phase") == "Ready", 300, "the service was not Ready in 300 s")
+        assert ready["replicasReady"] == "1/1" and ready["model"]["source"] == first
+
+        serving = await kube.get("v1", "services", f"{NAME}-serve")
+        assert serving is not None
+        head = serving["spec"]["selector"]["bigmodel.dev/cluster"] + "-head"
+        port = cluster.kubelet.host_port(head, SERVE_PORT)
+        assert port == SERVE_PORT, f"port {SERVE_PORT} was busy on this machine; Serve's proxy could not take it"
+        base = f"http://127.0.0.1:{port}"
+        labels, probabilities = expected(first, pixels)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async with session.post(f"{base}/v1/models/{NAME}:predict", json={"instances": pixels}) as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["predictions"] == labels
+            v2 = {"inputs": [{"name": "input", "shape": [16, 64], "datatype": "FP32", "data": pixels}]}
+            async with session.post(f"{base}/v2/models/{NAME}/infer", json=v2) as response:
+                assert response.status == 200, await response.text()
+                outputs = {output["name"]: output for output in (await response.json())["outputs"]}
+            assert outputs["predictions"]["data"] == labels
+            served = torch.tensor(outputs["probabilities"]["data"]).view(16, -1)
+            assert torch.allclose(served, probabilities, atol=1e-5)
+
+        url = f"{base}/v1/models/{NAME}:predict"
+        async with load(url, CLIENTS) as traffic:
+            scaled = await _wait_status(
+                kube, lambda s: s.get("replicasReady") == "2/2", 240,
+                "under load, Serve did not reach 2 running replicas on an added worker pod within 240 s",
+            )  # fmt: skip
+            assert scaled["workers"]["ready"] == 2
+        assert traffic.sent > 0 and traffic.failures == [], traffic.failures[:5]
+        reasons = [event["reason"] for event in await kube.events(involved_name=NAME)]
+        assert "WorkerAdded" in reasons, reasons
+
+        await wait_for(lambda: _one_worker(kube), 120, "after the load stopped, the idle worker pod was not removed")
+        calm = await _status(kube)
+        assert calm["replicasReady"] == "1/1"
+
+        async with load(url, 2) as traffic:
+            await kube.patch(*SERVICES, NAME, {"spec": {"model": {"uri": second}}})
+            updated = await _wait_status(
+                kube,
+                lambda s: s.get("model", {}).get("source") == second and s.get("phase") == "Ready",
+                300,
+                "the model update did not complete within 300 s",
+            )
+        assert traffic.sent > 0 and traffic.failures == [], f"requests failed during the update: {traffic.failures[:5]}"
+        assert updated["model"]["version"] != ready["model"]["version"]
+        new_labels, _ = expected(second, pixels)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async with session.post(url, json={"instances": pixels}) as response:
+                assert (await response.json())["predictions"] == new_labels
+
+
+async def _one_worker(kube: KubeClient) -> bool:
+    return len(await _worker_pods(kube)) == 1
