@@ -73,19 +73,25 @@ def _model_source(service, manifest: str, override: str | None) -> tuple[str, st
     return f"bigmodel-runs/{model.job_name}/model", f"run `{train}` first, or pass --model PATH"
 
 
-def _read_exported(uri: str, hint: str) -> dict:
-    """The exported model's config.json, read before Ray starts, so that a missing model is one line, not a failed deploy."""
-    from bigmodel.runtime.artifacts import CONFIG_FILE
-    from bigmodel.runtime.storage import read_json, resolve
+def _read_exported(uri: str, hint: str) -> tuple[str, dict]:
+    """The model's absolute URI and its config.json, read before Ray starts: a missing model is one line at once.
 
-    # config.json is written last, so its presence means the export is complete.
-    location = resolve(uri).child(CONFIG_FILE)
+    A replica that cannot load its model is retried by Serve for a minute or more before the deploy reports why.
+    """
+    from bigmodel.runtime.artifacts import CONFIG_FILE, WEIGHTS_FILE
+    from bigmodel.runtime.storage import exists, read_json, resolve
+
     try:
-        return read_json(location)
-    except FileNotFoundError as error:
-        raise CliError(f"no exported model at {uri} (no {CONFIG_FILE}): {hint}") from error
+        directory = resolve(uri)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not exists(directory.child(name)):
+                raise CliError(f"no exported model at {uri} (no {name}): {hint}")
+        # Absolute: replicas are other processes, with working directories of their own.
+        return directory.uri, read_json(directory.child(CONFIG_FILE))
     except (OSError, ValueError) as error:
-        raise CliError(f"cannot read the exported model at {uri}: {error}") from error
+        # One line: object stores answer with multi-line details.
+        reason = " ".join(str(error).split())
+        raise CliError(f"cannot read the exported model at {uri}: {reason}") from error
 
 
 def _check_port_free(port: int) -> None:
@@ -94,6 +100,8 @@ def _check_port_free(port: int) -> None:
     from bigmodel.runtime.serving.local import LOOPBACK
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the server binds: connections of a server just stopped, still in TIME_WAIT, do not make the port busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((LOOPBACK, port))
         except OSError as error:
@@ -103,7 +111,7 @@ def _check_port_free(port: int) -> None:
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     service = _load_service(args.manifest)
     uri, hint = _model_source(service, args.manifest, args.model)
-    exported = _read_exported(uri, hint)
+    model_uri, exported = _read_exported(uri, hint)
     _check_port_free(args.port)
 
     import os
@@ -114,11 +122,8 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     from bigmodel.runtime.embedded import embedded_ray
     from bigmodel.runtime.serving import local
     from bigmodel.runtime.serving.predictor import predictor_class
-    from bigmodel.runtime.storage import resolve
 
     name, spec = service.metadata.name, service.spec
-    # Absolute: replicas are other processes, with working directories of their own.
-    model_uri = resolve(uri).uri
     # The export time stands in for the run revision the operator uses: every new export is a new version.
     version = model_version(model_uri, str(exported.get("exported", "")))
     try:
@@ -143,9 +148,11 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"[red]BigModelService {name} failed:[/red] {error}", soft_wrap=True)
                 return EXIT_FAILED
             _show_ready(console, local.base_url(config), model_name(name, spec), sample)
-            # Until Ctrl-C; leaving the block stops the embedded Ray, and with it every replica and the proxy.
+            # Until Ctrl-C; leaving the block stops the embedded Ray, and with it every replica and the proxy. Short
+            # sleeps: the kernel may hand the SIGINT to one of Ray's threads, and Python acts on it only when this
+            # thread wakes.
             while True:
-                time.sleep(3600)
+                time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("\nStopped.")
         return EXIT_INTERRUPTED

@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIGMODEL = [sys.executable, "-m", "bigmodel.cli"]
 STARTUP_SECONDS = 240
 STOP_SECONDS = 60
+# The server listens on the loopback interface; an HTTP_PROXY in the environment must not carry requests elsewhere.
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 GPT_CONFIG = {
     "task": "gpt",
     "vocab_size": 256,
@@ -125,7 +127,7 @@ def call(url: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, 
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with NO_PROXY.open(request, timeout=60) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())

@@ -6,7 +6,7 @@ from typing import Any
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
-from tests.integration.test_job_operator import JOBS, job_manifest, mark, start_running
+from tests.integration.test_job_operator import JOBS, _free_port, job_manifest, mark, scrape, start_running
 from tests.support.emulator import Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
@@ -142,8 +142,8 @@ async def test_service_waits_for_its_job_and_serves_what_it_exported(emulator: E
 
 
 async def test_unplaced_replicas_add_a_worker_and_idle_ones_are_removed(emulator: Emulator, kube: KubeClient) -> None:
-    ray = FakeRay()
-    with running_operator(emulator, ray, poll_running_s=0.5):
+    ray, port = FakeRay(), _free_port()
+    with running_operator(emulator, ray, poll_running_s=0.5, metrics_port=port):
         await kube.create(*SERVICES, service_manifest())
         await start_cluster(kube, ray, 0)
         await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
@@ -157,6 +157,12 @@ async def test_unplaced_replicas_add_a_worker_and_idle_ones_are_removed(emulator
         ray.set_replicas(head_ip, running=2)
         two = await wait_status(kube, lambda s: s.get("replicasReady") == "2/2", "the second replica never counted")
         assert two["workersReady"] == "2/2"
+        samples = await wait_for(
+            lambda: (found := scrape(port)).get('bigmodel_service_replicas{state="running"}') == 2 and found,
+            WAIT_S, "the metrics never showed 2 running replicas",
+        )  # fmt: skip
+        assert samples['bigmodel_services{phase="Ready"}'] == 1 and samples["bigmodel_service_workers_ready"] == 2
+        assert samples['bigmodel_service_worker_changes_total{change="added"}'] == 1
 
         # Load gone: Serve scaled down to the replica on w1; w0 holds nothing and goes after idleTimeoutSeconds (10 s).
         ray.set_replicas(head_ip, running=1)
@@ -165,6 +171,8 @@ async def test_unplaced_replicas_add_a_worker_and_idle_ones_are_removed(emulator
                                "the idle worker w0 was not removed (w1 hosts the replica and must stay)")
         assert found
         assert "WorkerRemoved" in await event_reasons(kube)
+        await wait_for(lambda: scrape(port).get('bigmodel_service_worker_changes_total{change="removed"}') == 1,
+                       WAIT_S, "the removal was not counted")
 
 
 async def _exactly(found: Any, names: set[str]) -> bool:

@@ -1,0 +1,141 @@
+"""The Ray Serve application of a BigModelService: one deployment, KServe's v1 and v2 HTTP APIs, dynamic batching.
+
+Ray imports this module by APP_IMPORT_PATH and calls build() with the `args` of the Serve config. Replicas, autoscaling
+and resources are not set here: they come from that config (builders/serve_app.py), so the operator alone decides them.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route parameters' types (Request) from the methods that
+# serve.ingress rebinds, where string annotations would no longer resolve.
+import asyncio
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException
+
+from bigmodel.api.serve_app import DEPLOYMENT_NAME, ServeAppArgs
+from bigmodel.runtime.artifacts import load_model
+from bigmodel.runtime.serving.predictor import build_predictor
+from bigmodel.runtime.serving.protocol import (
+    ProtocolError,
+    check_model_name,
+    model_metadata,
+    parse_json,
+    parse_v1_request,
+    parse_v2_request,
+    select_outputs,
+    v1_location,
+    v1_response,
+    v2_location,
+    v2_response,
+)
+from bigmodel.version import VERSION
+
+api = FastAPI(title="bigmodel model server", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@api.exception_handler(ProtocolError)
+async def _protocol_error(request: Request, error: ProtocolError) -> JSONResponse:
+    return _error(error.status, error.message)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    # FastAPI's own checks (path parameters) answer in the same one-line form as ours, not its nested detail list.
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return _error(422, f"{where}: {first['msg']}")
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    return _error(error.status_code, f"{request.method} {request.url.path}: {error.detail}")
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress(api)
+class ModelServer:
+    """One replica. The model loads in the constructor, and Serve routes no request to a replica still constructing,
+    so every request that arrives finds the model ready."""
+
+    def __init__(self, args: ServeAppArgs) -> None:
+        self.args = args
+        model, config = load_model(args.model_uri)
+        self.predictor = build_predictor(model, config)
+        self._run_batch.set_max_batch_size(args.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+
+    @serve.batch
+    async def _run_batch(self, requests: list[list[Any]]) -> list[list[Any]]:
+        """Concurrent requests' checked instances in one forward pass; each request gets its own results back."""
+        instances = [instance for request in requests for instance in request]
+        # In a thread: a long generation must not stall the event loop that answers health checks and queues requests.
+        results = await asyncio.to_thread(self.predictor.run, instances)
+        split, start = [], 0
+        for request in requests:
+            split.append(results[start : start + len(request)])
+            start += len(request)
+        return split
+
+    @api.get("/v2/health/live")
+    async def live(self) -> dict[str, Any]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    async def ready(self) -> dict[str, Any]:
+        return {"ready": True}
+
+    @api.get("/v2")
+    async def server_metadata(self) -> dict[str, Any]:
+        return {"name": "bigmodel", "version": VERSION, "extensions": []}
+
+    @api.get("/v2/models/{name}")
+    async def metadata(self, name: str) -> dict[str, Any]:
+        check_model_name(name, self.args.model_name)
+        predictor = self.predictor
+        return model_metadata(self.args.model_name, self.args.model_version, [predictor.input], predictor.outputs)
+
+    @api.get("/v2/models/{name}/ready")
+    async def model_ready(self, name: str) -> dict[str, Any]:
+        check_model_name(name, self.args.model_name)
+        return {"name": name, "ready": True}
+
+    @api.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> dict[str, Any]:
+        check_model_name(name, self.args.model_name)
+        predictor = self.predictor
+        parsed = parse_v2_request(
+            parse_json(await request.body()), predictor.input, predictor.outputs, predictor.max_instances
+        )
+        instances = predictor.checked(parsed.instances, parsed.parameters, v2_location)
+        results = await self._run_batch(instances)
+        outputs = select_outputs(predictor.output_tensors(results), parsed.requested_outputs)
+        # The protocol makes the id optional; one is made up so that responses can still be told apart in logs.
+        request_id = parsed.id if parsed.id is not None else str(uuid.uuid4())
+        return v2_response(self.args.model_name, self.args.model_version, request_id, outputs)
+
+    @api.get("/v1/models/{name}")
+    async def v1_model_ready(self, name: str) -> dict[str, Any]:
+        check_model_name(name, self.args.model_name)
+        return {"name": name, "ready": True}
+
+    @api.post("/v1/models/{name}:predict")
+    async def predict(self, name: str, request: Request) -> dict[str, Any]:
+        check_model_name(name, self.args.model_name)
+        predictor = self.predictor
+        raw = parse_v1_request(parse_json(await request.body()), predictor.max_instances)
+        results = await self._run_batch(predictor.checked(raw, {}, v1_location))
+        return v1_response([predictor.prediction(result) for result in results])
+
+
+def build(args: dict[str, Any]) -> Application:
+    """The application Ray builds from the Serve config's `args` (ServeAppArgs, validated here)."""
+    return ModelServer.bind(ServeAppArgs.model_validate(args))

@@ -1,0 +1,262 @@
+"""A loaded model behind one interface: check instances, predict a batch in one pass, describe its tensors.
+
+The web layer (app.py) and the wire formats (protocol.py) stay the same for every task; only this module knows that
+digits take 64 pixel values and a GPT takes a prompt.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+import torch.nn.functional as F
+
+from bigmodel.runtime.serving.protocol import (
+    BAD_REQUEST,
+    InvalidInstance,
+    OutputTensor,
+    ProtocolError,
+    TensorSpec,
+    parse_instances,
+    shown,
+    v1_location,
+)
+from bigmodel.runtime.tasks.digits import CLASSES, INPUTS
+from bigmodel.runtime.tasks.gpt_model import GPT
+
+Instance = TypeVar("Instance")
+Result = TypeVar("Result")
+
+# Pixel intensities of scikit-learn's 8x8 digits run from 0 to 16; training scaled them by this.
+PIXEL_MAX = 16.0
+DEFAULT_NEW_TOKENS = 32
+MAX_NEW_TOKENS = 256
+
+# The first image of the digits data set (a 0): a real instance for the sample requests shown to users.
+SAMPLE_DIGIT = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0, 0, 8, 8, 0,
+                0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]  # fmt: skip
+SAMPLE_PROMPT = "def fibonacci(n):"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int in Python, but `true` is no pixel value.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole_number_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+class Predictor(ABC, Generic[Instance, Result]):
+    """What a replica serves: the model on its device, and how instances and results look on the wire."""
+
+    task: ClassVar[str]
+    # Per request, so that one request cannot hold a replica for minutes; a GPT instance costs a pass per token.
+    max_instances: ClassVar[int]
+    input: ClassVar[TensorSpec]
+    outputs: ClassVar[tuple[TensorSpec, ...]]
+    # An instance a user can try, shown by `bigmodel serve`.
+    sample: ClassVar[Any]
+
+    def parse_parameters(self, parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The v2 request parameters this model understands; it understands none unless it says so."""
+        if parameters:
+            raise InvalidInstance(f"unknown parameter {shown(next(iter(parameters)))}; this model takes none")
+        return {}
+
+    @abstractmethod
+    def parse_instance(self, value: Any, parameters: Mapping[str, Any]) -> Instance:
+        """One instance as the client sent it (JSON), checked; raises InvalidInstance naming what is wrong."""
+
+    @abstractmethod
+    def run(self, instances: Sequence[Instance]) -> list[Result]:
+        """Results of checked instances, computed together."""
+
+    @abstractmethod
+    def prediction(self, result: Result) -> Any:
+        """A result as one v1 prediction (JSON)."""
+
+    @abstractmethod
+    def output_tensors(self, results: Sequence[Result]) -> list[OutputTensor]:
+        """Results as v2 output tensors, first dimension the instances."""
+
+    def checked(
+        self, instances: Sequence[Any], parameters: Mapping[str, Any], location: Callable[[int], str]
+    ) -> list[Instance]:
+        """A request's JSON instances and parameters, checked; raises ProtocolError (400) naming the first problem."""
+        try:
+            settings = self.parse_parameters(parameters)
+        except InvalidInstance as error:
+            raise ProtocolError(BAD_REQUEST, f"parameters: {error}") from error
+        return parse_instances(instances, lambda value: self.parse_instance(value, settings), location)
+
+    def predict(self, instances: list[Any]) -> list[Any]:
+        """v1 predictions of a batch of JSON instances."""
+        return [self.prediction(result) for result in self.run(self.checked(instances, {}, v1_location))]
+
+
+@dataclass(frozen=True)
+class DigitsResult:
+    label: int
+    probabilities: tuple[float, ...]
+
+
+class DigitsPredictor(Predictor[tuple[float, ...], DigitsResult]):
+    task = "digits"
+    max_instances = 1024
+    input = TensorSpec("input", "FP32", (-1, INPUTS))
+    outputs = (TensorSpec("predictions", "INT64", (-1,)), TensorSpec("probabilities", "FP32", (-1, CLASSES)))
+    sample = SAMPLE_DIGIT
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+
+    def parse_instance(self, value: Any, parameters: Mapping[str, Any]) -> tuple[float, ...]:
+        if not isinstance(value, list) or len(value) != INPUTS:
+            got = f"{len(value)} values" if isinstance(value, list) else shown(value)
+            raise InvalidInstance(f"must be a list of {INPUTS} pixel values (an 8x8 image, row by row), got {got}")
+        for position, pixel in enumerate(value):
+            # The range check also refuses NaN and infinity, which Python's JSON parser accepts.
+            if not _is_number(pixel) or not 0 <= pixel <= PIXEL_MAX:
+                raise InvalidInstance(f"value {position} must be a number from 0 to 16, not {shown(pixel)}")
+        return tuple(float(pixel) for pixel in value)
+
+    @torch.no_grad()
+    def run(self, instances: Sequence[tuple[float, ...]]) -> list[DigitsResult]:
+        features = torch.tensor(instances, dtype=torch.float32, device=self.device) / PIXEL_MAX
+        probabilities = F.softmax(self.model(features).float(), dim=1).cpu()
+        labels = probabilities.argmax(dim=1)
+        return [DigitsResult(int(label), tuple(row.tolist())) for label, row in zip(labels, probabilities, strict=True)]
+
+    def prediction(self, result: DigitsResult) -> int:
+        return result.label
+
+    def output_tensors(self, results: Sequence[DigitsResult]) -> list[OutputTensor]:
+        return [
+            OutputTensor("predictions", "INT64", (len(results),), [result.label for result in results]),
+            OutputTensor(
+                "probabilities",
+                "FP32",
+                (len(results), CLASSES),
+                [p for result in results for p in result.probabilities],
+            ),
+        ]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: bytes
+    max_new_tokens: int
+
+
+@torch.no_grad()
+def generate_batch(model: GPT, requests: Sequence[GenerationRequest], device: torch.device) -> list[bytes]:
+    """Greedy continuations, each equal to tasks.generate() of its prompt alone.
+
+    The model has no attention mask and absolute positions, so padding would change what a short prompt sees; instead
+    prompts whose windows (the last context_length bytes) have equal length share every forward pass, since they stay
+    equal in length step after step. Within a group, rows wanting the most tokens come first, so the rows still
+    generating are always a prefix and finished ones leave the pass.
+    """
+    context = model.context_length
+    groups: dict[int, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(min(len(request.prompt), context), []).append(index)
+    continuations: list[bytes] = [b""] * len(requests)
+    for indices in groups.values():
+        indices.sort(key=lambda index: -requests[index].max_new_tokens)
+        wanted = [requests[index].max_new_tokens for index in indices]
+        # Only the last context_length bytes are ever attended to, so older ones need not travel to the device.
+        tokens = torch.tensor([list(requests[index].prompt[-context:]) for index in indices], device=device)
+        generated = torch.zeros((len(indices), wanted[0]), dtype=torch.int64, device=device)
+        for step in range(wanted[0]):
+            active = sum(1 for count in wanted if count > step)
+            next_tokens = model(tokens[:active])[:, -1].float().argmax(dim=-1)
+            generated[:active, step] = next_tokens
+            tokens = torch.cat([tokens[:active], next_tokens.unsqueeze(1)], dim=1)[:, -context:]
+        for row, index in enumerate(indices):
+            continuations[index] = bytes(generated[row, : wanted[row]].tolist())
+    return continuations
+
+
+class GptPredictor(Predictor[GenerationRequest, str]):
+    task = "gpt"
+    max_instances = 64
+    input = TensorSpec("text_input", "BYTES", (-1,))
+    outputs = (TensorSpec("text_output", "BYTES", (-1,)),)
+    sample = SAMPLE_PROMPT
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        if not isinstance(model, GPT):
+            raise TypeError(f"a gpt model config built a {type(model).__name__}, not a GPT")
+        self.model = model.to(device).eval()
+        self.device = device
+
+    def parse_parameters(self, parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+        for key, value in parameters.items():
+            if key != "max_new_tokens":
+                raise InvalidInstance(f"unknown parameter {shown(key)}; this model takes max_new_tokens")
+            self._check_new_tokens(value)
+        return dict(parameters)
+
+    @staticmethod
+    def _check_new_tokens(value: Any) -> int:
+        if not _whole_number_in(value, 1, MAX_NEW_TOKENS):
+            raise InvalidInstance(
+                f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS}, not {shown(value)}"
+            )
+        return int(value)
+
+    def parse_instance(self, value: Any, parameters: Mapping[str, Any]) -> GenerationRequest:
+        max_new_tokens = parameters.get("max_new_tokens", DEFAULT_NEW_TOKENS)
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"prompt", "max_new_tokens"})
+            if unknown:
+                raise InvalidInstance(f"unknown field {shown(unknown[0])}; expected prompt and max_new_tokens")
+            if "prompt" not in value:
+                raise InvalidInstance("prompt is missing")
+            max_new_tokens = self._check_new_tokens(value.get("max_new_tokens", max_new_tokens))
+            value = value["prompt"]
+        if not isinstance(value, str):
+            raise InvalidInstance(
+                f'must be a prompt string or {{"prompt": ..., "max_new_tokens": ...}}, not {shown(value)}'
+            )
+        if not value:
+            raise InvalidInstance("the prompt must not be empty")
+        return GenerationRequest(value.encode("utf-8"), max_new_tokens)
+
+    def run(self, instances: Sequence[GenerationRequest]) -> list[str]:
+        # A continuation may stop inside a multi-byte character; "replace" keeps the response valid JSON text.
+        return [raw.decode("utf-8", errors="replace") for raw in generate_batch(self.model, instances, self.device)]
+
+    def prediction(self, result: str) -> str:
+        return result
+
+    def output_tensors(self, results: Sequence[str]) -> list[OutputTensor]:
+        return [OutputTensor("text_output", "BYTES", (len(results),), list(results))]
+
+
+_PREDICTORS: dict[str, type[DigitsPredictor] | type[GptPredictor]] = {
+    predictor.task: predictor for predictor in (DigitsPredictor, GptPredictor)
+}
+
+
+def build_predictor(
+    model: torch.nn.Module, config: Mapping[str, Any], device: torch.device | None = None
+) -> DigitsPredictor | GptPredictor:
+    """The predictor of an exported model, as runtime.artifacts.load_model returns it."""
+    return predictor_class(config.get("task"))(model, device or default_device())
+
+
+def predictor_class(task: Any) -> type[DigitsPredictor] | type[GptPredictor]:
+    if task not in _PREDICTORS:
+        raise ValueError(f"cannot serve a model of task {task!r}; expected one of {sorted(_PREDICTORS)}")
+    return _PREDICTORS[task]
