@@ -27,10 +27,10 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from bigmodel.api.job import BuiltinWorkload
 from bigmodel.cli import main
-from bigmodel.runtime.artifacts import export_model, load_model
-from bigmodel.runtime.tasks import build_model_from_config, generate, make_task
+from bigmodel.runtime.artifacts import load_model
+from bigmodel.runtime.tasks import generate
+from tests.support.models import export_decisive, tiny_gpt_config, train_digits
 
 pytestmark = pytest.mark.e2e
 
@@ -40,15 +40,7 @@ STARTUP_SECONDS = 240
 STOP_SECONDS = 60
 # The server listens on the loopback interface; an HTTP_PROXY in the environment must not carry requests elsewhere.
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-GPT_CONFIG = {
-    "task": "gpt",
-    "vocab_size": 256,
-    "layers": 2,
-    "heads": 2,
-    "embed_dim": 32,
-    "context_length": 32,
-    "dropout": 0.0,
-}
+GPT_CONFIG = tiny_gpt_config(context_length=32)
 
 
 def free_port() -> int:
@@ -133,31 +125,6 @@ def call(url: str, body: Any = None, *, raw: bytes | None = None) -> tuple[int, 
         return error.code, json.loads(error.read())
 
 
-def train_digits(storage: Path) -> str:
-    """A digits model worth serving (most answers right), trained in-process in about a second."""
-    torch.manual_seed(0)
-    task = make_task(BuiltinWorkload.model_validate({"task": "digits", "digits": {"hiddenSize": 32}}))
-    model = task.build_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(3):
-        for batch in torch.utils.data.DataLoader(task.dataset(), batch_size=64, shuffle=True):
-            optimizer.zero_grad()
-            task.loss(model, batch).backward()
-            optimizer.step()
-    return export_model(str(storage), model, task.model_config(), task.evaluate(model))
-
-
-def export_gpt(storage: Path) -> str:
-    torch.manual_seed(0)
-    model = build_model_from_config(GPT_CONFIG)
-    with torch.no_grad():
-        # Untrained but decisive: larger weights make each prompt's continuation differ, so equality means something.
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.5)
-    return export_model(str(storage), model, GPT_CONFIG, {})
-
-
 @dataclass
 class Servers:
     workdir: Path
@@ -171,7 +138,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     workdir = tmp_path_factory.mktemp("serve")
     # Where `bigmodel train examples/digits.yaml` run in workdir exports, and so where the service looks by jobName.
     train_digits(workdir / "bigmodel-runs" / "digits")
-    gpt_model = export_gpt(workdir / "gpt-run")
+    gpt_model = export_decisive(workdir / "gpt-run", GPT_CONFIG)
     gpt_manifest = workdir / "gpt-service.yaml"
     gpt_manifest.write_text(
         "apiVersion: bigmodel.dev/v1alpha1\nkind: BigModelService\nmetadata: {name: tiny-gpt}\n"

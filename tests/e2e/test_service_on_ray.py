@@ -123,7 +123,7 @@ async def _worker_pods(kube: KubeClient) -> list[str]:
 
 async def test_service_serves_scales_and_updates_without_failed_requests(cluster: LocalCluster, tmp_path: Path) -> None:
     first = train_digits(tmp_path / "run-1", seed=1)
-    second = train_digits(tmp_path / "run-2", seed=2, steps=60)
+    second = train_digits(tmp_path / "run-2", seed=2, epochs=1)
     pixels = digits_pixels(16, offset=100)
     async with KubeClient(cluster.emulator.url) as kube:
         await kube.create(*SERVICES, service_manifest(first))

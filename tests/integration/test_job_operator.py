@@ -15,6 +15,7 @@ from bigmodel.builders.naming import submission_id
 from tests.support.emulator import Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
+from tests.support.status import status_of, wait_status_of
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
 WAIT_S = 20.0
@@ -61,16 +62,11 @@ async def mark_all_ready(kube: KubeClient, job: str = "demo") -> None:
 
 
 async def status(kube: KubeClient, name: str = "demo") -> dict[str, Any]:
-    found = await kube.get(*JOBS, name)
-    return (found or {}).get("status") or {}
+    return await status_of(kube, JOBS, name)
 
 
 async def wait_status(kube: KubeClient, check: Any, message: str, name: str = "demo") -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        current = await status(kube, name)
-        return current if check(current) else None
-
-    return await wait_for(probe, WAIT_S, message)
+    return await wait_status_of(kube, JOBS, name, check, message, WAIT_S)
 
 
 async def event_reasons(kube: KubeClient, name: str = "demo") -> list[str]:

@@ -10,6 +10,7 @@ from tests.integration.test_job_operator import JOBS, _free_port, job_manifest, 
 from tests.support.emulator import Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
+from tests.support.status import status_of, wait_status_of
 
 SERVICES = ("bigmodel.dev/v1alpha1", "bigmodelservices")
 WAIT_S = 20.0
@@ -37,16 +38,11 @@ async def service_pods(kube: KubeClient, name: str = "demo") -> dict[str, dict[s
 
 
 async def status(kube: KubeClient, name: str = "demo") -> dict[str, Any]:
-    found = await kube.get(*SERVICES, name)
-    return (found or {}).get("status") or {}
+    return await status_of(kube, SERVICES, name)
 
 
 async def wait_status(kube: KubeClient, check: Any, message: str, name: str = "demo") -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
-        current = await status(kube, name)
-        return current if check(current) else None
-
-    return await wait_for(probe, WAIT_S, message)
+    return await wait_status_of(kube, SERVICES, name, check, message, WAIT_S)
 
 
 async def wait_pods(kube: KubeClient, names: set[str], name: str = "demo") -> dict[str, dict[str, Any]]:

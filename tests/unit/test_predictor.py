@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from bigmodel.runtime.artifacts import export_model, load_model
+from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.serving.predictor import (
     DEFAULT_NEW_TOKENS,
     DigitsPredictor,
@@ -19,33 +19,18 @@ from bigmodel.runtime.serving.predictor import (
     predictor_class,
 )
 from bigmodel.runtime.serving.protocol import ProtocolError, v1_location, v2_location
-from bigmodel.runtime.tasks import build_model_from_config, generate
+from bigmodel.runtime.tasks import generate
+from tests.support.models import export_decisive, tiny_gpt_config
 
 CPU = torch.device("cpu")
 DIGITS_CONFIG = {"task": "digits", "hidden_size": 16}
 # Context 16, so that prompts longer than the context (which slide) are covered by short strings.
-GPT_CONFIG = {
-    "task": "gpt",
-    "vocab_size": 256,
-    "layers": 2,
-    "heads": 2,
-    "embed_dim": 32,
-    "context_length": 16,
-    "dropout": 0.0,
-}
+GPT_CONFIG = tiny_gpt_config(context_length=16)
 
 
 def exported(tmp_path: Path, config: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A freshly initialised model of config, through export and load as a replica reads it."""
-    torch.manual_seed(0)
-    model = build_model_from_config(config)
-    with torch.no_grad():
-        # Larger weights than the initialisation's: next-token choices then differ from step to step and prompt to
-        # prompt, so equal outputs mean something, and the random bytes exercise decoding with errors="replace".
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.5)
-    return load_model(export_model(str(tmp_path / "run"), model, config, {}))
+    """A model of config, through export and load as a replica reads it."""
+    return load_model(export_decisive(tmp_path / "run", config))
 
 
 @pytest.fixture(scope="module", autouse=True)

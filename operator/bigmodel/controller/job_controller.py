@@ -11,15 +11,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from bigmodel.api.job import BigModelJob, BigModelJobStatus
 from bigmodel.api.manifests import validation_errors
 from bigmodel.builders.naming import owner_selector, submission_id
+from bigmodel.controller.children import change_children
 from bigmodel.controller.kube import JOBS, PODS, SERVICES, KubeClient
 from bigmodel.controller.metrics import OperatorMetrics
 from bigmodel.controller.ray_client import RayClient, RayUnreachable
 from bigmodel.controller.settings import OperatorSettings
+from bigmodel.controller.stored_status import stored_status
 from bigmodel.reconcile.job import JobPlan, decide_job, validation_plan
 from bigmodel.reconcile.observed import JobObservation, PodView, ServiceView
 
@@ -31,17 +32,6 @@ STORAGE_REQUIRED = (
 )
 
 
-def _parse_status(raw: Any) -> BigModelJobStatus | None:
-    """The stored status, or None when it is missing or was edited into something unreadable."""
-    if not raw:
-        return None
-    try:
-        return BigModelJobStatus.model_validate(raw, by_alias=True)
-    except ValidationError:
-        log.warning("ignoring an unreadable status; recomputing it")
-        return None
-
-
 def parse_job(body: dict[str, Any], settings: OperatorSettings) -> tuple[BigModelJob | None, list[str]]:
     """The job with operator defaults filled in, or the spec's errors as `field: reason` lines."""
     manifest = {key: body.get(key) for key in ("apiVersion", "kind", "metadata", "spec")}
@@ -49,7 +39,7 @@ def parse_job(body: dict[str, Any], settings: OperatorSettings) -> tuple[BigMode
     if errors:
         return None, errors
     job = BigModelJob.model_validate(manifest, by_alias=True, by_name=False)
-    job.status = _parse_status(body.get("status"))
+    job.status = stored_status(BigModelJobStatus, body.get("status"))
     checkpoint = job.spec.checkpoint
     if checkpoint.storage is None:
         if settings.default_storage is None:
@@ -82,12 +72,9 @@ async def apply(plan: JobPlan, body: dict[str, Any], kube: KubeClient, ray: RayC
     """Carry out the plan; the status is written last, so a failed step is retried from the same status."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    for pod in plan.delete_pods:
-        await kube.delete(PODS, namespace, pod)
-    for service in plan.delete_services:
-        await kube.delete(SERVICES, namespace, service)
-    for obj in plan.create:
-        await kube.create(SERVICES if obj["kind"] == "Service" else PODS, namespace, obj)
+    await change_children(
+        kube, namespace, delete_pods=plan.delete_pods, delete_services=plan.delete_services, create=plan.create
+    )
     if plan.stop_ray_job and plan.ray_head_ip:
         try:
             await ray.stop(plan.ray_head_ip, plan.stop_ray_job)
@@ -124,7 +111,7 @@ async def reconcile_job(namespace: str, name: str, clients: Clients) -> float | 
     job, errors = parse_job(body, settings)
     if job is None:
         generation = body["metadata"].get("generation")
-        status = _parse_status(body.get("status"))
+        status = stored_status(BigModelJobStatus, body.get("status"))
         await apply(validation_plan(status, generation, errors, datetime.now(timezone.utc)), body, kube, ray)
         return None
     seen = await observe(job, kube, ray)
@@ -141,7 +128,7 @@ async def delete_children(body: dict[str, Any], kube: KubeClient, ray: RayClient
     namespace, name = meta["namespace"], meta["name"]
     selector = owner_selector(name)
     pods = [PodView.from_object(pod) for pod in await kube.list(PODS, namespace, selector)]
-    status = _parse_status(body.get("status"))
+    status = stored_status(BigModelJobStatus, body.get("status"))
     if status is not None and status.ray_job_id:
         for head in (p for p in pods if p.role == "head" and p.pod_ip):
             try:

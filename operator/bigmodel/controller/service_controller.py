@@ -17,9 +17,11 @@ from bigmodel.api.manifests import validation_errors
 from bigmodel.api.service import BigModelService, BigModelServiceStatus
 from bigmodel.builders.naming import owner_selector, serving_service_name
 from bigmodel.builders.ray_cluster import checkpoint_claim
+from bigmodel.controller.children import change_children
 from bigmodel.controller.job_controller import Clients
 from bigmodel.controller.kube import JOBS, MODEL_SERVICES, PODS, SERVICES, KubeClient
 from bigmodel.controller.ray_client import RayClient, RayUnreachable
+from bigmodel.controller.stored_status import stored_status
 from bigmodel.reconcile.observed import PodView, ServiceView
 from bigmodel.reconcile.service import ServicePlan, capacity_errors, decide_service, service_validation_plan
 from bigmodel.reconcile.service_observed import (
@@ -34,16 +36,6 @@ log = logging.getLogger(__name__)
 KIND = "BigModelService"
 
 
-def _parse_status(raw: Any) -> BigModelServiceStatus | None:
-    if not raw:
-        return None
-    try:
-        return BigModelServiceStatus.model_validate(raw, by_alias=True)
-    except ValidationError:
-        log.warning("ignoring an unreadable status; recomputing it")
-        return None
-
-
 def parse_service(body: dict[str, Any]) -> tuple[BigModelService | None, list[str]]:
     """The service, or the spec's errors as `field: reason` lines."""
     manifest = {key: body.get(key) for key in ("apiVersion", "kind", "metadata", "spec")}
@@ -54,7 +46,7 @@ def parse_service(body: dict[str, Any]) -> tuple[BigModelService | None, list[st
     errors = capacity_errors(service.spec)
     if errors:
         return None, errors
-    service.status = _parse_status(body.get("status"))
+    service.status = stored_status(BigModelServiceStatus, body.get("status"))
     return service, []
 
 
@@ -139,12 +131,9 @@ async def apply(plan: ServicePlan, body: dict[str, Any], kube: KubeClient, ray: 
     """Carry out the plan; the status is written last, so a failed step is retried from the same status."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    for pod in plan.delete_pods:
-        await kube.delete(PODS, namespace, pod)
-    for service in plan.delete_services:
-        await kube.delete(SERVICES, namespace, service)
-    for obj in plan.create:
-        await kube.create(SERVICES if obj["kind"] == "Service" else PODS, namespace, obj)
+    await change_children(
+        kube, namespace, delete_pods=plan.delete_pods, delete_services=plan.delete_services, create=plan.create
+    )
     for head_ip, config in plan.deploy:
         await ray.deploy_serve(head_ip, config)
     if plan.serving_selector is not None:
@@ -167,7 +156,7 @@ async def reconcile_service(
         return None
     service, errors = parse_service(body)
     if service is None:
-        status = _parse_status(body.get("status"))
+        status = stored_status(BigModelServiceStatus, body.get("status"))
         now = datetime.now(timezone.utc)
         await apply(service_validation_plan(status, body["metadata"].get("generation"), errors, now), body, kube, ray)
         return None

@@ -6,7 +6,7 @@ twice creates nothing twice (creations tolerate AlreadyExists, the Ray submissio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ from bigmodel.reconcile.observed import (
     JobObservation,
     PodView,
 )
-from bigmodel.reconcile.plans import Event, EventType, annotated, clear_validation, digest, invalid_status
+from bigmodel.reconcile.plans import ChildChanges, Event, EventType, annotated, clear_validation, digest, invalid_status
 
 TERMINAL = ("Succeeded", "Failed")
 CONDITION_OF_PHASE = {
@@ -34,20 +34,16 @@ CONDITION_OF_PHASE = {
 POLL_RUNNING_S = 3.0
 POLL_STARTING_S = 2.0
 
-@dataclass
-class JobPlan:
+
+@dataclass(kw_only=True)
+class JobPlan(ChildChanges):
     """What to do for one job, in order: delete, create, stop, submit, then write the status."""
 
     status: BigModelJobStatus
-    create: list[dict[str, Any]] = field(default_factory=list)
-    delete_pods: list[str] = field(default_factory=list)
-    delete_services: list[str] = field(default_factory=list)
     stop_ray_job: str | None = None
     submit: dict[str, Any] | None = None
     ray_head_ip: str | None = None
-    events: list[Event] = field(default_factory=list)
     delete_job: bool = False
-    requeue_after: float | None = None
 
 
 def spec_digests(job: BigModelJob) -> dict[str, str]:

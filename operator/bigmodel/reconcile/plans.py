@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -20,6 +20,17 @@ class Event:
     type: EventType
     reason: str
     message: str
+
+
+@dataclass(kw_only=True)
+class ChildChanges:
+    """What a plan does to its resource's pods and Services, the Events that say why, and when to look again."""
+
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    delete_services: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
 
 
 def digest(value: Any) -> str:

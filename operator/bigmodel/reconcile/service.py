@@ -22,7 +22,7 @@ from bigmodel.builders.resources import ray_num_cpus
 from bigmodel.builders.serve_app import SERVE_PORT, app_args, model_version, serve_deploy_config
 from bigmodel.builders.serving_service import serving_selector, serving_service
 from bigmodel.reconcile.conditions import set_condition
-from bigmodel.reconcile.plans import Event, EventType, annotated, clear_validation, digest, invalid_status
+from bigmodel.reconcile.plans import ChildChanges, Event, EventType, annotated, clear_validation, digest, invalid_status
 from bigmodel.reconcile.service_observed import Demand, ModelSourceView, PodView, ServiceObservation, SourceProblem
 
 CLUSTER_SPEC_ANNOTATION = "bigmodel.dev/cluster-spec"
@@ -35,22 +35,17 @@ POLL_READY_S = 3.0
 POLL_SOURCE_S = 5.0
 
 
-@dataclass
-class ServicePlan:
+@dataclass(kw_only=True)
+class ServicePlan(ChildChanges):
     """What to do for one service, in order: delete, create, deploy, point the Service, then write the status."""
 
     status: BigModelServiceStatus
-    create: list[dict[str, Any]] = field(default_factory=list)
-    delete_pods: list[str] = field(default_factory=list)
-    delete_services: list[str] = field(default_factory=list)
     deploy: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     """(head pod IP, Serve config) for every cluster whose application is not the desired one."""
     serving_selector: dict[str, str] | None = None
     """The serving Service's new selector, when it must move to another cluster."""
-    events: list[Event] = field(default_factory=list)
     idle_since: dict[str, datetime] = field(default_factory=dict)
     """When each worker pod last became idle; kept by the caller for the next pass."""
-    requeue_after: float | None = None
 
 
 def worker_capacity(spec: BigModelServiceSpec) -> dict[str, float]:
