@@ -90,7 +90,7 @@ class HttpRayClient:
 
     async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView:
         serve = await self._get(head_ip, "/api/serve/applications/")
-        rows = _state_rows(await self._get(head_ip, "/api/v0/nodes?limit=10000"))
+        rows = state_rows(await self._get(head_ip, "/api/v0/nodes?limit=10000"))
         # The autoscaler monitor that `ray start --head` runs reports what the scheduler cannot place and what every
         # node has in use: the signals Ray's own autoscaler scales on.
         status = (await self._get(head_ip, "/api/cluster_status?format=0")).get("data") or {}
@@ -100,10 +100,10 @@ class HttpRayClient:
         app = (serve.get("applications") or {}).get(app_name)
         return RayClusterView(
             reachable=True,
-            app=_app_view(app) if app else None,
+            app=app_view(app) if app else None,
             nodes=frozenset(node.get("node_name") or "" for node in rows if node.get("state") == "ALIVE"),
-            busy=frozenset(names.get(node_id, "") for node_id, used in usage.items() if _holds_compute(used)),
-            demand=_demand(report.get("resourceDemand") or []),
+            busy=frozenset(names.get(node_id, "") for node_id, used in usage.items() if holds_compute(used)),
+            demand=pending_demand(report.get("resourceDemand") or []),
         )
 
     async def _get(self, head_ip: str, path: str) -> dict[str, Any]:
@@ -113,22 +113,22 @@ class HttpRayClient:
         return payload
 
 
-def _state_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def state_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of a State API answer: {"data": {"result": {"result": [...]}}}."""
     return list(((payload.get("data") or {}).get("result") or {}).get("result") or [])
 
 
-def _holds_compute(usage: dict[str, Any]) -> bool:
+def holds_compute(usage: dict[str, Any]) -> bool:
     """usageByNode values are [used, total] per resource."""
     return any((usage.get(resource) or [0])[0] > 0 for resource in ("CPU", "GPU"))
 
 
-def _demand(raw: list[Any]) -> Demand:
+def pending_demand(raw: list[Any]) -> Demand:
     """resourceDemand is [[{"CPU": 1.0}, count], ...]."""
     return tuple((tuple(sorted((k, float(v)) for k, v in shape.items())), int(count)) for shape, count in raw)
 
 
-def _app_view(app: dict[str, Any]) -> ServeAppView:
+def app_view(app: dict[str, Any]) -> ServeAppView:
     deployments = (app.get("deployments") or {}).values()
     return ServeAppView(
         status=app.get("status", ""),
