@@ -38,9 +38,10 @@ def app_args(service_name: str, spec: BigModelServiceSpec, model_uri: str, versi
 def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
     """Serve's options for the one deployment: replica autoscaling and the Ray resources of each replica."""
     replicas = spec.replicas
-    # A replica only fills a batch if it may hold that many requests at once; the autoscaler still aims for the
-    # target, so a busy replica queues a full batch while new replicas start.
-    max_ongoing = max(spec.batching.max_batch_size, math.ceil(replicas.target_ongoing_requests * 2))
+    # A replica fills its next batch while the current one runs only if it may hold two batches of requests;
+    # past this limit Serve's router holds requests back with a backoff of up to 0.5 s (bench/serve_load.py showed
+    # throughput collapsing there). The autoscaler still aims for the target, so load beyond it adds replicas.
+    max_ongoing = max(2 * spec.batching.max_batch_size, math.ceil(replicas.target_ongoing_requests * 2))
     actor_options: dict[str, Any] = {"num_cpus": spec.replica_resources.cpu}
     if spec.replica_resources.gpu:
         actor_options["num_gpus"] = spec.replica_resources.gpu
