@@ -10,7 +10,7 @@ from tests.integration.test_job_operator import JOBS, _free_port, job_manifest, 
 from tests.support.emulator import Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
-from tests.support.status import status_of, wait_status_of
+from tests.support.status import status_of, wait_events_of, wait_status_of
 
 SERVICES = ("bigmodel.dev/v1alpha1", "bigmodelservices")
 WAIT_S = 20.0
@@ -71,6 +71,10 @@ async def event_reasons(kube: KubeClient, name: str = "demo") -> list[str]:
     return [event["reason"] for event in await kube.events(involved_name=name)]
 
 
+async def wait_events(kube: KubeClient, *reasons: str, name: str = "demo") -> list[str]:
+    return await wait_events_of(kube, name, reasons, WAIT_S)
+
+
 async def test_service_becomes_a_ray_cluster_serving_its_model(emulator: Emulator, kube: KubeClient) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray):
@@ -98,7 +102,7 @@ async def test_service_becomes_a_ray_cluster_serving_its_model(emulator: Emulato
         assert ready["model"] == {"source": "/models/demo", "version": application["args"]["model_version"]}
         conditions = {c["type"]: c["status"] for c in ready["conditions"]}
         assert conditions == {"Ready": "True", "ModelLoaded": "True", "UpgradeInProgress": "False"}
-        assert "Ready" in await event_reasons(kube)
+        await wait_events(kube, "Ready")
 
         await kube.delete(*SERVICES, "demo")
         await wait_for(lambda: _none(service_pods(kube)), WAIT_S, "the pods were not removed with the service")
@@ -147,7 +151,7 @@ async def test_unplaced_replicas_add_a_worker_and_idle_ones_are_removed(emulator
         head_ip = HEAD_IPS[0]
         ray.set_replicas(head_ip, running=1, unplaced=1)
         await wait_pods(kube, {"demo-s0-head", "demo-s0-w0", "demo-s0-w1"})
-        assert "WorkerAdded" in await event_reasons(kube)
+        await wait_events(kube, "WorkerAdded")
         await mark(kube, "demo-s0-w1", pod_ip="10.2.0.10")
         ray.nodes[head_ip] = frozenset({"demo-s0-w0", "demo-s0-w1"})
         ray.set_replicas(head_ip, running=2)
@@ -166,7 +170,7 @@ async def test_unplaced_replicas_add_a_worker_and_idle_ones_are_removed(emulator
         found = await wait_for(lambda: _exactly(service_pods(kube), {"demo-s0-head", "demo-s0-w1"}), WAIT_S,
                                "the idle worker w0 was not removed (w1 hosts the replica and must stay)")
         assert found
-        assert "WorkerRemoved" in await event_reasons(kube)
+        await wait_events(kube, "WorkerRemoved")
         await wait_for(lambda: scrape(port).get('bigmodel_service_worker_changes_total{change="removed"}') == 1,
                        WAIT_S, "the removal was not counted")
 
@@ -202,8 +206,7 @@ async def test_model_change_is_rolled_in_place_and_shape_change_moves_traffic(em
         assert switched["retiringGeneration"] == 0
         serving = await kube.get("v1", "services", "demo-serve")
         assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s1"
-        reasons = await event_reasons(kube)
-        assert "UpgradeStarted" in reasons and "UpgradeComplete" in reasons
+        await wait_events(kube, "UpgradeStarted", "UpgradeComplete")
 
 
 async def test_a_new_cluster_that_fails_never_takes_traffic(emulator: Emulator, kube: KubeClient) -> None:
@@ -223,7 +226,7 @@ async def test_a_new_cluster_that_fails_never_takes_traffic(emulator: Emulator, 
         await wait_pods(kube, {"demo-s0-head", "demo-s0-w0"})
         serving = await kube.get("v1", "services", "demo-serve")
         assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s0"
-        assert "UpgradeFailed" in await event_reasons(kube)
+        await wait_events(kube, "UpgradeFailed")
 
 
 async def test_invalid_service_is_reported_and_builds_nothing(emulator: Emulator, kube: KubeClient) -> None:
@@ -235,4 +238,4 @@ async def test_invalid_service_is_reported_and_builds_nothing(emulator: Emulator
         condition = next(c for c in failed["conditions"] if c["type"] == "ValidationFailed")
         assert condition["message"].startswith("spec.replicaResources.cpu: 4 CPUs per replica do not fit")
         assert await service_pods(kube) == {}
-        assert (await event_reasons(kube)).count("ValidationFailed") == 1
+        assert (await wait_events(kube, "ValidationFailed")).count("ValidationFailed") == 1

@@ -89,6 +89,8 @@ class _Pod:
     ready: bool = False
     deleted: bool = False
     gone: bool = False
+    stopping: bool = False
+    """Being terminated: its processes may still hold its ports, even once the API object is gone."""
     task: asyncio.Task[None] | None = None
 
 
@@ -325,7 +327,7 @@ class LocalKubelet:
         if probe_port is not None:
             declared.add(_named_port(container, probe_port))
         taken = {host for other in self._pods.values()
-                 if other is not pod and not other.gone and (other.process is None or other.process.returncode is None)
+                 if other is not pod and (other.stopping or other.process is None or other.process.returncode is None)
                  for host in other.ports.values()}
         for port in sorted(declared):
             pod.ports[port] = port if port not in taken and not _port_busy(port) else _free_port()
@@ -405,15 +407,29 @@ class LocalKubelet:
                                                            {"running": {"startedAt": pod.started_at}}))
 
     async def _terminate(self, pod: _Pod) -> None:
+        """SIGTERM, then SIGKILL after the grace period; done when every process the pod started has exited.
+
+        A real pod's processes die with its network namespace; here a daemon the container started (Ray's GCS) may
+        outlive the container's main process, and would hold its port for the next pod.
+        """
         process = pod.process
         if process is None or process.returncode is not None:
             return
+        pod.stopping = True
+        descendants: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            descendants = psutil.Process(process.pid).children(recursive=True)
         self._kill_group(pod, signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), self._termination_grace_s)
         except asyncio.TimeoutError:
             self._kill_group(pod, signal.SIGKILL)
             await process.wait()
+        _, alive = await asyncio.to_thread(psutil.wait_procs, descendants, timeout=self._termination_grace_s)
+        for leftover in alive:
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
+        pod.stopping = False
 
     def _kill_group(self, pod: _Pod, sig: signal.Signals) -> None:
         """Signal the process group and any descendants that left it (a container has no way out)."""

@@ -26,3 +26,13 @@ async def wait_status_of(
         return current if check(current) else None
 
     return await wait_for(probe, timeout, message)
+
+
+async def wait_events_of(kube: KubeClient, name: str, reasons: tuple[str, ...], timeout: float) -> list[str]:
+    """The reasons of the object's Events once all of `reasons` are among them (Kopf posts from its own queue)."""
+
+    async def posted() -> list[str] | None:
+        found = [event["reason"] for event in await kube.events(involved_name=name)]
+        return found if set(reasons) <= set(found) else None
+
+    return await wait_for(posted, timeout, f"the Events {list(reasons)} were not all posted for {name}")
