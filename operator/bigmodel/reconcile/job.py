@@ -14,14 +14,13 @@ from bigmodel.api.job import BigModelJob, BigModelJobStatus, CheckpointRef, Prog
 from bigmodel.builders.naming import submission_id
 from bigmodel.builders.ray_cluster import dashboard_url, head_pod, head_service, worker_pod
 from bigmodel.builders.ray_job import ray_job_submission
-from bigmodel.reconcile.conditions import set_condition
 from bigmodel.reconcile.observed import (
     MODEL_SPEC_ANNOTATION,
     RUN_SPEC_ANNOTATION,
     JobObservation,
     PodView,
 )
-from bigmodel.reconcile.plans import ChildChanges, Event, EventType, annotated, clear_validation, digest, invalid_status
+from bigmodel.reconcile.plans import ChildChanges, Decision, Event, annotated, clear_validation, digest, invalid_status
 
 TERMINAL = ("Succeeded", "Failed")
 CONDITION_OF_PHASE = {
@@ -62,8 +61,11 @@ def spec_digests(job: BigModelJob) -> dict[str, str]:
     return {MODEL_SPEC_ANNOTATION: digest(model), RUN_SPEC_ANNOTATION: digest(run)}
 
 
-class _Decision:
+class _Decision(Decision):
     """One pass over one job; methods read the observation and fill the plan."""
+
+    status: BigModelJobStatus
+    plan: JobPlan
 
     def __init__(self, job: BigModelJob, seen: JobObservation, poll_s: float) -> None:
         self.job = job
@@ -71,6 +73,7 @@ class _Decision:
         self.spec = job.spec
         self.seen = seen
         self.now = seen.now
+        self.generation = job.metadata.generation
         status = (job.status or BigModelJobStatus()).model_copy(deep=True)
         self.before = status.model_copy(deep=True)
         status.observed_generation = job.metadata.generation
@@ -80,20 +83,6 @@ class _Decision:
         self.digests = spec_digests(job)
 
     # Small verbs.
-
-    def event(self, type_: EventType, reason: str, message: str) -> None:
-        self.plan.events.append(Event(type_, reason, message))
-
-    def condition(self, type_: str, truth: bool, reason: str, message: str = "") -> None:
-        self.status.conditions = set_condition(
-            self.status.conditions,
-            type_,
-            "True" if truth else "False",
-            reason,
-            message,
-            now=self.now,
-            generation=self.job.metadata.generation,
-        )
 
     def remove_everything(self) -> None:
         """Delete every pod and service of the job, of any generation."""
@@ -195,7 +184,9 @@ class _Decision:
             status.start_time = self.now if resumed or status.start_time is None else status.start_time
             self.build_cluster(status.cluster_generation + 1)
             status.phase = "Starting"
-            status.message = f"creating Ray cluster {self.cluster_label()}: 1 head, {self.spec.workers.replicas} workers"
+            status.message = (
+                f"creating Ray cluster {self.cluster_label()}: 1 head, {self.spec.workers.replicas} workers"
+            )
             self.event("Normal", "Resumed" if resumed else "Created", status.message)
             self.plan.requeue_after = POLL_STARTING_S
             return
@@ -245,7 +236,9 @@ class _Decision:
             elif pod.failed:
                 self.plan.delete_pods.append(pod.name)
                 self.status.workers.replaced += 1
-                self.event("Warning", "WorkerReplaced", f"worker pod {pod.name} {pod.failure or 'failed'}: replacing it")
+                self.event(
+                    "Warning", "WorkerReplaced", f"worker pod {pod.name} {pod.failure or 'failed'}: replacing it"
+                )
         for index in range(self.spec.workers.replicas):
             if index not in workers or workers[index].failed:
                 self.plan.create.append(annotated(worker_pod(self.job, generation, index), self.digests))
@@ -340,7 +333,9 @@ def decide_job(job: BigModelJob, seen: JobObservation, poll_s: float = POLL_RUNN
     return _Decision(job, seen, poll_s).decide()
 
 
-def validation_plan(status: BigModelJobStatus | None, generation: int | None, errors: list[str], now: datetime) -> JobPlan:
+def validation_plan(
+    status: BigModelJobStatus | None, generation: int | None, errors: list[str], now: datetime
+) -> JobPlan:
     """An invalid spec: say where and why, create nothing, and wait for the next edit (no retries)."""
     updated, first_time = invalid_status(status or BigModelJobStatus(), generation, errors, now)
     plan = JobPlan(status=updated)

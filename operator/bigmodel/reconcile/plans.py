@@ -33,6 +33,29 @@ class ChildChanges:
     requeue_after: float | None = None
 
 
+class Decision:
+    """The verbs one reconcile pass uses to fill its plan; subclasses set these four attributes first."""
+
+    now: datetime
+    generation: int | None
+    status: ObservedStatus
+    plan: ChildChanges
+
+    def event(self, type_: EventType, reason: str, message: str) -> None:
+        self.plan.events.append(Event(type_, reason, message))
+
+    def condition(self, type_: str, truth: bool, reason: str, message: str = "") -> None:
+        self.status.conditions = set_condition(
+            self.status.conditions,
+            type_,
+            "True" if truth else "False",
+            reason,
+            message,
+            now=self.now,
+            generation=self.generation,
+        )
+
+
 def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -21,8 +21,7 @@ from bigmodel.builders.ray_cluster import head_pod, head_service, worker_pod
 from bigmodel.builders.resources import ray_num_cpus
 from bigmodel.builders.serve_app import SERVE_PORT, app_args, model_version, serve_deploy_config
 from bigmodel.builders.serving_service import serving_selector, serving_service
-from bigmodel.reconcile.conditions import set_condition
-from bigmodel.reconcile.plans import ChildChanges, Event, EventType, annotated, clear_validation, digest, invalid_status
+from bigmodel.reconcile.plans import ChildChanges, Decision, Event, annotated, clear_validation, digest, invalid_status
 from bigmodel.reconcile.service_observed import Demand, ModelSourceView, PodView, ServiceObservation, SourceProblem
 
 CLUSTER_SPEC_ANNOTATION = "bigmodel.dev/cluster-spec"
@@ -84,7 +83,9 @@ def capacity_errors(spec: BigModelServiceSpec) -> list[str]:
 def cluster_digest(spec: BigModelServiceSpec, claim: ClaimMount | None) -> str:
     """What only a new cluster can change: the pods' image, environment, sizes, identity and volumes."""
     wire = spec.to_wire()
-    workers = {k: v for k, v in wire["workers"].items() if k not in ("minReplicas", "maxReplicas", "idleTimeoutSeconds")}
+    workers = {
+        k: v for k, v in wire["workers"].items() if k not in ("minReplicas", "maxReplicas", "idleTimeoutSeconds")
+    }
     shape = {key: wire.get(key) for key in ("image", "env", "serviceAccountName", "imagePullSecrets", "head")}
     return digest(shape | {"workers": workers, "claim": claim})
 
@@ -93,7 +94,12 @@ def service_url(service: BigModelService) -> str:
     return f"http://{serving_service_name(service.metadata.name)}.{service.metadata.namespace}.svc:{SERVE_PORT}"
 
 
-class _Decision:
+class _Decision(Decision):
+    """One pass over one service; methods read the observation and fill the plan."""
+
+    status: BigModelServiceStatus
+    plan: ServicePlan
+
     def __init__(
         self, service: BigModelService, seen: ServiceObservation, idle_since: dict[str, datetime], poll_s: float
     ) -> None:
@@ -102,6 +108,7 @@ class _Decision:
         self.spec = service.spec
         self.seen = seen
         self.now = seen.now
+        self.generation = service.metadata.generation
         self.idle_since = idle_since
         status = (service.status or BigModelServiceStatus()).model_copy(deep=True)
         self.before = status.model_copy(deep=True)
@@ -111,28 +118,18 @@ class _Decision:
         self.plan = ServicePlan(status=status)
         source = seen.source
         self.source = source if isinstance(source, ModelSourceView) else None
-        self.claim = ClaimMount("model", *self.source.claim, read_only=True) if self.source and self.source.claim else None
+        self.claim = (
+            ClaimMount("model", *self.source.claim, read_only=True) if self.source and self.source.claim else None
+        )
         self.digest = cluster_digest(self.spec, self.claim)
         self.busy = False
 
     # Small verbs.
 
-    def event(self, type_: EventType, reason: str, message: str) -> None:
-        self.plan.events.append(Event(type_, reason, message))
-
-    def condition(self, type_: str, truth: bool, reason: str, message: str = "") -> None:
-        self.status.conditions = set_condition(
-            self.status.conditions,
-            type_,
-            "True" if truth else "False",
-            reason,
-            message,
-            now=self.now,
-            generation=self.service.metadata.generation,
-        )
-
     def had(self, type_: str, reason: str | None = None) -> bool:
-        return any(c.type == type_ and c.status == "True" and reason in (None, c.reason) for c in self.before.conditions)
+        return any(
+            c.type == type_ and c.status == "True" and reason in (None, c.reason) for c in self.before.conditions
+        )
 
     def desired_model(self) -> ServedModel | None:
         """The model to serve: the source's, or while the source is unavailable, the one already served."""
