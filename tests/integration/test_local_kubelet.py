@@ -153,3 +153,24 @@ async def test_service_ports_follow_rewritten_pod_ports(kube: KubeClient, kubele
     await wait_for(lambda: ready(kube, "client"), WAIT_S, "pod client never became Ready")
     seen = await get_json(f"http://127.0.0.1:{kubelet.host_port('client', 18110)}/")
     assert seen["env"]["TARGET"] == f"http://127.0.0.1:{kubelet.host_port('second', 18100)}/"
+
+
+async def test_each_pod_gets_its_own_empty_dir(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    # Two Ray nodes on one host that share a session directory race for its socket names; pods never share one.
+    for name, port in (("node-a", 18120), ("node-b", 18120)):
+        body = server_pod(name, port, volumeMounts=[{"name": "scratch", "mountPath": "/tmp/ray"}],
+                          env=[{"name": "RAY_LOGS", "value": "/tmp/ray/session_latest/logs"}])
+        body["spec"]["containers"][0]["args"] += ["--temp-dir=/tmp/ray", "--spill=/tmp/rayx"]
+        body["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+        await kube.create("v1", "pods", body)
+    seen = {}
+    for name in ("node-a", "node-b"):
+        await wait_for(lambda: ready(kube, name), WAIT_S, f"pod {name} never became Ready:\n{kubelet.log_tail(name)}")
+        seen[name] = await get_json(f"http://127.0.0.1:{kubelet.host_port(name, 18120)}/")
+
+    dirs = {name: Path(got["argv"][2].removeprefix("--temp-dir=")) for name, got in seen.items()}
+    assert dirs["node-a"] != dirs["node-b"], "both pods got the same emptyDir"
+    for name, got in seen.items():
+        assert dirs[name].is_dir() and not any(dirs[name].iterdir()), f"{name}'s emptyDir is not a fresh directory"
+        assert got["env"]["RAY_LOGS"] == f"{dirs[name]}/session_latest/logs"
+        assert got["argv"][3] == "--spill=/tmp/rayx", "a path that only starts with the mount path was rewritten"

@@ -27,8 +27,14 @@ Where it deliberately differs from a real kubelet, because every pod shares this
   ``--dashboard-agent-listen-port=52365``) and the probe uses the new port. :meth:`LocalKubelet.host_port` tells
   which port a pod really got. Two pods can therefore both "listen on 8265".
 
+* volumes: an ``emptyDir`` volume is a directory of its own for each pod, as a real one is. Its ``mountPath`` in the
+  args and env values is rewritten to that directory (Ray's ``--temp-dir=/tmp/ray``, so two Ray nodes never share a
+  session directory and race for its socket names); a process that uses the path without naming it shares the host's.
+  The directories live under one short temporary directory (Unix socket paths are limited to 107 bytes), removed when
+  the kubelet stops. Other volumes are not mounted.
+
 Other simplifications: restartPolicy is always treated as ``Never`` (the pod fails; nothing restarts it), only the
-first container runs (no init containers or sidecars), volumes are not mounted, resources are not enforced, and
+first container runs (no init containers or sidecars), resources are not enforced, and
 readiness probes (``httpGet``: any status 200-399, or ``tcpSocket``) run every ``probe_period_s`` regardless of the
 probe's own timings. Each process's stdout and stderr go to ``<log_dir>/<pod>.log``; when a process fails, the tail
 of its log is printed to stderr (pytest shows it with the failing test).
@@ -42,9 +48,11 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -126,6 +134,12 @@ def _rewrite_ports(text: str, ports: Mapping[int, int]) -> str:
     return text
 
 
+def _rewrite_paths(text: str, paths: Mapping[str, Path]) -> str:
+    for mount, host in paths.items():
+        text = re.sub(rf"(?<![\w./-]){re.escape(mount.rstrip('/'))}(?=/|$|[^\w.-])", lambda _: str(host), text)
+    return text
+
+
 def _named_port(container: Mapping[str, Any], port: int | str) -> int:
     if isinstance(port, int) or str(port).isdigit():
         return int(port)
@@ -152,6 +166,8 @@ class LocalKubelet:
         self._stopping: asyncio.Event | None = None
         self._session: aiohttp.ClientSession | None = None
         self._failure: BaseException | None = None
+        self._volume_root: Path | None = None
+        self._incarnations = 0
 
     def __enter__(self) -> LocalKubelet:
         self.start()
@@ -164,6 +180,7 @@ class LocalKubelet:
     def start(self) -> None:
         """Start watching pods; returns once the watch is established."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        self._volume_root = Path(tempfile.mkdtemp(prefix="kubelet-"))
         self._thread.start()
         if not self._watching.wait(START_TIMEOUT_S):
             raise TimeoutError(f"the local kubelet did not start watching pods within {START_TIMEOUT_S} s")
@@ -177,6 +194,8 @@ class LocalKubelet:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"the local kubelet did not stop within {timeout} s")
+        if self._volume_root is not None:
+            shutil.rmtree(self._volume_root, ignore_errors=True)
 
     def pid_of(self, pod_name: str) -> int | None:
         """The pid of the pod's main process while it runs."""
@@ -331,10 +350,27 @@ class LocalKubelet:
                  for host in other.ports.values()}
         for port in sorted(declared):
             pod.ports[port] = port if port not in taken and not _port_busy(port) else _free_port()
-        argv = [await self._resolve_services(_rewrite_ports(part, pod.ports)) for part in raw_argv]
+        paths = self._empty_dirs(container, body)
+
+        async def rewritten(text: str) -> str:
+            return await self._resolve_services(_rewrite_paths(_rewrite_ports(text, pod.ports), paths))
+
+        argv = [await rewritten(part) for part in raw_argv]
         for name, value in env.items():
-            env[name] = await self._resolve_services(_rewrite_ports(value, pod.ports))
+            env[name] = await rewritten(value)
         return argv, {**os.environ, **env}
+
+    def _empty_dirs(self, container: JsonObject, body: JsonObject) -> dict[str, Path]:
+        """A fresh host directory for each emptyDir volume the container mounts, by mount path."""
+        assert self._volume_root is not None, "the kubelet has not started"
+        empty = {v["name"] for v in (body.get("spec") or {}).get("volumes") or [] if "emptyDir" in v}
+        self._incarnations += 1
+        paths: dict[str, Path] = {}
+        for mount in container.get("volumeMounts") or []:
+            if mount["name"] in empty:
+                paths[mount["mountPath"]] = self._volume_root / str(self._incarnations) / mount["name"]
+                paths[mount["mountPath"]].mkdir(parents=True)
+        return paths
 
     def _env_from(self, body: JsonObject, var: JsonObject) -> str:
         field_path = (var.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath")

@@ -190,7 +190,7 @@ def test_head_pod(digits: BigModelJob) -> None:
     assert head["command"] == [
         "ray", "start", "--head", "--block", "--port=6379", "--dashboard-host=0.0.0.0", "--dashboard-port=8265",
         "--ray-client-server-port=10001", "--dashboard-agent-listen-port=52365", "--num-cpus=0", "--num-gpus=0",
-        "--node-name=$(POD_NAME)", "--disable-usage-stats",
+        "--node-name=$(POD_NAME)", "--temp-dir=/tmp/ray", "--disable-usage-stats",
     ]  # fmt: skip
     assert {port["name"]: port["containerPort"] for port in head["ports"]} == {
         "gcs": 6379,
@@ -313,6 +313,11 @@ def test_no_checkpoint_volume_without_a_claim(digits: BigModelJob) -> None:
     pod = worker_pod(digits, 1, 0)
     assert {item["name"] for item in pod["spec"]["volumes"]} == {"shm", "ray-tmp"}
     assert mounts(pod) == {"shm": "/dev/shm", "ray-tmp": "/tmp/ray"}
+
+
+def test_every_ray_node_keeps_its_files_on_its_own_ray_tmp_volume(digits: BigModelJob) -> None:
+    for pod in (head_pod(digits, 1), worker_pod(digits, 1, 0)):
+        assert "--temp-dir=" + mounts(pod)["ray-tmp"] in container(pod)["command"], pod["metadata"]["name"]
 
 
 @pytest.mark.parametrize(("file", "role", "memory"), [

@@ -9,6 +9,7 @@ from bigmodel.api.job import BigModelJob
 from bigmodel.api.service import BigModelService
 from bigmodel.builders import naming
 from bigmodel.builders.pod import (
+    RAY_TMP_DIR,
     ClaimMount,
     container_security_context,
     http_probe,
@@ -200,6 +201,7 @@ def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None = No
         "--num-cpus=0",
         "--num-gpus=0",
         "--node-name=$(POD_NAME)",
+        f"--temp-dir={RAY_TMP_DIR}",
         "--disable-usage-stats",
     ]  # fmt: skip
     group = owner.spec.head
@@ -217,7 +219,9 @@ def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None = No
 
 def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMount | None = None) -> dict[str, Any]:
     group = owner.spec.workers
-    # The node name is the pod's, so the operator can tell which pod hosts which Serve replica.
+    # The node name is the pod's, so the operator can tell which pod hosts which Serve replica. The temp dir is
+    # named although it is Ray's default: Ray would follow an image's TMPDIR out of the ray-tmp volume, and a worker
+    # that names none takes the head's path.
     command = [
         "ray", "start", "--block",
         "--address=$(RAY_HEAD_ADDRESS)",
@@ -226,6 +230,7 @@ def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMou
         f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
         f"--num-cpus={ray_num_cpus(group.resources.cpu)}",
         f"--num-gpus={group.resources.gpu}",
+        f"--temp-dir={RAY_TMP_DIR}",
         "--disable-usage-stats",
     ]  # fmt: skip
     health = ("/api/local_raylet_healthz", RAY_AGENT_PORT)
