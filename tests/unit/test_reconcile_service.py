@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from bigmodel.api.service import BigModelService, BigModelServiceSpec, BigModelServiceStatus
 from bigmodel.builders.ray_cluster import head_pod, worker_pod
@@ -106,6 +106,22 @@ def ready_status(service: BigModelService, pods: list[PodView], config: dict[str
     plan = decide_service(service, seen(pods, {0: RayClusterView(True, app(config), nodes(pods))}))
     assert plan.status.phase == "Ready"
     return plan.status
+
+
+class ServingAtReady(NamedTuple):
+    pods: list[PodView]
+    config: dict[str, Any]
+    ray: dict[int, RayClusterView]
+    status: BigModelServiceStatus
+
+
+def serving_at_ready() -> ServingAtReady:
+    """Generation 0 runs its application: where every update starts."""
+    service = make_service()
+    pods = cluster_pods(service)
+    config = deployed_config(service, pods)
+    ray = {0: RayClusterView(True, app(config), nodes(pods))}
+    return ServingAtReady(pods, config, ray, ready_status(service, pods, config))
 
 
 def test_waits_for_the_source_job_without_building_anything() -> None:
@@ -211,12 +227,8 @@ def test_a_failed_worker_is_replaced() -> None:
 
 
 def test_a_new_model_is_deployed_in_place_while_the_old_replicas_serve() -> None:
-    service = make_service()
-    pods = cluster_pods(service)
-    config = deployed_config(service, pods)
-    status = ready_status(service, pods, config)
+    pods, _, ray, status = serving_at_ready()
     retrained = ModelSourceView(uri=SOURCE.uri, revision="uid:2")
-    ray = {0: RayClusterView(True, app(config), nodes(pods))}
     plan = decide_service(make_service(status), seen(pods, ray, source=retrained))
     assert len(plan.deploy) == 1 and plan.create == [] and plan.delete_pods == []
     new_version = plan.deploy[0][1]["applications"][0]["args"]["model_version"]
@@ -227,12 +239,8 @@ def test_a_new_model_is_deployed_in_place_while_the_old_replicas_serve() -> None
 
 
 def test_a_cluster_shape_change_builds_a_new_cluster_and_moves_traffic_when_it_runs() -> None:
-    service = make_service()
-    pods = cluster_pods(service)
-    config = deployed_config(service, pods)
-    status = ready_status(service, pods, config)
+    pods, _, ray, status = serving_at_ready()
     reshaped = make_service(status, image="registry.example/bigmodel-runtime:2")
-    ray = {0: RayClusterView(True, app(config), nodes(pods))}
 
     started = decide_service(reshaped, seen(pods, ray))
     assert started.status.pending_generation == 1
@@ -262,12 +270,8 @@ def test_a_cluster_shape_change_builds_a_new_cluster_and_moves_traffic_when_it_r
 
 
 def test_a_failed_new_cluster_never_takes_traffic_and_is_not_retried() -> None:
-    service = make_service()
-    pods = cluster_pods(service)
-    config = deployed_config(service, pods)
-    status = ready_status(service, pods, config)
+    pods, config, ray, status = serving_at_ready()
     reshaped = make_service(status, image="registry.example/bigmodel-runtime:broken")
-    ray = {0: RayClusterView(True, app(config), nodes(pods))}
     started = decide_service(reshaped, seen(pods, ray))
     digest = cluster_digest(reshaped.spec, None)
     new_pods = [as_pod(head_pod(reshaped, 1), digest), as_pod(worker_pod(reshaped, 1, 0), digest)]
