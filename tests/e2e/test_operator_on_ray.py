@@ -36,6 +36,10 @@ async def _status(kube: KubeClient) -> dict[str, Any]:
     return (found or {}).get("status") or {}
 
 
+async def _events(kube: KubeClient) -> str:
+    return "; ".join(f"{e['reason']}: {e.get('message', '')}" for e in await kube.events(involved_name="e2e"))
+
+
 async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: LocalCluster, tmp_path: Path) -> None:
     emulator, kubelet = cluster.emulator, cluster.kubelet
     storage = tmp_path / "storage"
@@ -63,7 +67,12 @@ async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: L
             assert status.get("phase") != "Failed", f"the job failed: {status.get('message')}"
             return status if status.get("phase") == "Succeeded" else None
 
-        final = await wait_for(succeeded, 300, "the job did not Succeed within 300 s after the worker was replaced", 1.0)
+        try:
+            final = await wait_for(
+                succeeded, 300, "the job did not Succeed within 300 s after the worker was replaced", 1.0
+            )
+        except AssertionError as missed:
+            raise AssertionError(f"{missed}; the job's Events: {await _events(kube)}") from None
         assert final["restarts"] == 0, "a worker replacement must not rebuild the cluster"
         assert final["workerFailures"] >= 1, "Ray Train's worker-group restart is not reported"
         assert final["progress"]["step"] == 80 and final["progress"]["percent"] == 100

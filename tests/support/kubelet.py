@@ -30,8 +30,9 @@ Where it deliberately differs from a real kubelet, because every pod shares this
 * volumes: an ``emptyDir`` volume is a directory of its own for each pod, as a real one is. Its ``mountPath`` in the
   args and env values is rewritten to that directory (Ray's ``--temp-dir=/tmp/ray``, so two Ray nodes never share a
   session directory and race for its socket names); a process that uses the path without naming it shares the host's.
-  The directories live under one short temporary directory (Unix socket paths are limited to 107 bytes), removed when
-  the kubelet stops. Other volumes are not mounted.
+  The directories live under one short temporary directory (Unix socket paths are limited to 107 bytes), moved into
+  ``log_dir`` when the kubelet stops, so a failed test keeps each Ray node's session logs. Other volumes are not
+  mounted.
 
 Other simplifications: restartPolicy is always treated as ``Never`` (the pod fails; nothing restarts it), only the
 first container runs (no init containers or sidecars), resources are not enforced, and
@@ -195,7 +196,7 @@ class LocalKubelet:
         if self._thread.is_alive():
             raise TimeoutError(f"the local kubelet did not stop within {timeout} s")
         if self._volume_root is not None:
-            shutil.rmtree(self._volume_root, ignore_errors=True)
+            shutil.move(self._volume_root, self._log_dir / self._volume_root.name)
 
     def pid_of(self, pod_name: str) -> int | None:
         """The pid of the pod's main process while it runs."""

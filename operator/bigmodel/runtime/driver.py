@@ -22,7 +22,7 @@ from ray.train.torch import TorchTrainer
 
 from bigmodel.api.job import BigModelJobSpec
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
-from bigmodel.runtime.progress import ProgressRecorder, ProgressSnapshot
+from bigmodel.runtime.progress import ProgressSnapshot, start_recorder
 from bigmodel.runtime.tasks import make_task
 from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop, plan_steps
 
@@ -75,6 +75,11 @@ def _check_plan(settings: LoopSettings, workers: int) -> None:
 
 
 def _root_cause(error: BaseException) -> str:
+    # Ray Train's WorkerGroupError keeps each rank's exception apart from its message.
+    failures: dict[int, BaseException] = getattr(error, "worker_failures", None) or {}
+    if failures:
+        rank = min(failures)
+        return f"{type(error).__name__} on rank {rank}: {_root_cause(failures[rank])}"
     while error.__cause__ is not None:
         error = error.__cause__
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -166,7 +171,7 @@ def run_training(
         loop_config = dict(workload.entrypoint.config)
 
     # Only the built-in loop reports to it; a user loop reports to Ray Train alone.
-    recorder = ProgressRecorder.remote()
+    recorder = start_recorder()
     if workload.builtin is not None:
         loop_config["recorder"] = recorder
 

@@ -13,6 +13,8 @@ from itertools import pairwise
 from typing import Literal
 
 import ray
+from ray.actor import ActorHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bigmodel.api.job import CheckpointRef
 from bigmodel.api.training_report import TrainingReport
@@ -99,6 +101,16 @@ class ProgressLog:
 
 
 ProgressRecorder = ray.remote(num_cpus=0, max_restarts=0)(ProgressLog)
+
+
+def start_recorder() -> ActorHandle:
+    """The run's progress actor, on the driver's own node.
+
+    Its state lives exactly as long as the driver's. Left to Ray's scheduler it can land on a worker node, and the loss
+    of that node would then fail every retry of the run: each attempt begins by reporting to it.
+    """
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ProgressRecorder.options(scheduling_strategy=here).remote()
 
 
 def training_report(snapshot: ProgressSnapshot) -> TrainingReport:
