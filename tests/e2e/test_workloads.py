@@ -34,6 +34,23 @@ def test_entrypoint_loop_runs_on_every_worker_with_its_config(ray_cluster: str, 
     assert record["lr"] == 0.1, "entrypoint.config did not reach the loop"
 
 
+def test_a_failing_user_loop_is_reported_with_its_rank_and_its_own_error(ray_cluster: str, tmp_path: Path) -> None:
+    spec = BigModelJobSpec.model_validate(
+        {
+            "workload": {"entrypoint": {"function": "user_loop:broken", "config": {"lr": 0.1}}},
+            "workers": {"replicas": 2},
+            "failurePolicy": {"maxWorkerFailures": 0},
+            "runtimeEnv": {"env_vars": {"PYTHONPATH": str(HERE)}},
+        },
+        by_alias=True,
+    )
+    with pytest.raises(TrainingFailed) as failed:
+        run_training("broken-loop", spec, str(tmp_path), resources_per_worker={"CPU": 1})
+    message = str(failed.value)
+    assert message.startswith("WorkerGroupError on rank 0: "), message
+    assert "KeyError: 'learning_rate'" in message, message
+
+
 def test_batch_larger_than_the_data_fails_before_any_worker_starts(ray_cluster: str, tmp_path: Path) -> None:
     spec = BigModelJobSpec.model_validate(
         {"workload": {"builtin": {"task": "digits", "batchSize": 5000}}, "workers": {"replicas": 2}}, by_alias=True

@@ -20,3 +20,8 @@ def train(config: dict) -> None:
     record = {"rank": context.get_world_rank(), "world": context.get_world_size(), "sum": value.item(), **config}
     (storage / f"rank-{context.get_world_rank()}.json").write_text(json.dumps(record))
     ray.train.report({"sum": value.item()})
+
+
+def broken(config: dict) -> None:
+    """A loop with a bug a user would make: it reads a config key the job does not set."""
+    print("learning rate", config["learning_rate"])

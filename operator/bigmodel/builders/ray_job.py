@@ -10,6 +10,8 @@ from bigmodel.builders.naming import submission_id
 
 ENTRYPOINT = "python -m bigmodel.runtime.job_entrypoint"
 MANIFEST_ENV = "BIGMODEL_JOB_MANIFEST"
+# The entrypoint starts the one line that says why training failed with this; the operator quotes that line.
+FAILURE_MARKER = "training failed: "
 
 
 def job_manifest_json(job: BigModelJob) -> str:

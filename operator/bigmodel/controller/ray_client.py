@@ -12,6 +12,8 @@ import aiohttp
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.ray_cluster import dashboard_url, progress_url
+from bigmodel.builders.ray_job import FAILURE_MARKER
+from bigmodel.reconcile.failure_text import failure_summary
 from bigmodel.reconcile.observed import RayJobView
 from bigmodel.reconcile.service_observed import Demand, RayClusterView, ServeAppView
 
@@ -67,7 +69,7 @@ class HttpRayClient:
             return None
         if status >= 400 or not isinstance(payload, dict):
             raise RayUnreachable(f"Ray job {submission_id}: HTTP {status}: {payload}")
-        return RayJobView(submission_id, payload["status"], payload.get("message") or "")
+        return RayJobView(submission_id, payload["status"], failure_summary(payload.get("message") or "", FAILURE_MARKER))
 
     async def stop(self, head_ip: str, submission_id: str) -> None:
         await self._request("POST", f"{dashboard_url(head_ip)}/api/jobs/{submission_id}/stop")
@@ -132,7 +134,7 @@ def app_view(app: dict[str, Any]) -> ServeAppView:
     deployments = (app.get("deployments") or {}).values()
     return ServeAppView(
         status=app.get("status", ""),
-        message=app.get("message") or "",
+        message=failure_summary(app.get("message") or ""),
         deployed=app.get("deployed_app_config") or {},
         target_replicas=sum(int(d.get("target_num_replicas") or 0) for d in deployments),
         replica_states=tuple(r.get("state", "") for d in deployments for r in d.get("replicas") or []),

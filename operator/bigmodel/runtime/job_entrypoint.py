@@ -19,7 +19,7 @@ import ray
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.ray_cluster import PROGRESS_PORT
-from bigmodel.builders.ray_job import MANIFEST_ENV
+from bigmodel.builders.ray_job import FAILURE_MARKER, MANIFEST_ENV
 from bigmodel.builders.resources import ray_num_cpus
 from bigmodel.runtime.driver import TrainingFailed, run_command, run_training
 from bigmodel.runtime.progress import ProgressSnapshot, training_report
@@ -101,7 +101,7 @@ def main() -> int:
                 progress_interval_s=float(os.environ.get(PROGRESS_INTERVAL_ENV, DEFAULT_PROGRESS_INTERVAL_S)),
             )
         except TrainingFailed as error:
-            print(f"training failed: {error}", file=sys.stderr)
+            print(f"{FAILURE_MARKER}{error}", file=sys.stderr)
             return 1
         time.sleep(float(os.environ.get(LINGER_ENV, DEFAULT_LINGER_S)))
     print(json.dumps({"steps": result.steps, "model": result.model_uri, "metrics": result.metrics}))
