@@ -59,7 +59,7 @@ def operator_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = "bigmodel.dev/finalizer"
     settings.posting.level = logging.INFO
-    # The emulator's watch streams never end by themselves; a short server timeout keeps the shutdown quick.
+    # The server ends a watch stream after the timeout Kopf asks for; a short one keeps the shutdown quick.
     settings.watching.server_timeout = 5
     return settings
 
@@ -244,17 +244,46 @@ def test_the_kubeconfig_works_with_the_kubernetes_client(emulator: Emulator) -> 
     assert api.list_namespaced_pod("default").items == []
 
 
+async def test_put_conflicts_and_error_statuses(emulator: Emulator, kube: KubeClient) -> None:
+    created = await kube.create(*JOBS, job("put"))
+    path = "/apis/bigmodel.dev/v1alpha1/namespaces/default/bigmodeljobs/put"
+    async with aiohttp.ClientSession(emulator.url) as session:
+        async with session.put(path, json={**created, "spec": {"task": "gpt"}}) as response:
+            assert response.status == 200
+            replaced = await response.json()
+        assert replaced["spec"] == {"task": "gpt"} and replaced["metadata"]["generation"] == 2
+        async with session.put(path, json=created) as response:  # the resourceVersion it read is stale now
+            assert response.status == 409
+            assert (await response.json())["reason"] == "Conflict"
+        async with session.get(path + "-missing") as response:
+            assert response.status == 404
+            assert await response.json() == {
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": 404,
+                "reason": "NotFound", "message": 'bigmodeljobs.bigmodel.dev "put-missing" not found'}
+    with pytest.raises(ApiError) as stale:
+        await kube.patch(*JOBS, "put", {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]}})
+    assert stale.value.status == 409
+
+
 async def test_documented_gaps_are_real(emulator: Emulator, kube: KubeClient) -> None:
-    """The gaps the emulator's docstring lists: if one of these starts failing, update the docstring."""
+    """The gaps the API server's docstring lists: if one of these starts failing, update the docstring."""
     created = await kube.create(*JOBS, {**job("gaps"), "spec": {"not": "in the schema"}})
     assert created["spec"] == {"not": "in the schema"}  # no schema validation
-
-    stale = await kube.patch(*JOBS, "gaps", {"metadata": {"resourceVersion": "1"}, "spec": {"x": 1}})
-    assert stale["spec"]["x"] == 1  # no resourceVersion conflict
+    await kube.create("v1", "configmaps", {"metadata": {"name": "c"}}, namespace="nowhere")  # no namespace lifecycle
+    for name in ("c1", "c2"):
+        await kube.create("v1", "configmaps", {"metadata": {"name": name}})
+    await kube.create("v1", "pods", {"metadata": {"name": "p"}, "spec": {"containers": []}})
+    await kube.delete("v1", "pods", "p")
+    assert await kube.get("v1", "pods", "p") is None  # no graceful deletion: no Terminating pod
 
     async with aiohttp.ClientSession(emulator.url) as session:
-        path = "/apis/bigmodel.dev/v1alpha1/namespaces/default/bigmodeljobs/gaps"
-        async with session.put(path, json=created) as response:
-            assert response.status == 404  # no PUT (update)
+        async with session.get("/api/v1/namespaces/default/configmaps", params={"limit": "1"}) as response:
+            assert len((await response.json())["items"]) == 2  # no pagination
+        path = "/apis/bigmodel.dev/v1alpha1/namespaces/default/bigmodeljobs"
+        async with session.patch(f"{path}/gaps", data="spec: {}",
+                                 headers={"Content-Type": "application/apply-patch+yaml"}) as response:
+            assert response.status == 415  # no server-side apply
+        async with session.delete(path) as response:
+            assert response.status == 405  # no deletecollection
         async with session.post("/api/v1/namespaces", json={"metadata": {"name": "other"}}) as response:
             assert response.status == 405  # namespaces are read-only

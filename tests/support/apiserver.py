@@ -1,0 +1,723 @@
+"""An in-memory Kubernetes API server on aiohttp, for the integration and end-to-end tiers.
+
+:class:`Store` holds the objects and the API semantics, free of HTTP (``tests/unit/test_apiserver.py`` tests it
+directly); :class:`ApiServer` serves it as the Kubernetes REST API and records every request as an :class:`ApiCall`;
+:mod:`tests.support.emulator` runs it in a thread of its own.
+
+What it does, as a real API server does:
+
+* discovery (``/version``, ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>[/<version>]``, with ``<plural>/status``
+  where there is that subresource, which Kopf reads) of the builtin resources (pods, services, core ``v1`` events:
+  Kopf posts nothing to ``events.k8s.io``, configmaps, secrets, persistentvolumeclaims, serviceaccounts; and,
+  read-only, the namespaces and the CRDs it was started with) and of every served version of those CRDs;
+* create (POST): the server sets ``uid``, ``creationTimestamp``, ``generation: 1``, ``resourceVersion``, the URL's
+  namespace, ``apiVersion`` and ``kind``; ``generateName`` makes a unique name; a taken name is 409 AlreadyExists;
+  ``status`` is dropped where the resource has the status subresource;
+* get; list (all namespaces when the URL names none; the list's ``metadata.resourceVersion``); watch
+  (``?watch=true``, one JSON event a line): without ``resourceVersion`` (or with ``0``) it starts with an ``ADDED``
+  for every object; from a resourceVersion it replays the changes since then, kept for the last
+  :data:`HISTORY_PER_RESOURCE` changes of each resource (older: an ``ERROR`` event with a 410 Expired ``Status``,
+  upon which Kopf lists again); ``timeoutSeconds`` ends the stream, else only the client or the shutdown does;
+* ``labelSelector`` (``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)``, ``k``, ``!k``) and
+  ``fieldSelector`` (``=``, ``==``, ``!=`` on any dotted path) on list and watch; an object that starts or stops
+  matching a watch's selectors arrives as ``ADDED`` or ``DELETED``;
+* PATCH as ``application/merge-patch+json`` (RFC 7386: objects merge, ``null`` removes, lists are replaced whole),
+  ``application/strategic-merge-patch+json`` (taken as a merge patch: no directives, no merging of lists by key,
+  which is all this project and Kopf need) or ``application/json-patch+json`` (RFC 6902; a failed ``test``, such as
+  Kopf's test of the resourceVersion, is 422 Invalid); server-side apply (``application/apply-patch+yaml``) is 415;
+* PUT replaces the object; a PUT or patch whose result has a ``metadata.resourceVersion`` other than the current one
+  is 409 Conflict (optimistic concurrency); without one, the write is unconditional;
+* on every write, the server's metadata (name, namespace, uid, creationTimestamp, generation, resourceVersion,
+  deletionTimestamp) stays the server's; a write that changes nothing stores nothing (no new resourceVersion, no
+  event); ``generation`` grows when anything but ``metadata`` and ``status`` changes; empty ``labels``,
+  ``annotations``, ``finalizers`` and ``ownerReferences`` are dropped (Go's ``omitempty``);
+* the status subresource: a write to ``.../status`` changes ``status`` only, a write to the object never does;
+  ``.../status`` of a resource without the subresource is 404;
+* DELETE of an object with finalizers sets ``metadata.deletionTimestamp``; it goes (``DELETED``) when a write empties
+  its finalizers; a missing object is 404;
+* owner-reference garbage collection: :meth:`Store.collect_garbage` (the emulator runs it every 0.2 s) deletes, by the
+  same delete, every object whose owners (by uid) are all gone;
+* errors are ``Status`` objects with a real server's HTTP code, ``reason`` and ``message``.
+
+What it does not do (so do not test it against this server, or add it here first):
+
+* no schema validation, defaulting or pruning, no CEL rules, no checks of names or labels: any body is stored as
+  sent; no conversion between CRD versions (each served version is a collection of its own);
+* no admission (webhooks, quotas, limit ranges, pod defaults), no authentication, no RBAC: every request is allowed
+  (and recorded, for the RBAC test);
+* no server-side apply, no true strategic merge, no dry-run, no ``deletecollection`` (405), no pagination (``limit``
+  and ``continue`` are ignored), no watch bookmarks or ``sendInitialEvents``, no reads at an older resourceVersion,
+  no ``managedFields``;
+* no graceful deletion: an object without finalizers goes at once, pods too (never ``Terminating``, no
+  ``deletionGracePeriodSeconds``, no generation bump on deletion); DeleteOptions (propagation policy, grace period,
+  preconditions) are ignored and dependents are always collected in the background;
+* no namespace lifecycle: namespaces and CRDs are read-only (405), objects may live in a namespace that does not
+  exist, and no CRD can be added while the server runs;
+* no controllers but the garbage collector: no kubelet (see :mod:`tests.support.kubelet`), no scheduler, no
+  Deployments, ReplicaSets or Service endpoints; pods get no status;
+* no fault injection: no 403/429/5xx answers, no dropped watches, no stale reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import itertools
+import json
+import re
+import secrets
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import jsonpatch
+from aiohttp import web
+
+JsonObject = dict[str, Any]
+Key = tuple[str | None, str]
+"""An object's namespace (None when cluster-scoped) and name."""
+Selected = Callable[[Mapping[str, Any]], bool]
+
+HISTORY_PER_RESOURCE = 10_000
+"""Changes each resource keeps for watches that resume from a resourceVersion (etcd keeps about 5 minutes)."""
+SERVER_METADATA = ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion",
+                   "deletionTimestamp")
+OMITTED_WHEN_EMPTY = ("labels", "annotations", "finalizers", "ownerReferences")
+NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's: no vowels, so no words in generated names
+NO_SUCH_RESOURCE = "the server could not find the requested resource"
+VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-bigmodel-tests", "platform": "linux/amd64"}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A resource type the server serves, as discovery describes it."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    status: bool = False
+    """Whether it has the status subresource."""
+    read_only: bool = False
+    """Served from what the server was started with: any write answers 405."""
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """How a real server names the resource in its messages: ``pods``, ``bigmodeljobs.bigmodel.dev``."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False, status=True, read_only=True,
+                      short_names=("ns",))
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                namespaced=False, status=True, read_only=True, short_names=("crd", "crds"))
+BUILTIN_RESOURCES = (
+    NAMESPACES,
+    CRDS,
+    Resource("", "v1", "pods", "Pod", status=True, short_names=("po",), categories=("all",)),
+    Resource("", "v1", "services", "Service", status=True, short_names=("svc",), categories=("all",)),
+    Resource("", "v1", "events", "Event", short_names=("ev",)),
+    Resource("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
+    Resource("", "v1", "secrets", "Secret"),
+    Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", status=True, short_names=("pvc",)),
+    Resource("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+)
+
+
+def crd_resources(crd: Mapping[str, Any]) -> list[Resource]:
+    """The resources a CustomResourceDefinition serves: one per served version."""
+    spec, names = crd["spec"], crd["spec"]["names"]
+    return [
+        Resource(spec["group"], version["name"], names["plural"], names["kind"],
+                 namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                 status="status" in (version.get("subresources") or {}),
+                 short_names=tuple(names.get("shortNames", ())), categories=tuple(names.get("categories", ())))
+        for version in spec["versions"] if version.get("served", True)
+    ]
+
+
+class StatusError(Exception):
+    """A request the server refuses: answered as a ``Status`` object with this HTTP code and reason."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+    def status(self) -> JsonObject:
+        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": self.message,
+                "reason": self.reason, "code": self.code}
+
+
+# Selectors. Each is parsed once per request into one predicate per term, so a bad one answers 400 even when no
+# object is there to test, and a list of a thousand objects does not parse it a thousand times.
+
+def _split_selector(selector: str) -> list[str]:
+    """The terms of a selector: split at the commas outside parentheses (not those of ``in (a,b)``)."""
+    return [term.strip() for term in re.split(r",(?![^(]*\))", selector) if term.strip()]
+
+
+_LABEL_TERM = re.compile(
+    r"^(?P<negated>!)?\s*(?P<key>[\w./-]+)\s*"
+    r"(?:(?P<op>==|=|!=)\s*(?P<value>[\w./-]*)|\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\))?$"
+)
+_FIELD_TERM = re.compile(r"^(?P<path>[\w.]+)\s*(?P<op>==|=|!=)\s*(?P<value>.*)$")
+
+
+def _label_term(term: str) -> Selected:
+    match = _LABEL_TERM.match(term)
+    if match is None:
+        raise StatusError(400, "BadRequest", f"unable to parse requirement: {term!r}")
+    key, value = match["key"], match["value"]
+    if match["negated"]:
+        return lambda labels: key not in labels
+    if match["op"] in ("=", "=="):
+        return lambda labels: labels.get(key) == value
+    if match["op"] == "!=":
+        return lambda labels: labels.get(key) != value
+    if match["setop"] is not None:
+        values, inside = {item.strip() for item in match["values"].split(",")}, match["setop"] == "in"
+        return lambda labels: (labels.get(key) in values) == inside
+    return lambda labels: key in labels
+
+
+def _field_term(term: str) -> Selected:
+    match = _FIELD_TERM.match(term)
+    if match is None:
+        raise StatusError(400, "BadRequest", f"invalid field selector: {term!r}")
+    path, expected, equal = match["path"].split("."), match["value"], match["op"] != "!="
+
+    def test(obj: Mapping[str, Any]) -> bool:
+        value: Any = obj
+        for part in path:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        return (("" if value is None else str(value)) == expected) == equal
+
+    return test
+
+
+def _equalities(label_selector: str) -> list[tuple[str, str]]:
+    """The ``k=v`` terms of a label selector, which the label index can answer."""
+    terms = [_LABEL_TERM.match(term) for term in _split_selector(label_selector)]
+    return [(t["key"], t["value"]) for t in terms if t is not None and not t["negated"] and t["op"] in ("=", "==")]
+
+
+def labels_match(labels: Mapping[str, str], selector: str) -> bool:
+    """Whether labels satisfy a Kubernetes label selector string (equality- and set-based)."""
+    return all(term(labels) for term in map(_label_term, _split_selector(selector)))
+
+
+def fields_match(obj: Mapping[str, Any], selector: str) -> bool:
+    """Whether an object satisfies a field selector (``path=value``, ``path==value``, ``path!=value``)."""
+    return all(term(obj) for term in map(_field_term, _split_selector(selector)))
+
+
+def selection(label_selector: str = "", field_selector: str = "") -> Selected:
+    """One predicate for both selectors of a request; raises a 400 StatusError for a malformed one."""
+    label_terms = [_label_term(term) for term in _split_selector(label_selector)]
+    field_terms = [_field_term(term) for term in _split_selector(field_selector)]
+
+    def selected(obj: Mapping[str, Any]) -> bool:
+        labels = obj["metadata"].get("labels") or {}
+        return all(term(labels) for term in label_terms) and all(term(obj) for term in field_terms)
+
+    return selected
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, ``null`` removes a key, anything else (lists too) replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _content(obj: JsonObject) -> JsonObject:
+    """What ``generation`` counts changes of: everything but metadata and status."""
+    return {key: value for key, value in obj.items() if key not in ("metadata", "status")}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One stored write, as watches see it: the object after it (the last state, for DELETED) and before it."""
+
+    resource_version: int
+    type: str
+    obj: JsonObject
+    previous: JsonObject | None
+
+
+class Watch:
+    """The events of one watch stream: one resource, one namespace or all, only the objects its selectors pick."""
+
+    def __init__(self, watches: set[Watch], namespace: str | None, selected: Selected) -> None:
+        self._watches = watches
+        self._namespace = namespace
+        self._selected = selected
+        self._queue: asyncio.Queue[JsonObject | None] = asyncio.Queue()
+        watches.add(self)
+
+    def offer(self, change: Change) -> None:
+        if self._namespace is not None and change.obj["metadata"].get("namespace") != self._namespace:
+            return
+        # As a real server does, an object that starts or stops matching the selectors is ADDED or DELETED here.
+        before = change.previous is not None and self._selected(change.previous)
+        after = change.type != "DELETED" and self._selected(change.obj)
+        kind = "MODIFIED" if before and after else "ADDED" if after else "DELETED" if before else None
+        if kind is not None:
+            self._queue.put_nowait({"type": kind, "object": change.obj})
+
+    def expire(self, since: int, oldest: int) -> None:
+        """End the stream with a 410, as a server does to a watch from a resourceVersion it no longer has."""
+        error = StatusError(410, "Expired", f"too old resource version: {since} ({oldest})")
+        self._queue.put_nowait({"type": "ERROR", "object": error.status()})
+        self.end()
+
+    def end(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def next(self, deadline: float | None = None) -> JsonObject | None:
+        """The next event, or None once the stream ended or the loop time `deadline` passed."""
+        if not self._queue.empty():  # the common case under load: no task, no timer
+            return self._queue.get_nowait()
+        if deadline is None:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), max(0.0, deadline - asyncio.get_running_loop().time()))
+        except asyncio.TimeoutError:
+            return None
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._watches.discard(self)
+
+
+class Store:
+    """The objects of every served resource, and the API semantics of reading and writing them.
+
+    Every write stores a new dict and never changes a stored one, so the objects handed out (and queued for watches)
+    stay as they were; callers must not change them either. No request costs time in the requests served before it:
+    a get, create, patch or delete costs time in its one object, a list or the start of a watch in the objects of its
+    resource (only those with the label, for ``k=v`` label terms, which an index answers).
+    """
+
+    def __init__(self, resources: Iterable[Resource], history: int = HISTORY_PER_RESOURCE) -> None:
+        self._resources = {(r.group, r.version, r.plural): r for r in resources}
+        self._objects: dict[Resource, dict[Key, JsonObject]] = {r: {} for r in self._resources.values()}
+        self._history: dict[Resource, deque[Change]] = {r: deque(maxlen=history) for r in self._resources.values()}
+        self._forgotten: dict[Resource, int] = {}  # the newest resourceVersion dropped from a history
+        self._watches: dict[Resource, set[Watch]] = {r: set() for r in self._resources.values()}
+        self._labelled: dict[Resource, dict[tuple[str, str], set[Key]]] = {r: {} for r in self._resources.values()}
+        self._resource_version = 0
+
+    @property
+    def resources(self) -> list[Resource]:
+        return list(self._resources.values())
+
+    @property
+    def resource_version(self) -> str:
+        return str(self._resource_version)
+
+    def resource(self, group: str, version: str, plural: str) -> Resource:
+        try:
+            return self._resources[(group, version, plural)]
+        except KeyError:
+            raise StatusError(404, "NotFound", NO_SUCH_RESOURCE) from None
+
+    def _key(self, resource: Resource, namespace: str | None, name: str) -> Key:
+        if resource.namespaced != (namespace is not None):
+            raise StatusError(404, "NotFound", NO_SUCH_RESOURCE)
+        return namespace, name
+
+    def _check_collection(self, resource: Resource, namespace: str | None) -> None:
+        if namespace is not None and not resource.namespaced:
+            raise StatusError(404, "NotFound", NO_SUCH_RESOURCE)
+
+    def get(self, resource: Resource, namespace: str | None, name: str) -> JsonObject:
+        try:
+            return self._objects[resource][self._key(resource, namespace, name)]
+        except KeyError:
+            raise StatusError(404, "NotFound", f'{resource.qualified} "{name}" not found') from None
+
+    def list(self, resource: Resource, namespace: str | None = None, label_selector: str = "",
+             field_selector: str = "") -> list[JsonObject]:
+        """The matching objects in one namespace (all, when None), in namespace and name order."""
+        self._check_collection(resource, namespace)
+        selected = selection(label_selector, field_selector)
+        objects = self._objects[resource]
+        # The operator lists each job's pods and services by label: scanning every pod for each of those lists would
+        # make a thousand jobs quadratic, so `k=v` terms first narrow the candidates down through the label index.
+        indexed = [self._labelled[resource].get(pair, set()) for pair in _equalities(label_selector)]
+        keys: Iterable[Key] = set.intersection(*indexed) if indexed else objects
+        found = [key for key in keys if namespace in (None, key[0]) and selected(objects[key])]
+        return [objects[key] for key in sorted(found, key=lambda key: (key[0] or "", key[1]))]
+
+    def watch(self, resource: Resource, namespace: str | None = None, since: str | None = None,
+              label_selector: str = "", field_selector: str = "") -> Watch:
+        """A watch from `since` (the changes after that resourceVersion), or from now with the current objects."""
+        self._check_collection(resource, namespace)
+        selected = selection(label_selector, field_selector)
+        current = self.list(resource, namespace) if not since or since == "0" else []
+        try:
+            version = int(since or 0)
+        except ValueError:
+            raise StatusError(400, "BadRequest", f"invalid resourceVersion: {since!r}") from None
+        watch = Watch(self._watches[resource], namespace, selected)
+        for obj in current:  # the watch applies the selectors
+            watch.offer(Change(self._resource_version, "ADDED", obj, None))
+        history = self._history[resource]
+        if version and version < self._forgotten.get(resource, 0):
+            watch.expire(version, history[0].resource_version)
+        elif version:
+            for change in list(itertools.takewhile(lambda c: c.resource_version > version, reversed(history)))[::-1]:
+                watch.offer(change)
+        return watch
+
+    def create(self, resource: Resource, namespace: str | None, body: JsonObject) -> JsonObject:
+        obj = copy.deepcopy(body)
+        metadata = obj.setdefault("metadata", {})
+        if resource.namespaced and metadata.get("namespace", namespace) != namespace:
+            raise StatusError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
+                                                 "sent on the request")
+        if not metadata.get("name"):
+            if not metadata.get("generateName"):
+                raise StatusError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+            metadata["name"] = metadata["generateName"] + "".join(secrets.choice(NAME_ALPHABET) for _ in range(5))
+        key = self._key(resource, namespace, metadata["name"])
+        if key in self._objects[resource]:
+            raise StatusError(409, "AlreadyExists", f'{resource.qualified} "{metadata["name"]}" already exists')
+        for field in SERVER_METADATA:
+            if field != "name":
+                metadata.pop(field, None)
+        if namespace is not None:
+            metadata["namespace"] = namespace
+        metadata.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        obj.update(apiVersion=resource.api_version, kind=resource.kind)
+        if resource.status:
+            obj.pop("status", None)
+        _omit_empty(metadata)
+        return self._store(resource, key, "ADDED", obj, None)
+
+    def patch(self, resource: Resource, namespace: str | None, name: str, patch: Any, json_patch: bool = False,
+              subresource: str | None = None) -> JsonObject:
+        """A merge patch (RFC 7386), or a JSON patch (RFC 6902) when `json_patch`."""
+        if not json_patch:
+            return self._update(resource, namespace, name, subresource, lambda obj: merge_patch(obj, patch))
+        if not isinstance(patch, list):
+            raise StatusError(400, "BadRequest", "a JSON patch must be a list of operations")
+
+        def apply(obj: JsonObject) -> Any:
+            try:
+                return jsonpatch.apply_patch(obj, patch, in_place=True)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise StatusError(422, "Invalid", f"the JSON patch could not be applied: {exc}") from exc
+
+        return self._update(resource, namespace, name, subresource, apply)
+
+    def replace(self, resource: Resource, namespace: str | None, name: str, body: JsonObject,
+                subresource: str | None = None) -> JsonObject:
+        """PUT: the object becomes `body`, within what a client may change."""
+        return self._update(resource, namespace, name, subresource, lambda _: copy.deepcopy(body))
+
+    def delete(self, resource: Resource, namespace: str | None, name: str) -> JsonObject:
+        """Mark the object deleted when it has finalizers, else remove it; the object as it ends up."""
+        current = self.get(resource, namespace, name)
+        metadata = current["metadata"]
+        if metadata.get("finalizers") and metadata.get("deletionTimestamp"):
+            return current
+        final = {**current, "metadata": {**metadata}}
+        if metadata.get("finalizers"):
+            final["metadata"]["deletionTimestamp"] = _now()
+            return self._store(resource, (namespace, name), "MODIFIED", final, current)
+        return self._store(resource, (namespace, name), "DELETED", final, current)
+
+    def collect_garbage(self) -> None:
+        """Delete every object whose owners are all gone (by uid), as the background propagation would."""
+        uids = {obj["metadata"]["uid"] for objects in self._objects.values() for obj in objects.values()}
+        orphans = [
+            (resource, key) for resource, objects in self._objects.items() for key, obj in objects.items()
+            if obj["metadata"].get("ownerReferences") and not obj["metadata"].get("deletionTimestamp")
+            and not uids.intersection(ref.get("uid") for ref in obj["metadata"]["ownerReferences"])
+        ]
+        for resource, (namespace, name) in orphans:
+            self.delete(resource, namespace, name)
+
+    def close(self) -> None:
+        """End every watch stream (the server is shutting down)."""
+        for watches in self._watches.values():
+            for watch in watches:
+                watch.end()
+
+    def _update(self, resource: Resource, namespace: str | None, name: str, subresource: str | None,
+                edit: Callable[[JsonObject], Any]) -> JsonObject:
+        current = self.get(resource, namespace, name)
+        candidate = edit(copy.deepcopy(current))
+        if not isinstance(candidate, dict) or not isinstance(candidate.get("metadata", {}), dict):
+            raise StatusError(422, "Invalid", "the result is not an object with object metadata")
+        sent_version = candidate.get("metadata", {}).get("resourceVersion")
+        if sent_version and sent_version != current["metadata"]["resourceVersion"]:
+            raise StatusError(409, "Conflict", f'Operation cannot be fulfilled on {resource.qualified} "{name}": the '
+                                               "object has been modified; please apply your changes to the latest "
+                                               "version and try again")
+        if subresource == "status":
+            updated = {**current, "metadata": {**current["metadata"]}, "status": candidate.get("status")}
+            if updated["status"] is None:
+                del updated["status"]
+        else:
+            updated = candidate
+            if resource.status:
+                updated.pop("status", None)
+                if "status" in current:
+                    updated["status"] = current["status"]
+        metadata = updated.setdefault("metadata", {})
+        for field in SERVER_METADATA:
+            if field in current["metadata"]:
+                metadata[field] = current["metadata"][field]
+            else:
+                metadata.pop(field, None)
+        updated.update(apiVersion=current["apiVersion"], kind=current["kind"])
+        _omit_empty(metadata)
+        if updated == current:
+            return current  # nothing changed: nothing stored, no event, the same resourceVersion
+        if _content(updated) != _content(current):
+            metadata["generation"] = current["metadata"]["generation"] + 1
+        released = metadata.get("deletionTimestamp") and not metadata.get("finalizers")
+        return self._store(resource, (namespace, name), "DELETED" if released else "MODIFIED", updated, current)
+
+    def _store(self, resource: Resource, key: Key, kind: str, obj: JsonObject,
+               previous: JsonObject | None) -> JsonObject:
+        self._resource_version += 1
+        obj["metadata"]["resourceVersion"] = str(self._resource_version)
+        if kind == "DELETED":
+            del self._objects[resource][key]
+        else:
+            self._objects[resource][key] = obj
+        labelled = self._labelled[resource]  # the label index follows: out with the old labels, in with the new
+        if previous is not None:
+            for pair in previous["metadata"].get("labels", {}).items():
+                labelled[pair].discard(key)
+                if not labelled[pair]:
+                    del labelled[pair]
+        if kind != "DELETED":
+            for pair in obj["metadata"].get("labels", {}).items():
+                labelled.setdefault(pair, set()).add(key)
+        change = Change(self._resource_version, kind, obj, previous)
+        history = self._history[resource]
+        if len(history) == history.maxlen:
+            self._forgotten[resource] = history[0].resource_version
+        history.append(change)
+        for watch in self._watches[resource]:
+            watch.offer(change)
+        return obj
+
+
+def _omit_empty(metadata: JsonObject) -> None:
+    for field in OMITTED_WHEN_EMPTY:
+        if field in metadata and not metadata[field]:
+            del metadata[field]
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request the emulator received, in RBAC terms (verb, API group, resource, subresource)."""
+
+    method: str
+    verb: str
+    group: str
+    resource: str
+    subresource: str | None
+    namespace: str | None
+    name: str | None
+    user_agent: str
+
+
+_WRITE_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_PATCH_TYPES = {"application/merge-patch+json": False, "application/strategic-merge-patch+json": False,
+                "application/json-patch+json": True}
+
+
+def _parse_path(path: str) -> tuple[str, str, str, str | None, str | None, str | None] | None:
+    """(group, version, plural, namespace, name, subresource) of a resource path; None for any other path."""
+    parts = [part for part in path.split("/") if part]
+    if parts[:1] == ["api"] and len(parts) > 2:
+        group, version, rest = "", parts[1], parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) > 3:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    # `namespaces/x/status` is a Namespace's subresource; `namespaces/x/pods` is the pods in namespace x.
+    if rest[0] == "namespaces" and len(rest) > 2 and rest[2] not in ("status", "finalize"):
+        namespace, rest = rest[1], rest[2:]
+    if len(rest) > 3:
+        raise StatusError(404, "NotFound", NO_SUCH_RESOURCE)
+    plural, name, subresource = (rest + [None, None])[:3]
+    return group, version, plural, namespace, name, subresource
+
+
+class ApiServer:
+    """The store served as the Kubernetes REST API (see the module docstring), every resource request recorded."""
+
+    def __init__(self, crds: Iterable[Mapping[str, Any]] = (), namespaces: Iterable[str] = ("default",)) -> None:
+        crds = list(crds)
+        self.store = Store([*BUILTIN_RESOURCES, *(r for crd in crds for r in crd_resources(crd))])
+        self.calls: list[ApiCall] = []
+        for name in namespaces:
+            self.store.create(NAMESPACES, None, {"metadata": {"name": name}})
+            self.store.patch(NAMESPACES, None, name, {"status": {"phase": "Active"}}, subresource="status")
+        for crd in crds:
+            self.store.create(CRDS, None, dict(crd))
+
+    def application(self) -> web.Application:
+        # One catch-all route, parsed here: the API's paths are not a good fit for aiohttp's router, and parsing
+        # costs the same for every request.
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        return app
+
+    async def collect_garbage(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            self.store.collect_garbage()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            target = _parse_path(request.path)
+            if target is None:
+                return web.json_response(self._discovery([part for part in request.path.split("/") if part]))
+            return await self._serve(request, *target)
+        except StatusError as error:
+            return web.json_response(error.status(), status=error.code)
+
+    async def _serve(self, request: web.Request, group: str, version: str, plural: str, namespace: str | None,
+                     name: str | None, subresource: str | None) -> web.StreamResponse:
+        method, query = request.method, request.query
+        watching = query.get("watch") in ("true", "1")
+        if method == "GET":
+            verb = "watch" if watching else "get" if name else "list"
+        else:
+            verb = "deletecollection" if method == "DELETE" and name is None else _WRITE_VERBS.get(method, method.lower())
+        self.calls.append(ApiCall(method=method, verb=verb, group=group, resource=plural, subresource=subresource,
+                                  namespace=namespace, name=name, user_agent=request.headers.get("User-Agent", "")))
+        store = self.store
+        resource = store.resource(group, version, plural)
+        if subresource is not None and (subresource != "status" or not resource.status):
+            raise StatusError(404, "NotFound", NO_SUCH_RESOURCE)
+        # Refused: writes to the read-only resources, deletecollection, POST to an object, PUT or PATCH of a
+        # collection, DELETE of a subresource, and methods the API does not have.
+        if method != "GET" and (resource.read_only or method not in _WRITE_VERBS or (method == "POST") != (name is None)
+                                or (method == "DELETE" and subresource is not None)):
+            raise StatusError(405, "MethodNotAllowed", f"{method} is not supported on this path by this server")
+        if verb == "watch":
+            return await self._watch(request, resource, namespace, name)
+        if verb == "get":
+            assert name is not None  # the verb says so
+            return web.json_response(store.get(resource, namespace, name))
+        if verb == "list":
+            items = store.list(resource, namespace, query.get("labelSelector", ""), query.get("fieldSelector", ""))
+            return web.json_response({"apiVersion": resource.api_version, "kind": f"{resource.kind}List",
+                                      "metadata": {"resourceVersion": store.resource_version}, "items": items})
+        if method == "DELETE":
+            assert name is not None  # deletecollection was refused above
+            return web.json_response(store.delete(resource, namespace, name))
+        if method == "PATCH" and request.content_type not in _PATCH_TYPES:
+            raise StatusError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
+                                                           f"accepted media types include: {', '.join(_PATCH_TYPES)}")
+        body = await _json_body(request)
+        if method == "POST":
+            if not isinstance(body, dict):
+                raise StatusError(400, "BadRequest", "the request body is not an object")
+            return web.json_response(store.create(resource, namespace, body), status=201)
+        assert name is not None  # only POST addresses a collection
+        if method == "PUT":
+            if not isinstance(body, dict):
+                raise StatusError(400, "BadRequest", "the request body is not an object")
+            return web.json_response(store.replace(resource, namespace, name, body, subresource))
+        patched = store.patch(resource, namespace, name, body, _PATCH_TYPES[request.content_type], subresource)
+        return web.json_response(patched)
+
+    async def _watch(self, request: web.Request, resource: Resource, namespace: str | None,
+                     name: str | None) -> web.StreamResponse:
+        query = request.query
+        fields = ",".join(filter(None, [query.get("fieldSelector", ""), name and f"metadata.name={name}"]))
+        timeout = query.get("timeoutSeconds")
+        deadline = asyncio.get_running_loop().time() + float(timeout) if timeout else None
+        with self.store.watch(resource, namespace, query.get("resourceVersion"), query.get("labelSelector", ""),
+                              fields) as watch:
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionResetError):  # the client went away between two events
+                while (event := await watch.next(deadline)) is not None:
+                    await response.write(json.dumps(event).encode() + b"\n")
+                await response.write_eof()
+        return response
+
+    def _discovery(self, parts: list[str]) -> JsonObject:
+        resources = self.store.resources
+        groups: dict[str, list[str]] = {}
+        for resource in resources:
+            if resource.group and resource.version not in groups.setdefault(resource.group, []):
+                groups[resource.group].append(resource.version)
+        if parts == ["version"]:
+            return VERSION
+        if parts == ["api"]:
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if parts == ["apis"]:
+            return {"apiVersion": "v1", "kind": "APIGroupList",
+                    "groups": [_api_group(group, versions) for group, versions in groups.items()]}
+        if len(parts) == 2 and parts[0] == "apis" and parts[1] in groups:
+            return _api_group(parts[1], groups[parts[1]])
+        served = [r for r in resources if ["api", r.version] == parts or ["apis", r.group, r.version] == parts]
+        if not served:
+            raise StatusError(404, "NotFound", NO_SUCH_RESOURCE)
+        return {"apiVersion": "v1", "kind": "APIResourceList", "groupVersion": served[0].api_version,
+                "resources": [entry for resource in served for entry in _discovered(resource)]}
+
+
+def _api_group(group: str, versions: list[str]) -> JsonObject:
+    listed = [{"groupVersion": f"{group}/{version}", "version": version} for version in versions]
+    return {"apiVersion": "v1", "kind": "APIGroup", "name": group, "versions": listed, "preferredVersion": listed[0]}
+
+
+def _discovered(resource: Resource) -> list[JsonObject]:
+    verbs = ["get", "list", "watch"] if resource.read_only else ["create", "delete", "get", "list", "patch",
+                                                                  "update", "watch"]
+    entries = [{"name": resource.plural, "singularName": resource.kind.lower(), "namespaced": resource.namespaced,
+                "kind": resource.kind, "verbs": verbs, "shortNames": list(resource.short_names),
+                "categories": list(resource.categories)}]
+    if resource.status:
+        entries.append({"name": f"{resource.plural}/status", "singularName": "", "namespaced": resource.namespaced,
+                        "kind": resource.kind, "verbs": ["get"] if resource.read_only else ["get", "patch", "update"]})
+    return entries
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise StatusError(400, "BadRequest", f"the request body is not JSON: {exc}") from exc

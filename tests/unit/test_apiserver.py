@@ -1,0 +1,286 @@
+"""The in-memory API server's semantics, on its store: no HTTP, no threads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.support.apiserver import (
+    BUILTIN_RESOURCES,
+    StatusError,
+    Store,
+    Watch,
+    crd_resources,
+    fields_match,
+    labels_match,
+    merge_patch,
+)
+
+JOBS_CRD = {
+    "spec": {"group": "bigmodel.dev", "scope": "Namespaced",
+             "names": {"kind": "BigModelJob", "plural": "bigmodeljobs", "shortNames": ["bmj"]},
+             "versions": [{"name": "v1alpha1", "served": True, "subresources": {"status": {}}},
+                          {"name": "v1alpha0", "served": False}]},
+}
+(JOBS,) = crd_resources(JOBS_CRD)
+BY_PLURAL = {resource.plural: resource for resource in BUILTIN_RESOURCES}
+CONFIGMAPS, NAMESPACES = BY_PLURAL["configmaps"], BY_PLURAL["namespaces"]
+
+
+def job(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}, "spec": {"task": "digits"}}
+
+
+@pytest.fixture()
+def store() -> Store:
+    return Store([*BUILTIN_RESOURCES, JOBS])
+
+
+def refused(code: int, call: Any, *args: Any, **kwargs: Any) -> StatusError:
+    with pytest.raises(StatusError) as error:
+        call(*args, **kwargs)
+    assert error.value.code == code, error.value.message
+    assert error.value.status()["kind"] == "Status" and error.value.status()["code"] == code
+    return error.value
+
+
+async def drain(watch: Watch) -> list[tuple[str, str]]:
+    """The events queued so far, as (type, name)."""
+    events = []
+    while (event := await watch.next(asyncio.get_running_loop().time())) is not None:
+        events.append((event["type"], event["object"]["metadata"].get("name", event["object"].get("reason"))))
+    return events
+
+
+def test_a_crd_serves_its_served_versions_with_their_subresources() -> None:
+    assert (JOBS.api_version, JOBS.kind, JOBS.namespaced, JOBS.status) == ("bigmodel.dev/v1alpha1", "BigModelJob",
+                                                                           True, True)
+    assert JOBS.short_names == ("bmj",) and JOBS.qualified == "bigmodeljobs.bigmodel.dev"
+
+
+def test_create_fills_in_the_server_metadata(store: Store) -> None:
+    created = store.create(JOBS, "default", {**job("a"), "status": {"phase": "Forged"},
+                                             "metadata": {"name": "a", "uid": "mine", "resourceVersion": "99"}})
+    metadata = created["metadata"]
+    assert created["apiVersion"] == "bigmodel.dev/v1alpha1" and created["kind"] == "BigModelJob"
+    assert metadata["namespace"] == "default" and metadata["generation"] == 1 and metadata["creationTimestamp"]
+    assert metadata["uid"] != "mine" and metadata["resourceVersion"] == store.resource_version == "1"
+    assert "status" not in created  # the status subresource: only /status writes it
+    assert store.get(JOBS, "default", "a") is created
+
+    assert refused(409, store.create, JOBS, "default", job("a")).reason == "AlreadyExists"
+    refused(400, store.create, JOBS, "default", {"metadata": {"name": "b", "namespace": "other"}})
+    refused(422, store.create, JOBS, "default", {"metadata": {}})
+    refused(404, store.create, JOBS, None, job("c"))  # a namespaced resource needs a namespace
+
+
+def test_generate_name_makes_unique_names(store: Store) -> None:
+    names = {store.create(CONFIGMAPS, "default", {"metadata": {"generateName": "ev-"}})["metadata"]["name"]
+             for _ in range(20)}
+    assert len(names) == 20 and all(name.startswith("ev-") and len(name) == 8 for name in names)
+
+
+def test_cluster_scoped_objects_have_no_namespace(store: Store) -> None:
+    created = store.create(NAMESPACES, None, {"metadata": {"name": "ns", "namespace": "ignored"}})
+    assert "namespace" not in created["metadata"]
+    refused(404, store.list, NAMESPACES, "default")
+    assert [ns["metadata"]["name"] for ns in store.list(NAMESPACES)] == ["ns"]
+
+
+def test_get_of_a_missing_object_is_a_404_status(store: Store) -> None:
+    error = refused(404, store.get, JOBS, "default", "nope")
+    assert error.status() == {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                              "message": 'bigmodeljobs.bigmodel.dev "nope" not found', "reason": "NotFound",
+                              "code": 404}
+    refused(404, store.resource, "bigmodel.dev", "v1alpha1", "widgets")
+
+
+def test_list_by_namespace_and_selectors(store: Store) -> None:
+    store.create(JOBS, "default", job("a", team="x", tier="gold"))
+    store.create(JOBS, "default", job("b", team="y"))
+    store.create(JOBS, "other", job("c"))
+
+    def names(namespace: str | None = "default", **selectors: str) -> list[str]:
+        return [obj["metadata"]["name"] for obj in store.list(JOBS, namespace, **selectors)]
+
+    assert names() == ["a", "b"] and names(None) == ["a", "b", "c"]
+    assert names(label_selector="team=x") == ["a"]
+    assert names(label_selector="team!=x") == ["b"]
+    assert names(None, label_selector="team in (x, y),!tier") == ["b"]
+    assert names(None, label_selector="team") == ["a", "b"]
+    assert names(None, label_selector="team notin (x)") == ["b", "c"]
+    assert names(None, field_selector="metadata.namespace=other") == ["c"]
+    assert names(None, field_selector="metadata.name!=a,spec.task==digits") == ["b", "c"]
+    refused(400, store.list, JOBS, "nowhere", label_selector="team=(x")  # even with nothing to match
+
+    # Relabelled and deleted objects leave the label index too.
+    store.patch(JOBS, "default", "b", {"metadata": {"labels": {"team": "x"}}})
+    assert names(label_selector="team=x") == ["a", "b"] and names(label_selector="team==y") == []
+    store.delete(JOBS, "default", "a")
+    assert names(label_selector="team=x,tier!=silver") == ["b"]
+
+
+def test_selector_functions() -> None:
+    assert labels_match({"a": "1"}, "a=1,b!=2") and not labels_match({"a": "1"}, "a in (2,3)")
+    assert fields_match({"status": {"phase": "Running"}}, "status.phase=Running")
+    assert fields_match({}, "status.phase=") and not fields_match({}, "status.phase!=")
+
+
+def test_merge_patch_follows_rfc_7386() -> None:
+    target = {"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]}
+    patch = {"a": "z", "c": {"f": None, "n": {"x": None}}, "l": [3]}
+    assert merge_patch(target, patch) == {"a": "z", "c": {"d": "e", "n": {}}, "l": [3]}
+    assert target == {"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]}  # not changed in place
+
+
+def test_patches_bump_resource_version_and_generation_only_for_changes(store: Store) -> None:
+    created = store.create(JOBS, "default", job("a"))
+    labelled = store.patch(JOBS, "default", "a", {"metadata": {"labels": {"x": "1"}, "uid": "forged"}})
+    assert labelled["metadata"]["generation"] == 1 and labelled["metadata"]["uid"] == created["metadata"]["uid"]
+    assert int(labelled["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+    assert created["metadata"].get("labels") is None  # the stored object handed out before did not change
+
+    same = store.patch(JOBS, "default", "a", {"spec": {"task": "digits"}})
+    assert same is labelled  # a no-op: nothing stored
+    respecced = store.patch(JOBS, "default", "a", {"spec": {"task": "gpt"}})
+    assert respecced["metadata"]["generation"] == 2
+    json_patched = store.patch(JOBS, "default", "a", [{"op": "replace", "path": "/spec/task", "value": "digits"}],
+                               json_patch=True)
+    assert json_patched["metadata"]["generation"] == 3
+    emptied = store.patch(JOBS, "default", "a", {"metadata": {"labels": {"x": None}}})
+    assert "labels" not in emptied["metadata"]  # omitted when empty, as a real server does
+
+
+def test_a_failed_json_patch_test_is_422(store: Store) -> None:
+    created = store.create(JOBS, "default", job("a"))
+    store.patch(JOBS, "default", "a", {"metadata": {"labels": {"x": "1"}}})
+    stale = [{"op": "test", "path": "/metadata/resourceVersion", "value": created["metadata"]["resourceVersion"]},
+             {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]
+    assert refused(422, store.patch, JOBS, "default", "a", stale, json_patch=True).reason == "Invalid"
+    refused(422, store.patch, JOBS, "default", "a", [{"op": "remove", "path": "/spec/absent"}], json_patch=True)
+    refused(400, store.patch, JOBS, "default", "a", {"not": "a list"}, json_patch=True)
+    assert "finalizers" not in store.get(JOBS, "default", "a")["metadata"]
+
+
+def test_the_status_subresource_is_isolated(store: Store) -> None:
+    store.create(JOBS, "default", job("a"))
+    store.patch(JOBS, "default", "a", {"spec": {"task": "gpt"}, "status": {"phase": "Kept"}}, subresource="status")
+    store.patch(JOBS, "default", "a", {"status": {"phase": "Ignored"}})
+    body = store.get(JOBS, "default", "a")
+    assert body["spec"] == {"task": "digits"} and body["status"] == {"phase": "Kept"}
+    assert body["metadata"]["generation"] == 1  # status changes do not count
+    replaced = store.replace(JOBS, "default", "a", {"metadata": {"name": "a"}, "spec": {"task": "x"}})
+    assert replaced["status"] == {"phase": "Kept"}
+
+    store.create(CONFIGMAPS, "default", {"metadata": {"name": "c"}, "status": {"any": "field"}})
+    assert store.patch(CONFIGMAPS, "default", "c", {"status": {"any": "other"}})["status"] == {"any": "other"}
+
+
+def test_put_replaces_and_conflicts_on_a_stale_resource_version(store: Store) -> None:
+    created = store.create(JOBS, "default", job("a", team="x"))
+    replaced = store.replace(JOBS, "default", "a", {**created, "spec": {"task": "gpt"},
+                                                    "metadata": {**created["metadata"], "labels": {}}})
+    assert replaced["spec"] == {"task": "gpt"} and "labels" not in replaced["metadata"]
+    assert replaced["metadata"]["uid"] == created["metadata"]["uid"] and replaced["metadata"]["generation"] == 2
+
+    conflict = refused(409, store.replace, JOBS, "default", "a", created)
+    assert conflict.reason == "Conflict" and "the object has been modified" in conflict.message
+    refused(409, store.patch, JOBS, "default", "a", {"metadata": {"resourceVersion": "1"}, "spec": {"x": 1}})
+    unconditional = store.replace(JOBS, "default", "a", {"metadata": {"name": "a"}, "spec": {"task": "y"}})
+    assert unconditional["spec"] == {"task": "y"}
+    refused(404, store.replace, JOBS, "default", "missing", job("missing"))
+
+
+async def test_finalizers_hold_a_deleted_object_until_emptied(store: Store) -> None:
+    store.create(JOBS, "default", {**job("a"), "metadata": {"name": "a", "finalizers": ["f"]}})
+    watch = store.watch(JOBS, "default", store.resource_version)
+    marked = store.delete(JOBS, "default", "a")
+    assert marked["metadata"]["deletionTimestamp"] and store.delete(JOBS, "default", "a") is marked
+    store.patch(JOBS, "default", "a", {"metadata": {"deletionTimestamp": None, "labels": {"x": "1"}}})
+    assert store.get(JOBS, "default", "a")["metadata"]["deletionTimestamp"]  # the server's field: kept
+    released = store.patch(JOBS, "default", "a", {"metadata": {"finalizers": None}})
+    assert released["metadata"]["resourceVersion"] == store.resource_version
+    refused(404, store.get, JOBS, "default", "a")
+    refused(404, store.delete, JOBS, "default", "a")
+    assert await drain(watch) == [("MODIFIED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+
+
+def test_garbage_collection_deletes_what_lost_all_its_owners(store: Store) -> None:
+    owner = store.create(JOBS, "default", job("owner"))
+    other = store.create(JOBS, "default", {**job("other"), "metadata": {"name": "other", "finalizers": ["f"]}})
+
+    def owned(name: str, *owners: dict[str, Any], **metadata: Any) -> None:
+        refs = [{"apiVersion": JOBS.api_version, "kind": JOBS.kind, "name": o["metadata"]["name"],
+                 "uid": o["metadata"]["uid"]} for o in owners]
+        store.create(CONFIGMAPS, "default", {"metadata": {"name": name, "ownerReferences": refs, **metadata}})
+
+    owned("owned", owner)
+    owned("kept", owner, finalizers=["test/keep"])
+    owned("shared", owner, other)
+    owned("orphan-of-terminating", other)
+    store.delete(JOBS, "default", "owner")
+    store.delete(JOBS, "default", "other")  # it has a finalizer: still there, so its dependents stay
+    store.collect_garbage()
+    left = {cm["metadata"]["name"]: cm["metadata"] for cm in store.list(CONFIGMAPS, "default")}
+    assert set(left) == {"kept", "shared", "orphan-of-terminating"}
+    assert left["kept"]["deletionTimestamp"] and left["kept"]["finalizers"] == ["test/keep"]
+    store.patch(JOBS, "default", "other", {"metadata": {"finalizers": []}})
+    store.collect_garbage()
+    assert [cm["metadata"]["name"] for cm in store.list(CONFIGMAPS, "default")] == ["kept"]
+
+
+async def test_a_watch_from_now_starts_with_the_current_objects(store: Store) -> None:
+    store.create(JOBS, "default", job("a"))
+    store.create(JOBS, "other", job("elsewhere"))
+    with store.watch(JOBS, "default") as watch:
+        store.create(JOBS, "default", job("b"))
+        store.create(JOBS, "other", job("not-here"))
+        store.delete(JOBS, "default", "a")
+        assert await drain(watch) == [("ADDED", "a"), ("ADDED", "b"), ("DELETED", "a")]
+    store.create(JOBS, "default", job("after-the-watch-closed"))
+    assert await drain(watch) == []
+
+
+async def test_a_watch_resumes_after_a_resource_version(store: Store) -> None:
+    store.create(JOBS, "default", job("a"))
+    store.create(JOBS, "default", job("b"))
+    listed_at = store.resource_version
+    store.patch(JOBS, "default", "b", {"spec": {"task": "gpt"}})
+    store.delete(JOBS, "default", "a")
+    store.create(JOBS, "default", job("c"))
+    # Only what changed since the list: unchanged objects are not replayed, a deletion is.
+    watch = store.watch(JOBS, "default", listed_at)
+    assert await drain(watch) == [("MODIFIED", "b"), ("DELETED", "a"), ("ADDED", "c")]
+    assert await drain(store.watch(JOBS, "default", store.resource_version)) == []
+    refused(400, store.watch, JOBS, "default", "yesterday")
+
+
+async def test_a_watch_too_far_behind_gets_410_expired(store: Store) -> None:
+    small = Store([JOBS], history=2)
+    for name in "abc":
+        small.create(JOBS, "default", job(name))
+    assert await drain(small.watch(JOBS, "default", "1")) == [("ADDED", "b"), ("ADDED", "c")]  # 2..3 are kept
+    small.create(JOBS, "default", job("d"))  # now only 3..4 are kept
+    assert len(await drain(small.watch(JOBS, "default", "0"))) == 4  # "0": from now, never too old
+    too_old = small.watch(JOBS, "default", "1")
+    event = await too_old.next()
+    assert event is not None and event["type"] == "ERROR" and event["object"]["code"] == 410
+    assert await too_old.next() is None
+
+
+async def test_a_watch_turns_selector_transitions_into_added_and_deleted(store: Store) -> None:
+    store.create(JOBS, "default", job("a", team="x"))
+    watch = store.watch(JOBS, "default", store.resource_version, label_selector="team=y")
+    store.patch(JOBS, "default", "a", {"metadata": {"labels": {"team": "y"}}})
+    store.patch(JOBS, "default", "a", {"spec": {"task": "gpt"}})
+    store.patch(JOBS, "default", "a", {"metadata": {"labels": {"team": "z"}}})
+    store.patch(JOBS, "default", "a", {"spec": {"task": "digits"}})
+    assert await drain(watch) == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+
+
+async def test_closing_the_store_ends_every_watch(store: Store) -> None:
+    watch = store.watch(JOBS)
+    store.close()
+    assert await asyncio.wait_for(watch.next(), 1) is None
