@@ -3,46 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from bigmodel.api.wire import JOB_KIND, SERVICE_KIND
 from bigmodel.version import VERSION
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+# What `train` and `serve` need beyond the operator's own dependencies: the package's `runtime` extra.
+RUNTIME_MODULES = ("ray", "torch", "sklearn", "pyarrow")
 
 
 class CliError(Exception):
     """A problem the user can fix, reported as one line and exit code 2."""
 
 
-def _load_job(path: str):  # -> BigModelJob, imported lazily so `bigmodel crds` stays fast
-    from bigmodel.api.job import BigModelJob
+@contextlib.contextmanager
+def _needs_runtime(command: str) -> Iterator[None]:
+    """A missing training stack is one line saying how to install it, not an import traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in RUNTIME_MODULES:
+            raise
+        raise CliError(
+            f"`bigmodel {command}` runs Ray and PyTorch on this machine, and {error.name} is not installed: "
+            "pip install 'bigmodel-operator[runtime]'"
+        ) from error
+
+
+def _load(path: str, kind: str, command: str) -> Any:
+    """The manifest's resource, which must be of `kind`; every problem is one line. Imported lazily so that
+    `bigmodel crds` stays fast."""
     from bigmodel.api.manifests import ManifestError, load_manifest
 
     try:
         manifest = load_manifest(path)
     except ManifestError as error:
         raise CliError(str(error)) from error
-    if not isinstance(manifest, BigModelJob):
-        raise CliError(f"{path}: kind: `bigmodel train` runs a BigModelJob, this file holds a {manifest.kind}")
-    return manifest
-
-
-def _load_service(path: str):  # -> BigModelService
-    from bigmodel.api.manifests import ManifestError, load_manifest
-    from bigmodel.api.service import BigModelService
-
-    try:
-        manifest = load_manifest(path)
-    except ManifestError as error:
-        raise CliError(str(error)) from error
-    if not isinstance(manifest, BigModelService):
-        raise CliError(f"{path}: kind: `bigmodel serve` runs a BigModelService, this file holds a {manifest.kind}")
+    if manifest.kind != kind:
+        raise CliError(f"{path}: kind: `bigmodel {command}` runs a {kind}, this file holds a {manifest.kind}")
     return manifest
 
 
@@ -78,8 +86,9 @@ def _read_exported(uri: str, hint: str) -> tuple[str, dict]:
 
     A replica that cannot load its model is retried by Serve for a minute or more before the deploy reports why.
     """
-    from bigmodel.runtime.artifacts import CONFIG_FILE, WEIGHTS_FILE
-    from bigmodel.runtime.storage import exists, read_json, resolve
+    with _needs_runtime("serve"):
+        from bigmodel.runtime.artifacts import CONFIG_FILE, WEIGHTS_FILE
+        from bigmodel.runtime.storage import exists, read_json, resolve
 
     try:
         directory = resolve(uri)
@@ -109,19 +118,21 @@ def _check_port_free(port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:
-    service = _load_service(args.manifest)
+    service = _load(args.manifest, SERVICE_KIND, "serve")
     uri, hint = _model_source(service, args.manifest, args.model)
     model_uri, exported = _read_exported(uri, hint)
     _check_port_free(args.port)
 
     import os
 
-    import ray
-
     from bigmodel.builders.serve_app import app_args, model_name, model_version, serve_deploy_config
-    from bigmodel.runtime.embedded import embedded_ray
-    from bigmodel.runtime.serving import local
-    from bigmodel.runtime.serving.predictor import predictor_class
+
+    with _needs_runtime("serve"):
+        import ray
+
+        from bigmodel.runtime.embedded import embedded_ray
+        from bigmodel.runtime.serving import local
+        from bigmodel.runtime.serving.predictor import predictor_class
 
     name, spec = service.metadata.name, service.spec
     # The export time stands in for the run revision the operator uses: every new export is a new version.
@@ -182,12 +193,12 @@ def _storage_for(job, override: str | None) -> str:
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
-    job = _load_job(args.manifest)
+    job = _load(args.manifest, JOB_KIND, "train")
+    with _needs_runtime("train"):
+        from bigmodel.console import LiveProgress, summary_table
+        from bigmodel.runtime.driver import TrainingFailed, resolve_storage, run_command, run_training
+        from bigmodel.runtime.embedded import embedded_ray, local_cpus, local_worker_resources
     storage = _storage_for(job, args.storage)
-
-    from bigmodel.console import LiveProgress, summary_table
-    from bigmodel.runtime.driver import TrainingFailed, resolve_storage, run_command, run_training
-    from bigmodel.runtime.embedded import embedded_ray, local_cpus, local_worker_resources
 
     name = job.metadata.name
     spec = job.spec

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT, SERVE_PORT
 from bigmodel.builders import naming
-from bigmodel.builders.ray_cluster import PROGRESS_PORT, RAY_DASHBOARD_PORT, SERVE_PORT
 from bigmodel.controller.settings import OperatorSettings
 from tests.chart.rendering import RELEASE, RELEASE_NAMESPACE, of_kind, render, rendered_rbac_rules
 

@@ -15,17 +15,14 @@ from tests.chart.rendering import REPO
 
 OPERATOR_DOCKERFILE = REPO / "images" / "operator" / "Dockerfile"
 RUNTIME_DOCKERFILE = REPO / "images" / "runtime" / "Dockerfile"
-# Dependencies of the package that only the code inside Ray pods imports: the operator image leaves them out.
-RUNTIME_ONLY = {"torch", "ray", "pyarrow", "scikit-learn"}
 TAG = re.compile(r"^#.*-t (\S+) \.$", re.MULTILINE)
 ARG = re.compile(r"^ARG (\w+)=(\S+)$", re.MULTILINE)
 QUOTED_REQUIREMENT = re.compile(r'"([A-Za-z0-9_.\-\[\],]+(?:[<>=!~]=?[^"\s]*)+)"')
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
-def project_dependencies() -> dict[str, Requirement]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    requirements = (Requirement(text) for text in project["dependencies"])
-    return {requirement.name: requirement for requirement in requirements}
+def requirements(texts: list[str]) -> dict[str, Requirement]:
+    return {requirement.name: requirement for requirement in map(Requirement, texts)}
 
 
 def args(dockerfile_text: str) -> dict[str, str]:
@@ -44,24 +41,35 @@ def test_runtime_image_tags_and_versions() -> None:
     values = args(text)
     assert values["VERSION"] == VERSION
     assert values["BASE"] == "rayproject/ray:${RAY_VERSION}-py311-gpu"
-    dependencies = project_dependencies()
+    dependencies = requirements(PROJECT["optional-dependencies"]["runtime"])
     assert dependencies["ray"].specifier.contains(values["RAY_VERSION"])
     assert dependencies["torch"].specifier.contains(values["TORCH_VERSION"])
     assert f"rayproject/ray:{values['RAY_VERSION']}-py311-cpu" in text, "the CPU build's base follows RAY_VERSION"
 
 
-def test_operator_image_installs_the_operator_dependencies_of_pyproject() -> None:
-    """The explicit list in the Dockerfile is pyproject's dependencies without the runtime-only ones, ranges included."""
-    listed = [Requirement(text) for text in QUOTED_REQUIREMENT.findall(OPERATOR_DOCKERFILE.read_text())]
-    expected = {name: str(req.specifier) for name, req in project_dependencies().items() if name not in RUNTIME_ONLY}
-    assert {req.name: str(req.specifier) for req in listed} == expected
-    assert "--no-deps /wheels/*.whl" in OPERATOR_DOCKERFILE.read_text()
+def test_each_image_installs_the_wheel_with_its_own_dependencies() -> None:
+    """No hand-kept list to drift: the operator image takes the package's dependencies, the runtime image adds the
+    runtime extra, and the only versions a Dockerfile names are the runtime's pinned torch and Ray."""
+    operator = OPERATOR_DOCKERFILE.read_text()
+    assert QUOTED_REQUIREMENT.findall(operator) == [] and "install --no-cache-dir --no-deps" not in operator
+    assert "pip install --no-cache-dir /wheels/*.whl" in operator
+    runtime = RUNTIME_DOCKERFILE.read_text()
+    assert '"${wheel}[runtime]"' in runtime
+    pinned = {re.split(r"[\[=<>!~]", text)[0] for text in QUOTED_REQUIREMENT.findall(runtime)}
+    assert pinned == {"torch", "ray"}
+
+
+def test_the_runtime_extra_is_what_the_package_leaves_out_and_dev_installs_everything() -> None:
+    base = requirements(PROJECT["dependencies"])
+    runtime = requirements(PROJECT["optional-dependencies"]["runtime"])
+    assert {"torch", "ray", "pyarrow", "scikit-learn"} <= runtime.keys() and not base.keys() & runtime.keys()
+    assert "bigmodel-operator[runtime]" in PROJECT["optional-dependencies"]["dev"]
 
 
 def test_the_operator_never_imports_runtime_only_packages() -> None:
-    """What lets the operator image leave torch and Ray out: `bigmodel operator` imports neither."""
+    """What lets the operator image leave the runtime extra out: `bigmodel operator` imports none of it."""
     script = (
-        "import json, sys, bigmodel.cli, bigmodel.controller.main, bigmodel.controller.settings; "
+        "import json, sys, bigmodel.cli, bigmodel.controller.main, bigmodel.controller.handlers, bigmodel.api.crd; "
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import torch
 
-from bigmodel.builders.ray_cluster import SERVE_PORT
+from bigmodel.api.wire import SERVE_PORT
 from bigmodel.runtime.artifacts import load_model
 from tests.support.emulator import KubeClient, wait_for
 from tests.support.local_cluster import LocalCluster, local_cluster

@@ -10,13 +10,15 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from bigmodel.api.wire import STORAGE_ENV
+
 
 def train(config: dict) -> None:
     context = ray.train.get_context()
     # An all-reduce across the ranks: proves the workers form one process group.
     value = torch.tensor([float(context.get_world_rank() + 1)])
     dist.all_reduce(value)
-    storage = Path(os.environ["BIGMODEL_CHECKPOINT_STORAGE"])
+    storage = Path(os.environ[STORAGE_ENV])
     record = {"rank": context.get_world_rank(), "world": context.get_world_size(), "sum": value.item(), **config}
     (storage / f"rank-{context.get_world_rank()}.json").write_text(json.dumps(record))
     ray.train.report({"sum": value.item()})

@@ -79,7 +79,7 @@ async def whole_life_of_services(kube: KubeClient, ray: FakeRay) -> None:
     await wait_service_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
     await kube.patch(*SERVICES, "demo", {"spec": {"image": "registry.example/bigmodel-runtime:2"}})
     await start_cluster(kube, ray, 1)
-    await wait_service_status(kube, lambda s: s.get("clusterGeneration") == 1, "the upgrade never switched")
+    await wait_service_status(kube, lambda s: (s.get("serving") or {}).get("generation") == 1, "the upgrade never switched")
     await kube.delete(*SERVICES, "demo")
     await wait_for(lambda: _no_pods(service_pods(kube)), WAIT_S, "the deleted service's pods were not removed")
 

@@ -41,6 +41,11 @@ async def status(kube: KubeClient, name: str = "demo") -> dict[str, Any]:
     return await status_of(kube, SERVICES, name)
 
 
+def slot(status: dict[str, Any], name: str) -> int | None:
+    """The generation of the cluster in one of the status's slots: serving, pending or retiring."""
+    return (status.get(name) or {}).get("generation")
+
+
 async def wait_status(kube: KubeClient, check: Any, message: str, name: str = "demo") -> dict[str, Any]:
     return await wait_status_of(kube, SERVICES, name, check, message, WAIT_S)
 
@@ -196,14 +201,15 @@ async def test_model_change_is_rolled_in_place_and_shape_change_moves_traffic(em
         assert set(await service_pods(kube)) == {"demo-s0-head", "demo-s0-w0"}
 
         await kube.patch(*SERVICES, "demo", {"spec": {"image": "registry.example/bigmodel-runtime:2"}})
-        upgrading = await wait_status(kube, lambda s: s.get("pendingGeneration") == 1, "no new cluster was started")
+        upgrading = await wait_status(kube, lambda s: slot(s, "pending") == 1, "no new cluster was started")
         assert upgrading["phase"] == "Upgrading"
         serving = await kube.get("v1", "services", "demo-serve")
         assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s0"
 
         await start_cluster(kube, ray, 1)
-        switched = await wait_status(kube, lambda s: s.get("clusterGeneration") == 1, "traffic never moved")
-        assert switched["retiringGeneration"] == 0
+        switched = await wait_status(kube, lambda s: slot(s, "serving") == 1, "traffic never moved")
+        assert switched["serving"] == {"name": "demo-s1", "generation": 1, "application": "RUNNING"}
+        assert slot(switched, "retiring") == 0 and "pending" not in switched
         serving = await kube.get("v1", "services", "demo-serve")
         assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s1"
         await wait_events(kube, "UpgradeStarted", "UpgradeComplete")
@@ -222,7 +228,7 @@ async def test_a_new_cluster_that_fails_never_takes_traffic(emulator: Emulator, 
         failed = await wait_status(
             kube, lambda s: "UpgradeFailed" in str(s.get("conditions")), "the failed upgrade was not reported"
         )
-        assert failed["clusterGeneration"] == 0 and failed["phase"] == "Ready"
+        assert slot(failed, "serving") == 0 and failed["phase"] == "Ready"
         await wait_pods(kube, {"demo-s0-head", "demo-s0-w0"})
         serving = await kube.get("v1", "services", "demo-serve")
         assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/cluster"] == "demo-s0"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bigmodel.api.training_report import TrainingReport
-from bigmodel.reconcile.observed import RayJobState, RayJobView
+from bigmodel.reconcile.job_observed import RayJobState, RayJobView
 from bigmodel.reconcile.service_observed import RayClusterView, ServeAppView
 
 

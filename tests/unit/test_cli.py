@@ -1,7 +1,9 @@
-"""The quick `bigmodel` commands, run in-process: validate and crds."""
+"""The quick `bigmodel` commands, run in-process: validate and crds; and train and serve where Ray is missing."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,24 @@ def test_crds_command_writes_what_the_models_generate(tmp_path: Path) -> None:
     assert main(["crds", "--output", str(tmp_path)]) == 0
     written = {path.name for path in tmp_path.glob("*.yaml")}
     assert written == set(render_crds()), written
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [("train", ["examples/digits.yaml"]), ("serve", ["examples/service-digits.yaml", "--model", "."])],
+)
+def test_train_and_serve_without_the_runtime_extra_say_how_to_install_it(command: str, args: list[str]) -> None:
+    """The operator image (and a plain `pip install bigmodel-operator`) has no Ray or torch: one line, exit 2."""
+    hide = "import sys; sys.modules.update(dict.fromkeys(['ray', 'torch'])); from bigmodel.cli import main; "
+    done = subprocess.run(
+        [sys.executable, "-c", hide + f"sys.exit(main({[command, *args]!r}))"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"bigmodel: `bigmodel {command}` runs Ray and PyTorch on this machine, and "
+        f"{'torch' if command == 'serve' else 'ray'} is not installed: pip install 'bigmodel-operator[runtime]'"
+    ]

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from crd_schema import CRD_DIR, EXAMPLES_DIR, load_crds, openapi_schema, server_validator, strict_validator
 
-from bigmodel.api import BigModelJobStatus, load_manifest
 from bigmodel.api.crd import HEADER, SchemaConversionError, _convert, dump_crd, render_crds, write_crds
+from bigmodel.api.job import BigModelJobStatus
+from bigmodel.api.manifests import load_manifest
 from bigmodel.api.service import BigModelServiceStatus
 
 RENDERED = render_crds()

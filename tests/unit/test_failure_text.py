@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bigmodel.builders.ray_job import FAILURE_MARKER
+from bigmodel.api.wire import FAILURE_MARKER
 from bigmodel.controller.ray_client import app_view
 from bigmodel.reconcile.failure_text import MAX_CHARS, failure_summary
 

@@ -10,16 +10,16 @@ import pytest
 import yaml
 from crd_schema import EXAMPLES_DIR, load_crds, openapi_schema, schema_node, server_validator
 
-from bigmodel.api import (
-    BigModelJob,
-    BigModelService,
+from bigmodel.api.job import BigModelJob
+from bigmodel.api.manifests import (
     FieldError,
     ManifestError,
+    format_path,
     load_manifest,
     parse_manifest,
     validation_errors,
 )
-from bigmodel.api.manifests import format_path
+from bigmodel.api.service import BigModelService
 
 JOB: dict[str, Any] = {
     "apiVersion": "bigmodel.dev/v1alpha1",

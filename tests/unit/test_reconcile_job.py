@@ -9,8 +9,11 @@ from bigmodel.api.job import BigModelJob, BigModelJobStatus, CheckpointRef
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
 from bigmodel.builders.ray_cluster import head_pod, head_service, worker_pod
-from bigmodel.reconcile.job import JobPlan, decide_job, spec_digests, validation_plan
-from bigmodel.reconcile.observed import JobObservation, PodView, RayJobView, ServiceView
+from bigmodel.reconcile.decision import validation_plan
+from bigmodel.reconcile.job import JobPlan, decide_job, spec_digests
+from bigmodel.reconcile.job_observed import JobObservation, RayJobView
+from bigmodel.reconcile.observed import PodView, ServiceView
+from bigmodel.reconcile.plans import Outcome, StopJob, SubmitJob
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 UID = "0123456789abcdef"
@@ -46,9 +49,9 @@ def pod(obj: dict[str, Any], job: BigModelJob, *, phase: str = "Running", ready:
 
 
 def cluster(job: BigModelJob, generation: int = 1, **overrides: PodView | None) -> tuple[list[PodView], list[ServiceView]]:
-    pods = {"head": pod(head_pod(job, generation), job)}
+    pods = {"head": pod(head_pod(job, generation, None), job)}
     for index in range(job.spec.workers.replicas):
-        pods[f"w{index}"] = pod(worker_pod(job, generation, index), job)
+        pods[f"w{index}"] = pod(worker_pod(job, generation, index, None), job)
     pods.update(overrides)  # type: ignore[arg-type]
     service = head_service(job, generation)["metadata"]["name"]
     return [p for p in pods.values() if p is not None], [ServiceView(service, generation)]
@@ -74,6 +77,11 @@ def observe(job: BigModelJob, state: str | None = "RUNNING", report: TrainingRep
     return JobObservation(now=NOW, pods=pods, services=services, ray_reachable=True, ray_job=ray_job, report=report)
 
 
+def running_observation(pods: list[PodView], services: list[ServiceView], generation: int) -> JobObservation:
+    ray_job = RayJobView(submission_id(UID, generation), "RUNNING")
+    return JobObservation(now=NOW, pods=pods, services=services, ray_reachable=True, ray_job=ray_job)
+
+
 def reasons(plan: JobPlan) -> list[str]:
     return [event.reason for event in plan.events]
 
@@ -95,25 +103,26 @@ def test_a_new_job_builds_its_ray_cluster() -> None:
     assert plan.status.phase == "Starting" and plan.status.cluster_generation == 1
     assert plan.status.start_time == NOW and plan.status.workers_ready == "0/2"
     assert reasons(plan) == ["Created"] and condition(plan, "Created") == "True"
-    assert plan.submit is None
+    assert plan.ray == []
 
 
 def test_nothing_is_submitted_until_the_head_is_ready() -> None:
     job = make_job(running(phase="Starting", rayJobId=None))
-    not_ready = pod(head_pod(job, 1), job, ready=False)
+    not_ready = pod(head_pod(job, 1, None), job, ready=False)
     plan = decide_job(job, observe(job, state=None, head=not_ready))
-    assert plan.submit is None and plan.create == [] and plan.status.phase == "Starting"
+    assert plan.ray == [] and plan.create == [] and plan.status.phase == "Starting"
     assert "waiting for the Ray head pod" in plan.status.message
 
 
 def test_ready_head_gets_the_training_submitted_once_with_a_deterministic_id() -> None:
     job = make_job(running(phase="Starting", rayJobId=None))
     plan = decide_job(job, observe(job, state=None))
-    assert plan.submit is not None and plan.submit["submission_id"] == submission_id(UID, 1)
-    assert plan.ray_head_ip == "10.0.0.7" and reasons(plan) == ["TrainingSubmitted"]
+    [submit] = plan.ray_calls(SubmitJob)
+    assert submit.submission["submission_id"] == submission_id(UID, 1)
+    assert submit.head_ip == "10.0.0.7" and reasons(plan) == ["TrainingSubmitted"]
     job.status = plan.status
     again = decide_job(job, observe(job, state=None))
-    assert again.submit == plan.submit, "the same pass after an operator restart submits the same id"
+    assert again.ray == plan.ray, "the same pass after an operator restart submits the same id"
     assert reasons(again) == [], "no second TrainingSubmitted event"
 
 
@@ -142,12 +151,13 @@ def test_running_job_reports_progress_metrics_and_checkpoint() -> None:
 
 def test_failed_worker_pod_is_replaced_and_counted() -> None:
     job = make_job(running())
-    failed = pod(worker_pod(job, 1, 1), job, phase="Failed", exit_code=137)
+    failed = pod(worker_pod(job, 1, 1, None), job, phase="Failed", exit_code=137)
     plan = decide_job(job, observe(job, w1=failed))
     assert plan.delete_pods == ["demo-g1-w1"]
     assert [obj["metadata"]["name"] for obj in plan.create] == ["demo-g1-w1"]
     assert plan.status.workers.replaced == 1 and plan.status.restarts == 0
     assert reasons(plan) == ["WorkerReplaced"] and "OOMKilled (exit code 137)" in plan.events[0].message
+    assert plan.outcomes == {Outcome.WORKER_REPLACED: 1}
 
 
 def test_missing_worker_pod_is_recreated() -> None:
@@ -168,6 +178,7 @@ def test_failed_ray_job_rebuilds_the_cluster_and_resumes_from_the_checkpoint() -
     assert [obj["metadata"]["name"] for obj in plan.create][:2] == ["demo-g2-head", "demo-g2-head"]
     assert "resuming from checkpoint step 40" in status.message and "restart 1/3" in status.message
     assert reasons(plan) == ["Restarting"] and condition(plan, "Restarting") == "True"
+    assert plan.outcomes == {Outcome.RESTARTED: 1}
     assert status.ray_job_id is None, "the next pass submits the new generation's run"
 
 
@@ -201,16 +212,16 @@ def test_success_keeps_status_and_model_and_removes_pods() -> None:
 def test_ttl_after_finished_deletes_the_job_when_due() -> None:
     finished = running(phase="Succeeded", completionTime=NOW - timedelta(seconds=30))
     early = decide_job(make_job(finished, ttlSecondsAfterFinished=60), JobObservation(now=NOW))
-    assert not early.delete_job and early.requeue_after == 30
+    assert not early.delete_owner and early.requeue_after == 30
     due = decide_job(make_job(finished, ttlSecondsAfterFinished=10), JobObservation(now=NOW))
-    assert due.delete_job
+    assert due.delete_owner
 
 
 def test_active_deadline_fails_the_job_and_stops_the_run() -> None:
     job = make_job(running(), activeDeadlineSeconds=60)
     plan = decide_job(job, observe(job))
     assert plan.status.phase == "Failed" and reasons(plan) == ["DeadlineExceeded"]
-    assert plan.stop_ray_job == submission_id(UID, 1) and len(plan.delete_pods) == 3
+    assert plan.ray == [StopJob("10.0.0.7", submission_id(UID, 1))] and len(plan.delete_pods) == 3
 
 
 def test_suspend_deletes_pods_keeps_status_and_resume_builds_a_new_cluster() -> None:
@@ -218,7 +229,7 @@ def test_suspend_deletes_pods_keeps_status_and_resume_builds_a_new_cluster() -> 
     job = make_job(running(restarts=1, lastCheckpoint=checkpoint.model_dump()), suspend=True)
     plan = decide_job(job, observe(job))
     assert plan.status.phase == "Suspended" and reasons(plan) == ["Suspended"]
-    assert plan.stop_ray_job is not None and len(plan.delete_pods) == 3 and plan.status.restarts == 1
+    assert plan.ray_calls(StopJob) and len(plan.delete_pods) == 3 and plan.status.restarts == 1
     resumed = make_job(plan.status, suspend=False)
     again = decide_job(resumed, JobObservation(now=NOW))
     assert again.status.phase == "Starting" and again.status.cluster_generation == 2
@@ -230,7 +241,7 @@ def test_changed_worker_count_is_applied_by_a_rebuild_that_is_not_a_restart() ->
     job = make_job(running())
     pods, services = cluster(job)
     rescaled = make_job(running(), workers={"replicas": 3})
-    plan = decide_job(rescaled, JobObservation(NOW, pods, services, True, RayJobView(submission_id(UID, 1), "RUNNING")))
+    plan = decide_job(rescaled, running_observation(pods, services, 1))
     assert plan.status.cluster_generation == 2 and plan.status.restarts == 0
     assert reasons(plan) == ["SpecApplied"]
     assert len([o for o in plan.create if o["kind"] == "Pod"]) == 4
@@ -240,7 +251,7 @@ def test_a_change_of_model_under_a_running_job_is_refused_in_a_condition() -> No
     job = make_job(running())
     pods, services = cluster(job)
     changed = make_job(running(), workload={"builtin": {"task": "gpt"}})
-    plan = decide_job(changed, JobObservation(NOW, pods, services, True, RayJobView(submission_id(UID, 1), "RUNNING")))
+    plan = decide_job(changed, running_observation(pods, services, 1))
     assert condition(plan, "SpecChangeRejected") == "True"
     assert plan.status.cluster_generation == 1 and plan.create == []
 
@@ -248,14 +259,13 @@ def test_a_change_of_model_under_a_running_job_is_refused_in_a_condition() -> No
 def test_pods_of_an_older_generation_are_removed() -> None:
     job = make_job(running(generation=2))
     pods, services = cluster(job, 2)
-    old = pod(worker_pod(job, 1, 0), job)
-    plan = decide_job(job, JobObservation(NOW, [*pods, old], [*services, ServiceView("demo-g1-head", 1)], True,
-                                          RayJobView(submission_id(UID, 2), "RUNNING")))
+    old = pod(worker_pod(job, 1, 0, None), job)
+    plan = decide_job(job, running_observation([*pods, old], [*services, ServiceView("demo-g1-head", 1)], 2))
     assert plan.delete_pods == ["demo-g1-w0"] and plan.delete_services == ["demo-g1-head"]
 
 
 def test_invalid_spec_is_reported_once_with_its_field_path() -> None:
-    plan = validation_plan(None, 3, ["spec.workers.replicas: must be at least 1"], NOW)
+    plan = validation_plan(BigModelJobStatus(), 3, ["spec.workers.replicas: must be at least 1"], NOW)
     assert condition(plan, "ValidationFailed") == "True" and plan.status.observed_generation == 3
     assert reasons(plan) == ["ValidationFailed"] and plan.create == [] and plan.requeue_after is None
     again = validation_plan(plan.status, 3, ["spec.workers.replicas: must be at least 1"], NOW)

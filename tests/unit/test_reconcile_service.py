@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 from bigmodel.api.service import BigModelService, BigModelServiceSpec, BigModelServiceStatus
+from bigmodel.api.wire import CLUSTER_SPEC_ANNOTATION
 from bigmodel.builders.ray_cluster import head_pod, worker_pod
 from bigmodel.reconcile.observed import PodView, ServiceView
-from bigmodel.reconcile.service import (
-    CLUSTER_SPEC_ANNOTATION,
-    RETIRE_DELAY_S,
-    ServicePlan,
-    capacity_errors,
-    cluster_digest,
-    decide_service,
-    worker_capacity,
-    workers_for,
-)
+from bigmodel.reconcile.plans import DeployServe, Outcome
+from bigmodel.reconcile.service import decide_service
 from bigmodel.reconcile.service_observed import (
     ModelSourceView,
     RayClusterView,
@@ -26,6 +20,9 @@ from bigmodel.reconcile.service_observed import (
     ServingServiceView,
     SourceProblem,
 )
+from bigmodel.reconcile.service_pass import ServicePass, ServicePlan, cluster_digest
+from bigmodel.reconcile.service_scaling import capacity_errors, scale_workers, worker_capacity, workers_for
+from bigmodel.reconcile.service_upgrade import RETIRE_DELAY_S, keep_serving_cluster
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 SOURCE = ModelSourceView(uri="s3://bucket/digits/model", revision="uid:1")
@@ -61,15 +58,17 @@ def as_pod(obj: dict[str, Any], digest: str, *, phase: str = "Running", ready: b
 
 def cluster_pods(service: BigModelService, generation: int = 0, workers: int = 1, **kw: Any) -> list[PodView]:
     digest = cluster_digest(service.spec, None)
-    pods = [as_pod(head_pod(service, generation), digest, **kw)]
-    return pods + [as_pod(worker_pod(service, generation, i), digest, **kw) for i in range(workers)]
+    pods = [as_pod(head_pod(service, generation, None), digest, **kw)]
+    return pods + [as_pod(worker_pod(service, generation, i, None), digest, **kw) for i in range(workers)]
 
 
 def app(
     plan_or_config: ServicePlan | dict[str, Any], status: str = "RUNNING", replicas: tuple[str, ...] = ("RUNNING",)
 ) -> ServeAppView:
-    config = plan_or_config.deploy[0][1] if isinstance(plan_or_config, ServicePlan) else plan_or_config
-    return ServeAppView(status, deployed=config["applications"][0], target_replicas=len(replicas), replica_states=replicas)
+    config = plan_or_config if isinstance(plan_or_config, dict) else deployed(plan_or_config)[0].config
+    return ServeAppView(
+        status, deployed=config["applications"][0], target_replicas=len(replicas), replica_states=replicas
+    )
 
 
 def seen(
@@ -85,10 +84,20 @@ def seen(
         now=now,
         source=source,
         pods=pods,
-        head_services=[ServiceView(f"digits-s{g}-head", g) for g in generations],
+        services=[ServiceView(f"digits-s{g}-head", g) for g in generations],
         serving=ServingServiceView("digits-serve", serving) if serving is not None else None,
-        clusters=clusters or {},
+        ray=clusters or {},
     )
+
+
+def deployed(plan: ServicePlan) -> list[DeployServe]:
+    return plan.ray_calls(DeployServe)
+
+
+def new_selector(plan: ServicePlan) -> dict[str, str] | None:
+    """The selector the plan moves the serving Service to, if it moves it."""
+    patch = plan.patch_services.get("digits-serve")
+    return patch["spec"]["selector"] if patch else None
 
 
 def nodes(service_pods: list[PodView]) -> frozenset[str]:
@@ -98,8 +107,8 @@ def nodes(service_pods: list[PodView]) -> frozenset[str]:
 def deployed_config(service: BigModelService, pods: list[PodView]) -> dict[str, Any]:
     """The config the operator deploys to a reachable cluster with no application yet."""
     plan = decide_service(service, seen(pods, {0: RayClusterView(True, None, nodes(pods))}))
-    assert plan.deploy, "no Serve config was deployed"
-    return plan.deploy[0][1]
+    assert deployed(plan), "no Serve config was deployed"
+    return deployed(plan)[0].config
 
 
 def ready_status(service: BigModelService, pods: list[PodView], config: dict[str, Any]) -> BigModelServiceStatus:
@@ -127,7 +136,7 @@ def serving_at_ready() -> ServingAtReady:
 def test_waits_for_the_source_job_without_building_anything() -> None:
     problem = SourceProblem("SourceJobNotFinished", "waiting for BigModelJob 'digits' (Running)")
     plan = decide_service(make_service(), seen([], serving=None, source=problem))
-    assert plan.create == [] and plan.deploy == []
+    assert plan.create == [] and plan.ray == []
     assert plan.status.phase == "Pending"
     loaded = next(c for c in plan.status.conditions if c.type == "ModelLoaded")
     assert (loaded.status, loaded.reason) == ("False", "SourceJobNotFinished")
@@ -167,7 +176,7 @@ def test_deploys_the_app_once_the_head_answers_and_is_ready_when_it_runs() -> No
 
     starting = app(config, "DEPLOYING", ("STARTING",))
     deploying = decide_service(service, seen(pods, {0: RayClusterView(True, starting, nodes(pods))}))
-    assert deploying.deploy == [], "a config Serve already has is not deployed again"
+    assert deploying.ray == [], "a config Serve already has is not deployed again"
     assert deploying.status.phase == "Deploying"
 
     status = ready_status(service, pods, config)
@@ -191,6 +200,7 @@ def test_replicas_that_do_not_fit_add_worker_pods_up_to_the_max() -> None:
     # Five unplaced replicas at two per worker want three more pods; maxReplicas 3 allows two.
     assert added == ["digits-s0-w1", "digits-s0-w2"]
     assert "WorkerAdded" in [e.reason for e in plan.events]
+    assert plan.outcomes == {Outcome.WORKER_ADDED: 2}
 
     starting = pods + cluster_pods(service, workers=3, ready=False)[2:]
     again = decide_service(service, seen(starting, {0: ray}))
@@ -204,14 +214,15 @@ def test_idle_workers_go_after_the_timeout_but_never_below_min_or_a_busy_one() -
     ray = {0: RayClusterView(True, app(config), nodes(pods), busy=frozenset({"digits-s0-w1"}))}
     first = decide_service(service, seen(pods, ray))
     assert first.delete_pods == []
-    assert set(first.idle_since) == {"digits-s0-w0", "digits-s0-w2"}
+    assert set(first.timers) == {"digits-s0-w0", "digits-s0-w2"}
 
-    later = decide_service(service, seen(pods, ray, now=NOW + timedelta(seconds=61)), first.idle_since)
+    later = decide_service(service, seen(pods, ray, now=NOW + timedelta(seconds=61)), first.timers)
     # Two idle, one busy, minReplicas 1: both idle pods may go, the busy one stays.
     assert sorted(later.delete_pods) == ["digits-s0-w0", "digits-s0-w2"]
     assert [e.reason for e in later.events].count("WorkerRemoved") == 2
+    assert later.outcomes == {Outcome.WORKER_REMOVED: 2}
 
-    early = decide_service(service, seen(pods, ray, now=NOW + timedelta(seconds=30)), first.idle_since)
+    early = decide_service(service, seen(pods, ray, now=NOW + timedelta(seconds=30)), first.timers)
     assert early.delete_pods == []
 
 
@@ -219,23 +230,24 @@ def test_a_failed_worker_is_replaced() -> None:
     service = make_service()
     pods = cluster_pods(service)
     config = deployed_config(service, pods)
-    broken = [pods[0], as_pod(worker_pod(service, 0, 0), cluster_digest(service.spec, None), phase="Failed")]
+    broken = [pods[0], as_pod(worker_pod(service, 0, 0, None), cluster_digest(service.spec, None), phase="Failed")]
     plan = decide_service(service, seen(broken, {0: RayClusterView(True, app(config), frozenset({"digits-s0-head"}))}))
     assert plan.delete_pods == ["digits-s0-w0"]
     assert [obj["metadata"]["name"] for obj in plan.create] == ["digits-s0-w1"]
     assert "WorkerReplaced" in [e.reason for e in plan.events]
+    assert plan.outcomes == {Outcome.WORKER_REPLACED: 1}
 
 
 def test_a_new_model_is_deployed_in_place_while_the_old_replicas_serve() -> None:
     pods, _, ray, status = serving_at_ready()
     retrained = ModelSourceView(uri=SOURCE.uri, revision="uid:2")
     plan = decide_service(make_service(status), seen(pods, ray, source=retrained))
-    assert len(plan.deploy) == 1 and plan.create == [] and plan.delete_pods == []
-    new_version = plan.deploy[0][1]["applications"][0]["args"]["model_version"]
+    assert len(deployed(plan)) == 1 and plan.create == [] and plan.delete_pods == []
+    new_version = deployed(plan)[0].config["applications"][0]["args"]["model_version"]
     assert new_version != status.model.version
     assert plan.status.phase == "Upgrading"
     assert plan.status.model.version == status.model.version, "the old version serves until the new one runs"
-    assert plan.serving_selector is None
+    assert new_selector(plan) is None
 
 
 def test_a_cluster_shape_change_builds_a_new_cluster_and_moves_traffic_when_it_runs() -> None:
@@ -243,30 +255,41 @@ def test_a_cluster_shape_change_builds_a_new_cluster_and_moves_traffic_when_it_r
     reshaped = make_service(status, image="registry.example/bigmodel-runtime:2")
 
     started = decide_service(reshaped, seen(pods, ray))
-    assert started.status.pending_generation == 1
+    assert started.status.pending is not None and started.status.pending.generation == 1
+    assert started.status.pending.name == "digits-s1" and started.status.pending.started == NOW
     assert {o["metadata"]["name"] for o in started.create} == {"digits-s1-head", "digits-s1-w0"}
-    assert started.serving_selector is None and started.status.phase == "Upgrading"
+    assert new_selector(started) is None and started.status.phase == "Upgrading"
 
-    new_pods = [as_pod(head_pod(reshaped, 1), cluster_digest(reshaped.spec, None)),
-                as_pod(worker_pod(reshaped, 1, 0), cluster_digest(reshaped.spec, None))]
+    new_pods = [
+        as_pod(head_pod(reshaped, 1, None), cluster_digest(reshaped.spec, None)),
+        as_pod(worker_pod(reshaped, 1, 0, None), cluster_digest(reshaped.spec, None)),
+    ]
     both = pods + new_pods
     building = make_service(started.status, image="registry.example/bigmodel-runtime:2")
     deploying = decide_service(building, seen(both, {**ray, 1: RayClusterView(True, None, nodes(new_pods))}))
-    assert [ip for ip, _ in deploying.deploy] == ["10.0.0.7"] and deploying.serving_selector is None
+    assert [call.head_ip for call in deployed(deploying)] == ["10.0.0.7"] and new_selector(deploying) is None
 
-    new_app = app(deploying.deploy[0][1])
+    new_app = app(deployed(deploying)[0].config)
     switched = decide_service(building, seen(both, {**ray, 1: RayClusterView(True, new_app, nodes(new_pods))}))
-    assert switched.serving_selector is not None and switched.serving_selector["bigmodel.dev/generation"] == "1"
-    assert switched.status.cluster_generation == 1 and switched.status.retiring_generation == 0
+    selector = new_selector(switched)
+    assert selector is not None and selector["bigmodel.dev/generation"] == "1"
+    serving, retiring = switched.status.serving, switched.status.retiring
+    assert serving is not None
+    assert (serving.name, serving.generation, serving.application) == ("digits-s1", 1, "RUNNING")
+    assert retiring is not None and retiring.generation == 0
+    assert retiring.delete_after == NOW + timedelta(seconds=RETIRE_DELAY_S) and switched.status.pending is None
     assert switched.delete_pods == [], "the old cluster drains before it is deleted"
     assert "UpgradeComplete" in [e.reason for e in switched.events]
+    assert switched.outcomes == {Outcome.UPGRADE_COMPLETE: 1}
 
     retired = make_service(switched.status, image="registry.example/bigmodel-runtime:2")
     later = NOW + timedelta(seconds=RETIRE_DELAY_S + 1)
-    done = decide_service(retired, seen(both, {1: RayClusterView(True, new_app, nodes(new_pods))}, serving=1, now=later))
+    done = decide_service(
+        retired, seen(both, {1: RayClusterView(True, new_app, nodes(new_pods))}, serving=1, now=later)
+    )
     assert sorted(done.delete_pods) == ["digits-s0-head", "digits-s0-w0"]
     assert done.delete_services == ["digits-s0-head"]
-    assert done.status.phase == "Ready"
+    assert done.status.phase == "Ready" and done.status.retiring is None
 
 
 def test_a_failed_new_cluster_never_takes_traffic_and_is_not_retried() -> None:
@@ -274,30 +297,38 @@ def test_a_failed_new_cluster_never_takes_traffic_and_is_not_retried() -> None:
     reshaped = make_service(status, image="registry.example/bigmodel-runtime:broken")
     started = decide_service(reshaped, seen(pods, ray))
     digest = cluster_digest(reshaped.spec, None)
-    new_pods = [as_pod(head_pod(reshaped, 1), digest), as_pod(worker_pod(reshaped, 1, 0), digest)]
-    broken_app = ServeAppView(status="DEPLOY_FAILED", message="ModuleNotFoundError: torch", deployed=config["applications"][0])
+    new_pods = [as_pod(head_pod(reshaped, 1, None), digest), as_pod(worker_pod(reshaped, 1, 0, None), digest)]
+    broken_app = ServeAppView(
+        status="DEPLOY_FAILED", message="ModuleNotFoundError: torch", deployed=config["applications"][0]
+    )
     building = make_service(started.status, image="registry.example/bigmodel-runtime:broken")
-    failed = decide_service(building, seen(pods + new_pods, {**ray, 1: RayClusterView(True, broken_app, nodes(new_pods))}))
-    assert failed.serving_selector is None
+    failed = decide_service(
+        building, seen(pods + new_pods, {**ray, 1: RayClusterView(True, broken_app, nodes(new_pods))})
+    )
+    assert new_selector(failed) is None
     assert sorted(failed.delete_pods) == ["digits-s1-head", "digits-s1-w0"]
-    assert failed.status.pending_generation is None and failed.status.cluster_generation == 0
+    assert failed.status.pending is None
+    assert failed.status.serving is not None and failed.status.serving.generation == 0
+    assert failed.outcomes == {Outcome.UPGRADE_FAILED: 1}
     upgrade = next(c for c in failed.status.conditions if c.type == "UpgradeInProgress")
     assert (upgrade.status, upgrade.reason) == ("False", "UpgradeFailed") and "ModuleNotFoundError" in upgrade.message
     assert failed.status.phase == "Ready", "the old cluster keeps serving"
 
     after = make_service(failed.status, image="registry.example/bigmodel-runtime:broken")
     again = decide_service(after, seen(pods, ray))
-    assert again.create == [] and again.status.pending_generation is None
+    assert again.create == [] and again.status.pending is None
 
 
 def test_a_lost_head_rebuilds_the_cluster_as_a_new_generation() -> None:
     service = make_service()
     pods = cluster_pods(service)
-    failed_head = [as_pod(head_pod(service, 0), cluster_digest(service.spec, None), phase="Failed"), pods[1]]
+    failed_head = [as_pod(head_pod(service, 0, None), cluster_digest(service.spec, None), phase="Failed"), pods[1]]
     plan = decide_service(make_service(BigModelServiceStatus(phase="Ready")), seen(failed_head))
     assert sorted(plan.delete_pods) == ["digits-s0-head", "digits-s0-w0"]
     assert {o["metadata"]["name"] for o in plan.create} >= {"digits-s1-head", "digits-s1-w0"}
-    assert plan.serving_selector is not None and plan.serving_selector["bigmodel.dev/generation"] == "1"
+    selector = new_selector(plan)
+    assert selector is not None and selector["bigmodel.dev/generation"] == "1"
+    assert plan.status.serving is not None and plan.status.serving.name == "digits-s1"
     assert "ClusterLost" in [e.reason for e in plan.events]
 
 
@@ -329,9 +360,30 @@ def test_a_rolling_update_at_full_size_gets_one_surge_worker_above_the_max() -> 
     pods = cluster_pods(service, workers=3)
     config = deployed_config(service, pods)
     demand = (((("CPU", 1.0),), 1),)
-    rolling = RayClusterView(True, app(config, "DEPLOYING", ("RUNNING",) * 3 + ("STARTING",)), nodes(pods), nodes(pods), demand)
+    rolling = RayClusterView(
+        True, app(config, "DEPLOYING", ("RUNNING",) * 3 + ("STARTING",)), nodes(pods), nodes(pods), demand
+    )
     plan = decide_service(service, seen(pods, {0: rolling}))
     assert [obj["metadata"]["name"] for obj in plan.create] == ["digits-s0-w3"], "maxSurge 1 above maxReplicas 3"
 
-    scaling = RayClusterView(True, app(config, "RUNNING", ("RUNNING",) * 3 + ("STARTING",)), nodes(pods), nodes(pods), demand)
+    scaling = RayClusterView(
+        True, app(config, "RUNNING", ("RUNNING",) * 3 + ("STARTING",)), nodes(pods), nodes(pods), demand
+    )
     assert decide_service(service, seen(pods, {0: scaling})).create == [], "autoscaling stays within maxReplicas"
+
+
+def test_each_piece_of_the_pass_runs_on_its_own_observation() -> None:
+    """The pieces of the service decision take the pass and an observation, like the whole: here scaling alone adds
+    a worker for a replica Ray could not place, and the serving slot alone waits out a cluster still draining."""
+    service = make_service()
+    pods = cluster_pods(service)
+    d = ServicePass(
+        service, seen(pods, {0: RayClusterView(True, None, nodes(pods), demand=(((("CPU", 1.0),), 1),))}), None, 3.0
+    )
+    scale_workers(d, 0)
+    assert [obj["metadata"]["name"] for obj in d.plan.create] == ["digits-s0-w1"] and d.busy
+
+    draining = [replace(pod, deleting=True) for pod in pods]
+    d = ServicePass(service, seen(draining), None, 3.0)
+    assert keep_serving_cluster(d) == 0
+    assert d.plan.create == [] and d.plan.delete_pods == [] and d.busy, "no new pods under names still being freed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,14 +12,26 @@ from pydantic.alias_generators import to_camel
 
 from bigmodel.version import RUNTIME_IMAGE
 
-GROUP = "bigmodel.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-
 # Kubernetes resource.Quantity as the API server's own schema spells it, minus the sign: a pod never asks for a
 # negative amount, and leaving "-" out lets the CRD reject what the Python model rejects.
 QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 _QUANTITY = re.compile(QUANTITY_PATTERN)
+_SUFFIX_FACTORS = {
+    **{suffix: Decimal(1000) ** power for power, suffix in zip((-3, -2, -1, 1, 2, 3, 4, 5, 6), "numkMGTPE", strict=True)},
+    **{f"{suffix}i": Decimal(1024) ** power for power, suffix in enumerate("KMGTPE", start=1)},
+}
+_NUMBER_AND_SUFFIX = re.compile(r"^\+?(?P<number>[0-9.]+(?:[eE][+-]?[0-9.]+)?)(?P<suffix>[KMGTPE]i|[numkMGTPE])?$")
+
+
+def quantity_value(value: int | str) -> Decimal:
+    """The number a Kubernetes quantity stands for: 500m -> 0.5, 8Gi -> 8589934592, 1e3 -> 1000.
+
+    Here rather than the Kubernetes client's parser, so that code in a Ray pod needs no Kubernetes client to size itself.
+    """
+    match = _NUMBER_AND_SUFFIX.match(str(value))
+    if match is None or not _QUANTITY.match(str(value)):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 2, 500m, 8Gi)")
+    return Decimal(match["number"]) * _SUFFIX_FACTORS.get(match["suffix"] or "", Decimal(1))
 
 
 class Model(BaseModel):
@@ -90,6 +103,11 @@ class Resources(Model):
         if isinstance(value, (int, float, str)):
             return _check_quantity(value)
         raise ValueError(f"must be a Kubernetes quantity such as 2, 500m or 8Gi, not {type(value).__name__}")
+
+    def ray_cpus(self) -> int:
+        """The CPUs Ray is told the pod has: Ray schedules whole CPUs, and a pod with less than one core still runs
+        one worker."""
+        return max(1, int(quantity_value(self.cpu)))
 
     @field_validator("gpu", mode="before")
     @classmethod

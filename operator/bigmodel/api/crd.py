@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-from bigmodel.api.common import GROUP, VERSION, Model
+from bigmodel.api.common import Model
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.service import BigModelService
+from bigmodel.api.wire import GROUP, PLURALS, VERSION
 
 HEADER = "# Generated from operator/bigmodel/api by `bigmodel crds`. Do not edit: change the models and regenerate.\n"
 
@@ -256,7 +257,7 @@ _MESSAGE = _column("Message", ".status.message", priority=1, description="The la
 KINDS: tuple[_Kind, ...] = (
     _Kind(
         model=BigModelJob,
-        plural="bigmodeljobs",
+        plural=PLURALS["BigModelJob"],
         short_name="bmj",
         columns=(
             _column("Phase", ".status.phase", description="Where the job is."),
@@ -270,7 +271,7 @@ KINDS: tuple[_Kind, ...] = (
     ),
     _Kind(
         model=BigModelService,
-        plural="bigmodelservices",
+        plural=PLURALS["BigModelService"],
         short_name="bms",
         columns=(
             _column("Phase", ".status.phase", description="Where the service is."),

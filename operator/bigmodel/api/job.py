@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from bigmodel.api.common import API_VERSION, Model, NodeGroup, ObjectMeta, ObservedStatus, RayClusterSpec
+from bigmodel.api.common import Model, NodeGroup, ObjectMeta, ObservedStatus, RayClusterSpec
+from bigmodel.api.wire import API_VERSION
 
 BuiltinTask = Literal["digits", "gpt"]
 Precision = Literal["auto", "fp32", "bf16"]

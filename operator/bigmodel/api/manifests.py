@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
-from bigmodel.api.common import API_VERSION
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.service import BigModelService
+from bigmodel.api.wire import API_VERSION
 
 Resource = BigModelJob | BigModelService
 MODELS_BY_KIND: dict[str, type[BigModelJob] | type[BigModelService]] = {

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-APP_IMPORT_PATH = "bigmodel.runtime.serving.app:build"
-DEPLOYMENT_NAME = "Model"
-
 
 class ServeAppArgs(BaseModel):
     """The `args` of the Serve application; snake_case, since only our own code reads them."""

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from bigmodel.api.common import API_VERSION, Model, NodeGroup, ObjectMeta, ObservedStatus, RayClusterSpec
+from bigmodel.api.common import Model, NodeGroup, ObjectMeta, ObservedStatus, RayClusterSpec
+from bigmodel.api.wire import API_VERSION
 
 
 class ModelSource(Model):
@@ -183,6 +184,28 @@ class ServedModel(Model):
     version: str | None = Field(None, description="Version of the served model, changed by every upgrade.")
 
 
+class ServiceCluster(Model):
+    """One Ray cluster of the service (KubeRay's activeServiceStatus / pendingServiceStatus)."""
+
+    name: str = Field(..., description="The cluster's name; its pods are <name>-head and <name>-w<i>.")
+    generation: int = Field(..., ge=0, description="Its generation, the number at the end of its name.")
+    application: str | None = Field(
+        None, description="Status of the Serve application on it as Ray reports it: DEPLOYING, RUNNING, DEPLOY_FAILED..."
+    )
+
+
+class PendingCluster(ServiceCluster):
+    """A new cluster built for a cluster-shape change; it takes the traffic once its application is RUNNING."""
+
+    started: datetime = Field(..., description="When it was started; it is given up if not serving 15 minutes later.")
+
+
+class RetiringCluster(ServiceCluster):
+    """The cluster that served before an upgrade, kept so requests already routed to it complete."""
+
+    delete_after: datetime = Field(..., description="When it is deleted.")
+
+
 class BigModelServiceStatus(ObservedStatus):
     """Where the service is, computed by the operator."""
 
@@ -193,15 +216,13 @@ class BigModelServiceStatus(ObservedStatus):
     workers_ready: str = Field("0/0", description="ready/desired worker pods, for kubectl get.")
     url: str | None = Field(None, description="In-cluster base URL of the HTTP endpoint.")
     model: ServedModel = Field(default_factory=ServedModel, description="The model being served.")
-    cluster_generation: int = Field(0, ge=0, description="The Ray cluster that takes the traffic.")
-    pending_generation: int | None = Field(
-        None, ge=0, description="A new cluster being built for a cluster-shape change; it takes the traffic when ready."
+    serving: ServiceCluster | None = Field(None, description="The Ray cluster behind the Service, taking the traffic.")
+    pending: PendingCluster | None = Field(
+        None, description="A new cluster being built for a cluster-shape change; it takes the traffic when ready."
     )
-    upgrade_started: datetime | None = Field(None, description="When the pending cluster was started.")
-    retiring_generation: int | None = Field(
-        None, ge=0, description="The previous cluster, kept until retireAfter so requests in flight complete."
+    retiring: RetiringCluster | None = Field(
+        None, description="The previous cluster, deleted at deleteAfter so that requests in flight complete."
     )
-    retire_after: datetime | None = Field(None, description="When the retiring cluster is deleted.")
     failed_cluster_spec: str | None = Field(
         None, description="Digest of a cluster shape whose upgrade failed; it is not retried until the spec changes."
     )

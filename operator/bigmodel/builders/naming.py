@@ -8,10 +8,8 @@ serves the job it is named after) without their pods colliding.
 
 from __future__ import annotations
 
-from typing import Literal
-
-Role = Literal["head", "worker"]
-OwnerKind = Literal["BigModelJob", "BigModelService"]
+from bigmodel.api import wire
+from bigmodel.api.wire import OwnerKind, Role
 
 DNS_LABEL_MAX_LENGTH = 63
 # ObjectMeta.name allows 48 characters and WorkerGroup.replicas at most 1024 (indexes 0..1023); the unit tests check
@@ -28,16 +26,6 @@ MAX_GENERATION_DIGITS = (
     - max(len(prefix) for prefix in _GENERATION_PREFIX.values())
     - max(len(_HEAD_SUFFIX), len(_WORKER_INFIX) + MAX_WORKERS_DIGITS)
 )
-
-JOB_LABEL = "bigmodel.dev/job"
-SERVICE_LABEL = "bigmodel.dev/service"
-OWNER_LABEL: dict[OwnerKind, str] = {"BigModelJob": JOB_LABEL, "BigModelService": SERVICE_LABEL}
-CLUSTER_LABEL = "bigmodel.dev/cluster"
-GENERATION_LABEL = "bigmodel.dev/generation"
-ROLE_LABEL = "bigmodel.dev/role"
-WORKER_INDEX_LABEL = "bigmodel.dev/worker-index"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-OPERATOR_NAME = "bigmodel-operator"
 
 
 def cluster_name(owner: str, generation: int, kind: OwnerKind = "BigModelJob") -> str:
@@ -71,31 +59,38 @@ def submission_id(job_uid: str, generation: int) -> str:
     return f"bigmodel-{job_uid[:8]}-g{generation}"
 
 
+def owner_labels(owner: str, component: str, kind: OwnerKind) -> dict[str, str]:
+    """What every child of an owner carries: the recommended app labels and the owner's own label."""
+    return {
+        wire.NAME_LABEL: wire.APP_NAME,
+        wire.INSTANCE_LABEL: owner,
+        wire.COMPONENT_LABEL: component,
+        wire.MANAGED_BY_LABEL: wire.OPERATOR_NAME,
+        wire.PART_OF_LABEL: wire.OPERATOR_NAME,
+        wire.OWNER_LABEL[kind]: owner,
+    }
+
+
 def labels(
     owner: str, generation: int, role: Role, index: int | None = None, kind: OwnerKind = "BigModelJob"
 ) -> dict[str, str]:
+    """The labels of every pod and head Service of a Ray cluster, of both kinds."""
     if (role == "worker") != (index is not None):
         raise ValueError("a worker index is required for workers and only for workers")
-    result = {
-        "app.kubernetes.io/name": "bigmodel",
-        "app.kubernetes.io/instance": owner,
-        "app.kubernetes.io/component": f"ray-{role}",
-        MANAGED_BY_LABEL: OPERATOR_NAME,
-        "app.kubernetes.io/part-of": OPERATOR_NAME,
-        OWNER_LABEL[kind]: owner,
-        CLUSTER_LABEL: cluster_name(owner, generation, kind),
-        GENERATION_LABEL: str(generation),
-        ROLE_LABEL: role,
+    result = owner_labels(owner, f"ray-{role}", kind) | {
+        wire.CLUSTER_LABEL: cluster_name(owner, generation, kind),
+        wire.GENERATION_LABEL: str(generation),
+        wire.ROLE_LABEL: role,
     }
     if index is not None:
-        result[WORKER_INDEX_LABEL] = str(index)
+        result[wire.WORKER_INDEX_LABEL] = str(index)
     return result
 
 
 def owner_selector(owner: str, kind: OwnerKind = "BigModelJob") -> dict[str, str]:
     """Every child of the owner, whatever its generation."""
-    return {MANAGED_BY_LABEL: OPERATOR_NAME, OWNER_LABEL[kind]: owner}
+    return {wire.MANAGED_BY_LABEL: wire.OPERATOR_NAME, wire.OWNER_LABEL[kind]: owner}
 
 
 def cluster_selector(owner: str, generation: int, kind: OwnerKind = "BigModelJob") -> dict[str, str]:
-    return owner_selector(owner, kind) | {CLUSTER_LABEL: cluster_name(owner, generation, kind)}
+    return owner_selector(owner, kind) | {wire.CLUSTER_LABEL: cluster_name(owner, generation, kind)}

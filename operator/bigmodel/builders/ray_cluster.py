@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from bigmodel.api.common import API_VERSION, NodeGroup
+from bigmodel.api import wire
+from bigmodel.api.common import NodeGroup
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.service import BigModelService
+from bigmodel.api.wire import (
+    RAY_AGENT_PORT,
+    RAY_CLIENT_PORT,
+    RAY_DASHBOARD_PORT,
+    RAY_GCS_PORT,
+)
 from bigmodel.builders import naming
 from bigmodel.builders.pod import (
     RAY_TMP_DIR,
@@ -18,18 +25,10 @@ from bigmodel.builders.pod import (
     volume_mounts,
     volumes,
 )
-from bigmodel.builders.resources import ray_num_cpus, requirements
-
-RAY_GCS_PORT = 6379
-RAY_DASHBOARD_PORT = 8265
-RAY_CLIENT_PORT = 10001
-RAY_AGENT_PORT = 52365
-PROGRESS_PORT = 8270
-SERVE_PORT = 8000
+from bigmodel.builders.resources import requirements
 
 ClusterOwner = BigModelJob | BigModelService
 
-SPEC_GENERATION_ANNOTATION = "bigmodel.dev/spec-generation"
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
 # Long enough for a checkpoint that is being written when the pod is deleted to complete.
@@ -38,15 +37,14 @@ TERMINATION_GRACE_SECONDS = 60
 _RAY_PORTS = {"gcs": RAY_GCS_PORT, "dashboard": RAY_DASHBOARD_PORT, "client": RAY_CLIENT_PORT}
 # Jobs' drivers report progress on the head; services' Serve proxy listens there (proxy_location HeadOnly).
 _HEAD_PORTS: dict[str, dict[str, int]] = {
-    "BigModelJob": _RAY_PORTS | {"progress": PROGRESS_PORT},
-    "BigModelService": _RAY_PORTS | {"serve": SERVE_PORT},
+    "BigModelJob": _RAY_PORTS | {"progress": wire.PROGRESS_PORT},
+    "BigModelService": _RAY_PORTS | {"serve": wire.SERVE_PORT},
 }
-_OWNER_ENV = {"BigModelJob": "BIGMODEL_JOB", "BigModelService": "BIGMODEL_SERVICE"}
 
 
 def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
     return {
-        "apiVersion": API_VERSION,
+        "apiVersion": wire.API_VERSION,
         "kind": kind,
         "name": name,
         "uid": uid,
@@ -69,7 +67,7 @@ def dashboard_url(pod_ip: str) -> str:
 
 
 def progress_url(pod_ip: str) -> str:
-    return _http_url(pod_ip, PROGRESS_PORT)
+    return _http_url(pod_ip, wire.PROGRESS_PORT)
 
 
 def _namespace_and_uid(owner: ClusterOwner) -> tuple[str, str]:
@@ -94,7 +92,7 @@ def object_metadata(owner: ClusterOwner, name: str, object_labels: dict[str, str
     }
     # The generation is set by the API server on every write of the spec; objects from elsewhere may lack it.
     if owner.metadata.generation is not None:
-        metadata["annotations"] = {SPEC_GENERATION_ANNOTATION: str(owner.metadata.generation)}
+        metadata["annotations"] = {wire.SPEC_GENERATION_ANNOTATION: str(owner.metadata.generation)}
     return metadata
 
 
@@ -102,10 +100,10 @@ def _env(owner: ClusterOwner, generation: int) -> list[dict[str, Any]]:
     namespace, _ = _namespace_and_uid(owner)
     # The user's entries come last so that they can refer to these with $(NAME).
     return [
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "RAY_HEAD_ADDRESS", "value": head_address(owner.metadata.name, namespace, generation, owner.kind)},
-        {"name": _OWNER_ENV[owner.kind], "value": owner.metadata.name},
+        {"name": wire.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": wire.POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": wire.RAY_HEAD_ADDRESS_ENV, "value": head_address(owner.metadata.name, namespace, generation, owner.kind)},
+        {"name": wire.OWNER_ENV[owner.kind], "value": owner.metadata.name},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         # Ray's token auth would need the token in every pod and in the operator; until the operator provisions
         # one per job, the cluster's ports stay reachable only inside it (ClusterIP, and the chart's NetworkPolicy).
@@ -119,11 +117,6 @@ def checkpoint_claim(job: BigModelJob) -> ClaimMount | None:
     if not checkpoint.volume_claim_name or not checkpoint.storage:
         return None
     return ClaimMount("checkpoints", checkpoint.volume_claim_name, checkpoint.storage, read_only=False)
-
-
-def _claim(owner: ClusterOwner, claim: ClaimMount | None) -> ClaimMount | None:
-    """A job mounts its own checkpoint volume; a service mounts the volume its model is on, which the caller knows."""
-    return checkpoint_claim(owner) if isinstance(owner, BigModelJob) else claim
 
 
 def _container(
@@ -188,7 +181,7 @@ _NODE_FAILURE_DETECTION = [
 ]
 
 
-def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None = None) -> dict[str, Any]:
+def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None) -> dict[str, Any]:
     # The head drives the run (or runs Serve's controller and proxy) and computes nothing: with no CPUs or GPUs
     # advertised, Ray places all training and every model replica on workers, which the operator can scale.
     command = [
@@ -200,12 +193,11 @@ def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None = No
         f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
         "--num-cpus=0",
         "--num-gpus=0",
-        "--node-name=$(POD_NAME)",
+        f"--node-name=$({wire.POD_NAME_ENV})",
         f"--temp-dir={RAY_TMP_DIR}",
         "--disable-usage-stats",
     ]  # fmt: skip
     group = owner.spec.head
-    claim = _claim(owner, claim)
     health = ("/api/gcs_healthz", RAY_DASHBOARD_PORT)
     container = _container(owner, generation, HEAD_CONTAINER, group, command, health, claim)
     container["ports"] = [
@@ -217,24 +209,23 @@ def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None = No
     return _pod(owner, name, naming.labels(owner_name, generation, "head", kind=kind), group, container, claim)
 
 
-def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMount | None = None) -> dict[str, Any]:
+def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMount | None) -> dict[str, Any]:
     group = owner.spec.workers
     # The node name is the pod's, so the operator can tell which pod hosts which Serve replica. The temp dir is
     # named although it is Ray's default: Ray would follow an image's TMPDIR out of the ray-tmp volume, and a worker
     # that names none takes the head's path.
     command = [
         "ray", "start", "--block",
-        "--address=$(RAY_HEAD_ADDRESS)",
-        "--node-ip-address=$(POD_IP)",
-        "--node-name=$(POD_NAME)",
+        f"--address=$({wire.RAY_HEAD_ADDRESS_ENV})",
+        f"--node-ip-address=$({wire.POD_IP_ENV})",
+        f"--node-name=$({wire.POD_NAME_ENV})",
         f"--dashboard-agent-listen-port={RAY_AGENT_PORT}",
-        f"--num-cpus={ray_num_cpus(group.resources.cpu)}",
+        f"--num-cpus={group.resources.ray_cpus()}",
         f"--num-gpus={group.resources.gpu}",
         f"--temp-dir={RAY_TMP_DIR}",
         "--disable-usage-stats",
     ]  # fmt: skip
     health = ("/api/local_raylet_healthz", RAY_AGENT_PORT)
-    claim = _claim(owner, claim)
     container = _container(owner, generation, WORKER_CONTAINER, group, command, health, claim)
     owner_name, kind = owner.metadata.name, owner.kind
     name = naming.worker_pod_name(owner_name, generation, index, kind)
@@ -252,7 +243,7 @@ def head_service(owner: ClusterOwner, generation: int) -> dict[str, Any]:
         "metadata": object_metadata(owner, name, naming.labels(owner_name, generation, "head", kind=kind)),
         "spec": {
             "type": "ClusterIP",
-            "selector": naming.cluster_selector(owner_name, generation, kind) | {naming.ROLE_LABEL: "head"},
+            "selector": naming.cluster_selector(owner_name, generation, kind) | {wire.ROLE_LABEL: "head"},
             "ports": [
                 {"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}
                 for port_name, port in _HEAD_PORTS[kind].items()
@@ -261,9 +252,3 @@ def head_service(owner: ClusterOwner, generation: int) -> dict[str, Any]:
             "publishNotReadyAddresses": True,
         },
     }
-
-
-def cluster_objects(job: BigModelJob, generation: int) -> list[dict[str, Any]]:
-    """Everything one generation of the cluster needs, in the order it should be created."""
-    workers = [worker_pod(job, generation, index) for index in range(job.spec.workers.replicas)]
-    return [head_service(job, generation), head_pod(job, generation), *workers]

@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bigmodel.api import wire
 from bigmodel.api.job import BigModelJob
 from bigmodel.builders.naming import submission_id
-
-ENTRYPOINT = "python -m bigmodel.runtime.job_entrypoint"
-MANIFEST_ENV = "BIGMODEL_JOB_MANIFEST"
-# The entrypoint starts the one line that says why training failed with this; the operator quotes that line.
-FAILURE_MARKER = "training failed: "
 
 
 def job_manifest_json(job: BigModelJob) -> str:
@@ -31,15 +27,16 @@ def job_manifest_json(job: BigModelJob) -> str:
 def ray_job_submission(job: BigModelJob, generation: int) -> dict[str, Any]:
     """POST /api/jobs/ body. The driver runs on the head, which advertises no CPUs, so it asks for none."""
     runtime_env = dict(job.spec.runtime_env or {})
-    runtime_env["env_vars"] = dict(runtime_env.get("env_vars") or {}) | {MANIFEST_ENV: job_manifest_json(job)}
+    runtime_env["env_vars"] = dict(runtime_env.get("env_vars") or {}) | {wire.MANIFEST_ENV: job_manifest_json(job)}
+    job_key, namespace_key, generation_key = wire.RAY_JOB_METADATA_KEYS
     return {
         "submission_id": submission_id(job.metadata.uid or "", generation),
-        "entrypoint": ENTRYPOINT,
+        "entrypoint": wire.JOB_ENTRYPOINT,
         "entrypoint_num_cpus": 0,
         "runtime_env": runtime_env,
         "metadata": {
-            "bigmodel.dev/job": job.metadata.name,
-            "bigmodel.dev/namespace": job.metadata.namespace or "",
-            "bigmodel.dev/generation": str(generation),
+            job_key: job.metadata.name,
+            namespace_key: job.metadata.namespace or "",
+            generation_key: str(generation),
         },
     }

@@ -1,13 +1,11 @@
-"""Kubernetes quantities turned into what pods ask for and what Ray is told it has."""
+"""Kubernetes quantities turned into what pods ask for and how much shared memory Ray gets."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
 
-from kubernetes.utils import parse_quantity
-
-from bigmodel.api.common import Resources
+from bigmodel.api.common import Resources, quantity_value
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # Ray's object store defaults to 30% of the node's memory and lives in /dev/shm; a smaller /dev/shm sends it to disk.
@@ -22,10 +20,5 @@ def requirements(resources: Resources) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def ray_num_cpus(cpu: int | str) -> int:
-    """Ray schedules whole CPUs; a pod with less than one core still runs one training worker."""
-    return max(1, int(parse_quantity(cpu)))
-
-
 def shm_size_limit(memory: int | str) -> str:
-    return str(int(parse_quantity(memory) * SHM_FRACTION))
+    return str(int(quantity_value(memory) * SHM_FRACTION))

@@ -9,10 +9,10 @@ import hashlib
 import math
 from typing import Any
 
-from bigmodel.api.serve_app import APP_IMPORT_PATH, DEPLOYMENT_NAME, ServeAppArgs
+from bigmodel.api import wire
+from bigmodel.api.serve_app import ServeAppArgs
 from bigmodel.api.service import BigModelServiceSpec
 
-SERVE_PORT = 8000
 VERSION_LENGTH = 12
 
 
@@ -39,14 +39,14 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
     """Serve's options for the one deployment: replica autoscaling and the Ray resources of each replica."""
     replicas = spec.replicas
     # A replica fills its next batch while the current one runs only if it may hold two batches of requests;
-    # past this limit Serve's router holds requests back with a backoff of up to 0.5 s (bench/serve_load.py showed
+    # past this limit Serve's router holds requests back with a backoff of up to 0.5 s (bench.serve_load showed
     # throughput collapsing there). The autoscaler still aims for the target, so load beyond it adds replicas.
     max_ongoing = max(2 * spec.batching.max_batch_size, math.ceil(replicas.target_ongoing_requests * 2))
     actor_options: dict[str, Any] = {"num_cpus": spec.replica_resources.cpu}
     if spec.replica_resources.gpu:
         actor_options["num_gpus"] = spec.replica_resources.gpu
     return {
-        "name": DEPLOYMENT_NAME,
+        "name": wire.SERVE_DEPLOYMENT_NAME,
         "max_ongoing_requests": max_ongoing,
         # Serve's default stops an old replica before starting its replacement: with one replica, a model update
         # would drop requests. Surging starts replacements first (the operator adds up to workers.maxSurge pods
@@ -68,7 +68,7 @@ def serve_application(service_name: str, spec: BigModelServiceSpec, args: ServeA
     return {
         "name": service_name,
         "route_prefix": "/",
-        "import_path": APP_IMPORT_PATH,
+        "import_path": wire.SERVE_APP_IMPORT_PATH,
         "args": args.model_dump(mode="json"),
         "deployments": [deployment_options(spec)],
     }
@@ -78,6 +78,6 @@ def serve_deploy_config(service_name: str, spec: BigModelServiceSpec, args: Serv
     """The whole declarative config (Ray's ServeDeploySchema). One proxy, on the head, behind one Service."""
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        "http_options": {"host": "0.0.0.0", "port": wire.SERVE_PORT},
         "applications": [serve_application(service_name, spec, args)],
     }

@@ -1,33 +1,34 @@
-"""Kopf handlers, kept thin: they route events to one level-based reconcile loop per resource.
+"""Kopf handlers, kept thin: they route events to one level-based reconcile loop per resource, of any kind.
 
-Every BigModelJob and every BigModelService gets a daemon that reconciles it, then sleeps until its plan asks to
-look again or something wakes it: an edit of its spec, or any change to one of its pods.
+Every BigModelJob and every BigModelService gets a daemon that reconciles it (controller/loop.py), then sleeps until
+its plan asks to look again or something wakes it: an edit of its spec, or any change to one of its pods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
-from bigmodel.api.common import GROUP, VERSION
-from bigmodel.builders.naming import JOB_LABEL, MANAGED_BY_LABEL, OPERATOR_NAME, SERVICE_LABEL
-from bigmodel.controller.job_controller import Clients, delete_children, reconcile_job
+from bigmodel.api import wire
+from bigmodel.controller import loop
+from bigmodel.controller.clients import Clients
+from bigmodel.controller.job_kind import JobKind
+from bigmodel.controller.kind import Kind
 from bigmodel.controller.kube import KubeClient, load_configuration
 from bigmodel.controller.metrics import OperatorMetrics
 from bigmodel.controller.ray_client import HttpRayClient
-from bigmodel.controller.service_controller import delete_service_children, reconcile_service
+from bigmodel.controller.service_kind import ServiceKind
 from bigmodel.controller.settings import OperatorSettings
 
 # Our own registry: importing this module never adds handlers to another operator in the same process.
 REGISTRY = kopf.OperatorRegistry()
 ERROR_BACKOFF_S = 5.0
-PREFIX = "bigmodel.dev"
+KINDS: tuple[Kind[Any, Any, Any], ...] = (JobKind(), ServiceKind())
 
 
 class Wakers:
@@ -55,9 +56,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup(registry=REGISTRY)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """All Kopf settings in one place, and the clients every handler shares."""
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    settings.persistence.finalizer = wire.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=wire.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=wire.GROUP)
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     # No watching of CRDs and namespaces for changes: the chart installs the CRDs before the operator and names
@@ -86,20 +87,25 @@ async def close_clients(memo: kopf.Memo, **_: Any) -> None:
     await memo.clients.kube.__aexit__(None, None, None)
 
 
-async def _reconcile_loop(
-    kind: str, namespace: str, name: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger,
-    reconcile: Callable[[Clients], Awaitable[float | None]],
-) -> None:  # fmt: skip
-    wake = memo.wakers.event(kind, namespace, name)
+async def reconcile_loop(
+    kind: Kind[Any, Any, Any], namespace: str, name: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger
+) -> None:
+    """Reconcile until the resource is gone, sleeping between passes until woken or due."""
+    wake = memo.wakers.event(kind.name, namespace, name)
+    # Kept in memory only: after an operator restart the idle timers start again, which delays a scale-down and
+    # never hastens one.
+    timers: dict[str, datetime] = {}
     while not stopped:
         wake.clear()
         clients: Clients = memo.clients
         try:
             with clients.metrics.reconcile_duration.time():
-                delay = await reconcile(clients)
+                delay = await loop.reconcile(kind, namespace, name, clients, timers)
         except Exception:  # a failed pass is retried; the status was not written, so nothing is half-done
             clients.metrics.reconcile_errors.inc()
-            logger.exception("reconciling %s %s/%s failed; retrying in %.0f s", kind, namespace, name, ERROR_BACKOFF_S)
+            logger.exception(
+                "reconciling %s %s/%s failed; retrying in %.0f s", kind.name, namespace, name, ERROR_BACKOFF_S
+            )
             delay = ERROR_BACKOFF_S
         try:
             await asyncio.wait_for(wake.wait(), timeout=delay)
@@ -112,57 +118,41 @@ def _spec_edited(body: kopf.Body) -> bool:
     return body["metadata"].get("generation") != (body.get("status") or {}).get("observedGeneration")
 
 
-@kopf.daemon(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-reconciler", cancellation_timeout=5.0, registry=REGISTRY)
-async def job_reconciler(name: str, namespace: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger, **_: Any) -> None:
-    async def reconcile(clients: Clients) -> float | None:
-        return await reconcile_job(namespace, name, clients)
+def register(kind: Kind[Any, Any, Any]) -> None:
+    """The four handlers of a kind: its reconcile daemon, and what wakes it, and what its deletion cleans up."""
+    plural, prefix = wire.PLURALS[kind.name], kind.name.lower()
+    owner_label = wire.OWNER_LABEL[kind.name]
 
-    await _reconcile_loop("job", namespace, name, memo, stopped, logger, reconcile)
+    @kopf.daemon(
+        wire.GROUP, wire.VERSION, plural, id=f"{prefix}-reconciler", cancellation_timeout=5.0, registry=REGISTRY
+    )
+    async def reconciler(
+        name: str, namespace: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger, **_: Any
+    ) -> None:
+        await reconcile_loop(kind, namespace, name, memo, stopped, logger)
 
+    @kopf.on.event(wire.GROUP, wire.VERSION, plural, id=f"{prefix}-spec-watch", registry=REGISTRY)
+    def spec_changed(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        if _spec_edited(body):
+            memo.wakers.wake(kind.name, namespace, name)
 
-@kopf.daemon(GROUP, VERSION, "bigmodelservices", id="bigmodelservice-reconciler", cancellation_timeout=5.0, registry=REGISTRY)
-async def service_reconciler(name: str, namespace: str, memo: kopf.Memo, stopped: Any, logger: logging.Logger, **_: Any) -> None:
-    # Kept in memory only: after an operator restart the idle timers start again, which delays a scale-down and
-    # never hastens one.
-    idle_since: dict[str, datetime] = {}
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        labels={wire.MANAGED_BY_LABEL: wire.OPERATOR_NAME, owner_label: kopf.PRESENT},
+        id=f"{prefix}-pod-watch",
+        registry=REGISTRY,
+    )
+    def pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        memo.wakers.wake(kind.name, namespace, labels[owner_label])
 
-    async def reconcile(clients: Clients) -> float | None:
-        return await reconcile_service(namespace, name, clients, idle_since)
-
-    await _reconcile_loop("service", namespace, name, memo, stopped, logger, reconcile)
-
-
-@kopf.on.event(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-spec-watch", registry=REGISTRY)
-def job_changed(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if _spec_edited(body):
-        memo.wakers.wake("job", namespace, name)
-
-
-@kopf.on.event(GROUP, VERSION, "bigmodelservices", id="bigmodelservice-spec-watch", registry=REGISTRY)
-def service_changed(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if _spec_edited(body):
-        memo.wakers.wake("service", namespace, name)
-
-
-@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: OPERATOR_NAME, JOB_LABEL: kopf.PRESENT}, id="pod-watch", registry=REGISTRY)
-def pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.wakers.wake("job", namespace, labels[JOB_LABEL])
-
-
-@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: OPERATOR_NAME, SERVICE_LABEL: kopf.PRESENT}, id="service-pod-watch", registry=REGISTRY)
-def service_pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.wakers.wake("service", namespace, labels[SERVICE_LABEL])
+    @kopf.on.delete(wire.GROUP, wire.VERSION, plural, id=f"{prefix}-cleanup", registry=REGISTRY)
+    async def deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+        await loop.delete_children(kind, dict(body), memo.clients)
+        memo.wakers.forget(kind.name, namespace, name)
+        memo.clients.metrics.forget(kind.name, namespace, name)
 
 
-@kopf.on.delete(GROUP, VERSION, "bigmodeljobs", id="bigmodeljob-cleanup", registry=REGISTRY)
-async def job_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    await delete_children(dict(body), memo.clients.kube, memo.clients.ray)
-    memo.wakers.forget("job", namespace, name)
-    memo.clients.metrics.forget(namespace, name)
-
-
-@kopf.on.delete(GROUP, VERSION, "bigmodelservices", id="bigmodelservice-cleanup", registry=REGISTRY)
-async def service_deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    await delete_service_children(dict(body), memo.clients.kube)
-    memo.wakers.forget("service", namespace, name)
-    memo.clients.metrics.forget_service(namespace, name)
+for _kind in KINDS:
+    register(_kind)

@@ -16,6 +16,8 @@ import aiohttp
 import kubernetes.client
 import kubernetes.config
 
+from bigmodel.api.wire import GROUP, PLURALS, VERSION, OwnerKind
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -35,8 +37,7 @@ class Resource:
 
 PODS = Resource("", "v1", "pods")
 SERVICES = Resource("", "v1", "services")
-JOBS = Resource("bigmodel.dev", "v1alpha1", "bigmodeljobs")
-MODEL_SERVICES = Resource("bigmodel.dev", "v1alpha1", "bigmodelservices")
+OWNERS: dict[OwnerKind, Resource] = {kind: Resource(GROUP, VERSION, plural) for kind, plural in PLURALS.items()}
 
 
 class KubeError(RuntimeError):

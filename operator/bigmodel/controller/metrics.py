@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bigmodel.api.job import BigModelJob, JobPhase
-from bigmodel.api.service import BigModelService, ServicePhase
-from bigmodel.reconcile.job import JobPlan
-from bigmodel.reconcile.observed import JobObservation
-from bigmodel.reconcile.service import ServicePlan
+from bigmodel.api.job import BigModelJob, BigModelJobStatus, JobPhase
+from bigmodel.api.service import BigModelService, BigModelServiceStatus, ServicePhase
+from bigmodel.api.wire import OwnerKind
+from bigmodel.reconcile.plans import Outcome, Plan
 
 PHASES: tuple[JobPhase, ...] = ("Pending", "Starting", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 SERVICE_PHASES: tuple[ServicePhase, ...] = ("Pending", "Deploying", "Ready", "Upgrading", "Failed")
-_WORKER_CHANGES = {"WorkerAdded": "added", "WorkerRemoved": "removed", "WorkerReplaced": "replaced"}
-_UPGRADE_RESULTS = {"UpgradeComplete": "complete", "UpgradeFailed": "failed"}
+_WORKER_CHANGES = {Outcome.WORKER_ADDED: "added", Outcome.WORKER_REMOVED: "removed", Outcome.WORKER_REPLACED: "replaced"}
+_UPGRADE_RESULTS = {Outcome.UPGRADE_COMPLETE: "complete", Outcome.UPGRADE_FAILED: "failed"}
 ACTIVE_PHASES = ("Pending", "Starting", "Running", "Restarting")
 _SLOW = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 _JOB_LENGTH = (60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
@@ -82,20 +82,19 @@ class OperatorMetrics:
         self._service_facts: dict[tuple[str, str], _ServiceFacts] = {}
         self._publish()
 
-    def observe_pass(
-        self, job: BigModelJob, plan: JobPlan, seen: JobObservation, created: datetime | None
+    def observe_job(
+        self, job: BigModelJob, plan: Plan[BigModelJobStatus], now: datetime, created: datetime | None
     ) -> None:
         """Counters from what this pass did; gauges from where every job now stands."""
         before = job.status.phase if job.status else "Pending"
         after = plan.status.phase
-        reasons = [event.reason for event in plan.events]
-        self.restarts.inc(reasons.count("Restarting"))
-        self.replacements.inc(reasons.count("WorkerReplaced"))
+        self.restarts.inc(plan.outcomes[Outcome.RESTARTED])
+        self.replacements.inc(plan.outcomes[Outcome.WORKER_REPLACED])
         ever_ran = job.status is not None and any(c.type == "Running" for c in job.status.conditions)
         if after == "Running" and not ever_ran and created is not None:
-            self.time_to_running.observe((seen.now - created).total_seconds())
+            self.time_to_running.observe((now - created).total_seconds())
         if after in ("Succeeded", "Failed") and before != after and plan.status.start_time is not None:
-            self.duration.labels(after).observe((seen.now - plan.status.start_time).total_seconds())
+            self.duration.labels(after).observe((now - plan.status.start_time).total_seconds())
         per_worker = job.spec.workers.resources.gpu
         active = after in ACTIVE_PHASES
         requested = (job.spec.workers.replicas * per_worker + job.spec.head.resources.gpu) if active else 0
@@ -103,12 +102,11 @@ class OperatorMetrics:
         self._facts[(job.metadata.namespace or "", job.metadata.name)] = _Facts(after, requested, in_use)
         self._publish()
 
-    def observe_service(self, service: BigModelService, plan: ServicePlan) -> None:
-        for event in plan.events:
-            if event.reason in _WORKER_CHANGES:
-                self.service_worker_changes.labels(_WORKER_CHANGES[event.reason]).inc()
-            if event.reason in _UPGRADE_RESULTS:
-                self.service_upgrades.labels(_UPGRADE_RESULTS[event.reason]).inc()
+    def observe_service(self, service: BigModelService, plan: Plan[BigModelServiceStatus]) -> None:
+        for outcome, change in _WORKER_CHANGES.items():
+            self.service_worker_changes.labels(change).inc(plan.outcomes[outcome])
+        for outcome, result in _UPGRADE_RESULTS.items():
+            self.service_upgrades.labels(result).inc(plan.outcomes[outcome])
         status, per_worker = plan.status, service.spec.workers.resources.gpu
         self._service_facts[(service.metadata.namespace or "", service.metadata.name)] = _ServiceFacts(
             phase=status.phase,
@@ -120,12 +118,10 @@ class OperatorMetrics:
         )
         self._publish()
 
-    def forget(self, namespace: str, name: str) -> None:
-        self._facts.pop((namespace, name), None)
-        self._publish()
-
-    def forget_service(self, namespace: str, name: str) -> None:
-        self._service_facts.pop((namespace, name), None)
+    def forget(self, kind: OwnerKind, namespace: str, name: str) -> None:
+        """A deleted resource counts no more."""
+        facts: dict[tuple[str, str], Any] = self._facts if kind == "BigModelJob" else self._service_facts
+        facts.pop((namespace, name), None)
         self._publish()
 
     def _publish(self) -> None:

@@ -11,10 +11,10 @@ from typing import Any, Protocol
 import aiohttp
 
 from bigmodel.api.training_report import TrainingReport
+from bigmodel.api.wire import FAILURE_MARKER
 from bigmodel.builders.ray_cluster import dashboard_url, progress_url
-from bigmodel.builders.ray_job import FAILURE_MARKER
 from bigmodel.reconcile.failure_text import failure_summary
-from bigmodel.reconcile.observed import RayJobView
+from bigmodel.reconcile.job_observed import RayJobView
 from bigmodel.reconcile.service_observed import Demand, RayClusterView, ServeAppView
 
 

@@ -22,6 +22,12 @@ class OperatorSettings(BaseModel):
         None, description="This replica's peering priority; random when unset, since Kopf pauses replicas that tie."
     )
 
+    def storage_for(self, namespace: str, name: str, storage: str | None) -> str | None:
+        """A job's checkpoint storage: its own, or <default>/<namespace>/<name>; None when neither exists."""
+        if storage is not None or self.default_storage is None:
+            return storage
+        return f"{self.default_storage.rstrip('/')}/{namespace}/{name}"
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
         env = os.environ if environ is None else environ

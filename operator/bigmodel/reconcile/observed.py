@@ -1,18 +1,16 @@
-"""What the operator sees of a job, reduced from raw API objects to the few facts decisions need."""
+"""What the operator sees of a resource's Ray clusters, reduced from raw API objects to the facts decisions need.
+
+The same for both kinds: pods and head Services, each with the cluster generation it belongs to. What each kind sees
+of Ray itself is in job_observed.py and service_observed.py.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from bigmodel.api.training_report import TrainingReport
-from bigmodel.builders.naming import GENERATION_LABEL, ROLE_LABEL, WORKER_INDEX_LABEL
-
-MODEL_SPEC_ANNOTATION = "bigmodel.dev/model-spec"
-RUN_SPEC_ANNOTATION = "bigmodel.dev/run-spec"
-
-RayJobState = Literal["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"]
+from bigmodel.api.wire import GENERATION_LABEL, ROLE_LABEL, WORKER_INDEX_LABEL
 
 
 @dataclass(frozen=True)
@@ -66,6 +64,8 @@ def _failure(status: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ServiceView:
+    """A cluster's head Service."""
+
     name: str
     generation: int
 
@@ -75,23 +75,13 @@ class ServiceView:
         return cls(meta["name"], int((meta.get("labels") or {}).get(GENERATION_LABEL, "0")))
 
 
-@dataclass(frozen=True)
-class RayJobView:
-    submission_id: str
-    state: RayJobState
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class JobObservation:
-    """Everything observed about one BigModelJob in one pass."""
+@dataclass(frozen=True, kw_only=True)
+class ClusterObservation:
+    """Everything a pass sees of one resource's Ray clusters, of every generation, at `now`."""
 
     now: datetime
     pods: list[PodView] = field(default_factory=list)
     services: list[ServiceView] = field(default_factory=list)
-    ray_reachable: bool = False
-    ray_job: RayJobView | None = None
-    report: TrainingReport | None = None
 
     def pods_of(self, generation: int) -> list[PodView]:
         return [pod for pod in self.pods if pod.generation == generation]
@@ -99,9 +89,10 @@ class JobObservation:
     def head(self, generation: int) -> PodView | None:
         return next((p for p in self.pods_of(generation) if p.role == "head" and not p.deleting), None)
 
-    def workers(self, generation: int) -> dict[int, PodView]:
-        return {
-            p.index: p
-            for p in self.pods_of(generation)
-            if p.role == "worker" and p.index is not None and not p.deleting
-        }
+    def workers(self, generation: int) -> list[PodView]:
+        """The worker pods not being deleted, by index."""
+        found = [p for p in self.pods_of(generation) if p.role == "worker" and not p.deleting]
+        return sorted(found, key=lambda pod: pod.index if pod.index is not None else -1)
+
+    def generations(self) -> set[int]:
+        return {pod.generation for pod in self.pods} | {service.generation for service in self.services}

@@ -1,87 +1,101 @@
-"""Parts every plan shares: Events to post, digests of spec parts, and the invalid-spec verdict."""
+"""What one reconcile pass decides, for either kind: changes to child objects and to Ray, Events, counts, status.
+
+The controller carries a plan out in one fixed order (deletions, creations, Ray calls, Service patches, Events, then
+the status), so a decision only says what, never how.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from enum import Enum
+from typing import Any, Generic, Literal, TypeVar
 
 from bigmodel.api.common import ObservedStatus
-from bigmodel.reconcile.conditions import set_condition
 
 EventType = Literal["Normal", "Warning"]
 StatusT = TypeVar("StatusT", bound=ObservedStatus)
+ActionT = TypeVar("ActionT")
 
 
 @dataclass(frozen=True)
 class Event:
+    """A Kubernetes Event about the resource: for people, so its words may change."""
+
     type: EventType
     reason: str
     message: str
 
 
-@dataclass(kw_only=True)
-class ChildChanges:
-    """What a plan does to its resource's pods and Services, the Events that say why, and when to look again."""
+class Outcome(str, Enum):
+    """What a pass did that the operator's metrics count. Metrics follow these, not the words of Events."""
 
-    create: list[dict[str, Any]] = field(default_factory=list)
+    RESTARTED = "restarted"
+    """A job's Ray cluster was rebuilt after a failure (counted against maxRestarts)."""
+    WORKER_REPLACED = "worker_replaced"
+    WORKER_ADDED = "worker_added"
+    WORKER_REMOVED = "worker_removed"
+    UPGRADE_COMPLETE = "upgrade_complete"
+    UPGRADE_FAILED = "upgrade_failed"
+
+
+@dataclass(frozen=True)
+class SubmitJob:
+    """Submit a Ray job (the Job Submission API's POST body) to the head at head_ip."""
+
+    head_ip: str
+    submission: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StopJob:
+    head_ip: str
+    submission_id: str
+
+
+@dataclass(frozen=True)
+class DeployServe:
+    """Declare a cluster's Serve applications (Serve's REST API PUT body) on the head at head_ip."""
+
+    head_ip: str
+    config: dict[str, Any]
+
+
+RayAction = SubmitJob | StopJob | DeployServe
+
+
+@dataclass(kw_only=True)
+class Plan(Generic[StatusT]):
+    """What to do for one resource, in the order the controller does it, and the status to write last."""
+
+    status: StatusT
     delete_pods: list[str] = field(default_factory=list)
     delete_services: list[str] = field(default_factory=list)
+    create: list[dict[str, Any]] = field(default_factory=list)
+    ray: list[RayAction] = field(default_factory=list)
+    patch_services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """JSON merge patches of Services, by name (a serving Service's selector moving to another cluster)."""
     events: list[Event] = field(default_factory=list)
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    timers: dict[str, datetime] = field(default_factory=dict)
+    """Moments the decision remembers between passes, in memory only (when each worker pod became idle)."""
+    delete_owner: bool = False
+    """Delete the resource itself (a finished job past its ttlSecondsAfterFinished)."""
     requeue_after: float | None = None
-
-
-class Decision:
-    """The verbs one reconcile pass uses to fill its plan; subclasses set these four attributes first."""
-
-    now: datetime
-    generation: int | None
-    status: ObservedStatus
-    plan: ChildChanges
+    """Seconds until the next pass if nothing wakes it sooner; None: only when something changes."""
 
     def event(self, type_: EventType, reason: str, message: str) -> None:
-        self.plan.events.append(Event(type_, reason, message))
+        self.events.append(Event(type_, reason, message))
 
-    def condition(self, type_: str, truth: bool, reason: str, message: str = "") -> None:
-        self.status.conditions = set_condition(
-            self.status.conditions,
-            type_,
-            "True" if truth else "False",
-            reason,
-            message,
-            now=self.now,
-            generation=self.generation,
-        )
+    def count(self, outcome: Outcome, times: int = 1) -> None:
+        self.outcomes[outcome] += times
 
+    def ray_calls(self, kind: type[ActionT]) -> list[ActionT]:
+        """The Ray actions of one type, in order."""
+        return [action for action in self.ray if isinstance(action, kind)]
 
-def digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def annotated(obj: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
-    obj.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
-    return obj
-
-
-def invalid_status(status: StatusT, generation: int | None, errors: list[str], now: datetime) -> tuple[StatusT, bool]:
-    """The status of an invalid spec (where and why, in a condition), and whether this verdict is new."""
-    updated = status.model_copy(deep=True)
-    message = "; ".join(errors)
-    first_time = not any(
-        c.type == "ValidationFailed" and c.status == "True" and c.message == message for c in updated.conditions
-    )
-    updated.observed_generation = generation
-    updated.message = f"invalid spec: {message}"
-    updated.conditions = set_condition(
-        updated.conditions, "ValidationFailed", "True", "InvalidSpec", message, now=now, generation=generation
-    )
-    return updated, first_time
-
-
-def clear_validation(status: ObservedStatus, generation: int | None, now: datetime) -> None:
-    if any(c.type == "ValidationFailed" for c in status.conditions):
-        status.conditions = set_condition(
-            status.conditions, "ValidationFailed", "False", "Valid", "", now=now, generation=generation
-        )
+    def deduplicate(self) -> None:
+        """Several verbs of one pass may remove the same pod; each is deleted once."""
+        self.delete_pods = list(dict.fromkeys(self.delete_pods))
+        self.delete_services = list(dict.fromkeys(self.delete_services))

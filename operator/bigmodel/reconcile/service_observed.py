@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from bigmodel.builders.naming import GENERATION_LABEL
-from bigmodel.reconcile.observed import PodView, ServiceView
+from bigmodel.api.wire import GENERATION_LABEL
+from bigmodel.reconcile.observed import ClusterObservation
 
 Demand = tuple[tuple[tuple[tuple[str, float], ...], int], ...]
 """Resource shapes Ray could not place, with how many of each: (((resource, amount), ...), count)."""
@@ -91,26 +90,14 @@ class SourceProblem:
     """True when waiting will not help (the source job failed)."""
 
 
-@dataclass(frozen=True)
-class ServiceObservation:
-    now: datetime
+@dataclass(frozen=True, kw_only=True)
+class ServiceObservation(ClusterObservation):
+    """Everything observed about one BigModelService in one pass: its clusters, where its model is, and each
+    cluster's Ray as seen through that cluster's head."""
+
     source: ModelSourceView | SourceProblem
-    pods: list[PodView] = field(default_factory=list)
-    head_services: list[ServiceView] = field(default_factory=list)
     serving: ServingServiceView | None = None
-    clusters: dict[int, RayClusterView] = field(default_factory=dict)
-
-    def pods_of(self, generation: int) -> list[PodView]:
-        return [pod for pod in self.pods if pod.generation == generation]
-
-    def head(self, generation: int) -> PodView | None:
-        return next((p for p in self.pods_of(generation) if p.role == "head" and not p.deleting), None)
-
-    def workers(self, generation: int) -> list[PodView]:
-        return [p for p in self.pods_of(generation) if p.role == "worker" and not p.deleting]
-
-    def generations(self) -> set[int]:
-        return {pod.generation for pod in self.pods}
+    ray: dict[int, RayClusterView] = field(default_factory=dict)
 
     def cluster(self, generation: int) -> RayClusterView:
-        return self.clusters.get(generation, RayClusterView(reachable=False))
+        return self.ray.get(generation, RayClusterView(reachable=False))

@@ -21,12 +21,11 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from bigmodel.api.job import BigModelJobSpec
+from bigmodel.api.wire import STORAGE_ENV
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
 from bigmodel.runtime.progress import ProgressSnapshot, start_recorder
 from bigmodel.runtime.tasks import make_task
 from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop, plan_steps
-
-STORAGE_ENV = "BIGMODEL_CHECKPOINT_STORAGE"
 
 
 class TrainingFailed(RuntimeError):

@@ -16,20 +16,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import ray
 
+from bigmodel.api import wire
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.training_report import TrainingReport
-from bigmodel.builders.ray_cluster import PROGRESS_PORT
-from bigmodel.builders.ray_job import FAILURE_MARKER, MANIFEST_ENV
-from bigmodel.builders.resources import ray_num_cpus
 from bigmodel.runtime.driver import TrainingFailed, run_command, run_training
 from bigmodel.runtime.progress import ProgressSnapshot, training_report
 
-PROGRESS_PORT_ENV = "BIGMODEL_PROGRESS_PORT"
 # The operator polls every few seconds; the final report (model URI, last metrics) must outlive one poll.
-LINGER_ENV = "BIGMODEL_PROGRESS_LINGER_S"
 DEFAULT_LINGER_S = 10.0
-# How often rank 0 reports its step; spec.env may lower it where the exact step of a failure matters.
-PROGRESS_INTERVAL_ENV = "BIGMODEL_PROGRESS_INTERVAL_S"
+# How often rank 0 reports its step; spec.env may lower it (wire.PROGRESS_INTERVAL_ENV) where the exact step of a
+# failure matters.
 DEFAULT_PROGRESS_INTERVAL_S = 0.5
 
 
@@ -78,7 +74,7 @@ class ProgressServer:
 
 
 def main() -> int:
-    job = BigModelJob.model_validate(json.loads(os.environ[MANIFEST_ENV]), by_alias=True)
+    job = BigModelJob.model_validate(json.loads(os.environ[wire.MANIFEST_ENV]), by_alias=True)
     spec = job.spec
     storage = spec.checkpoint.storage
     if storage is None:
@@ -87,10 +83,10 @@ def main() -> int:
     ray.init(address="auto")
     if spec.workload.command is not None:
         return run_command(spec, storage, ray.get_runtime_context().gcs_address)
-    resources = {"CPU": float(ray_num_cpus(spec.workers.resources.cpu))}
+    resources = {"CPU": float(spec.workers.resources.ray_cpus())}
     if spec.uses_gpu():
         resources["GPU"] = float(spec.workers.resources.gpu)
-    with ProgressServer(int(os.environ.get(PROGRESS_PORT_ENV, PROGRESS_PORT))) as server:
+    with ProgressServer(int(os.environ.get(wire.PROGRESS_PORT_ENV, wire.PROGRESS_PORT))) as server:
         try:
             result = run_training(
                 job.metadata.name,
@@ -98,12 +94,12 @@ def main() -> int:
                 storage,
                 resources_per_worker=resources,
                 on_progress=server.update,
-                progress_interval_s=float(os.environ.get(PROGRESS_INTERVAL_ENV, DEFAULT_PROGRESS_INTERVAL_S)),
+                progress_interval_s=float(os.environ.get(wire.PROGRESS_INTERVAL_ENV, DEFAULT_PROGRESS_INTERVAL_S)),
             )
         except TrainingFailed as error:
-            print(f"{FAILURE_MARKER}{error}", file=sys.stderr)
+            print(f"{wire.FAILURE_MARKER}{error}", file=sys.stderr)
             return 1
-        time.sleep(float(os.environ.get(LINGER_ENV, DEFAULT_LINGER_S)))
+        time.sleep(float(os.environ.get(wire.PROGRESS_LINGER_ENV, DEFAULT_LINGER_S)))
     print(json.dumps({"steps": result.steps, "model": result.model_uri, "metrics": result.metrics}))
     return 0
 

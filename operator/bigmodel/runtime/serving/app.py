@@ -1,6 +1,6 @@
 """The Ray Serve application of a BigModelService: one deployment, KServe's v1 and v2 HTTP APIs, dynamic batching.
 
-Ray imports this module by APP_IMPORT_PATH and calls build() with the `args` of the Serve config. Replicas, autoscaling
+Ray imports this module by wire.SERVE_APP_IMPORT_PATH and calls build() with the `args` of the Serve config. Replicas, autoscaling
 and resources are not set here: they come from that config (builders/serve_app.py), so the operator alone decides them.
 """
 
@@ -17,7 +17,8 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException
 
-from bigmodel.api.serve_app import DEPLOYMENT_NAME, ServeAppArgs
+from bigmodel.api.serve_app import ServeAppArgs
+from bigmodel.api.wire import SERVE_DEPLOYMENT_NAME
 from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.serving.predictor import build_predictor
 from bigmodel.runtime.serving.protocol import (
@@ -60,7 +61,7 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     return _error(error.status_code, f"{request.method} {request.url.path}: {error.detail}")
 
 
-@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.deployment(name=SERVE_DEPLOYMENT_NAME)
 @serve.ingress(api)
 class ModelServer:
     """One replica. The model loads in the constructor, and Serve routes no request to a replica still constructing,

@@ -1,0 +1,83 @@
+"""The wire contract: every name and number that crosses a process boundary, in one place.
+
+The operator writes these into pods, Services, Ray job submissions and Serve configs; the runtime inside a Ray pod
+reads them back; the chart, dashboards and tests select on them. Changing one here changes it for all of them, so
+this module imports nothing (no pydantic, no Kubernetes client, no Ray): any process can afford it.
+
+To add a label to every Ray pod of both kinds, change `builders.naming.labels`, which builds them from these keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# The API.
+GROUP = "bigmodel.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+JOB_KIND = "BigModelJob"
+SERVICE_KIND = "BigModelService"
+OwnerKind = Literal["BigModelJob", "BigModelService"]
+PLURALS: dict[OwnerKind, str] = {"BigModelJob": "bigmodeljobs", "BigModelService": "bigmodelservices"}
+# Kopf's finalizer and its progress annotations live under the API group too.
+FINALIZER = f"{GROUP}/finalizer"
+
+# Labels of every child object. The `app.kubernetes.io` ones are the recommended labels dashboards group by.
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+APP_NAME = "bigmodel"
+OPERATOR_NAME = "bigmodel-operator"
+JOB_LABEL = f"{GROUP}/job"
+SERVICE_LABEL = f"{GROUP}/service"
+OWNER_LABEL: dict[OwnerKind, str] = {"BigModelJob": JOB_LABEL, "BigModelService": SERVICE_LABEL}
+CLUSTER_LABEL = f"{GROUP}/cluster"
+GENERATION_LABEL = f"{GROUP}/generation"
+ROLE_LABEL = f"{GROUP}/role"
+WORKER_INDEX_LABEL = f"{GROUP}/worker-index"
+Role = Literal["head", "worker"]
+
+# Annotations on child objects: what they were built from.
+SPEC_GENERATION_ANNOTATION = f"{GROUP}/spec-generation"
+MODEL_SPEC_ANNOTATION = f"{GROUP}/model-spec"
+"""A job's pods: digest of what shapes the model, which cannot change under a job that started."""
+RUN_SPEC_ANNOTATION = f"{GROUP}/run-spec"
+"""A job's pods: digest of what shapes the run; a change rebuilds the cluster."""
+CLUSTER_SPEC_ANNOTATION = f"{GROUP}/cluster-spec"
+"""A service's pods: digest of what only a new cluster can change."""
+
+# Ports of a Ray pod.
+RAY_GCS_PORT = 6379
+RAY_DASHBOARD_PORT = 8265
+RAY_CLIENT_PORT = 10001
+RAY_AGENT_PORT = 52365
+PROGRESS_PORT = 8270
+"""A job's driver serves its training progress here, on the head."""
+SERVE_PORT = 8000
+"""A service's Serve proxy answers inference requests here."""
+
+# Environment of every Ray container.
+POD_IP_ENV = "POD_IP"
+POD_NAME_ENV = "POD_NAME"
+RAY_HEAD_ADDRESS_ENV = "RAY_HEAD_ADDRESS"
+OWNER_ENV: dict[OwnerKind, str] = {"BigModelJob": "BIGMODEL_JOB", "BigModelService": "BIGMODEL_SERVICE"}
+
+# The Ray job that trains a BigModelJob, and what its driver reads and writes.
+JOB_ENTRYPOINT = "python -m bigmodel.runtime.job_entrypoint"
+MANIFEST_ENV = "BIGMODEL_JOB_MANIFEST"
+"""The job (name, namespace, uid, spec) as JSON, in the driver's environment."""
+STORAGE_ENV = "BIGMODEL_CHECKPOINT_STORAGE"
+"""Where checkpoints go, in every training process's environment (user loops read it)."""
+PROGRESS_PORT_ENV = "BIGMODEL_PROGRESS_PORT"
+PROGRESS_LINGER_ENV = "BIGMODEL_PROGRESS_LINGER_S"
+PROGRESS_INTERVAL_ENV = "BIGMODEL_PROGRESS_INTERVAL_S"
+FAILURE_MARKER = "training failed: "
+"""The driver starts the one line that says why training failed with this; the operator quotes that line."""
+RAY_JOB_METADATA_KEYS = (JOB_LABEL, f"{GROUP}/namespace", GENERATION_LABEL)
+"""Metadata of a Ray job submission: the job, its namespace and the cluster generation it runs on."""
+
+# The Serve application of a BigModelService.
+SERVE_APP_IMPORT_PATH = "bigmodel.runtime.serving.app:build"
+SERVE_DEPLOYMENT_NAME = "Model"

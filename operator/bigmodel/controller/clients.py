@@ -1,0 +1,18 @@
+"""What every reconcile pass needs, made once at operator start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bigmodel.controller.kube import KubeClient
+from bigmodel.controller.metrics import OperatorMetrics
+from bigmodel.controller.ray_client import RayClient
+from bigmodel.controller.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class Clients:
+    kube: KubeClient
+    ray: RayClient
+    settings: OperatorSettings
+    metrics: OperatorMetrics

@@ -1,0 +1,121 @@
+"""The Ray-cluster lifecycle both kinds share: generations, building, health, failed workers, removal.
+
+A resource owns its Ray clusters by generation (`<job>-g<N>`, `<service>-s<N>`): a head Service, a head pod and
+worker pods, all owned by the resource and stamped with digests of the spec they were built from. A job runs one
+cluster at a time; a service has a serving cluster and, during an upgrade, a pending one and a retiring one. Every
+verb here only adds to the plan, so a pass that runs twice does nothing twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bigmodel.builders.pod import ClaimMount
+from bigmodel.builders.ray_cluster import ClusterOwner, head_pod, head_service, worker_pod
+from bigmodel.reconcile.observed import ClusterObservation, PodView
+from bigmodel.reconcile.plans import Outcome, Plan
+
+HealthState = Literal["absent", "up", "lost", "draining"]
+# Worker indexes only grow within a generation while replaced pods drain, and a pod name holds at most four digits.
+_MAX_WORKER_INDEX = 10**4
+
+
+@dataclass(frozen=True)
+class ClusterHealth:
+    """absent: nothing of the generation exists. up: its head runs. lost: its head failed or is gone while the
+    rest is still there. draining: only pods being deleted are left."""
+
+    state: HealthState
+    head: PodView | None = None
+    why: str = ""
+
+
+class Clusters:
+    """One pass's view of a resource's Ray clusters, and the changes it makes to them."""
+
+    def __init__(
+        self,
+        owner: ClusterOwner,
+        seen: ClusterObservation,
+        plan: Plan[Any],
+        *,
+        claim: ClaimMount | None,
+        stamp: dict[str, str],
+    ) -> None:
+        self._owner = owner
+        self._seen = seen
+        self._plan = plan
+        self._claim = claim
+        self._stamp = stamp
+        """Annotations every new pod and head Service carries: digests of the spec parts they were built from."""
+
+    def health(self, generation: int) -> ClusterHealth:
+        head = self._seen.head(generation)
+        if head is not None:
+            if head.failed:
+                return ClusterHealth("lost", head, f"head pod failed: {head.failure or head.phase}")
+            return ClusterHealth("up", head)
+        pods = self._seen.pods_of(generation)
+        if not pods:
+            return ClusterHealth("absent", why="head pod lost")
+        if any(not pod.deleting for pod in pods):
+            return ClusterHealth("lost", why="head pod lost")
+        return ClusterHealth("draining", why="head pod lost")
+
+    def next_generation(self, *known: int | None) -> int:
+        """A generation no pod, Service or status slot has used: a new cluster never meets an old one's names."""
+        used = self._seen.generations() | {generation for generation in known if generation is not None}
+        return max(used, default=0) + 1
+
+    def build(self, generation: int, workers: int) -> None:
+        """A new cluster: its head Service, head pod and `workers` worker pods (indexes 0..workers-1)."""
+        owner = self._owner
+        self._create(head_service(owner, generation))
+        self._create(head_pod(owner, generation, self._claim))
+        self.add_workers(generation, range(workers))
+
+    def add_workers(self, generation: int, indexes: range | list[int]) -> None:
+        for index in indexes:
+            self._create(worker_pod(self._owner, generation, index, self._claim))
+
+    def free_worker_indexes(self, generation: int, count: int) -> list[int]:
+        """The lowest worker indexes no pod of the generation uses, draining ones included (their names are taken)."""
+        taken = {pod.index for pod in self._seen.pods_of(generation) if pod.role == "worker"}
+        return [index for index in range(_MAX_WORKER_INDEX) if index not in taken][:count]
+
+    def replace_failed_workers(self, workers: list[PodView]) -> list[PodView]:
+        """Delete the failed ones among these worker pods, saying so; the caller decides what takes their place."""
+        failed = [pod for pod in workers if pod.failed]
+        for pod in failed:
+            self.remove_pod(pod)
+            self._plan.event(
+                "Warning", "WorkerReplaced", f"worker pod {pod.name} {pod.failure or 'failed'}: replacing it"
+            )
+            self._plan.count(Outcome.WORKER_REPLACED)
+        return failed
+
+    def remove_pod(self, pod: PodView) -> None:
+        self._plan.delete_pods.append(pod.name)
+        self._plan.timers.pop(pod.name, None)
+
+    def remove(self, generation: int) -> None:
+        """Every pod and the head Service of one generation."""
+        for pod in self._seen.pods_of(generation):
+            if pod.deleting:
+                self._plan.timers.pop(pod.name, None)
+            else:
+                self.remove_pod(pod)
+        self._plan.delete_services += [s.name for s in self._seen.services if s.generation == generation]
+
+    def keep_only(self, *generations: int | None) -> None:
+        """Remove every generation but these."""
+        for generation in self._seen.generations() - set(generations):
+            self.remove(generation)
+
+    def remove_all(self) -> None:
+        self.keep_only()
+
+    def _create(self, obj: dict[str, Any]) -> None:
+        obj.setdefault("metadata", {}).setdefault("annotations", {}).update(self._stamp)
+        self._plan.create.append(obj)

@@ -1,0 +1,46 @@
+"""What a BigModelJob's status says about its run: progress, metrics and checkpoint from the driver's report."""
+
+from __future__ import annotations
+
+from bigmodel.api.job import BigModelJobStatus, CheckpointRef, Progress, TrainingMetrics
+from bigmodel.api.training_report import TrainingReport
+
+
+def absorb_report(status: BigModelJobStatus, report: TrainingReport) -> None:
+    """The driver's latest report, as the status's progress, metrics, last checkpoint and model."""
+    status.worker_failures = max(status.worker_failures, report.worker_restarts)
+    metrics = report.metrics
+    status.metrics = TrainingMetrics(
+        loss=metrics.get("loss"),
+        samples_per_second=metrics.get("samples_per_second"),
+        tokens_per_second=metrics.get("tokens_per_second"),
+    )
+    eta = metrics.get("eta_seconds")
+    status.progress = Progress(
+        percent=min(100, int(100 * report.step / report.total_steps)) if report.total_steps else 0,
+        step=report.step,
+        total_steps=report.total_steps or None,
+        epoch=report.epoch,
+        eta_seconds=int(eta) if eta is not None else None,
+    )
+    if report.checkpoint is not None:
+        if status.last_checkpoint is None or report.checkpoint.step != status.last_checkpoint.step:
+            status.last_checkpoint = CheckpointRef.model_validate(report.checkpoint.model_dump())
+    if report.model_uri:
+        status.model_uri = report.model_uri
+
+
+def running_message(progress: Progress) -> str:
+    if not progress.total_steps:
+        return "training: waiting for the first step"
+    return f"training: step {progress.step}/{progress.total_steps}, epoch {progress.epoch + 1}"
+
+
+def success_message(status: BigModelJobStatus) -> str:
+    model = f"; model at {status.model_uri}" if status.model_uri else ""
+    return f"training finished after {status.progress.step} steps{model}"
+
+
+def resume_point(status: BigModelJobStatus) -> str:
+    checkpoint = status.last_checkpoint
+    return f"resuming from checkpoint step {checkpoint.step}" if checkpoint else "starting over: no checkpoint yet"

@@ -1,0 +1,113 @@
+"""What a BigModelService's status says, computed last in a pass from what it saw and decided."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bigmodel.api.service import BigModelService, ServedModel, ServicePhase
+from bigmodel.api.wire import GENERATION_LABEL, ROLE_LABEL, SERVE_PORT
+from bigmodel.builders.naming import serving_service_name
+from bigmodel.reconcile.service_observed import ServeAppView, SourceProblem
+from bigmodel.reconcile.service_pass import POLL_BUSY_S, ServicePass
+
+FAILED_APP = ("DEPLOY_FAILED", "UNHEALTHY")
+
+
+def service_url(service: BigModelService) -> str:
+    return f"http://{serving_service_name(service.metadata.name)}.{service.metadata.namespace}.svc:{SERVE_PORT}"
+
+
+def report(d: ServicePass, model: ServedModel, app_status: str | None) -> None:
+    """Replicas, workers, URL, conditions, phase and message of the serving cluster; when to look again."""
+    status = d.status
+    assert status.serving is not None
+    status.serving.application = app_status
+    app = d.seen.cluster(d.active).app if d.seen.cluster(d.active).reachable else None
+    serving_now = count_replicas(d, app) > 0 and app_status is not None
+    count_workers(d)
+    status.url = service_url(d.service)
+    loaded = app_status == "RUNNING"
+    if loaded:
+        status.model = model
+    upgrading = set_conditions(d, model, app, app_status, serving_now)
+    status.phase = phase(d, serving_now, upgrading, app_status)
+    status.message = message(d, app_status, app.message if app else "")
+    if status.phase == "Ready" and d.before.phase != "Ready":
+        d.event("Normal", "Ready", f"serving {model.source} (version {model.version}) at {status.url}")
+    # Serve's demand changes without any Kubernetes event, so a Ready service is still looked at every poll_s.
+    d.plan.requeue_after = POLL_BUSY_S if d.busy or status.phase != "Ready" else d.poll_s
+
+
+def count_replicas(d: ServicePass, app: ServeAppView | None) -> int:
+    """Running and desired replicas of the serving cluster; returns the running ones."""
+    running, desired = (app.running_replicas, app.target_replicas) if app else (0, 0)
+    if app is not None and app.status == "DEPLOYING" and not app.replica_states:
+        # Right after a config change Serve reports the application before its deployments; the replicas that were
+        # serving still are.
+        running, desired = d.before.replicas.running, d.before.replicas.desired
+    replicas = d.status.replicas
+    replicas.running, replicas.desired = running, desired
+    d.status.replicas_ready = f"{running}/{desired}"
+    return running
+
+
+def count_workers(d: ServicePass) -> None:
+    """Ready and desired worker pods of the serving cluster, the ones this pass creates included."""
+    workers = [p for p in d.seen.workers(d.active) if not p.failed]
+    counts = d.status.workers
+    counts.desired = len(workers) + sum(1 for obj in d.plan.create if _is_worker_of(obj, d.active))
+    counts.ready = sum(1 for p in workers if p.ready)
+    d.status.workers_ready = f"{counts.ready}/{counts.desired}"
+
+
+def _is_worker_of(obj: dict[str, Any], generation: int) -> bool:
+    labels = obj.get("metadata", {}).get("labels", {})
+    return labels.get(ROLE_LABEL) == "worker" and labels.get(GENERATION_LABEL) == str(generation)
+
+
+def set_conditions(
+    d: ServicePass, model: ServedModel, app: ServeAppView | None, app_status: str | None, serving_now: bool
+) -> bool:
+    """Ready, ModelLoaded and UpgradeInProgress; returns whether an upgrade is in progress."""
+    ready_message = (
+        f"{app.running_replicas} of {app.target_replicas} replicas running" if app else "the Ray cluster is starting"
+    )
+    d.condition("Ready", serving_now, "Serving" if serving_now else "NotServing", ready_message)
+    loaded = app_status == "RUNNING"
+    if loaded:
+        d.condition("ModelLoaded", True, "Loaded", f"version {model.version} from {model.source}")
+    elif app_status == "DEPLOY_FAILED":
+        d.condition("ModelLoaded", False, "FailedToLoad", app.message if app else "")
+    else:
+        d.condition("ModelLoaded", False, "Loading", "the replicas are loading the model")
+    rolling = serving_now and not loaded
+    upgrading = rolling or d.pending is not None
+    if d.pending is not None:
+        d.condition("UpgradeInProgress", True, "NewCluster", f"building cluster {d.pending}; cluster {d.active} serves")
+    elif rolling:
+        d.condition(
+            "UpgradeInProgress", True, "RollingUpdate", f"Serve is rolling the replicas to version {model.version}"
+        )
+    elif d.status.failed_cluster_spec != d.digest:
+        d.condition("UpgradeInProgress", False, "UpToDate", "")
+    return upgrading
+
+
+def phase(d: ServicePass, serving: bool, upgrading: bool, app_status: str | None) -> ServicePhase:
+    if serving:
+        return "Upgrading" if upgrading else "Ready"
+    if app_status in FAILED_APP:
+        return "Failed"
+    return "Deploying" if d.seen.head(d.active) else "Pending"
+
+
+def message(d: ServicePass, app_status: str | None, app_message: str) -> str:
+    if d.pending is not None:
+        return f"upgrading: cluster {d.pending} is being built"
+    if app_status in FAILED_APP:
+        return f"the application is {app_status}: {app_message}"
+    if app_status is None:
+        return "waiting for the Ray cluster"
+    if isinstance(d.seen.source, SourceProblem):
+        return f"serving the last model; {d.seen.source.message}"
+    return f"application {app_status}"
