@@ -18,8 +18,8 @@ Where the time goes: the emulator runs in a thread of this process, sharing one 
 servers and the Running poller; the CPU seconds of the operator process and of each of these threads are printed so
 that a run shows which side was saturated.
 
-    python bench/operator_scale.py                  # 200 jobs, 1 worker each
-    python bench/operator_scale.py --jobs 1000
+    python -m bench.operator_scale                  # 200 jobs, 1 worker each
+    python -m bench.operator_scale --jobs 1000
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ import aiohttp
 import psutil
 from aiohttp import web
 
-# The API emulator is test infrastructure and lives with the tests, so the repository root goes on the path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import bench_parser
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT
 
-from bigmodel.api.training_report import TrainingReport  # noqa: E402
-from bigmodel.builders.ray_cluster import PROGRESS_PORT, RAY_DASHBOARD_PORT  # noqa: E402
-from tests.support.emulator import (  # noqa: E402
+# The API emulator is test infrastructure and lives with the tests.
+from tests.support.emulator import (
     KUBELET_USER_AGENT,
     PROJECT_CRDS,
     Emulator,
@@ -426,7 +426,7 @@ def report(args: argparse.Namespace, timeline: Timeline, rss: RssSampler, cpu: d
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("bench.operator_scale", __doc__)
     parser.add_argument("--jobs", type=int, default=200, help="BigModelJobs to create (default 200)")
     parser.add_argument("--workers", type=int, default=1, help="worker pods per job (default 1)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for all jobs to reach Running")

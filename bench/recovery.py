@@ -6,29 +6,27 @@ real Ray). A BigModelJob trains; once it has checkpointed twice, one worker pod'
 Ray Train restarts the worker group, and training resumes from the latest checkpoint. The figures come
 from the driver's own progress endpoint, polled every 0.1 s; the job reports every step.
 
-    python bench/recovery.py
-    python bench/recovery.py --every-steps 5
+    python -m bench.recovery
+    python -m bench.recovery --every-steps 5
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import signal
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-# The local cluster harness lives with the tests; the benchmark reuses it as is.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import bench_parser
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.api.wire import PROGRESS_PORT
 
-from bigmodel.api.training_report import TrainingReport  # noqa: E402
-from bigmodel.builders.ray_cluster import PROGRESS_PORT  # noqa: E402
-from tests.support.emulator import KubeClient, wait_for  # noqa: E402
-from tests.support.local_cluster import local_cluster, two_worker_gpt_job  # noqa: E402
+# The local cluster harness lives with the tests; the benchmark reuses it as is.
+from tests.support.emulator import KubeClient, wait_for
+from tests.support.local_cluster import local_cluster, two_worker_gpt_job
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
 
@@ -74,7 +72,7 @@ async def measure(work: Path, every_steps: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("bench.recovery", __doc__)
     parser.add_argument("--every-steps", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:

@@ -6,13 +6,12 @@ Both sides train the same built-in task with the same model, per-worker batch, w
 way a plain DDP script is written. Throughput is taken over the steady part of each run (after
 warm-up, before the final checkpoint and export), so start-up costs of either side are left out.
 
-    python bench/train_throughput.py                 # gpt task, 2 workers, CPU
-    python bench/train_throughput.py --task digits --steps 600
+    python -m bench.train_throughput                 # gpt task, 2 workers, CPU
+    python -m bench.train_throughput --task digits --steps 600
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import tempfile
@@ -25,6 +24,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from bench import bench_parser
 from bigmodel.api.job import BigModelJobSpec, BuiltinWorkload
 from bigmodel.runtime.driver import run_training
 from bigmodel.runtime.embedded import embedded_ray
@@ -131,7 +131,7 @@ def bigmodel_runtime(work: BuiltinWorkload, workers: int, warmup: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("bench.train_throughput", __doc__)
     parser.add_argument("--task", choices=sorted(TASK_OPTIONS), default="gpt")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)

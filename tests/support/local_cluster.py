@@ -1,6 +1,6 @@
 """The whole product on this machine: API emulator, local kubelet, the real operator, pods running real Ray.
 
-Shared by the end-to-end tests and bench/recovery.py.
+Shared by the end-to-end tests and bench.recovery.
 """
 
 from __future__ import annotations

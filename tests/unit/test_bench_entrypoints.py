@@ -1,0 +1,49 @@
+"""Benches rot quietly, since nothing runs them: each must still start as a module and print its usage.
+
+Only `--help` runs, so no bench gets as far as starting Ray, an operator or a server.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHES = sorted(info.name for info in pkgutil.iter_modules([str(ROOT / "bench")]) if not info.ispkg)
+SERVING = sorted(info.name for info in pkgutil.iter_modules([str(ROOT / "bench" / "serving")]))
+# The serving bench's child processes, started the same way as a bench.
+CHILDREN = ["serving.loadgen", "serving.plain_server"]
+# A bench imports torch or Ray before parsing its arguments; a busy machine takes seconds for that.
+HELP_TIMEOUT_S = 120
+
+
+def test_the_benches_are_found() -> None:
+    assert {"operator_scale", "recovery", "serve_load", "train_throughput"} <= set(BENCHES), BENCHES
+
+
+@pytest.mark.parametrize("name", BENCHES + CHILDREN)
+def test_each_bench_runs_as_a_module_from_the_repository_root(name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=HELP_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: python -m bench.{name} "), result.stdout
+
+
+def test_every_part_of_the_serving_bench_imports_without_starting_ray() -> None:
+    """In a fresh interpreter: this one may have a Ray of its own from other tests."""
+    modules = ", ".join(f"bench.serving.{name}" for name in SERVING)
+    probe = f"import ray, {modules}; print(ray.is_initialized())"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=HELP_TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False", "importing a bench module started Ray"
