@@ -34,8 +34,3 @@ def set_condition(
     others = [c for c in conditions if c.type != type_]
     position = conditions.index(previous) if previous is not None else len(others)
     return others[:position] + [updated] + others[position:]
-
-
-def condition_status(conditions: list[Condition], type_: str) -> Truth | None:
-    found = next((c for c in conditions if c.type == type_), None)
-    return found.status if found is not None else None
