@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -49,10 +50,7 @@ class JobKind(Kind[BigModelJob, JobObservation, BigModelJobStatus]):
         except RayUnreachable as error:
             log.info("Ray head of %s/%s not reachable yet: %s", job.metadata.namespace, job.metadata.name, error)
             return seen
-        report = await clients.ray.report(head.pod_ip)
-        return JobObservation(
-            now=now, pods=seen.pods, services=seen.services, ray_reachable=True, ray_job=ray_job, report=report
-        )
+        return replace(seen, ray_reachable=True, ray_job=ray_job, report=await clients.ray.report(head.pod_ip))
 
     def decide(
         self, job: BigModelJob, seen: JobObservation, timers: dict[str, datetime], settings: OperatorSettings

@@ -22,7 +22,8 @@ def report(d: ServicePass, model: ServedModel, app_status: str | None) -> None:
     status = d.status
     assert status.serving is not None
     status.serving.application = app_status
-    app = d.seen.cluster(d.active).app if d.seen.cluster(d.active).reachable else None
+    ray = d.seen.cluster(d.active)
+    app = ray.app if ray.reachable else None
     serving_now = count_replicas(d, app) > 0 and app_status is not None
     count_workers(d)
     status.url = service_url(d.service)

@@ -43,8 +43,8 @@ def keep_serving_cluster(d: ServicePass) -> int:
         d.clusters.remove(active)
         active = rebuilt
         health = d.clusters.health(active)
-    d.status.serving = d.status.serving if d.status.serving and d.status.serving.generation == active else None
-    d.status.serving = d.status.serving or d.cluster_ref(active)
+    if d.status.serving is None or d.status.serving.generation != active:
+        d.status.serving = d.cluster_ref(active)
     if health.state == "absent":
         build(d, active)
     elif health.state == "draining":
