@@ -203,6 +203,12 @@ class BigModelJobSpec(RayClusterSpec):
     active_deadline_seconds: int | None = Field(
         None, ge=1, description="Fail the job (DeadlineExceeded) when it runs longer than this."
     )
+    startup_deadline_seconds: int | None = Field(
+        1800,
+        ge=1,
+        description="Fail the job (StartupDeadlineExceeded) when a new Ray cluster has not started its run this long "
+        "after it was created (unschedulable pods, image pull or config errors); null waits for ever.",
+    )
     suspend: bool = Field(False, description="Delete the pods but keep checkpoints and status; false resumes.")
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the job this long after it Succeeded or Failed."
