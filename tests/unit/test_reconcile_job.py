@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -154,7 +155,8 @@ def test_failed_worker_pod_is_replaced_and_counted() -> None:
     failed = pod(worker_pod(job, 1, 1, None), job, phase="Failed", exit_code=137)
     plan = decide_job(job, observe(job, w1=failed))
     assert plan.delete_pods == ["demo-g1-w1"]
-    assert [obj["metadata"]["name"] for obj in plan.create] == ["demo-g1-w1"]
+    # A fresh name: on a real cluster the failed pod's name stays taken while it terminates (for ever on a lost node).
+    assert [obj["metadata"]["name"] for obj in plan.create] == ["demo-g1-w2"]
     assert plan.status.workers.replaced == 1 and plan.status.restarts == 0
     assert reasons(plan) == ["WorkerReplaced"] and "OOMKilled (exit code 137)" in plan.events[0].message
     assert plan.outcomes == {Outcome.WORKER_REPLACED: 1}
@@ -281,3 +283,140 @@ def test_condition_transition_time_only_moves_when_the_status_flips() -> None:
     later = decide_job(job, observe(job).__class__(**{**observe(job).__dict__, "now": NOW + timedelta(minutes=1)}))
     running_condition = next(c for c in later.status.conditions if c.type == "Running")
     assert running_condition.last_transition_time == NOW
+
+
+# A real cluster's bad days: lost status writes, failed creations, pods that cannot start, a diverged loss.
+
+
+def test_a_cluster_built_by_a_pass_whose_status_write_failed_is_adopted_not_deleted_or_counted_again() -> None:
+    job = make_job(running(phase="Running"))
+    lost = decide_job(job, observe(job, state="FAILED"))
+    assert lost.status.restarts == 1 and lost.status.cluster_generation == 2
+    built = [PodView.from_object(obj) for obj in lost.create if obj["kind"] == "Pod"]
+    # The status write failed: the stored status still says generation 1 and no restart; the old pods are going.
+    old = [replace(p, deleting=True) for p in cluster(job, 1)[0]]
+    seen = JobObservation(now=NOW, pods=[*old, *built], services=[ServiceView("demo-g2-head", 2)])
+    plan = decide_job(job, seen)
+    assert plan.status.cluster_generation == 2 and plan.status.restarts == 1, "the restart is counted exactly once"
+    assert not any(name.startswith("demo-g2") for name in plan.delete_pods), "the cluster being built is kept"
+    assert plan.outcomes[Outcome.RESTARTED] == 0 and "Restarting" not in reasons(plan)
+
+
+def test_an_unreadable_status_never_deletes_the_running_cluster() -> None:
+    job = make_job(None)
+    pods, services = cluster(job, 3)
+    plan = decide_job(job, running_observation(pods, services, 3))
+    assert plan.delete_pods == [] and plan.create == []
+    assert plan.status.cluster_generation == 3
+
+
+def test_a_cluster_whose_creation_failed_is_completed_without_counting_a_restart() -> None:
+    job = make_job()
+    first = decide_job(job, JobObservation(now=NOW))
+    # The head Service was made, then the API refused the head pod (a quota); the status was written.
+    job.status = first.status
+    seen = JobObservation(now=NOW + timedelta(seconds=5), services=[ServiceView("demo-g1-head", 1)])
+    plan = decide_job(job, seen)
+    assert [obj["metadata"]["name"] for obj in plan.create] == ["demo-g1-head", "demo-g1-w0", "demo-g1-w1"]
+    assert plan.status.restarts == 0 and plan.status.cluster_generation == 1 and plan.status.phase == "Starting"
+
+
+def test_a_generation_whose_names_an_earlier_job_of_the_same_name_still_holds_is_skipped() -> None:
+    job = make_job()
+    plan = decide_job(job, JobObservation(now=NOW, foreign_generations=frozenset({1, 2})))
+    assert plan.status.cluster_generation == 3
+    assert {obj["metadata"]["name"] for obj in plan.create} >= {"demo-g3-head", "demo-g3-w0"}
+
+
+def stuck_pod(obj: dict[str, Any], job: BigModelJob, status: dict[str, Any]) -> PodView:
+    obj["metadata"]["annotations"].update(spec_digests(job))
+    obj["metadata"]["creationTimestamp"] = (NOW - timedelta(minutes=1)).isoformat()
+    obj["status"] = {"phase": "Pending", **status}
+    return PodView.from_object(obj)
+
+
+UNSCHEDULABLE = {
+    "conditions": [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        }
+    ]
+}
+IMAGE_PULL = {
+    "containerStatuses": [
+        {"image": "bad:tag", "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling "bad:tag"'}}}
+    ]
+}
+
+
+def test_pods_that_cannot_start_are_pending_with_the_schedulers_words_and_one_event() -> None:
+    job = make_job(running(phase="Starting", rayJobId=None, startingSince=NOW - timedelta(minutes=1)))
+    worker = stuck_pod(worker_pod(job, 1, 1, None), job, UNSCHEDULABLE)
+    plan = decide_job(job, observe(job, state=None, w1=worker))
+    assert plan.status.phase == "Pending"
+    assert "0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in plan.status.message
+    [podsready] = [c for c in plan.status.conditions if c.type == "PodsReady"]
+    assert (podsready.status, podsready.reason) == ("False", "Unschedulable")
+    assert reasons(plan).count("Unschedulable") == 1
+    job.status = plan.status
+    again = decide_job(job, observe(job, state=None, w1=worker))
+    assert "Unschedulable" not in reasons(again), "one Event per problem, not one per pass"
+
+
+def test_an_image_that_cannot_be_pulled_is_said_and_the_startup_deadline_fails_the_job() -> None:
+    since = NOW - timedelta(seconds=601)
+    job = make_job(running(phase="Starting", rayJobId=None, startingSince=since), startupDeadlineSeconds=600)
+    head = stuck_pod(head_pod(job, 1, None), job, IMAGE_PULL)
+    plan = decide_job(job, observe(job, state=None, head=head))
+    assert plan.status.phase == "Failed"
+    [failed] = [c for c in plan.status.conditions if c.type == "Failed"]
+    assert failed.reason == "StartupDeadlineExceeded" and "ImagePullBackOff" in failed.message
+    assert "StartupDeadlineExceeded" in reasons(plan)
+
+
+def test_the_startup_deadline_stops_counting_once_the_run_started() -> None:
+    job = make_job(running(phase="Starting", startingSince=NOW - timedelta(seconds=30)), startupDeadlineSeconds=60)
+    plan = decide_job(job, observe(job))
+    assert plan.status.phase == "Running" and plan.status.starting_since is None
+    job.status = plan.status
+    later = replace(observe(job), now=NOW + timedelta(hours=1))
+    assert decide_job(job, later).status.phase == "Running"
+
+
+def test_a_nan_loss_is_reported_as_such_and_the_job_keeps_being_reconciled() -> None:
+    job = make_job(running())
+    report = TrainingReport.model_validate_json(
+        TrainingReport(step=7, total_steps=10, metrics={"loss": float("nan"), "samples_per_second": 5.0}).model_dump_json()
+    )
+    plan = decide_job(job, observe(job, report=report))
+    metrics = plan.status.metrics
+    assert metrics.loss is None and metrics.non_finite == ["loss"] and metrics.samples_per_second == 5.0
+    assert "loss not finite" in plan.status.message and "NonFiniteMetrics" in reasons(plan)
+    job.status = plan.status
+    assert "NonFiniteMetrics" not in reasons(decide_job(job, observe(job, report=report)))
+
+
+def test_every_new_pod_carries_the_counts_a_later_pass_reads_back() -> None:
+    job = make_job(running(restarts=1, workers={"replaced": 2}))
+    plan = decide_job(job, observe(job, state="FAILED"))
+    heads = [obj for obj in plan.create if obj["kind"] == "Pod"]
+    assert heads and all(obj["metadata"]["annotations"]["bigmodel.dev/restarts"] == "2" for obj in heads)
+    assert all(obj["metadata"]["annotations"]["bigmodel.dev/workers-replaced"] == "2" for obj in heads)
+
+
+def test_a_new_defaulted_field_or_operator_default_does_not_change_the_run_digest() -> None:
+    plain = make_job()
+    explicit = make_job(startupDeadlineSeconds=1800, suspend=False, cleanPodPolicy="All")
+    assert spec_digests(plain) == spec_digests(explicit)
+
+
+def test_pods_built_before_digests_left_defaults_out_are_not_rebuilt() -> None:
+    job = make_job(running())
+    pods, services = cluster(job, 1)
+    legacy = spec_digests(job, defaults=True)
+    pods = [replace(p, annotations={**p.annotations, **legacy}) for p in pods]
+    plan = decide_job(job, running_observation(pods, services, 1))
+    assert plan.create == [] and plan.status.phase == "Running"

@@ -246,6 +246,9 @@ class TrainingMetrics(Model):
     loss: float | None = Field(None, description="Latest training loss.")
     samples_per_second: float | None = Field(None, description="Training throughput over all workers.")
     tokens_per_second: float | None = Field(None, description="Token throughput, for language models.")
+    non_finite: list[str] = Field(
+        default_factory=list, description="Metrics whose latest value is NaN or infinite (null above): a diverged run."
+    )
 
 
 class Progress(Model):
@@ -265,6 +268,16 @@ class BigModelJobStatus(ObservedStatus):
     restarts: int = Field(0, description="Cluster rebuilds after a failure so far (counted against maxRestarts).")
     cluster_generation: int = Field(
         0, description="Ray clusters built for this job so far; the current cluster's pods carry it in their names."
+    )
+    starting_since: datetime | None = Field(
+        None,
+        description="When the current Ray cluster was created, until its run starts; startupDeadlineSeconds counts "
+        "from it.",
+    )
+    checkpoint_storage: str | None = Field(
+        None,
+        description="Where this job's checkpoints are, fixed when its first cluster was built: a later change of "
+        "the operator's default storage does not move a job away from them.",
     )
     worker_failures: int = Field(0, description="Worker failures absorbed inside runs so far.")
     start_time: datetime | None = Field(None, description="When the job first ran.")

@@ -47,6 +47,11 @@ RUN_SPEC_ANNOTATION = f"{GROUP}/run-spec"
 """A job's pods: digest of what shapes the run; a change rebuilds the cluster."""
 CLUSTER_SPEC_ANNOTATION = f"{GROUP}/cluster-spec"
 """A service's pods: digest of what only a new cluster can change."""
+RESTARTS_ANNOTATION = f"{GROUP}/restarts"
+"""A job's pods: its restarts when the pod was made. With the next, a status write that failed (or an operator killed
+mid-pass) loses no count: the next pass reads them back from the pods."""
+WORKERS_REPLACED_ANNOTATION = f"{GROUP}/workers-replaced"
+"""A job's pods: its worker replacements when the pod was made."""
 
 # Ports of a Ray pod.
 RAY_GCS_PORT = 6379

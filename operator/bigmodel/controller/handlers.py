@@ -27,7 +27,8 @@ from bigmodel.controller.settings import OperatorSettings
 
 # Our own registry: importing this module never adds handlers to another operator in the same process.
 REGISTRY = kopf.OperatorRegistry()
-ERROR_BACKOFF_S = 5.0
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 300.0
 KINDS: tuple[Kind[Any, Any, Any], ...] = (JobKind(), ServiceKind())
 
 
@@ -95,22 +96,35 @@ async def reconcile_loop(
     # Kept in memory only: after an operator restart the idle timers start again, which delays a scale-down and
     # never hastens one.
     timers: dict[str, datetime] = {}
+    failures = 0
     while not stopped:
         wake.clear()
         clients: Clients = memo.clients
         try:
             with clients.metrics.reconcile_duration.time():
                 delay = await loop.reconcile(kind, namespace, name, clients, timers)
-        except Exception:  # a failed pass is retried; the status was not written, so nothing is half-done
+            failures = 0
+        except loop.PassFailed as failed:  # the status says which step failed; a retry makes nothing twice
+            failures += 1
             clients.metrics.reconcile_errors.inc()
-            logger.exception(
-                "reconciling %s %s/%s failed; retrying in %.0f s", kind.name, namespace, name, ERROR_BACKOFF_S
-            )
-            delay = ERROR_BACKOFF_S
+            delay = backoff_s(failures, failed.failure.retry_after_s)
+            logger.warning("%s; retrying in %.0f s", failed.failure.message, delay)
+        except Exception:  # a bug: said in the log with its traceback, and retried like any failure
+            failures += 1
+            clients.metrics.reconcile_errors.inc()
+            delay = backoff_s(failures, None)
+            logger.exception("reconciling %s %s/%s failed; retrying in %.0f s", kind.name, namespace, name, delay)
         try:
             await asyncio.wait_for(wake.wait(), timeout=delay)
         except asyncio.TimeoutError:
             pass
+
+
+def backoff_s(failures: int, retry_after_s: float | None) -> float:
+    """Capped exponential backoff after `failures` failed passes in a row (1 s, 2 s, 4 s, ... 5 min), never sooner
+    than the server asked (429 Retry-After). A spec edit or a pod change still wakes the loop at once."""
+    exponential = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** min(failures - 1, 16))
+    return max(exponential, min(retry_after_s or 0.0, MAX_BACKOFF_S))
 
 
 def _spec_edited(body: kopf.Body) -> bool:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 from bigmodel.api.job import BigModelJob, BigModelJobStatus
 from bigmodel.builders.naming import submission_id
 from bigmodel.controller.clients import Clients
 from bigmodel.controller.kind import Kind
-from bigmodel.controller.ray_client import RayUnreachable
+from bigmodel.controller.ray_client import RayError
 from bigmodel.controller.settings import OperatorSettings
 from bigmodel.reconcile.decision import validation_plan
 from bigmodel.reconcile.job import JobPlan, decide_job, runs_to_stop
+from bigmodel.reconcile.job_ledger import current_generation
 from bigmodel.reconcile.job_observed import JobObservation
-from bigmodel.reconcile.observed import ClusterObservation, PodView, ServiceView
+from bigmodel.reconcile.observed import Children, ClusterObservation, ServiceView
 from bigmodel.reconcile.plans import RayAction
 
 log = logging.getLogger(__name__)
@@ -34,20 +34,26 @@ class JobKind(Kind[BigModelJob, JobObservation, BigModelJobStatus]):
 
     def check(self, job: BigModelJob, settings: OperatorSettings) -> list[str]:
         checkpoint = job.spec.checkpoint
-        checkpoint.storage = settings.storage_for(job.metadata.namespace or "", job.metadata.name, checkpoint.storage)
+        pinned = job.status.checkpoint_storage if job.status else None
+        checkpoint.storage = settings.storage_for(
+            job.metadata.namespace or "", job.metadata.name, checkpoint.storage or pinned
+        )
         return [STORAGE_REQUIRED] if checkpoint.storage is None else []
 
-    async def observe(
-        self, job: BigModelJob, clients: Clients, now: datetime, pods: list[PodView], services: list[dict[str, Any]]
-    ) -> JobObservation:
-        seen = JobObservation(now=now, pods=pods, services=[ServiceView.from_object(s) for s in services])
-        generation = job.status.cluster_generation if job.status else 0
+    async def observe(self, job: BigModelJob, clients: Clients, now: datetime, children: Children) -> JobObservation:
+        seen = JobObservation(
+            now=now,
+            pods=children.pods,
+            services=[ServiceView.from_object(s) for s in children.services],
+            foreign_generations=children.foreign_generations,
+        )
+        generation = current_generation(job.status, seen)
         head = seen.head(generation)
         if head is None or not head.ready or not head.pod_ip:
             return seen
         try:
             ray_job = await clients.ray.job(head.pod_ip, submission_id(job.metadata.uid or "", generation))
-        except RayUnreachable as error:
+        except RayError as error:
             log.info("Ray head of %s/%s not reachable yet: %s", job.metadata.namespace, job.metadata.name, error)
             return seen
         return replace(seen, ray_reachable=True, ray_job=ray_job, report=await clients.ray.report(head.pod_ip))

@@ -20,7 +20,7 @@ from bigmodel.controller.clients import Clients
 from bigmodel.controller.kube import OWNERS, Resource
 from bigmodel.controller.settings import OperatorSettings
 from bigmodel.controller.stored_status import stored_status
-from bigmodel.reconcile.observed import ClusterObservation, PodView
+from bigmodel.reconcile.observed import Children, ClusterObservation
 from bigmodel.reconcile.plans import Plan, RayAction
 
 OwnerT = TypeVar("OwnerT", BigModelJob, BigModelService)
@@ -44,10 +44,10 @@ class Kind(ABC, Generic[OwnerT, SeenT, StatusT]):
         if errors:
             return None, errors
         owner = self.model.model_validate(manifest, by_alias=True, by_name=False)
+        owner.status = self.stored_status(body)
         errors = self.check(owner, settings)
         if errors:
             return None, errors
-        owner.status = self.stored_status(body)
         return owner, []
 
     def stored_status(self, body: dict[str, Any]) -> StatusT | None:
@@ -58,10 +58,9 @@ class Kind(ABC, Generic[OwnerT, SeenT, StatusT]):
         return []
 
     @abstractmethod
-    async def observe(
-        self, owner: OwnerT, clients: Clients, now: datetime, pods: list[PodView], services: list[dict[str, Any]]
-    ) -> SeenT:
-        """The kind's whole observation: its pods and Services (listed by the loop) and what it asks of Ray."""
+    async def observe(self, owner: OwnerT, clients: Clients, now: datetime, children: Children) -> SeenT:
+        """The kind's whole observation: its pods and Services (listed by the loop) and what it asks of Ray. A Ray
+        call that fails is part of what is observed (the head is not reachable), never an error of the pass."""
 
     @abstractmethod
     def decide(

@@ -6,6 +6,7 @@ requests go through one aiohttp session so a thousand jobs share its connection 
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from dataclasses import dataclass
@@ -41,9 +42,31 @@ OWNERS: dict[OwnerKind, Resource] = {kind: Resource(GROUP, VERSION, plural) for 
 
 
 class KubeError(RuntimeError):
-    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+    """An API answer of 400 or more: its code, the `Status` reason and message, and any Retry-After."""
+
+    def __init__(
+        self, status: int, method: str, path: str, message: str, reason: str = "", retry_after_s: float | None = None
+    ) -> None:
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
         self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def from_answer(cls, status: int, method: str, path: str, text: str, retry_after: str | None) -> KubeError:
+        """From the body the API server sends, a `Status` object; any other body is kept as text."""
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            answer = {"message": text[:300]}
+        try:
+            wait = float(retry_after) if retry_after else None
+        except ValueError:
+            wait = None
+        return cls(status, method, path, str(answer.get("message") or ""), str(answer.get("reason") or ""), wait)
 
 
 def load_configuration() -> kubernetes.client.Configuration:
@@ -118,7 +141,9 @@ class KubeClient:
                 return None
             if response.status >= 400:
                 text = await response.text()
-                raise KubeError(response.status, method, path, text[:300])
+                raise KubeError.from_answer(
+                    response.status, method, path, text, response.headers.get("Retry-After")
+                )
             return await response.json(content_type=None)
 
     async def list(self, resource: Resource, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:

@@ -6,9 +6,12 @@ cluster's nodes, and a training driver's progress.
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any, Protocol
 
 import aiohttp
+from pydantic import ValidationError
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.api.wire import FAILURE_MARKER
@@ -17,9 +20,25 @@ from bigmodel.reconcile.failure_text import failure_summary
 from bigmodel.reconcile.job_observed import RayJobView
 from bigmodel.reconcile.service_observed import Demand, RayClusterView, ServeAppView
 
+log = logging.getLogger(__name__)
 
-class RayUnreachable(RuntimeError):
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+"""The most the operator reads of one answer from a Ray head. A head runs the tenant's code (a `command` workload
+may serve anything on the progress port), so an answer must never be able to exhaust the operator's memory, which
+every namespace shares."""
+MAX_REPORT_BYTES = 256 * 1024
+
+
+class RayError(RuntimeError):
+    """A Ray call that did not do what was asked."""
+
+
+class RayUnreachable(RayError):
     """The head's dashboard did not answer: the head is starting, or the network is in the way."""
+
+
+class RayRefused(RayError):
+    """Ray answered, and said no."""
 
 
 class RayClient(Protocol):
@@ -40,20 +59,30 @@ class RayClient(Protocol):
 
 class HttpRayClient:
     def __init__(self, timeout_s: float = 5.0) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+        # Answers are taken as sent (no decompression) and only uncompressed ones are read: a small compressed
+        # answer can expand a thousandfold, past any bound on what is read.
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            auto_decompress=False,
+            headers={"Accept-Encoding": "identity"},
+        )
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def _request(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    async def _request(
+        self, method: str, url: str, body: Any = None, limit: int = MAX_ANSWER_BYTES
+    ) -> tuple[int, Any]:
+        """The status and JSON (or text) of one call, reading at most `limit` bytes within the session's timeout."""
         try:
             async with self._session.request(method, url, json=body) as response:
-                text = await response.text()
-                try:
-                    payload: Any = await response.json(content_type=None) if text else None
-                except ValueError:
-                    payload = text
-                return response.status, payload
+                encoding = response.headers.get("Content-Encoding", "identity").lower()
+                if encoding != "identity":
+                    raise RayRefused(f"{method} {url}: answered with Content-Encoding {encoding}, which was not asked")
+                raw = await response.content.read(limit + 1)
+                if len(raw) > limit:
+                    raise RayRefused(f"{method} {url}: the answer is over {limit} bytes")
+                return response.status, _payload(raw.decode(errors="replace"))
         except (aiohttp.ClientError, TimeoutError) as error:
             raise RayUnreachable(f"{method} {url}: {error}") from error
 
@@ -61,7 +90,7 @@ class HttpRayClient:
         status, payload = await self._request("POST", f"{dashboard_url(head_ip)}/api/jobs/", submission)
         # Ray answers 400 "already exists" to a repeated submission id: the run we want is there.
         if status >= 400 and "already exists" not in str(payload):
-            raise RuntimeError(f"Ray refused job {submission['submission_id']}: HTTP {status}: {payload}")
+            raise RayRefused(f"Ray refused job {submission['submission_id']}: HTTP {status}: {payload}")
 
     async def job(self, head_ip: str, submission_id: str) -> RayJobView | None:
         status, payload = await self._request("GET", f"{dashboard_url(head_ip)}/api/jobs/{submission_id}")
@@ -75,20 +104,25 @@ class HttpRayClient:
         await self._request("POST", f"{dashboard_url(head_ip)}/api/jobs/{submission_id}/stop")
 
     async def report(self, head_ip: str) -> TrainingReport | None:
-        """The driver's progress; None while the driver has not started serving it."""
+        """The driver's progress; None while the driver has not started serving it, or serves something else."""
         try:
-            status, payload = await self._request("GET", f"{progress_url(head_ip)}/progress")
-        except RayUnreachable:
+            status, payload = await self._request("GET", f"{progress_url(head_ip)}/progress", limit=MAX_REPORT_BYTES)
+        except RayError as error:
+            log.info("no progress report from %s: %s", head_ip, error)
             return None
         if status != 200 or not isinstance(payload, dict):
             return None
-        return TrainingReport.model_validate(payload)
+        try:
+            return TrainingReport.model_validate(payload)
+        except ValidationError as error:
+            log.warning("ignoring an unreadable progress report from %s: %s", head_ip, error.errors()[0]["msg"])
+            return None
 
     async def deploy_serve(self, head_ip: str, config: dict[str, Any]) -> None:
         """Declare the cluster's Serve applications; Serve converges to them (rolling replicas) in the background."""
         status, payload = await self._request("PUT", f"{dashboard_url(head_ip)}/api/serve/applications/", config)
         if status >= 400:
-            raise RuntimeError(f"Ray Serve refused the config: HTTP {status}: {payload}")
+            raise RayRefused(f"Ray Serve refused the config: HTTP {status}: {payload}")
 
     async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView:
         serve = await self._get(head_ip, "/api/serve/applications/")
@@ -113,6 +147,15 @@ class HttpRayClient:
         if status >= 400 or not isinstance(payload, dict):
             raise RayUnreachable(f"GET {path}: HTTP {status}: {payload}")
         return payload
+
+
+def _payload(text: str) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def state_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:

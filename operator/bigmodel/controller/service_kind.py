@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -15,9 +14,9 @@ from bigmodel.builders.ray_cluster import checkpoint_claim
 from bigmodel.controller.clients import Clients
 from bigmodel.controller.kind import Kind
 from bigmodel.controller.kube import OWNERS
-from bigmodel.controller.ray_client import RayUnreachable
+from bigmodel.controller.ray_client import RayError
 from bigmodel.controller.settings import OperatorSettings
-from bigmodel.reconcile.observed import PodView, ServiceView
+from bigmodel.reconcile.observed import Children, PodView, ServiceView
 from bigmodel.reconcile.service import decide_service, service_validation_plan
 from bigmodel.reconcile.service_observed import (
     ModelSourceView,
@@ -41,20 +40,17 @@ class ServiceKind(Kind[BigModelService, ServiceObservation, BigModelServiceStatu
         return capacity_errors(service.spec)
 
     async def observe(
-        self,
-        service: BigModelService,
-        clients: Clients,
-        now: datetime,
-        pods: list[PodView],
-        services: list[dict[str, Any]],
+        self, service: BigModelService, clients: Clients, now: datetime, children: Children
     ) -> ServiceObservation:
         serving_name = serving_service_name(service.metadata.name)
+        services = children.services
         serving = next((s for s in services if s["metadata"]["name"] == serving_name), None)
         seen = ServiceObservation(
             now=now,
             source=await resolve_source(service, clients),
-            pods=pods,
+            pods=children.pods,
             services=[ServiceView.from_object(s) for s in services if s["metadata"]["name"] != serving_name],
+            foreign_generations=children.foreign_generations,
             serving=ServingServiceView.from_object(serving) if serving else None,
         )
         for generation in seen.generations():
@@ -117,7 +113,9 @@ async def resolve_source(service: BigModelService, clients: Clients) -> ModelSou
             final=True,
         )
     checkpoint = job.spec.checkpoint
-    checkpoint.storage = clients.settings.storage_for(namespace, job.metadata.name, checkpoint.storage)
+    checkpoint.storage = clients.settings.storage_for(
+        namespace, job.metadata.name, checkpoint.storage or status.checkpoint_storage
+    )
     claim = checkpoint_claim(job)
     revision = f"{job.metadata.uid}:{status.completion_time.isoformat() if status.completion_time else ''}"
     return ModelSourceView(
@@ -130,6 +128,6 @@ async def _ray_view(clients: Clients, pod: PodView | None, app_name: str) -> Ray
         return None
     try:
         return await clients.ray.serve_state(pod.pod_ip, app_name)
-    except RayUnreachable as error:
+    except RayError as error:
         log.info("Ray head %s not reachable yet: %s", pod.name, error)
         return None

@@ -65,24 +65,37 @@ class Clusters:
 
     def next_generation(self, *known: int | None) -> int:
         """A generation no pod, Service or status slot has used: a new cluster never meets an old one's names."""
-        used = self._seen.generations() | {generation for generation in known if generation is not None}
+        used = self._seen.generations() | self._seen.foreign_generations | {g for g in known if g is not None}
         return max(used, default=0) + 1
 
     def build(self, generation: int, workers: int) -> None:
-        """A new cluster: its head Service, head pod and `workers` worker pods (indexes 0..workers-1)."""
+        """A new cluster: its head Service, head pod and `workers` worker pods. Run again on a generation whose
+        creation failed part-way, it makes only what is missing."""
         owner = self._owner
-        self._create(head_service(owner, generation))
-        self._create(head_pod(owner, generation, self._claim))
-        self.add_workers(generation, range(workers))
+        existing = {("Pod", pod.name) for pod in self._seen.pods_of(generation)}
+        existing |= {("Service", s.name) for s in self._seen.services if s.generation == generation}
+        for obj in (head_service(owner, generation), head_pod(owner, generation, self._claim)):
+            if (obj["kind"], obj["metadata"]["name"]) not in existing:
+                self._create(obj)
+        live = len(self._seen.workers(generation))
+        self.add_workers(generation, self.free_worker_indexes(generation, workers - live))
 
     def add_workers(self, generation: int, indexes: range | list[int]) -> None:
         for index in indexes:
             self._create(worker_pod(self._owner, generation, index, self._claim))
 
     def free_worker_indexes(self, generation: int, count: int) -> list[int]:
-        """The lowest worker indexes no pod of the generation uses, draining ones included (their names are taken)."""
+        """The lowest worker indexes no pod of the generation uses, failed and draining ones included: a replacement
+        gets a fresh name, since on a real cluster the old pod's name stays taken while it terminates (for ever on a
+        lost node)."""
         taken = {pod.index for pod in self._seen.pods_of(generation) if pod.role == "worker"}
-        return [index for index in range(_MAX_WORKER_INDEX) if index not in taken][:count]
+        taken |= {pod.index for pod in self._planned_workers(generation)}
+        return [index for index in range(_MAX_WORKER_INDEX) if index not in taken][: max(count, 0)]
+
+    def _planned_workers(self, generation: int) -> list[PodView]:
+        """Worker pods this pass already plans to create (so two verbs of one pass never pick the same index)."""
+        planned = [PodView.from_object(obj) for obj in self._plan.create if obj.get("kind") == "Pod"]
+        return [pod for pod in planned if pod.generation == generation and pod.role == "worker"]
 
     def replace_failed_workers(self, workers: list[PodView]) -> list[PodView]:
         """Delete the failed ones among these worker pods, saying so; the caller decides what takes their place."""

@@ -16,6 +16,7 @@ from bigmodel.builders.naming import submission_id
 from bigmodel.builders.ray_cluster import checkpoint_claim, dashboard_url
 from bigmodel.builders.ray_job import ray_job_submission
 from bigmodel.reconcile.decision import Decision, digest
+from bigmodel.reconcile.job_ledger import catch_up, stamp
 from bigmodel.reconcile.job_observed import JobObservation
 from bigmodel.reconcile.job_status import absorb_report, resume_point, running_message, success_message
 from bigmodel.reconcile.observed import ClusterObservation, PodView
@@ -29,15 +30,24 @@ CONDITION_OF_PHASE = {
     "Failed": "Failed",
     "Suspended": "Suspended",
 }
+PODS_READY = "PodsReady"
 POLL_RUNNING_S = 3.0
 POLL_STARTING_S = 2.0
 
 JobPlan = Plan[BigModelJobStatus]
 
 
-def spec_digests(job: BigModelJob) -> dict[str, str]:
-    """Digests of what shapes the model (cannot change under a running job) and of what shapes the run."""
-    spec = job.spec.to_wire()
+def spec_digests(job: BigModelJob, *, defaults: bool = False) -> dict[str, str]:
+    """Digests of what shapes the model (cannot change under a running job) and of what shapes the run.
+
+    Fields at their default are left out, so a new release that adds a defaulted field (or an API server that
+    fills one in) changes no digest and rebuilds no running job. `defaults=True` gives the digests of pods built
+    before that rule, which kept them.
+    """
+    if defaults:
+        spec = job.spec.to_wire()
+    else:
+        spec = job.spec.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True, mode="json")
     workload = spec["workload"]
     builtin = workload.get("builtin", {})
     model = {
@@ -46,7 +56,14 @@ def spec_digests(job: BigModelJob) -> dict[str, str]:
         "entrypoint": workload.get("entrypoint", {}).get("function"),
         "command": workload.get("command"),
     }
-    ignored = ("failurePolicy", "activeDeadlineSeconds", "suspend", "ttlSecondsAfterFinished", "cleanPodPolicy")
+    ignored = (
+        "failurePolicy",
+        "activeDeadlineSeconds",
+        "startupDeadlineSeconds",
+        "suspend",
+        "ttlSecondsAfterFinished",
+        "cleanPodPolicy",
+    )
     run = {key: value for key, value in spec.items() if key not in ignored}
     return {MODEL_SPEC_ANNOTATION: digest(model), RUN_SPEC_ANNOTATION: digest(run)}
 
@@ -56,7 +73,9 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
 
     def __init__(self, job: BigModelJob, seen: JobObservation, poll_s: float) -> None:
         self.digests = spec_digests(job)
-        status = job.status or BigModelJobStatus()
+        self.legacy_digests = spec_digests(job, defaults=True)
+        status = (job.status or BigModelJobStatus()).model_copy(deep=True)
+        catch_up(status, seen)
         super().__init__(job, seen, status, claim=checkpoint_claim(job), stamp=self.digests)
         self.job = job
         self.spec = job.spec
@@ -77,12 +96,15 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         self.clusters.keep_only(generation)
         self.clusters.build(generation, self.spec.workers.replicas)
         self.status.ray_job_id = None
+        self.status.starting_since = self.now
+        self.status.checkpoint_storage = self.spec.checkpoint.storage
 
     # Outcomes.
 
     def finish(self, phase: Literal["Succeeded", "Failed"], reason: str, message: str) -> None:
         self.stop_current_ray_job()
         self.status.phase = phase
+        self.status.starting_since = None
         self.status.completion_time = self.status.completion_time or self.now
         self.status.message = message
         self.event("Normal" if phase == "Succeeded" else "Warning", reason, message)
@@ -119,6 +141,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
     def suspend(self) -> None:
         self.stop_current_ray_job()
         self.clusters.remove_all()
+        self.status.starting_since = None
         if self.status.phase != "Suspended":
             self.status.phase = "Suspended"
             self.status.message = f"suspended: pods deleted, checkpoints kept; {resume_point(self.status)} when resumed"
@@ -138,6 +161,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         else:
             self.converge()
         self.summarize()
+        stamp(self.plan)
         return self.finish_pass()
 
     def deadline_passed(self) -> bool:
@@ -162,7 +186,15 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
 
         generation = status.cluster_generation
         self.clusters.keep_only(generation)
+        if self.startup_overdue(generation):
+            return
         health = self.clusters.health(generation)
+        if health.state == "absent" and status.starting_since is not None:
+            # Never seen running: its creation failed part-way (a quota, a webhook, a lost status write). Making what
+            # is missing is a retry, not a restart.
+            self.clusters.build(generation, self.spec.workers.replicas)
+            self.plan.requeue_after = POLL_STARTING_S
+            return
         if health.head is None or health.state != "up":
             self.restart(health.why)
             return
@@ -170,11 +202,47 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             return
         self.replace_workers(generation)
         self.follow_ray_job(health.head)
+        self.report_stuck_pods(generation)
+
+    def startup_overdue(self, generation: int) -> bool:
+        """Fail the job when its cluster has not started its run within spec.startupDeadlineSeconds."""
+        limit, since = self.spec.startup_deadline_seconds, self.status.starting_since
+        if limit is None or since is None or (self.now - since).total_seconds() <= limit:
+            return False
+        stuck = self.seen.stuck(generation)
+        why = f"pod {stuck[0].name}: {stuck[0].stuck}" if stuck else "its pods never all became ready"
+        self.finish(
+            "Failed",
+            "StartupDeadlineExceeded",
+            f"the Ray cluster did not start the run within startupDeadlineSeconds ({limit} s): {why}",
+        )
+        return True
+
+    def report_stuck_pods(self, generation: int) -> None:
+        """Pods that cannot start (no node fits, the image cannot be pulled, a Secret is missing) put the job in
+        Pending with the scheduler's or kubelet's words, in a PodsReady condition and one Event per problem."""
+        stuck = self.seen.stuck(generation)
+        if not stuck:
+            if any(c.type == PODS_READY and c.status == "False" for c in self.status.conditions):
+                self.condition(PODS_READY, True, "PodsStarted")
+            return
+        pod = stuck[0]
+        reason = pod.stuck.split(":", 1)[0]
+        message = f"pod {pod.name}: {pod.stuck}" + (f" (and {len(stuck) - 1} more)" if len(stuck) > 1 else "")
+        if not any(c.type == PODS_READY and c.message == message for c in self.before.conditions):
+            self.event("Warning", reason, message)
+        self.condition(PODS_READY, False, reason, message)
+        self.status.phase = "Pending"
+        self.status.message = f"pods cannot start: {message}"
+        self.plan.requeue_after = POLL_STARTING_S
 
     def spec_changed(self, head: PodView) -> bool:
         """A spec edit under a running job: rebuild to apply it, or refuse it when it would change the model."""
         model_key, run_key = MODEL_SPEC_ANNOTATION, RUN_SPEC_ANNOTATION
-        if head.annotations.get(model_key, self.digests[model_key]) != self.digests[model_key]:
+        if head.annotations.get(model_key, self.digests[model_key]) not in (
+            self.digests[model_key],
+            self.legacy_digests[model_key],
+        ):
             self.condition(
                 "SpecChangeRejected",
                 True,
@@ -185,7 +253,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             return False
         if any(c.type == "SpecChangeRejected" for c in self.status.conditions):
             self.condition("SpecChangeRejected", False, "SpecApplied")
-        if head.annotations.get(run_key, self.digests[run_key]) == self.digests[run_key]:
+        if head.annotations.get(run_key, self.digests[run_key]) in (self.digests[run_key], self.legacy_digests[run_key]):
             return False
         self.build_cluster()
         self.status.phase = "Restarting"
@@ -194,16 +262,15 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         return True
 
     def replace_workers(self, generation: int) -> None:
-        """A failed worker pod is recreated in its place; Ray Train restarts the worker group around it."""
+        """A failed or vanished worker pod is replaced by a new one under a fresh name (the old name stays taken while
+        the old pod terminates); Ray Train restarts the worker group around it."""
         replicas = self.spec.workers.replicas
         workers = self.seen.workers(generation)
-        for pod in workers:
-            if pod.index is None or pod.index >= replicas:
-                self.clusters.remove_pod(pod)
-        wanted = [pod for pod in workers if pod.index is not None and pod.index < replicas]
-        self.status.workers.replaced += len(self.clusters.replace_failed_workers(wanted))
-        running = {pod.index for pod in wanted if not pod.failed}
-        self.clusters.add_workers(generation, [index for index in range(replicas) if index not in running])
+        self.status.workers.replaced += len(self.clusters.replace_failed_workers(workers))
+        live = [pod for pod in workers if not pod.failed]
+        for pod in live[replicas:]:
+            self.clusters.remove_pod(pod)
+        self.clusters.add_workers(generation, self.clusters.free_worker_indexes(generation, replicas - len(live)))
 
     def follow_ray_job(self, head: PodView) -> None:
         status = self.status
@@ -226,26 +293,37 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         status.dashboard_url = dashboard_url(head.pod_ip)
         if self.seen.report is not None:
             absorb_report(status, self.seen.report)
+            diverged = sorted(set(status.metrics.non_finite) - set(self.before.metrics.non_finite))
+            if diverged:
+                self.event(
+                    "Warning",
+                    "NonFiniteMetrics",
+                    f"{', '.join(diverged)} became NaN or infinite at step {status.progress.step}: the run may have "
+                    "diverged",
+                )
         if ray_job.state == "SUCCEEDED":
             self.finish("Succeeded", "Succeeded", success_message(status))
         elif ray_job.state in ("FAILED", "STOPPED"):
             self.restart(f"Ray job {ray_job.submission_id} {ray_job.state.lower()}: {ray_job.message}".rstrip(": "))
         else:
             status.phase = "Running"
-            status.message = running_message(status.progress)
+            status.starting_since = None
+            status.message = running_message(status)
 
     def summarize(self) -> None:
         """Worker counts and the phase conditions, derived from everything above."""
         status = self.status
         live = [] if status.phase == "Suspended" else self.seen.workers(status.cluster_generation)
         desired = 0 if status.phase in (*TERMINAL, "Suspended") else self.spec.workers.replicas
-        ready = sum(1 for pod in live if (pod.index or 0) < desired and pod.ready and not pod.failed)
+        ready = min(desired, sum(1 for pod in live if pod.ready and not pod.failed))
         status.workers.desired, status.workers.ready = desired, ready
         status.workers_ready = f"{ready}/{desired}"
         self.condition("Created", status.cluster_generation > 0, "ClusterCreated" if status.cluster_generation else "")
         for phase, type_ in CONDITION_OF_PHASE.items():
             if status.phase == phase:
-                self.condition(type_, True, phase, status.message)
+                # The reason a verb gave this pass (DeadlineExceeded, StartupDeadlineExceeded...) stays.
+                given = next((c.reason for c in status.conditions if c.type == type_ and c.status == "True"), phase)
+                self.condition(type_, True, given, status.message)
             elif any(c.type == type_ for c in status.conditions):
                 self.condition(type_, False, status.phase, "")
         if status.phase != self.before.phase and status.phase == "Running":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from bigmodel.api.job import BigModelJobStatus, CheckpointRef, Progress, TrainingMetrics
 from bigmodel.api.training_report import TrainingReport
 
@@ -9,11 +11,12 @@ from bigmodel.api.training_report import TrainingReport
 def absorb_report(status: BigModelJobStatus, report: TrainingReport) -> None:
     """The driver's latest report, as the status's progress, metrics, last checkpoint and model."""
     status.worker_failures = max(status.worker_failures, report.worker_restarts)
-    metrics = report.metrics
+    metrics = {name: value for name, value in report.metrics.items() if value is not None and math.isfinite(value)}
     status.metrics = TrainingMetrics(
         loss=metrics.get("loss"),
         samples_per_second=metrics.get("samples_per_second"),
         tokens_per_second=metrics.get("tokens_per_second"),
+        non_finite=sorted(name for name in report.metrics if name not in metrics),
     )
     eta = metrics.get("eta_seconds")
     status.progress = Progress(
@@ -30,10 +33,12 @@ def absorb_report(status: BigModelJobStatus, report: TrainingReport) -> None:
         status.model_uri = report.model_uri
 
 
-def running_message(progress: Progress) -> str:
+def running_message(status: BigModelJobStatus) -> str:
+    progress = status.progress
     if not progress.total_steps:
         return "training: waiting for the first step"
-    return f"training: step {progress.step}/{progress.total_steps}, epoch {progress.epoch + 1}"
+    diverged = f"; {', '.join(status.metrics.non_finite)} not finite" if status.metrics.non_finite else ""
+    return f"training: step {progress.step}/{progress.total_steps}, epoch {progress.epoch + 1}{diverged}"
 
 
 def success_message(status: BigModelJobStatus) -> str:

@@ -12,6 +12,20 @@ from typing import Any
 
 from bigmodel.api.wire import GENERATION_LABEL, ROLE_LABEL, WORKER_INDEX_LABEL
 
+# Why a container cannot start, as the kubelet says it: waiting reasons that do not pass by themselves.
+STUCK_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -25,6 +39,9 @@ class PodView:
     pod_ip: str | None
     failure: str
     annotations: dict[str, str] = field(default_factory=dict)
+    stuck: str = ""
+    """Why the pod cannot start, in the scheduler's or the kubelet's words (`Unschedulable: 0/3 nodes ...`)."""
+    created: datetime | None = None
 
     @property
     def failed(self) -> bool:
@@ -49,6 +66,8 @@ class PodView:
             pod_ip=status.get("podIP"),
             failure=_failure(status),
             annotations=dict(meta.get("annotations") or {}),
+            stuck=_stuck(status),
+            created=datetime.fromisoformat(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None,
         )
 
 
@@ -60,6 +79,33 @@ def _failure(status: dict[str, Any]) -> str:
             reason = terminated.get("reason") or "Error"
             return f"{reason} (exit code {terminated.get('exitCode')})"
     return status.get("reason") or status.get("message") or ""
+
+
+def _stuck(status: dict[str, Any]) -> str:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            return f"Unschedulable: {condition.get('message') or 'no node fits'}"
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_WAITING_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message') or container.get('image', '')}".rstrip(": ")
+    return ""
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether the object names this owner uid among its owner references: labels alone are not proof, since
+    anyone who may create a pod may give it any labels."""
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+@dataclass(frozen=True)
+class Children:
+    """What the loop lists of one resource: its own pods and Services, and the generations whose names objects of
+    an earlier resource of the same name still hold (a deleted job's pods, still Terminating)."""
+
+    pods: list[PodView]
+    services: list[dict[str, Any]]
+    foreign_generations: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -82,6 +128,8 @@ class ClusterObservation:
     now: datetime
     pods: list[PodView] = field(default_factory=list)
     services: list[ServiceView] = field(default_factory=list)
+    foreign_generations: frozenset[int] = frozenset()
+    """Generations whose names are held by objects that are not this resource's: never used, never touched."""
 
     def pods_of(self, generation: int) -> list[PodView]:
         return [pod for pod in self.pods if pod.generation == generation]
@@ -96,3 +144,7 @@ class ClusterObservation:
 
     def generations(self) -> set[int]:
         return {pod.generation for pod in self.pods} | {service.generation for service in self.services}
+
+    def stuck(self, generation: int) -> list[PodView]:
+        """The generation's pods that cannot start, and will not without someone's help."""
+        return [pod for pod in self.pods_of(generation) if pod.stuck and not pod.deleting]
