@@ -420,3 +420,23 @@ def test_pods_built_before_digests_left_defaults_out_are_not_rebuilt() -> None:
     pods = [replace(p, annotations={**p.annotations, **legacy}) for p in pods]
     plan = decide_job(job, running_observation(pods, services, 1))
     assert plan.create == [] and plan.status.phase == "Running"
+
+
+def test_changing_the_operators_default_storage_does_not_move_or_rebuild_a_running_job() -> None:
+    from bigmodel.controller.job_kind import JobKind
+    from bigmodel.controller.settings import OperatorSettings
+
+    body = make_job().model_dump(by_alias=True, mode="json", exclude_none=True)
+    del body["spec"]["checkpoint"]["storage"]
+    kind = JobKind()
+    first, _ = kind.parse(body, OperatorSettings(default_storage="s3://old"))
+    assert first is not None and first.spec.checkpoint.storage == "s3://old/team/demo"
+    built = decide_job(first, JobObservation(now=NOW))
+    assert built.status.checkpoint_storage == "s3://old/team/demo"
+    pods = [PodView.from_object(obj) for obj in built.create if obj["kind"] == "Pod"]
+    body["status"] = built.status.model_dump(by_alias=True, mode="json")
+    later, _ = kind.parse(body, OperatorSettings(default_storage="s3://new"))
+    assert later is not None and later.spec.checkpoint.storage == "s3://old/team/demo"
+    assert spec_digests(later) == spec_digests(first), "the run digest did not move: no rebuild onto empty storage"
+    plan = decide_job(later, running_observation(pods, [ServiceView("demo-g1-head", 1)], 1))
+    assert plan.delete_pods == [] and plan.status.cluster_generation == 1

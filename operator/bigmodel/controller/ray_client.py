@@ -79,7 +79,7 @@ class HttpRayClient:
                 encoding = response.headers.get("Content-Encoding", "identity").lower()
                 if encoding != "identity":
                     raise RayRefused(f"{method} {url}: answered with Content-Encoding {encoding}, which was not asked")
-                raw = await response.content.read(limit + 1)
+                raw = await _read_at_most(response.content, limit + 1)
                 if len(raw) > limit:
                     raise RayRefused(f"{method} {url}: the answer is over {limit} bytes")
                 return response.status, _payload(raw.decode(errors="replace"))
@@ -147,6 +147,19 @@ class HttpRayClient:
         if status >= 400 or not isinstance(payload, dict):
             raise RayUnreachable(f"GET {path}: HTTP {status}: {payload}")
         return payload
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The answer's first `limit` bytes, or all of it when shorter."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _payload(text: str) -> Any:
