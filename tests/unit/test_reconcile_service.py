@@ -387,3 +387,13 @@ def test_each_piece_of_the_pass_runs_on_its_own_observation() -> None:
     d = ServicePass(service, seen(draining), None, 3.0)
     assert keep_serving_cluster(d) == 0
     assert d.plan.create == [] and d.plan.delete_pods == [] and d.busy, "no new pods under names still being freed"
+
+
+def test_a_rebuilt_cluster_whose_status_write_was_lost_is_kept_not_built_again() -> None:
+    service = make_service()
+    rebuilt = cluster_pods(service, 1)
+    draining = [replace(p, deleting=True) for p in cluster_pods(service, 0)]
+    stored = BigModelServiceStatus.model_validate({"phase": "Ready", "serving": {"name": "digits-s0", "generation": 0}})
+    plan = decide_service(make_service(stored), seen([*draining, *rebuilt], serving=1))
+    assert plan.create == [] and not any(name.startswith("digits-s1") for name in plan.delete_pods)
+    assert plan.status.serving is not None and plan.status.serving.generation == 1

@@ -36,6 +36,10 @@ def keep_serving_cluster(d: ServicePass) -> int:
     """The serving cluster, built when there is none and rebuilt as a new generation when its head failed; its
     workers scaled. Returns its generation."""
     active = d.active
+    if d.seen.head(active) is None:
+        # A newer cluster whose head exists was built by a pass whose status write was lost: it is the serving one.
+        built = [g for g in d.seen.generations() if g > active and g != d.pending and d.seen.head(g) is not None]
+        active = max(built, default=active)
     health = d.clusters.health(active)
     if health.state == "lost":
         rebuilt = d.clusters.next_generation(active, d.pending)
