@@ -11,25 +11,10 @@ from typing import Any
 import helm_python as helm
 import yaml
 
-from bigmodel.controller.metrics import OperatorMetrics
-
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "bigmodel-operator"
 RELEASE = "bigmodel"
 RELEASE_NAMESPACE = "bigmodel-system"
-
-def _exported() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The operator's real Prometheus metrics, read from its registry: the dashboard may use these and no others.
-
-    Counters are scraped as <name>_total; histograms also as <name>_bucket, <name>_sum and <name>_count.
-    """
-    families = list(OperatorMetrics().registry.collect())
-    names = tuple(sorted(f"{f.name}_total" if f.type == "counter" else f.name for f in families))
-    histograms = tuple(sorted(f.name for f in families if f.type == "histogram"))
-    return names, histograms
-
-
-METRIC_NAMES, HISTOGRAMS = _exported()
 
 
 def render_files(values: dict[str, Any] | None = None) -> dict[str, str]:

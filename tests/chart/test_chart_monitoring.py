@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.chart.rendering import CHART_DIR, HISTOGRAMS, METRIC_NAMES, RELEASE_NAMESPACE, of_kind, render
+from tests.chart.exported import HISTOGRAMS, METRIC_NAMES
+from tests.chart.rendering import CHART_DIR, RELEASE_NAMESPACE, of_kind, render
 
 DASHBOARD = CHART_DIR / "dashboards" / "bigmodel.json"
 # A PromQL identifier that names one of ours; label names and functions never start with bigmodel_.
@@ -47,7 +48,8 @@ def test_service_monitor() -> None:
     assert spec["namespaceSelector"] == {"matchNames": [RELEASE_NAMESPACE]}
     assert set(spec["selector"]) == {"matchLabels"}
     assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert spec["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    # honorLabels keeps the per-resource series' namespace label (the alerts' and the dashboard's tables need it).
+    assert spec["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}]
 
 
 def test_dashboard_config_map() -> None:

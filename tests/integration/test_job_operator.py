@@ -311,3 +311,34 @@ async def test_prometheus_metrics_follow_the_jobs(emulator: Emulator, kube: Kube
         await wait_for(lambda: scrape(port).get("bigmodel_job_restarts_total") == 1, WAIT_S, "restart not counted")
         after = scrape(port)
         assert after['bigmodel_jobs{phase="Running"}'] == 0 and after['bigmodel_jobs{phase="Restarting"}'] == 1
+
+
+async def test_per_job_series_name_the_job_and_go_with_it(emulator: Emulator, kube: KubeClient) -> None:
+    """What the chart's alerts read: the job's own series, its failed passes, and nothing left once it is deleted."""
+    ray, port = FakeRay(), _free_port()
+    demo = 'name="demo",namespace="default"'
+    with running_operator(emulator, ray, metrics_port=port):
+        created = await kube.create(*JOBS, job_manifest())
+        await start_running(kube, ray, created["metadata"]["uid"])
+
+        def says_running() -> dict[str, float] | None:
+            samples = scrape(port)
+            return samples if samples.get(f'bigmodel_job_status_phase{{{demo},phase="Running"}}') == 1 else None
+
+        samples = await wait_for(says_running, WAIT_S, "the job's own phase series never said Running")
+        assert samples[f"bigmodel_job_spec_max_restarts{{{demo}}}"] == 1
+        assert samples[f"bigmodel_job_spec_startup_deadline_seconds{{{demo}}}"] == 1800
+        assert f"bigmodel_job_status_starting_timestamp_seconds{{{demo}}}" not in samples
+
+        async def garbled(head_ip: str) -> None:
+            raise RuntimeError("the progress endpoint answered garbage")
+
+        ray.report = garbled  # type: ignore[method-assign]
+        failed = f'bigmodel_resource_reconcile_errors_total{{kind="BigModelJob",{demo}}}'
+        await wait_for(lambda: scrape(port).get(failed, 0) >= 1, WAIT_S, "the failed pass was not counted for the job")
+        del ray.report
+
+        await kube.delete(*JOBS, "demo")
+        await wait_for(lambda: _gone(kube), WAIT_S, "the job was never deleted")
+        left = [series for series in scrape(port) if 'name="demo"' in series]
+        assert not left, f"series of the deleted job remain: {left}"

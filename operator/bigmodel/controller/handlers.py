@@ -106,12 +106,12 @@ async def reconcile_loop(
             failures = 0
         except loop.PassFailed as failed:  # the status says which step failed; a retry makes nothing twice
             failures += 1
-            clients.metrics.reconcile_errors.inc()
+            clients.metrics.reconcile_failed(kind.name, namespace, name)
             delay = backoff_s(failures, failed.failure.retry_after_s)
             logger.warning("%s; retrying in %.0f s", failed.failure.message, delay)
         except Exception:  # a bug: said in the log with its traceback, and retried like any failure
             failures += 1
-            clients.metrics.reconcile_errors.inc()
+            clients.metrics.reconcile_failed(kind.name, namespace, name)
             delay = backoff_s(failures, None)
             logger.exception("reconciling %s %s/%s failed; retrying in %.0f s", kind.name, namespace, name, delay)
         try:

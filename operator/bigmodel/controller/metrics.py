@@ -2,15 +2,22 @@
 
 Counts by phase and GPU totals are derived from the last pass over each job, so they stay right after
 an operator restart (the first pass over every job rebuilds them) without any state of their own.
+
+The alerts need to name the resource, so the same facts are also exported per resource, labelled namespace and name
+the way kube-state-metrics labels objects (its scrape needs honorLabels, or Prometheus renames namespace). They are
+built at every scrape from the facts of the last pass, so a deleted resource's series go with its facts in `forget`.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bigmodel.api.job import BigModelJob, BigModelJobStatus, JobPhase
 from bigmodel.api.service import BigModelService, BigModelServiceStatus, ServicePhase
@@ -24,6 +31,7 @@ _UPGRADE_RESULTS = {Outcome.UPGRADE_COMPLETE: "complete", Outcome.UPGRADE_FAILED
 ACTIVE_PHASES = ("Pending", "Starting", "Running", "Restarting")
 _SLOW = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 _JOB_LENGTH = (60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
+_RESOURCE_LABELS = ["namespace", "name"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +42,46 @@ class _Facts:
 
 
 @dataclass(frozen=True)
+class _JobFacts(_Facts):
+    restarts: int
+    max_restarts: int
+    step: int
+    progress_since: datetime
+    starting_since: datetime | None
+    startup_deadline_s: int | None
+
+
+@dataclass(frozen=True)
 class _ServiceFacts(_Facts):
     replicas_desired: int
     replicas_running: int
     workers_ready: int
+    ready: bool
+
+
+_FactsT = TypeVar("_FactsT", bound=_Facts)
+_Key = tuple[str, str]
+
+_JOB_SERIES: tuple[tuple[str, str, Callable[[_JobFacts], float | None]], ...] = (
+    ("bigmodel_job_status_restarts", "Cluster rebuilds after a failure (status.restarts).", lambda f: f.restarts),
+    ("bigmodel_job_spec_max_restarts", "Restart budget (spec.failurePolicy.maxRestarts).", lambda f: f.max_restarts),
+    ("bigmodel_job_status_progress_step", "Optimizer steps done (status.progress.step).", lambda f: f.step),
+    (
+        "bigmodel_job_status_progress_timestamp_seconds",
+        "Unix time the step last moved, or the phase changed; far behind while Running means stalled.",
+        lambda f: f.progress_since.timestamp(),
+    ),
+    (
+        "bigmodel_job_status_starting_timestamp_seconds",
+        "Unix time the job's Ray cluster was created, until its run starts (status.startingSince).",
+        lambda f: f.starting_since.timestamp() if f.starting_since else None,
+    ),
+    (
+        "bigmodel_job_spec_startup_deadline_seconds",
+        "spec.startupDeadlineSeconds; absent when the job waits for ever.",
+        lambda f: f.startup_deadline_s,
+    ),
+)
 
 
 class OperatorMetrics:
@@ -78,9 +122,13 @@ class OperatorMetrics:
             self.service_worker_changes.labels(change)
         for result in _UPGRADE_RESULTS.values():
             self.service_upgrades.labels(result)
-        self._facts: dict[tuple[str, str], _Facts] = {}
-        self._service_facts: dict[tuple[str, str], _ServiceFacts] = {}
+        self._facts: dict[_Key, _JobFacts] = {}
+        self._service_facts: dict[_Key, _ServiceFacts] = {}
+        self._errors: dict[tuple[str, str, str], int] = {}
+        # Scrapes run in the metrics server's thread; the passes that change the facts in the operator's.
+        self._lock = threading.Lock()
         self._publish()
+        r.register(self)
 
     def observe_job(
         self, job: BigModelJob, plan: Plan[BigModelJobStatus], now: datetime, created: datetime | None
@@ -99,7 +147,20 @@ class OperatorMetrics:
         active = after in ACTIVE_PHASES
         requested = (job.spec.workers.replicas * per_worker + job.spec.head.resources.gpu) if active else 0
         in_use = plan.status.workers.ready * per_worker if active else 0
-        self._facts[(job.metadata.namespace or "", job.metadata.name)] = _Facts(after, requested, in_use)
+        key = (job.metadata.namespace or "", job.metadata.name)
+        facts = _JobFacts(
+            phase=after,
+            gpus_requested=requested,
+            gpus_in_use=in_use,
+            restarts=plan.status.restarts,
+            max_restarts=job.spec.failure_policy.max_restarts,
+            step=plan.status.progress.step,
+            progress_since=_progress_since(self._facts.get(key), after, plan.status.progress.step, now),
+            starting_since=plan.status.starting_since,
+            startup_deadline_s=job.spec.startup_deadline_seconds,
+        )
+        with self._lock:
+            self._facts[key] = facts
         self._publish()
 
     def observe_service(self, service: BigModelService, plan: Plan[BigModelServiceStatus]) -> None:
@@ -108,21 +169,54 @@ class OperatorMetrics:
         for outcome, result in _UPGRADE_RESULTS.items():
             self.service_upgrades.labels(result).inc(plan.outcomes[outcome])
         status, per_worker = plan.status, service.spec.workers.resources.gpu
-        self._service_facts[(service.metadata.namespace or "", service.metadata.name)] = _ServiceFacts(
+        facts = _ServiceFacts(
             phase=status.phase,
             gpus_requested=status.workers.desired * per_worker,
             gpus_in_use=status.workers.ready * per_worker,
             replicas_desired=status.replicas.desired,
             replicas_running=status.replicas.running,
             workers_ready=status.workers.ready,
+            ready=any(c.type == "Ready" and c.status == "True" for c in status.conditions),
         )
+        with self._lock:
+            self._service_facts[(service.metadata.namespace or "", service.metadata.name)] = facts
         self._publish()
 
+    def reconcile_failed(self, kind: OwnerKind, namespace: str, name: str) -> None:
+        """A pass over this resource raised: counted in all and for the resource, so that an alert can name it."""
+        self.reconcile_errors.inc()
+        with self._lock:
+            self._errors[(kind, namespace, name)] = self._errors.get((kind, namespace, name), 0) + 1
+
     def forget(self, kind: OwnerKind, namespace: str, name: str) -> None:
-        """A deleted resource counts no more."""
-        facts: dict[tuple[str, str], Any] = self._facts if kind == "BigModelJob" else self._service_facts
-        facts.pop((namespace, name), None)
+        """A deleted resource counts no more, and its own series go."""
+        facts: dict[_Key, Any] = self._facts if kind == "BigModelJob" else self._service_facts
+        with self._lock:
+            facts.pop((namespace, name), None)
+            self._errors.pop((kind, namespace, name), None)
         self._publish()
+
+    def collect(self) -> Iterator[Metric]:
+        """The per-resource series as the facts stand now: the registry calls this at every scrape."""
+        with self._lock:
+            jobs, services, errors = dict(self._facts), dict(self._service_facts), dict(self._errors)
+        yield _one_hot("bigmodel_job_status_phase", "1 for the job's phase, 0 for the others.", jobs, PHASES)
+        for name, documentation, value in _JOB_SERIES:
+            yield _per_resource(name, documentation, jobs, value)
+        yield _one_hot(
+            "bigmodel_service_status_phase", "1 for the service's phase, 0 for the others.", services, SERVICE_PHASES
+        )
+        yield _per_resource(
+            "bigmodel_service_status_ready", "1 while the Ready condition is True.", services, lambda f: float(f.ready)
+        )
+        failed = CounterMetricFamily(
+            "bigmodel_resource_reconcile_errors",
+            "Reconcile passes that failed, by resource.",
+            labels=["kind", *_RESOURCE_LABELS],
+        )
+        for labels, count in errors.items():
+            failed.add_metric(list(labels), count)
+        yield failed
 
     def _publish(self) -> None:
         for phase in PHASES:
@@ -136,3 +230,35 @@ class OperatorMetrics:
         everything = [*self._facts.values(), *services]
         self.gpus_requested.set(sum(facts.gpus_requested for facts in everything))
         self.gpus_in_use.set(sum(facts.gpus_in_use for facts in everything))
+
+
+def _progress_since(previous: _JobFacts | None, phase: str, step: int, now: datetime) -> datetime:
+    """When progress last moved: the step changed, or the phase did (a job back in Running has not stalled yet).
+
+    Kept in memory only: after an operator restart the stall clock starts again, which delays an alert and never
+    raises a false one.
+    """
+    if previous is not None and previous.step == step and previous.phase == phase:
+        return previous.progress_since
+    return now
+
+
+def _per_resource(
+    name: str, documentation: str, facts: Mapping[_Key, _FactsT], value: Callable[[_FactsT], float | None]
+) -> GaugeMetricFamily:
+    """One series per resource; a resource whose value is None has none."""
+    family = GaugeMetricFamily(name, documentation, labels=_RESOURCE_LABELS)
+    for (namespace, resource), fact in facts.items():
+        number = value(fact)
+        if number is not None:
+            family.add_metric([namespace, resource], number)
+    return family
+
+
+def _one_hot(name: str, documentation: str, facts: Mapping[_Key, _Facts], phases: tuple[str, ...]) -> GaugeMetricFamily:
+    """kube-state-metrics' phase style: a series for every phase of every resource, 1 for the one it is in."""
+    family = GaugeMetricFamily(name, documentation, labels=[*_RESOURCE_LABELS, "phase"])
+    for (namespace, resource), fact in facts.items():
+        for phase in phases:
+            family.add_metric([namespace, resource, phase], float(fact.phase == phase))
+    return family
