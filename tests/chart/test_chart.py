@@ -18,7 +18,7 @@ from tests.chart.rendering import CHART_DIR, REPO, of_kind, render, render_files
 
 KUBERNETES_VERSION = "1.37"
 # Kinds from CRDs that kubernetes-validate has no schema for; their tests check them field by field.
-NOT_BUILT_IN = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
+NOT_BUILT_IN = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -27,6 +27,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "namespaced-peering": {"watchNamespaces": ["team-a", "team-b"], "replicas": 2},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
     "dashboard": {"grafana": {"dashboard": {"enabled": True, "namespace": "monitoring"}}},
+    "alerts": {"metrics": {"alerts": {"enabled": True, "labels": {"release": "prometheus"}}}},
     "no-network-policy": {"networkPolicy": {"enabled": False}},
     "no-metrics": {"metrics": {"enabled": False}},
     "everything-set": {
@@ -48,7 +49,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
         "peering": {"installCRD": False},
         "replicas": 3,
-        "metrics": {"serviceMonitor": {"enabled": True, "interval": "1m"}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "interval": "1m"},
+            "alerts": {"enabled": True, "restartFraction": 1, "stalledAfterSeconds": 600, "serviceNotReadyFor": "1h"},
+        },
         "grafana": {"dashboard": {"enabled": True, "labels": {"dashboards": "ops"}}},
         "networkPolicy": {"namespaces": ["ml-a", "ml-b"]},
     },
@@ -176,6 +180,10 @@ def test_schema_describes_exactly_the_documented_values() -> None:
         {"replica": 2},  # unknown key
         {"image": {"registry": "example"}},  # unknown nested key
         {"metrics": {"serviceMonitor": {"enabled": True, "scrapeEvery": "1m"}}},
+        {"metrics": {"alerts": {"enabled": True, "restartFraction": 1.5}}},
+        {"metrics": {"alerts": {"enabled": True, "startupDeadlineFraction": 0}}},
+        {"metrics": {"alerts": {"enabled": True, "stalledAfterSeconds": "30m"}}},
+        {"metrics": {"alerts": {"enabled": True, "serviceNotReadyFor": 900}}},
         {"replicas": "2"},  # wrong type
         {"replicas": 0},
         {"watchNamespaces": "team-a"},
