@@ -272,9 +272,10 @@ async def test_documented_gaps_are_real(emulator: Emulator, kube: KubeClient) ->
     await kube.create("v1", "configmaps", {"metadata": {"name": "c"}}, namespace="nowhere")  # no namespace lifecycle
     for name in ("c1", "c2"):
         await kube.create("v1", "configmaps", {"metadata": {"name": name}})
-    await kube.create("v1", "pods", {"metadata": {"name": "p"}, "spec": {"containers": []}})
-    await kube.delete("v1", "pods", "p")
-    assert await kube.get("v1", "pods", "p") is None  # no graceful deletion: no Terminating pod
+    await kube.create("v1", "pods", {"metadata": {"name": "p"}, "spec": {"containers": [], "nodeName": "n"}})
+    await kube.delete("v1", "pods", "p", grace_period_seconds=1)
+    await asyncio.sleep(1.5)
+    assert await kube.get("v1", "pods", "p") is not None  # no node controller forces a deletion past its deadline
 
     async with aiohttp.ClientSession(emulator.url) as session:
         async with session.get("/api/v1/namespaces/default/configmaps", params={"limit": "1"}) as response:

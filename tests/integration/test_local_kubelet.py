@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,54 @@ async def test_each_pod_gets_its_own_empty_dir(kube: KubeClient, kubelet: LocalK
         assert dirs[name].is_dir() and not any(dirs[name].iterdir()), f"{name}'s emptyDir is not a fresh directory"
         assert got["env"]["RAY_LOGS"] == f"{dirs[name]}/session_latest/logs"
         assert got["argv"][3] == "--spill=/tmp/rayx", "a path that only starts with the mount path was rewritten"
+
+
+async def test_a_deleted_pod_is_terminating_until_its_processes_stopped(kube: KubeClient,
+                                                                        kubelet: LocalKubelet) -> None:
+    # The process takes a second to stop on SIGTERM, so that the pod is seen Terminating meanwhile.
+    script = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0)))\n"
+              "time.sleep(60)\n")
+    await kube.create("v1", "pods", pod("slow", [sys.executable, "-c", script]))
+    running = await wait_for(lambda: phase_of(kube, "slow", "Running"), WAIT_S, "pod slow never ran")
+    assert running["spec"]["nodeName"] == "localhost"  # the kubelet bound it to its node
+    pid = await wait_for(lambda: kubelet.pid_of("slow"), WAIT_S, "pod slow has no process")
+
+    terminating = await kube.delete("v1", "pods", "slow")
+    assert terminating is not None and terminating["metadata"]["deletionTimestamp"]
+    assert psutil.pid_exists(pid) and await kube.get("v1", "pods", "slow") is not None
+    await wait_for(lambda: _absent(kube, "slow"), WAIT_S, "the kubelet never finished the pod's deletion")
+    assert kubelet.pid_of("slow") is None
+
+
+async def test_a_lost_nodes_pods_stay_terminating(emulator: Emulator, kube: KubeClient,
+                                                  kubelet: LocalKubelet) -> None:
+    await kube.create("v1", "pods", pod("stranded", [sys.executable, "-c", "import time; time.sleep(60)"]))
+    await wait_for(lambda: phase_of(kube, "stranded", "Running"), WAIT_S, "pod stranded never ran")
+    emulator.lose_node("localhost")
+
+    await kube.delete("v1", "pods", "stranded")
+    await wait_for(lambda: kubelet.pid_of("stranded") is None, WAIT_S, "the kubelet did not stop the pod")
+    await asyncio.sleep(1.0)  # time for the kubelet's report and its delete, which the server does not hear
+    body = await kube.get("v1", "pods", "stranded")
+    assert body is not None and body["metadata"]["deletionTimestamp"] and body["status"]["phase"] == "Running"
+    await kube.create("v1", "pods", pod("unschedulable", [sys.executable, "-c", "pass"]))
+    await asyncio.sleep(1.0)
+    assert "nodeName" not in (await kube.get("v1", "pods", "unschedulable") or {})["spec"]  # nowhere to run it
+
+    emulator.finish_termination("default", "stranded")
+    assert await kube.get("v1", "pods", "stranded") is None
+
+
+async def test_a_pod_left_terminating_before_the_kubelet_started_is_finished(emulator: Emulator, kube: KubeClient,
+                                                                            tmp_path: Path) -> None:
+    body = pod("leftover", [sys.executable, "-c", "pass"])
+    body["spec"]["nodeName"] = "localhost"
+    await kube.create("v1", "pods", body)
+    await kube.delete("v1", "pods", "leftover")
+    with LocalKubelet(emulator.url, tmp_path / "pods"):
+        await wait_for(lambda: _absent(kube, "leftover"), WAIT_S, "the kubelet did not finish a pod it never ran")
+
+
+async def _absent(kube: KubeClient, name: str) -> bool:
+    return await kube.get("v1", "pods", name) is None

@@ -7,7 +7,7 @@ directly); :class:`ApiServer` serves it as the Kubernetes REST API and records e
 What it does, as a real API server does:
 
 * discovery (``/version``, ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>[/<version>]``, with ``<plural>/status``
-  where there is that subresource, which Kopf reads) of the builtin resources (pods, services, core ``v1`` events:
+  where there is that subresource, which Kopf reads, and ``pods/binding``) of the builtin resources (pods, services, core ``v1`` events:
   Kopf posts nothing to ``events.k8s.io``, configmaps, secrets, persistentvolumeclaims, serviceaccounts; and,
   read-only, the namespaces and the CRDs it was started with) and of every served version of those CRDs;
 * create (POST): the server sets ``uid``, ``creationTimestamp``, ``generation: 1``, ``resourceVersion``, the URL's
@@ -33,10 +33,25 @@ What it does, as a real API server does:
   ``annotations``, ``finalizers`` and ``ownerReferences`` are dropped (Go's ``omitempty``);
 * the status subresource: a write to ``.../status`` changes ``status`` only, a write to the object never does;
   ``.../status`` of a resource without the subresource is 404;
-* DELETE of an object with finalizers sets ``metadata.deletionTimestamp``; it goes (``DELETED``) when a write empties
-  its finalizers; a missing object is 404;
+* DELETE of an object with finalizers sets ``metadata.deletionTimestamp`` (and ``deletionGracePeriodSeconds: 0``,
+  and bumps ``generation``); it goes (``DELETED``) when a write empties its finalizers; a missing object is 404;
+* graceful deletion of pods: a pod bound to a node (``spec.nodeName``) and not yet ``Succeeded`` or ``Failed`` is not
+  removed by a DELETE but marked Terminating: ``deletionGracePeriodSeconds`` from the DeleteOptions'
+  ``gracePeriodSeconds`` (body or query), else the pod's ``spec.terminationGracePeriodSeconds``, else 30;
+  ``deletionTimestamp`` that much later than now; ``generation`` bumped; a ``MODIFIED`` event. It stays, name taken,
+  until a DELETE with a shorter grace period (0: what a kubelet sends once the containers stopped, or a force delete)
+  or :meth:`Store.finish_termination`; a longer or no grace period changes nothing. Finalizers hold it after that too.
+  Any other pod (not bound, or finished) goes at once;
+* ``pods/<name>/binding`` (POST a ``Binding``): sets ``spec.nodeName`` and the ``PodScheduled`` condition; a bound or
+  Terminating pod is 409. Otherwise a pod's spec is immutable (422 Forbidden) but for the containers' images,
+  ``activeDeadlineSeconds``, ``tolerations`` and ``terminationGracePeriodSeconds``;
+* DeleteOptions ``preconditions`` (``uid``, ``resourceVersion``): 409 Conflict when they do not hold;
+* lost nodes: nothing a kubelet (a request with :data:`KUBELET_USER_AGENT`) sends about a pod bound to a node in
+  :attr:`ApiServer.lost_nodes`, or to bind one there, is taken (503): its pods keep their last status and, deleted,
+  stay Terminating for ever; a force delete by anyone else, or :meth:`Store.finish_termination`, still removes them;
 * owner-reference garbage collection: :meth:`Store.collect_garbage` (the emulator runs it every 0.2 s) deletes, by the
-  same delete, every object whose owners (by uid) are all gone;
+  same delete (with the owner's uid as precondition), every object whose owners (by uid) are all gone: a bound pod
+  goes Terminating like any other;
 * errors are ``Status`` objects with a real server's HTTP code, ``reason`` and ``message``.
 
 What it does not do (so do not test it against this server, or add it here first):
@@ -48,13 +63,15 @@ What it does not do (so do not test it against this server, or add it here first
 * no server-side apply, no true strategic merge, no dry-run, no ``deletecollection`` (405), no pagination (``limit``
   and ``continue`` are ignored), no watch bookmarks or ``sendInitialEvents``, no reads at an older resourceVersion,
   no ``managedFields``;
-* no graceful deletion: an object without finalizers goes at once, pods too (never ``Terminating``, no
-  ``deletionGracePeriodSeconds``, no generation bump on deletion); DeleteOptions (propagation policy, grace period,
-  preconditions) are ignored and dependents are always collected in the background;
+* DeleteOptions ``propagationPolicy``, ``orphanDependents`` and ``dryRun`` are ignored: dependents are always
+  collected in the background, never orphaned, never in the foreground; a pod's deletion that its grace period
+  outlives is not forced when ``deletionTimestamp`` passes (no node controller, no pod garbage collector); a lost node
+  is not marked NotReady and its pods are not evicted;
 * no namespace lifecycle: namespaces and CRDs are read-only (405), objects may live in a namespace that does not
   exist, and no CRD can be added while the server runs;
-* no controllers but the garbage collector: no kubelet (see :mod:`tests.support.kubelet`), no scheduler, no
-  Deployments, ReplicaSets or Service endpoints; pods get no status;
+* no controllers but the garbage collector: no kubelet (see :mod:`tests.support.kubelet`), no scheduler (a pod is
+  bound by the local kubelet, by its test, or by a ``spec.nodeName`` set at creation), no Deployments, ReplicaSets or
+  Service endpoints; no pod defaults: pods get no status but from a binding or a kubelet;
 * no fault injection: no 403/429/5xx answers, no dropped watches, no stale reads.
 """
 
@@ -78,19 +95,38 @@ from typing import Any
 import jsonpatch
 from aiohttp import web
 
+from tests.support.schema import FieldError
+
 JsonObject = dict[str, Any]
 Key = tuple[str | None, str]
 """An object's namespace (None when cluster-scoped) and name."""
 Selected = Callable[[Mapping[str, Any]], bool]
 
+# Requests from the test tooling carry these user agents, so that the server can tell them apart from the operator's
+# own (for the RBAC test, for faults, and to cut a lost node's kubelet off). The garbage collector works on the store
+# directly and sends no requests.
+EMULATOR_USER_AGENT = "bigmodel-tests-emulator"
+CLIENT_USER_AGENT = "bigmodel-tests-client"
+KUBELET_USER_AGENT = "bigmodel-tests-kubelet"
+TEST_USER_AGENTS = frozenset({EMULATOR_USER_AGENT, CLIENT_USER_AGENT, KUBELET_USER_AGENT})
+
 HISTORY_PER_RESOURCE = 10_000
 """Changes each resource keeps for watches that resume from a resourceVersion (etcd keeps about 5 minutes)."""
 SERVER_METADATA = ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion",
-                   "deletionTimestamp")
+                   "deletionTimestamp", "deletionGracePeriodSeconds")
 OMITTED_WHEN_EMPTY = ("labels", "annotations", "finalizers", "ownerReferences")
 NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's: no vowels, so no words in generated names
 NO_SUCH_RESOURCE = "the server could not find the requested resource"
 VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-bigmodel-tests", "platform": "linux/amd64"}
+DEFAULT_GRACE_PERIOD_S = 30
+"""A pod's ``terminationGracePeriodSeconds`` when its spec has none (the API server's pod default)."""
+POD_MUTABLE_SPEC = ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds")
+"""What a pod update may change in ``spec`` besides the containers' images (``tolerations``: only additions, really)."""
+POD_SPEC_FORBIDDEN = ("pod updates may not change fields other than `spec.containers[*].image`,"
+                      "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions "
+                      "to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was "
+                      "previously negative)")
+STALE = "the object has been modified; please apply your changes to the latest version and try again"
 
 
 @dataclass(frozen=True)
@@ -121,12 +157,14 @@ class Resource:
 
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False, status=True, read_only=True,
                       short_names=("ns",))
+PODS = Resource("", "v1", "pods", "Pod", status=True, short_names=("po",), categories=("all",))
+"""The one resource with graceful deletion and the ``binding`` subresource."""
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
                 namespaced=False, status=True, read_only=True, short_names=("crd", "crds"))
 BUILTIN_RESOURCES = (
     NAMESPACES,
     CRDS,
-    Resource("", "v1", "pods", "Pod", status=True, short_names=("po",), categories=("all",)),
+    PODS,
     Resource("", "v1", "services", "Service", status=True, short_names=("svc",), categories=("all",)),
     Resource("", "v1", "events", "Event", short_names=("ev",)),
     Resource("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
@@ -151,15 +189,63 @@ def crd_resources(crd: Mapping[str, Any]) -> list[Resource]:
 class StatusError(Exception):
     """A request the server refuses: answered as a ``Status`` object with this HTTP code and reason."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: JsonObject | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.details = details
+        self.headers = dict(headers or {})
 
     def status(self) -> JsonObject:
-        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": self.message,
-                "reason": self.reason, "code": self.code}
+        status = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": self.message,
+                  "reason": self.reason, "code": self.code}
+        if self.details is not None:
+            status["details"] = self.details
+        return status
+
+
+def conflict(qualified: str, name: str, why: str) -> StatusError:
+    """A 409 Conflict in a real server's words; `qualified` names the resource (``pods``, ``pods/binding``)."""
+    return StatusError(409, "Conflict", f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
+                       details={"name": name, "kind": qualified})
+
+
+def invalid(kind: str, group: str, name: str, errors: list[FieldError]) -> StatusError:
+    """A 422 Invalid with one cause per field error, as a real server answers a body that fails validation."""
+    listed = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(map(str, errors)) + "]"
+    details: JsonObject = {"name": name, "group": group, "kind": kind,
+                           "causes": [{"reason": e.reason, "message": e.body(), "field": e.field} for e in errors]}
+    if not group:
+        del details["group"]
+    return StatusError(422, "Invalid", f'{kind}{"." + group if group else ""} "{name}" is invalid: {listed}',
+                       details=details)
+
+
+@dataclass(frozen=True)
+class DeleteOptions:
+    """What a DELETE asks for: its ``DeleteOptions`` body, or the same fields as query parameters."""
+
+    grace_period_seconds: int | None = None
+    """Pods only: how long the kubelet may take to stop the containers; 0 removes the pod at once."""
+    uid: str | None = None
+    resource_version: str | None = None
+    """Preconditions: the delete is 409 Conflict unless the object still has this uid / resourceVersion."""
+
+    @classmethod
+    def parse(cls, body: Any, query: Mapping[str, str]) -> DeleteOptions:
+        if not isinstance(body, dict):
+            raise StatusError(400, "BadRequest", "the request body is not a DeleteOptions object")
+        grace = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+        preconditions = body.get("preconditions") or {}
+        try:
+            seconds = None if grace is None else int(grace)
+        except (TypeError, ValueError):
+            raise StatusError(400, "BadRequest", f"invalid gracePeriodSeconds: {grace!r}") from None
+        if seconds is not None and seconds < 0:
+            seconds = 1  # as a real server takes a negative grace period
+        return cls(seconds, preconditions.get("uid"), preconditions.get("resourceVersion"))
 
 
 # Selectors. Each is parsed once per request into one predicate per term, so a bad one answers 400 even when no
@@ -250,8 +336,17 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return merged
 
 
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def _now(later_s: float = 0) -> str:
+    moment = datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(seconds=later_s)
+    return moment.strftime(TIME_FORMAT)
+
+
+def _earlier(timestamp: str, seconds: float) -> str:
+    moment = datetime.datetime.strptime(timestamp, TIME_FORMAT) - datetime.timedelta(seconds=seconds)
+    return moment.strftime(TIME_FORMAT)
 
 
 def _content(obj: JsonObject) -> JsonObject:
@@ -444,28 +539,69 @@ class Store:
         """PUT: the object becomes `body`, within what a client may change."""
         return self._update(resource, namespace, name, subresource, lambda _: copy.deepcopy(body))
 
-    def delete(self, resource: Resource, namespace: str | None, name: str) -> JsonObject:
-        """Mark the object deleted when it has finalizers, else remove it; the object as it ends up."""
+    def delete(self, resource: Resource, namespace: str | None, name: str,
+               options: DeleteOptions = DeleteOptions()) -> JsonObject:
+        """Delete as a real server does (see the module docstring); the object as it ends up."""
         current = self.get(resource, namespace, name)
+        _check_preconditions(resource, current, options)
+        metadata, key = current["metadata"], (namespace, name)
+        if metadata.get("deletionTimestamp"):
+            return self._delete_again(resource, key, current, options.grace_period_seconds)
+        grace = _grace_period(current, options) if resource == PODS else None
+        if grace is None and not metadata.get("finalizers"):
+            return self._store(resource, key, "DELETED", {**current, "metadata": {**metadata}}, current)
+        marked = {**current, "metadata": {**metadata, "deletionTimestamp": _now(grace or 0),
+                                          "deletionGracePeriodSeconds": grace or 0,
+                                          "generation": metadata["generation"] + 1}}
+        return self._store(resource, key, "MODIFIED" if grace or metadata.get("finalizers") else "DELETED", marked,
+                           current)
+
+    def _delete_again(self, resource: Resource, key: Key, current: JsonObject, grace: int | None) -> JsonObject:
+        """A delete of an object already being deleted: only a shorter grace period changes anything."""
         metadata = current["metadata"]
-        if metadata.get("finalizers") and metadata.get("deletionTimestamp"):
+        pending = metadata.get("deletionGracePeriodSeconds") or 0
+        if grace is None or grace >= pending:
             return current
-        final = {**current, "metadata": {**metadata}}
-        if metadata.get("finalizers"):
-            final["metadata"]["deletionTimestamp"] = _now()
-            return self._store(resource, (namespace, name), "MODIFIED", final, current)
-        return self._store(resource, (namespace, name), "DELETED", final, current)
+        shortened = {**current, "metadata": {
+            **metadata, "deletionGracePeriodSeconds": grace,
+            "deletionTimestamp": _earlier(metadata["deletionTimestamp"], pending - grace)}}
+        finished = grace == 0 and not metadata.get("finalizers")
+        return self._store(resource, key, "DELETED" if finished else "MODIFIED", shortened, current)
+
+    def bind(self, namespace: str, name: str, node: str) -> JsonObject:
+        """``POST pods/<name>/binding``: assign the pod to a node, once; the pod as it ends up."""
+        pod = self.get(PODS, namespace, name)
+        if pod["metadata"].get("deletionTimestamp"):
+            raise conflict("pods/binding", name, f"pod {name} is being deleted, cannot be assigned to a host")
+        bound_to = (pod.get("spec") or {}).get("nodeName")
+        if bound_to:
+            raise conflict("pods/binding", name, f'pod {name} is already assigned to node "{bound_to}"')
+        status = pod.get("status") or {}
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+        scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
+        # Straight to storage, as the real binding is: no generation bump, the spec's immutability does not apply.
+        bound = {**pod, "metadata": {**pod["metadata"]}, "spec": {**pod.get("spec", {}), "nodeName": node},
+                 "status": {**status, "conditions": [*conditions, scheduled]}}
+        return self._store(PODS, (namespace, name), "MODIFIED", bound, pod)
+
+    def finish_termination(self, namespace: str, name: str) -> JsonObject:
+        """What a kubelet does once a Terminating pod's containers stopped: delete it with grace period 0."""
+        pod = self.get(PODS, namespace, name)
+        if not pod["metadata"].get("deletionTimestamp"):
+            raise ValueError(f"pod {namespace}/{name} is not terminating")
+        return self.delete(PODS, namespace, name, DeleteOptions(grace_period_seconds=0, uid=pod["metadata"]["uid"]))
 
     def collect_garbage(self) -> None:
         """Delete every object whose owners are all gone (by uid), as the background propagation would."""
         uids = {obj["metadata"]["uid"] for objects in self._objects.values() for obj in objects.values()}
         orphans = [
-            (resource, key) for resource, objects in self._objects.items() for key, obj in objects.items()
+            (resource, key, obj["metadata"]["uid"]) for resource, objects in self._objects.items()
+            for key, obj in objects.items()
             if obj["metadata"].get("ownerReferences") and not obj["metadata"].get("deletionTimestamp")
             and not uids.intersection(ref.get("uid") for ref in obj["metadata"]["ownerReferences"])
         ]
-        for resource, (namespace, name) in orphans:
-            self.delete(resource, namespace, name)
+        for resource, (namespace, name), uid in orphans:
+            self.delete(resource, namespace, name, DeleteOptions(uid=uid))  # the uid, as the real collector does
 
     def close(self) -> None:
         """End every watch stream (the server is shutting down)."""
@@ -481,9 +617,7 @@ class Store:
             raise StatusError(422, "Invalid", "the result is not an object with object metadata")
         sent_version = candidate.get("metadata", {}).get("resourceVersion")
         if sent_version and sent_version != current["metadata"]["resourceVersion"]:
-            raise StatusError(409, "Conflict", f'Operation cannot be fulfilled on {resource.qualified} "{name}": the '
-                                               "object has been modified; please apply your changes to the latest "
-                                               "version and try again")
+            raise conflict(resource.qualified, name, STALE)
         if subresource == "status":
             updated = {**current, "metadata": {**current["metadata"]}, "status": candidate.get("status")}
             if updated["status"] is None:
@@ -504,9 +638,13 @@ class Store:
         _omit_empty(metadata)
         if updated == current:
             return current  # nothing changed: nothing stored, no event, the same resourceVersion
+        if resource == PODS and _frozen_pod_spec(updated) != _frozen_pod_spec(current):
+            raise invalid("Pod", "", name, [FieldError("FieldValueForbidden", "spec", detail=POD_SPEC_FORBIDDEN)])
         if _content(updated) != _content(current):
             metadata["generation"] = current["metadata"]["generation"] + 1
-        released = metadata.get("deletionTimestamp") and not metadata.get("finalizers")
+        # The last finalizer gone releases an object being deleted, unless a pod's grace period is still running.
+        released = (metadata.get("deletionTimestamp") and not metadata.get("finalizers")
+                    and not metadata.get("deletionGracePeriodSeconds"))
         return self._store(resource, (namespace, name), "DELETED" if released else "MODIFIED", updated, current)
 
     def _store(self, resource: Resource, key: Key, kind: str, obj: JsonObject,
@@ -534,6 +672,38 @@ class Store:
         for watch in self._watches[resource]:
             watch.offer(change)
         return obj
+
+
+def _check_preconditions(resource: Resource, current: JsonObject, options: DeleteOptions) -> None:
+    metadata, qualified = current["metadata"], f"{resource.kind}{'.' + resource.group if resource.group else ''}"
+    if options.uid is not None and options.uid != metadata["uid"]:
+        raise conflict(qualified, metadata["name"], f"the UID in the precondition ({options.uid}) does not match the "
+                                                    f"UID in record ({metadata['uid']}). The object might have been "
+                                                    "deleted and then recreated")
+    if options.resource_version is not None and options.resource_version != metadata["resourceVersion"]:
+        raise conflict(qualified, metadata["name"], f"the ResourceVersion in the precondition "
+                                                    f"({options.resource_version}) does not match the ResourceVersion "
+                                                    f"in record ({metadata['resourceVersion']}). The object might have "
+                                                    "been modified")
+
+
+def _grace_period(pod: JsonObject, options: DeleteOptions) -> int:
+    """How long a pod's deletion waits for its kubelet, as the pod strategy decides."""
+    spec = pod.get("spec") or {}
+    if not spec.get("nodeName") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return 0  # no kubelet runs it (not scheduled, or done): nothing to wait for
+    if options.grace_period_seconds is not None:
+        return options.grace_period_seconds
+    return int(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S))
+
+
+def _frozen_pod_spec(pod: JsonObject) -> JsonObject:
+    """The part of a pod's spec that no update may change."""
+    spec = {key: value for key, value in (pod.get("spec") or {}).items() if key not in POD_MUTABLE_SPEC}
+    for containers in ("containers", "initContainers"):
+        if containers in spec:
+            spec[containers] = [{k: v for k, v in c.items() if k != "image"} for c in spec[containers]]
+    return spec
 
 
 def _omit_empty(metadata: JsonObject) -> None:
@@ -587,6 +757,8 @@ class ApiServer:
         crds = list(crds)
         self.store = Store([*BUILTIN_RESOURCES, *(r for crd in crds for r in crd_resources(crd))])
         self.calls: list[ApiCall] = []
+        self.lost_nodes: set[str] = set()
+        """Nodes whose kubelet the server never hears from again (see the module docstring)."""
         for name in namespaces:
             self.store.create(NAMESPACES, None, {"metadata": {"name": name}})
             self.store.patch(NAMESPACES, None, name, {"status": {"phase": "Active"}}, subresource="status")
@@ -622,16 +794,15 @@ class ApiServer:
             verb = "watch" if watching else "get" if name else "list"
         else:
             verb = "deletecollection" if method == "DELETE" and name is None else _WRITE_VERBS.get(method, method.lower())
+        user_agent = request.headers.get("User-Agent", "")
         self.calls.append(ApiCall(method=method, verb=verb, group=group, resource=plural, subresource=subresource,
-                                  namespace=namespace, name=name, user_agent=request.headers.get("User-Agent", "")))
+                                  namespace=namespace, name=name, user_agent=user_agent))
         store = self.store
         resource = store.resource(group, version, plural)
-        if subresource is not None and (subresource != "status" or not resource.status):
+        binding = resource == PODS and subresource == "binding"
+        if subresource is not None and not binding and (subresource != "status" or not resource.status):
             raise StatusError(404, "NotFound", NO_SUCH_RESOURCE)
-        # Refused: writes to the read-only resources, deletecollection, POST to an object, PUT or PATCH of a
-        # collection, DELETE of a subresource, and methods the API does not have.
-        if method != "GET" and (resource.read_only or method not in _WRITE_VERBS or (method == "POST") != (name is None)
-                                or (method == "DELETE" and subresource is not None)):
+        if not _allowed(method, resource, name, subresource):
             raise StatusError(405, "MethodNotAllowed", f"{method} is not supported on this path by this server")
         if verb == "watch":
             return await self._watch(request, resource, namespace, name)
@@ -642,24 +813,35 @@ class ApiServer:
             items = store.list(resource, namespace, query.get("labelSelector", ""), query.get("fieldSelector", ""))
             return web.json_response({"apiVersion": resource.api_version, "kind": f"{resource.kind}List",
                                       "metadata": {"resourceVersion": store.resource_version}, "items": items})
-        if method == "DELETE":
-            assert name is not None  # deletecollection was refused above
-            return web.json_response(store.delete(resource, namespace, name))
         if method == "PATCH" and request.content_type not in _PATCH_TYPES:
             raise StatusError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
                                                            f"accepted media types include: {', '.join(_PATCH_TYPES)}")
-        body = await _json_body(request)
-        if method == "POST":
-            if not isinstance(body, dict):
-                raise StatusError(400, "BadRequest", "the request body is not an object")
-            return web.json_response(store.create(resource, namespace, body), status=201)
+        body = await _json_body(request, {} if method == "DELETE" else None)
+        if user_agent == KUBELET_USER_AGENT and resource == PODS:
+            self._refuse_lost_node(namespace, name, body if binding else None)
+        if method == "POST" and name is None:
+            return web.json_response(store.create(resource, namespace, _object(body)), status=201)
         assert name is not None  # only POST addresses a collection
+        if binding:
+            store.bind(str(namespace), name, _binding_target(body))
+            return web.json_response({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success",
+                                      "code": 201}, status=201)
+        if method == "DELETE":
+            return web.json_response(store.delete(resource, namespace, name, DeleteOptions.parse(body, query)))
         if method == "PUT":
-            if not isinstance(body, dict):
-                raise StatusError(400, "BadRequest", "the request body is not an object")
-            return web.json_response(store.replace(resource, namespace, name, body, subresource))
+            return web.json_response(store.replace(resource, namespace, name, _object(body), subresource))
         patched = store.patch(resource, namespace, name, body, _PATCH_TYPES[request.content_type], subresource)
         return web.json_response(patched)
+
+    def _refuse_lost_node(self, namespace: str | None, name: str | None, binding: Any) -> None:
+        """Nothing a kubelet says about a pod on a lost node (or binds to one) reaches the server."""
+        if name is None:
+            return
+        node = _binding_target(binding) if binding is not None else (
+            (self.store.get(PODS, namespace, name).get("spec") or {}).get("nodeName"))
+        if node in self.lost_nodes:
+            raise StatusError(503, "ServiceUnavailable", f'node "{node}" is lost: nothing its kubelet sends reaches '
+                                                         "the API server")
 
     async def _watch(self, request: web.Request, resource: Resource, namespace: str | None,
                      name: str | None) -> web.StreamResponse:
@@ -713,10 +895,43 @@ def _discovered(resource: Resource) -> list[JsonObject]:
     if resource.status:
         entries.append({"name": f"{resource.plural}/status", "singularName": "", "namespaced": resource.namespaced,
                         "kind": resource.kind, "verbs": ["get"] if resource.read_only else ["get", "patch", "update"]})
+    if resource == PODS:
+        entries.append({"name": "pods/binding", "singularName": "", "namespaced": True, "kind": "Binding",
+                        "verbs": ["create"]})
     return entries
 
 
-async def _json_body(request: web.Request) -> Any:
+def _allowed(method: str, resource: Resource, name: str | None, subresource: str | None) -> bool:
+    """Refused: writes to the read-only resources, deletecollection, POST to an object (but for its binding), PUT or
+    PATCH of a collection or of a binding, DELETE of a subresource, and methods the API does not have."""
+    if method == "GET":
+        return subresource != "binding"
+    if resource.read_only or method not in _WRITE_VERBS:
+        return False
+    if subresource == "binding":
+        return method == "POST"
+    return (method == "POST") == (name is None) and not (method == "DELETE" and subresource is not None)
+
+
+def _object(body: Any) -> JsonObject:
+    if not isinstance(body, dict):
+        raise StatusError(400, "BadRequest", "the request body is not an object")
+    return body
+
+
+def _binding_target(body: Any) -> str:
+    """The node a ``Binding`` body names."""
+    target = _object(body).get("target")
+    if not isinstance(target, dict) or not target.get("name"):
+        raise invalid("Binding", "", str((body.get("metadata") or {}).get("name", "")),
+                      [FieldError("FieldValueRequired", "target.name")])
+    return str(target["name"])
+
+
+async def _json_body(request: web.Request, empty: Any = None) -> Any:
+    """The request's JSON body; `empty` when it has none and that is allowed (a DELETE without DeleteOptions)."""
+    if empty is not None and not await request.read():
+        return empty
     try:
         return await request.json()
     except ValueError as exc:

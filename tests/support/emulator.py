@@ -25,6 +25,13 @@ A ``kubernetes`` client for the test itself: ``kubernetes.config.new_client_from
 Give Kopf exact ``--namespace`` names or ``--all-namespaces``, and ``settings.watching.server_timeout`` a few
 seconds so that its watches reconnect (and end) quickly. ``emulator.operator_calls()`` lists what the operator asked
 (verb, group, resource, subresource), for checking the chart's RBAC rules.
+
+A bad day for the operator's pods: a pod bound to a node (``await kube.bind(name, node)``, or the local kubelet,
+which binds what it runs to ``localhost``) stays Terminating after a delete until its kubelet confirms;
+``emulator.finish_termination(namespace, name)`` confirms in the kubelet's stead. ``emulator.lose_node("localhost")``
+cuts a node's kubelet off for good: its pods keep their last status, and once deleted stay Terminating until a force
+delete (``kube.delete(..., grace_period_seconds=0)``, or the operator's own) or ``finish_termination``. To make the
+node's death visible to Ray as well, kill the pods' processes (``kubelet.kill(name)``) after losing the node.
 """
 
 from __future__ import annotations
@@ -43,7 +50,17 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from tests.support.apiserver import ApiCall, ApiServer, JsonObject, fields_match, labels_match
+from tests.support.apiserver import (
+    CLIENT_USER_AGENT,
+    EMULATOR_USER_AGENT,
+    KUBELET_USER_AGENT,
+    TEST_USER_AGENTS,
+    ApiCall,
+    ApiServer,
+    JsonObject,
+    fields_match,
+    labels_match,
+)
 
 __all__ = [
     "CLIENT_USER_AGENT", "EMULATOR_USER_AGENT", "KUBELET_USER_AGENT", "PROJECT_CRDS", "TEST_USER_AGENTS", "ApiCall",
@@ -52,13 +69,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-# Requests from the test tooling carry these user agents, so that `Emulator.operator_calls` can tell them apart
-# from the operator's own requests. (The garbage collector works on the store directly and sends no requests.)
-EMULATOR_USER_AGENT = "bigmodel-tests-emulator"
-CLIENT_USER_AGENT = "bigmodel-tests-client"
-KUBELET_USER_AGENT = "bigmodel-tests-kubelet"
-TEST_USER_AGENTS = frozenset({EMULATOR_USER_AGENT, CLIENT_USER_AGENT, KUBELET_USER_AGENT})
 
 PROJECT_CRDS = sorted((Path(__file__).resolve().parents[2] / "crds").glob("*.yaml"))
 GC_PERIOD_S = 0.2
@@ -134,14 +144,27 @@ class Emulator:
 
     def api_calls(self) -> list[ApiCall]:
         """Every Kubernetes API request served so far, in arrival order (discovery requests excluded)."""
-        def snapshot() -> list[ApiCall]:
-            assert self._server is not None
-            return list(self._server.calls)
-        return self._call(snapshot)
+        return self._call(lambda: list(self._api.calls))
 
     def operator_calls(self) -> list[ApiCall]:
         """The requests not made by this test tooling (emulator, :class:`KubeClient`, local kubelet)."""
         return [call for call in self.api_calls() if call.user_agent not in TEST_USER_AGENTS]
+
+    def finish_termination(self, namespace: str, name: str) -> None:
+        """Remove a Terminating pod as its kubelet would once its containers stopped, even on a lost node (it stays
+        while it has finalizers); ValueError when the pod is not Terminating."""
+        self._call(lambda: self._api.store.finish_termination(namespace, name))
+
+    def lose_node(self, node: str) -> None:
+        """Cut `node` off: from now on nothing its kubelet sends reaches the server (answered 503), so its pods keep
+        their last status and, once deleted, stay Terminating for ever (until :meth:`finish_termination`)."""
+        self._call(lambda: self._api.lost_nodes.add(node))
+
+    @property
+    def _api(self) -> ApiServer:
+        if self._server is None:
+            raise RuntimeError("the emulator is not running")
+        return self._server
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the emulator's loop, so it never sees the server's record in the middle of a change."""
@@ -275,10 +298,23 @@ class KubeClient:
         return await self.patch(api_version, plural, name, {"status": status}, namespace=namespace,
                                 subresource="status")
 
-    async def delete(self, api_version: str, plural: str, name: str, *,
-                     namespace: str | None = "default") -> JsonObject | None:
-        """The object as last seen, or None when it did not exist."""
-        return await self._request("DELETE", api_path(api_version, plural, namespace, name))
+    async def delete(self, api_version: str, plural: str, name: str, *, namespace: str | None = "default",
+                     grace_period_seconds: int | None = None, preconditions: JsonObject | None = None,
+                     ) -> JsonObject | None:
+        """The object as it ends up (still there when it is Terminating or has finalizers), or None when it did not
+        exist. ``preconditions``: ``{"uid": ..., "resourceVersion": ...}``."""
+        options: JsonObject = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        if preconditions is not None:
+            options["preconditions"] = preconditions
+        return await self._request("DELETE", api_path(api_version, plural, namespace, name), json=options)
+
+    async def bind(self, name: str, node: str, *, namespace: str = "default") -> None:
+        """Assign a pod to a node through its ``binding`` subresource, as a scheduler does."""
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        await self._request("POST", api_path("v1", "pods", namespace, name, "binding"), json=binding)
 
     async def events(self, *, namespace: str | None = "default",
                      involved_name: str | None = None) -> builtins.list[JsonObject]:

@@ -5,9 +5,18 @@
 with the host's environment plus the container's ``env``. It reports back what a kubelet reports through the
 ``status`` subresource: ``Pending`` then ``Running`` with ``podIP``/``hostIP`` 127.0.0.1, the container status and the
 ``Ready`` condition, then ``Succeeded`` (exit code 0) or ``Failed`` with ``state.terminated.exitCode`` (128 + the
-signal number when a signal ended it, as container runtimes report). Deleting the pod (or setting its
-``deletionTimestamp``) sends SIGTERM to the process group and SIGKILL after ``termination_grace_s``; when the main
-process ends by itself, what is left of its group is killed, as a container runtime tears a container down.
+signal number when a signal ended it, as container runtimes report). When the main process ends by itself, what is
+left of its group is killed, as a container runtime tears a container down.
+
+It plays the scheduler too: it binds each pod it runs to its node, :data:`NODE_NAME` (``localhost``), through the
+``pods/<name>/binding`` subresource, and runs only pods it bound or that were bound to that node already (a pod bound
+to another node is not its business; one it cannot bind, because its node is lost, stays Pending). A bound pod's
+deletion leaves it Terminating (see :mod:`tests.support.apiserver`): on seeing ``deletionTimestamp`` the kubelet sends
+SIGTERM to the process group, SIGKILL after the pod's ``deletionGracePeriodSeconds`` (at most
+``termination_grace_s``, so that tests stay quick), reports how the container ended, and then finishes the deletion
+with a DELETE of grace period 0 and the pod's uid as precondition; a Terminating pod of its node that it never ran is
+finished at once. A pod deleted outright (a force delete) is stopped the same way. On a lost node
+(``Emulator.lose_node``) the server hears none of that: the processes stop, the pod stays Terminating.
 
 How the environment is resolved, as Kubernetes does:
 
@@ -35,7 +44,8 @@ Where it deliberately differs from a real kubelet, because every pod shares this
   mounted.
 
 Other simplifications: restartPolicy is always treated as ``Never`` (the pod fails; nothing restarts it), only the
-first container runs (no init containers or sidecars), resources are not enforced, and
+first container runs (no init containers or sidecars), resources are not enforced, a refused binding or status report
+is not retried (and a lost node stays lost), and
 readiness probes (``httpGet``: any status 200-399, or ``tcpSocket``) run every ``probe_period_s`` regardless of the
 probe's own timings. Each process's stdout and stderr go to ``<log_dir>/<pod>.log``; when a process fails, the tail
 of its log is printed to stderr (pytest shows it with the failing test).
@@ -67,6 +77,8 @@ import psutil
 from tests.support.emulator import KUBELET_USER_AGENT, JsonObject, api_path, labels_match
 
 LOCAL_IP = "127.0.0.1"
+NODE_NAME = "localhost"
+"""The node this kubelet binds the pods it runs to (what ``spec.nodeName`` says inside them)."""
 START_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
 
@@ -100,6 +112,8 @@ class _Pod:
     gone: bool = False
     stopping: bool = False
     """Being terminated: its processes may still hold its ports, even once the API object is gone."""
+    grace_s: float | None = None
+    """The grace period its deletion gives (``deletionGracePeriodSeconds``), when it is Terminating."""
     task: asyncio.Task[None] | None = None
 
 
@@ -266,39 +280,69 @@ class LocalKubelet:
                 await asyncio.sleep(0.5)
 
     def _on_event(self, kind: str, body: JsonObject) -> None:
-        metadata = body.get("metadata", {})
+        metadata, spec = body.get("metadata", {}), body.get("spec") or {}
         name, uid = metadata["name"], metadata.get("uid", metadata["name"])
+        node = spec.get("nodeName")
+        if node not in (None, NODE_NAME):
+            return  # another node's pod
         known = self._pods.get(name)
         if kind == "DELETED" or metadata.get("deletionTimestamp"):
             if known is not None and known.uid == uid:
-                known.gone = kind == "DELETED"
-                if not known.deleted:
-                    known.deleted = True
-                    asyncio.get_running_loop().create_task(self._terminate(known))
+                self._on_deletion(known, kind == "DELETED", metadata.get("deletionGracePeriodSeconds"))
+            elif kind != "DELETED" and node == NODE_NAME:
+                # Terminating on this node but never run here (it was bound before this kubelet started): nothing
+                # to stop, so finish at once.
+                gone = _Pod(name=name, uid=uid, labels={}, container={}, deleted=True)
+                asyncio.get_running_loop().create_task(self._finish_deletion(gone))
             return
         if known is not None and known.uid == uid:
             return
         if body.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return  # a replayed pod that already ran
-        pod = _Pod(name=name, uid=uid, labels=dict(metadata.get("labels") or {}),
-                   container=body["spec"]["containers"][0])
+        pod = _Pod(name=name, uid=uid, labels=dict(metadata.get("labels") or {}), container=spec["containers"][0])
         previous = known
         self._pods[name] = pod
-        pod.task = asyncio.get_running_loop().create_task(self._run_pod(pod, body, previous))
+        pod.task = asyncio.get_running_loop().create_task(self._run_pod(pod, body, previous, bound=node is not None))
 
-    async def _run_pod(self, pod: _Pod, body: JsonObject, previous: _Pod | None) -> None:
+    def _on_deletion(self, pod: _Pod, gone: bool, grace_s: float | None) -> None:
+        """Stop a deleted or Terminating pod's processes; the pod's task then finishes a Terminating pod's deletion."""
+        pod.gone = gone
+        if pod.deleted:
+            return
+        pod.deleted = True
+        if grace_s is not None:
+            pod.grace_s = min(float(grace_s), self._termination_grace_s)
+        loop = asyncio.get_running_loop()
+        if pod.task is None or pod.task.done():
+            loop.create_task(self._finish_deletion(pod))  # it ran to its end before: nothing left to stop
+        else:
+            loop.create_task(self._terminate(pod))
+
+    async def _run_pod(self, pod: _Pod, body: JsonObject, previous: _Pod | None, bound: bool) -> None:
+        """Run the pod to its end, then finish its deletion if it was deleted meanwhile."""
+        await self._run_until_exit(pod, body, previous, bound)
+        if pod.deleted:
+            await self._finish_deletion(pod)
+
+    async def _run_until_exit(self, pod: _Pod, body: JsonObject, previous: _Pod | None, bound: bool) -> None:
         if previous is not None:
             previous.gone = previous.deleted = True
             await self._terminate(previous)
         try:
+            if not bound and not await self._bind(pod):
+                return
             await self._patch_status(pod, self._status(pod, "Pending", {"waiting": {"reason": "ContainerCreating"}}))
             argv, env = await self._prepare(pod, body)
+            if pod.deleted:
+                return  # deleted while it was being prepared: nothing ran, nothing to stop
             with self.log_path(pod.name).open("ab") as log:
                 log.write(f"--- pod {pod.name} uid {pod.uid} at {_now()}: {argv!r}\n".encode())
                 log.flush()
                 pod.process = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                     env=env, cwd=pod.container.get("workingDir"), start_new_session=True)
+            if pod.deleted:  # deleted while its process started: the deletion found no process to stop
+                asyncio.get_running_loop().create_task(self._terminate(pod))
             pod.started_at = _now()
             probe = pod.container.get("readinessProbe")
             pod.ready = probe is None
@@ -318,6 +362,35 @@ class LocalKubelet:
         except aiohttp.ClientError as exc:
             # Nobody awaits this task, so an API failure would otherwise vanish without a trace.
             print(f"local kubelet: reporting the status of pod {pod.name} failed: {exc!r}", file=sys.stderr)
+
+    async def _bind(self, pod: _Pod) -> bool:
+        """Bind the pod to this node, as the scheduler would; False when the server refuses (bound elsewhere, being
+        deleted, or this node is lost)."""
+        assert self._session is not None
+        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod.name},
+                   "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME}}
+        async with self._session.post(api_path("v1", "pods", self._namespace, pod.name, "binding"),
+                                      json=binding) as response:
+            if response.status not in (201, 404, 409, 503):
+                response.raise_for_status()
+            return response.status == 201
+
+    async def _finish_deletion(self, pod: _Pod) -> None:
+        """What a kubelet does once a Terminating pod's containers stopped: delete it with grace period 0, for this
+        incarnation only (its uid). Refused for a lost node, whose pods stay Terminating."""
+        if pod.gone:
+            return  # deleted outright (or a newer pod of the same name took over): nothing to finish
+        assert self._session is not None
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                   "preconditions": {"uid": pod.uid}}
+        try:
+            async with self._session.delete(api_path("v1", "pods", self._namespace, pod.name),
+                                            json=options) as response:
+                # 404: gone already; 409: a newer pod of the same name; 503: this node is lost.
+                if response.status not in (200, 404, 409, 503):
+                    response.raise_for_status()
+        except aiohttp.ClientError as exc:  # nobody awaits this either
+            print(f"local kubelet: finishing the deletion of pod {pod.name} failed: {exc!r}", file=sys.stderr)
 
     async def _report_exit(self, pod: _Pod, code: int) -> None:
         exit_code = code if code >= 0 else 128 - code
@@ -380,7 +453,7 @@ class LocalKubelet:
             "metadata.name": metadata.get("name"),
             "metadata.namespace": metadata.get("namespace", self._namespace),
             "metadata.uid": metadata.get("uid"),
-            "spec.nodeName": "localhost",
+            "spec.nodeName": NODE_NAME,
             "spec.serviceAccountName": body.get("spec", {}).get("serviceAccountName", "default"),
             "status.podIP": LOCAL_IP,
             "status.hostIP": LOCAL_IP,
@@ -458,7 +531,7 @@ class LocalKubelet:
             descendants = psutil.Process(process.pid).children(recursive=True)
         self._kill_group(pod, signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), self._termination_grace_s)
+            await asyncio.wait_for(process.wait(), self._termination_grace_s if pod.grace_s is None else pod.grace_s)
         except asyncio.TimeoutError:
             self._kill_group(pod, signal.SIGKILL)
             await process.wait()
@@ -513,5 +586,6 @@ class LocalKubelet:
         path = api_path("v1", "pods", self._namespace, pod.name, "status")
         async with self._session.patch(path, json={"status": status},
                                        headers={"Content-Type": "application/merge-patch+json"}) as response:
-            if response.status not in (200, 404):
+            # 503: this node is lost, and nothing it reports is heard; it runs on, as a cut-off kubelet does.
+            if response.status not in (200, 404, 503):
                 response.raise_for_status()

@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.apiserver import (
     BUILTIN_RESOURCES,
+    PODS,
+    DeleteOptions,
     StatusError,
     Store,
     Watch,
@@ -31,6 +33,11 @@ CONFIGMAPS, NAMESPACES = BY_PLURAL["configmaps"], BY_PLURAL["namespaces"]
 
 def job(name: str, **labels: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": labels}, "spec": {"task": "digits"}}
+
+
+def pod(name: str, node: str | None = None, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"containers": [{"name": "main", "image": "python"}],
+                                                  **({"nodeName": node} if node else {}), **spec}}
 
 
 @pytest.fixture()
@@ -284,3 +291,120 @@ async def test_closing_the_store_ends_every_watch(store: Store) -> None:
     watch = store.watch(JOBS)
     store.close()
     assert await asyncio.wait_for(watch.next(), 1) is None
+
+
+async def test_a_bound_pod_is_terminating_until_its_kubelet_finishes_it(store: Store) -> None:
+    store.create(PODS, "default", pod("p"))
+    bound = store.bind("default", "p", "node-a")
+    assert bound["spec"]["nodeName"] == "node-a" and bound["metadata"]["generation"] == 1
+    assert [c["type"] for c in bound["status"]["conditions"]] == ["PodScheduled"]
+    watch = store.watch(PODS, "default", store.resource_version)
+
+    terminating = store.delete(PODS, "default", "p")
+    metadata = terminating["metadata"]
+    assert metadata["deletionGracePeriodSeconds"] == 30 and metadata["deletionTimestamp"] > bound["status"][
+        "conditions"][0]["lastTransitionTime"]  # now + the grace period
+    assert metadata["generation"] == 2 and store.get(PODS, "default", "p") is terminating
+    assert store.delete(PODS, "default", "p") is terminating  # no shorter grace period: nothing changes
+    assert store.delete(PODS, "default", "p", DeleteOptions(grace_period_seconds=40)) is terminating
+    shortened = store.delete(PODS, "default", "p", DeleteOptions(grace_period_seconds=10))
+    assert shortened["metadata"]["deletionGracePeriodSeconds"] == 10
+    assert shortened["metadata"]["deletionTimestamp"] < metadata["deletionTimestamp"]
+    assert refused(409, store.create, PODS, "default", pod("p")).reason == "AlreadyExists"  # the name is still taken
+    store.patch(PODS, "default", "p", {"status": {"phase": "Running"}}, subresource="status")  # its kubelet reports
+
+    store.finish_termination("default", "p")
+    refused(404, store.get, PODS, "default", "p")
+    assert await drain(watch) == [("MODIFIED", "p"), ("MODIFIED", "p"), ("MODIFIED", "p"), ("DELETED", "p")]
+    store.create(PODS, "default", pod("p"))
+    with pytest.raises(ValueError, match="not terminating"):
+        store.finish_termination("default", "p")
+
+
+def test_the_grace_period_comes_from_the_delete_then_the_pod(store: Store) -> None:
+    store.create(PODS, "default", pod("own", "node-a", terminationGracePeriodSeconds=5))
+    store.create(PODS, "default", pod("asked", "node-a", terminationGracePeriodSeconds=5))
+    assert store.delete(PODS, "default", "own")["metadata"]["deletionGracePeriodSeconds"] == 5
+    asked = store.delete(PODS, "default", "asked", DeleteOptions(grace_period_seconds=7))
+    assert asked["metadata"]["deletionGracePeriodSeconds"] == 7
+    assert DeleteOptions.parse({}, {"gracePeriodSeconds": "-3"}) == DeleteOptions(grace_period_seconds=1)
+    assert DeleteOptions.parse({"gracePeriodSeconds": 0, "preconditions": {"uid": "u"}}, {}) == DeleteOptions(0, "u")
+    refused(400, DeleteOptions.parse, {"gracePeriodSeconds": "soon"}, {})
+    refused(400, DeleteOptions.parse, ["not", "options"], {})
+
+
+def test_pods_that_no_kubelet_runs_go_at_once(store: Store) -> None:
+    store.create(PODS, "default", pod("unbound"))
+    store.create(PODS, "default", pod("done", "node-a"))
+    store.patch(PODS, "default", "done", {"status": {"phase": "Succeeded"}}, subresource="status")
+    store.create(PODS, "default", pod("forced", "node-a"))
+    for name, options in (("unbound", DeleteOptions()), ("done", DeleteOptions()),
+                          ("forced", DeleteOptions(grace_period_seconds=0))):
+        store.delete(PODS, "default", name, options)
+        refused(404, store.get, PODS, "default", name)
+
+
+def test_finalizers_and_grace_periods_both_hold_a_pod(store: Store) -> None:
+    store.create(PODS, "default", {**pod("p", "node-a"), "metadata": {"name": "p", "finalizers": ["f"]}})
+    store.delete(PODS, "default", "p")
+    store.patch(PODS, "default", "p", {"metadata": {"finalizers": None}})
+    assert store.get(PODS, "default", "p")["metadata"]["deletionGracePeriodSeconds"] == 30  # the grace period runs
+    store.patch(PODS, "default", "p", {"metadata": {"finalizers": ["f"]}})
+    store.finish_termination("default", "p")
+    assert store.get(PODS, "default", "p")["metadata"]["deletionGracePeriodSeconds"] == 0  # the finalizer holds it
+    store.patch(PODS, "default", "p", {"metadata": {"finalizers": None}})
+    refused(404, store.get, PODS, "default", "p")
+
+    store.create(JOBS, "default", {**job("j"), "metadata": {"name": "j", "finalizers": ["f"]}})
+    marked = store.delete(JOBS, "default", "j")["metadata"]
+    assert marked["deletionGracePeriodSeconds"] == 0 and marked["generation"] == 2
+
+
+def test_a_pod_is_bound_once_and_its_spec_is_frozen(store: Store) -> None:
+    store.create(PODS, "default", pod("p", tolerations=[]))
+    store.bind("default", "p", "node-a")
+    bound_twice = refused(409, store.bind, "default", "p", "node-b")
+    assert bound_twice.message == ('Operation cannot be fulfilled on pods/binding "p": pod p is already assigned to '
+                                   'node "node-a"')
+    forbidden = refused(422, store.patch, PODS, "default", "p", {"spec": {"nodeName": "node-b"}})
+    assert forbidden.message.startswith('Pod "p" is invalid: spec: Forbidden: pod updates may not change fields')
+    assert forbidden.status()["details"]["causes"][0]["field"] == "spec"
+    patched = store.patch(PODS, "default", "p", [{"op": "replace", "path": "/spec/containers/0/image",
+                                                  "value": "python:3.12"}, {"op": "add", "path": "/spec/tolerations/-",
+                                                                            "value": {"operator": "Exists"}}],
+                          json_patch=True)
+    assert patched["spec"]["containers"][0]["image"] == "python:3.12"
+
+    store.create(PODS, "default", pod("going", "node-a"))
+    store.delete(PODS, "default", "going")
+    store.create(PODS, "default", {**pod("unbound"), "metadata": {"name": "unbound", "finalizers": ["f"]}})
+    store.delete(PODS, "default", "unbound")
+    assert "being deleted" in refused(409, store.bind, "default", "unbound", "node-a").message
+
+
+def test_delete_preconditions_must_hold(store: Store) -> None:
+    created = store.create(JOBS, "default", job("a"))
+    store.patch(JOBS, "default", "a", {"metadata": {"labels": {"x": "1"}}})
+    stale = refused(409, store.delete, JOBS, "default", "a",
+                    DeleteOptions(resource_version=created["metadata"]["resourceVersion"]))
+    assert stale.message.startswith('Operation cannot be fulfilled on BigModelJob.bigmodel.dev "a": the '
+                                    "ResourceVersion in the precondition (1) does not match")
+    other = refused(409, store.delete, JOBS, "default", "a", DeleteOptions(uid="someone-else"))
+    assert "The object might have been deleted and then recreated" in other.message
+    store.delete(JOBS, "default", "a", DeleteOptions(uid=created["metadata"]["uid"],
+                                                      resource_version=store.resource_version))
+    refused(404, store.get, JOBS, "default", "a")
+
+
+def test_collected_pods_terminate_like_deleted_ones(store: Store) -> None:
+    owner = store.create(JOBS, "default", job("owner"))
+    reference = {"apiVersion": JOBS.api_version, "kind": JOBS.kind, "name": "owner", "uid": owner["metadata"]["uid"]}
+    for name, node in (("bound", "node-a"), ("unbound", None)):
+        store.create(PODS, "default", {**pod(name, node), "metadata": {"name": name, "ownerReferences": [reference]}})
+    store.delete(JOBS, "default", "owner")
+    store.collect_garbage()
+    assert [p["metadata"]["name"] for p in store.list(PODS, "default")] == ["bound"]
+    assert store.get(PODS, "default", "bound")["metadata"]["deletionGracePeriodSeconds"] == 30
+    store.collect_garbage()  # a Terminating dependent is not deleted again
+    store.finish_termination("default", "bound")
+    assert store.list(PODS, "default") == []
