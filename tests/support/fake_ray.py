@@ -30,14 +30,18 @@ class FakeRay:
     """The nodes where replicas hold CPUs, per head; by default every alive node."""
     unplaced: dict[str, int] = field(default_factory=dict)
     """One-CPU replicas each head's scheduler cannot place."""
+    called: set[str] = field(default_factory=set)
+    """Every head IP the operator sent a job call to."""
     deploy_outcome: str = "RUNNING"
     """The status a newly deployed application reports; DEPLOY_FAILED plays a model that does not load."""
 
     async def submit(self, head_ip: str, submission: dict[str, Any]) -> None:
+        self.called.add(head_ip)
         self.submissions.append(submission)
         self.states.setdefault(submission["submission_id"], "RUNNING")
 
     async def job(self, head_ip: str, submission_id: str) -> RayJobView | None:
+        self.called.add(head_ip)
         state = self.states.get(submission_id)
         return RayJobView(submission_id, state, self.messages.get(submission_id, "")) if state else None
 

@@ -1,0 +1,134 @@
+"""A BigModelJob on a real cluster's bad days, against the emulator's API server: pods that stay Terminating (a
+lost node), a job deleted and applied again while its pods drain, pods forged with a job's labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bigmodel.builders.naming import submission_id
+from tests.integration.test_job_operator import (
+    GENERATION_1,
+    JOBS,
+    WAIT_S,
+    all_pods,
+    event_reasons,
+    job_manifest,
+    mark,
+    mark_all_ready,
+    pods,
+    start_running,
+    wait_status,
+)
+from tests.support.emulator import Emulator, KubeClient, wait_for
+from tests.support.fake_ray import FakeRay
+from tests.support.operator import running_operator
+
+LOST_NODE = "node-a"
+
+
+async def bind_all(kube: KubeClient, names: list[str], node: str = LOST_NODE) -> None:
+    for name in names:
+        await kube.bind(name, node)
+
+
+async def terminating(kube: KubeClient, job: str = "demo") -> set[str]:
+    found = await kube.list("v1", "pods", label_selector=f"bigmodel.dev/job={job}")
+    return {pod["metadata"]["name"] for pod in found if pod["metadata"].get("deletionTimestamp")}
+
+
+async def test_a_worker_evicted_from_a_lost_node_is_replaced_under_a_fresh_name(
+    emulator: Emulator, kube: KubeClient
+) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        await all_pods(kube, GENERATION_1)
+        await bind_all(kube, GENERATION_1)
+        await start_running(kube, ray, created["metadata"]["uid"])
+        emulator.lose_node(LOST_NODE)
+        await kube.delete("v1", "pods", "demo-g1-w1")  # what the node lifecycle controller's eviction does
+        assert await terminating(kube) == {"demo-g1-w1"}, "on a lost node, the pod stays Terminating"
+
+        await wait_for(
+            lambda: _contains(_names(pods(kube)), "demo-g1-w2"),
+            WAIT_S,
+            "no replacement under a fresh name while the evicted pod stays Terminating",
+        )
+        await mark(kube, "demo-g1-w2")
+        current = await wait_status(
+            kube, lambda s: s.get("workersReady") == "2/2", "the job did not get back to 2/2 workers"
+        )
+        assert current["restarts"] == 0 and current["phase"] == "Running"
+        assert "demo-g1-w1" in await terminating(kube), "the lost node's pod is still there, never touched"
+        assert not any(c["type"] == "ReconcileFailed" and c["status"] == "True" for c in current["conditions"])
+
+
+async def test_a_job_deleted_and_applied_again_while_its_pods_drain_starts_clean(
+    emulator: Emulator, kube: KubeClient
+) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        first = await kube.create(*JOBS, job_manifest())
+        await all_pods(kube, GENERATION_1)
+        await bind_all(kube, GENERATION_1)
+        await start_running(kube, ray, first["metadata"]["uid"])
+        emulator.lose_node(LOST_NODE)
+        await kube.delete(*JOBS, "demo")
+        await wait_for(lambda: _gone(kube.get(*JOBS, "demo")), WAIT_S, "the first job was not deleted")
+        assert await terminating(kube) == set(GENERATION_1), "its pods drain for ever on the lost node"
+
+        second = await kube.create(*JOBS, job_manifest())
+        fresh = ["demo-g2-head", "demo-g2-w0", "demo-g2-w1"]
+        await wait_for(lambda: _has_all(_names(pods(kube)), fresh), WAIT_S, "the new job did not build generation 2")
+        for name in fresh:
+            await mark(kube, name)
+        uid = second["metadata"]["uid"]
+        await wait_for(lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "the new run was not submitted")
+        running = await wait_status(kube, lambda s: s.get("phase") == "Running", "the new job never reached Running")
+        assert running["restarts"] == 0 and running["clusterGeneration"] == 2, "nothing of the old job was taken"
+        assert "Restarting" not in await event_reasons(kube)
+
+
+async def test_a_pod_forged_with_a_jobs_labels_is_never_taken_for_its_head(emulator: Emulator, kube: KubeClient) -> None:
+    forged = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "demo-g1-head",
+            "labels": {
+                "app.kubernetes.io/managed-by": "bigmodel-operator",
+                "bigmodel.dev/job": "demo",
+                "bigmodel.dev/generation": "1",
+                "bigmodel.dev/role": "head",
+            },
+        },
+        "spec": {"containers": [{"name": "x", "image": "attacker"}]},
+    }
+    await kube.create("v1", "pods", forged)
+    await mark(kube, "demo-g1-head", pod_ip="10.6.6.6")
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        fresh = ["demo-g2-head", "demo-g2-w0", "demo-g2-w1"]
+        await wait_for(lambda: _has_all(_names(pods(kube)), fresh), WAIT_S, "the job did not build its own cluster")
+        await mark_all_ready(kube)
+        uid = created["metadata"]["uid"]
+        await wait_for(lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "the run was not submitted")
+        assert "10.6.6.6" not in ray.called, "nothing was sent to the forged pod"
+        assert (await kube.get("v1", "pods", "demo-g1-head")) is not None, "and it was left alone"
+
+
+async def _names(awaitable: Any) -> set[str]:
+    return set(await awaitable)
+
+
+async def _contains(awaitable: Any, item: str) -> bool:
+    return item in await awaitable
+
+
+async def _has_all(awaitable: Any, items: list[str]) -> bool:
+    return set(items) <= set(await awaitable)
+
+
+async def _gone(awaitable: Any) -> bool:
+    return await awaitable is None
