@@ -21,6 +21,7 @@ from tests.integration.test_job_operator import (
 )
 from tests.support.emulator import Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
+from tests.support.faults import Fault
 from tests.support.operator import running_operator
 
 LOST_NODE = "node-a"
@@ -89,7 +90,9 @@ async def test_a_job_deleted_and_applied_again_while_its_pods_drain_starts_clean
         assert "Restarting" not in await event_reasons(kube)
 
 
-async def test_a_pod_forged_with_a_jobs_labels_is_never_taken_for_its_head(emulator: Emulator, kube: KubeClient) -> None:
+async def test_a_pod_forged_with_a_jobs_labels_is_never_taken_for_its_head(
+    emulator: Emulator, kube: KubeClient
+) -> None:
     forged = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -116,6 +119,82 @@ async def test_a_pod_forged_with_a_jobs_labels_is_never_taken_for_its_head(emula
         await wait_for(lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "the run was not submitted")
         assert "10.6.6.6" not in ray.called, "nothing was sent to the forged pod"
         assert (await kube.get("v1", "pods", "demo-g1-head")) is not None, "and it was left alone"
+
+
+def failed_condition(status: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions", []) if c["type"] == "ReconcileFailed"), None)
+
+
+async def test_a_quota_refusing_pods_is_said_once_and_the_job_goes_on_when_it_allows(
+    emulator: Emulator, kube: KubeClient
+) -> None:
+    quota = emulator.faults.add(Fault(method="POST", plural="pods", code=403))
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        refused = await wait_status(
+            kube,
+            lambda s: (failed_condition(s) or {}).get("status") == "True",
+            "the refused pod creation never reached the status",
+        )
+        condition = failed_condition(refused) or {}
+        assert condition["reason"] == "Forbidden" and "exceeded quota" in condition["message"]
+        assert condition["message"].startswith("creating Pod demo-g1-head: ")
+        assert refused["phase"] in ("Starting", "Pending") and refused["clusterGeneration"] == 1
+        await wait_for(lambda: quota.hits >= 3, WAIT_S, "the operator did not retry the refused creation")
+        assert (await event_reasons(kube)).count("Forbidden") == 1, "one Warning Event per problem, not per retry"
+
+        emulator.faults.remove(quota)
+        await start_running(kube, ray, created["metadata"]["uid"])
+        running = await wait_status(
+            kube, lambda s: (failed_condition(s) or {}).get("status") == "False", "the condition was not cleared"
+        )
+        assert running["restarts"] == 0 and running["clusterGeneration"] == 1, "a refused creation is no restart"
+
+
+async def test_a_restart_whose_status_write_failed_is_counted_once_and_its_cluster_kept(
+    emulator: Emulator, kube: KubeClient
+) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest(failurePolicy={"maxRestarts": 3}))
+        uid = created["metadata"]["uid"]
+        await start_running(kube, ray, uid)
+        lost_write = emulator.faults.add(
+            Fault(method="PATCH", plural="bigmodeljobs", subresource="status", code=500, times=2)
+        )
+        ray.fail(submission_id(uid, 1), "worker OOM")
+        fresh = ["demo-g2-head", "demo-g2-w0", "demo-g2-w1"]
+        await wait_for(lambda: _has_all(_names(pods(kube)), fresh), WAIT_S, "the cluster was not rebuilt")
+        await wait_for(lambda: lost_write.hits == 2, WAIT_S, "the status writes were not refused")
+        for name in fresh:
+            await mark(kube, name)
+        await wait_for(lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "the new run was not submitted")
+        running = await wait_status(
+            kube, lambda s: s.get("phase") == "Running" and s.get("clusterGeneration") == 2, "never Running again"
+        )
+        assert running["restarts"] == 1, "the one failure is counted once, whatever write failed"
+        assert not any(name.startswith("demo-g3") for name in await _names(pods(kube))), "no second rebuild"
+
+
+async def test_an_admission_webhook_refusing_pods_is_said_in_its_words(emulator: Emulator, kube: KubeClient) -> None:
+    emulator.faults.add(
+        Fault(
+            method="POST",
+            plural="pods",
+            code=422,
+            message='admission webhook "policy.example.com" denied the request: priorityClassName "gpu-high" is not allowed',
+        )
+    )
+    with running_operator(emulator, FakeRay()):
+        await kube.create(*JOBS, job_manifest())
+        refused = await wait_status(
+            kube, lambda s: (failed_condition(s) or {}).get("status") == "True", "the refusal never reached the status"
+        )
+        condition = failed_condition(refused) or {}
+        assert (
+            condition["reason"] == "Invalid" and 'priorityClassName "gpu-high" is not allowed' in condition["message"]
+        )
 
 
 async def _names(awaitable: Any) -> set[str]:
