@@ -17,7 +17,7 @@ import kubernetes
 import pytest
 from kopf.testing import KopfRunner
 
-from tests.support.emulator import ApiError, Emulator, KubeClient, wait_for
+from tests.support.emulator import ApiError, Emulator, Fault, KubeClient, wait_for
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
 WAIT_S = 15.0
@@ -225,6 +225,29 @@ async def test_owner_references_are_garbage_collected(kube: KubeClient) -> None:
     await wait_for(lambda: _absent(kube, "v1", "configmaps", "owned"), WAIT_S, "the owned object was not collected")
     kept = await wait_for(lambda: _deleting(kube, "kept"), WAIT_S, "the finalized owned object was not marked")
     assert kept["metadata"]["finalizers"] == ["test/keep"]
+
+
+async def test_faults_leave_the_garbage_collector_alone(emulator: Emulator, kube: KubeClient) -> None:
+    owner = await kube.create("v1", "configmaps", {"metadata": {"name": "owner"}})
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    await kube.create("v1", "configmaps", {"metadata": {"name": "owned", "ownerReferences": [reference]}})
+    refusal = emulator.faults.add(Fault(method="DELETE", name="owned", code=500, tooling=True))
+    with pytest.raises(ApiError) as refused:
+        await kube.delete("v1", "configmaps", "owned")
+    assert refused.value.status == 500 and refusal.hits == 1
+    await kube.delete("v1", "configmaps", "owner")
+    await wait_for(lambda: _absent(kube, "v1", "configmaps", "owned"), WAIT_S, "a fault stopped the collector")
+    assert refusal.hits == 1
+
+
+async def test_a_bound_pod_stays_terminating_until_finished(emulator: Emulator, kube: KubeClient) -> None:
+    await kube.create("v1", "pods", {"metadata": {"name": "p"}, "spec": {"containers": []}})
+    await kube.bind("p", "node-a")
+    await kube.delete("v1", "pods", "p")
+    body = await kube.get("v1", "pods", "p")
+    assert body is not None and body["spec"]["nodeName"] == "node-a" and body["metadata"]["deletionTimestamp"]
+    emulator.finish_termination("default", "p")
+    assert await kube.get("v1", "pods", "p") is None
 
 
 async def _deleting(kube: KubeClient, name: str) -> dict[str, Any] | None:

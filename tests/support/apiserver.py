@@ -52,7 +52,14 @@ What it does, as a real API server does:
 * owner-reference garbage collection: :meth:`Store.collect_garbage` (the emulator runs it every 0.2 s) deletes, by the
   same delete (with the owner's uid as precondition), every object whose owners (by uid) are all gone: a bound pod
   goes Terminating like any other;
-* errors are ``Status`` objects with a real server's HTTP code, ``reason`` and ``message``.
+* errors are ``Status`` objects with a real server's HTTP code, ``reason`` and ``message`` (and ``details``: the
+  causes of a 422, the name and kind of a 409);
+* scripted faults (:attr:`ApiServer.faults`, see :mod:`tests.support.faults`): a request that a rule matches is
+  answered late (``delay_s``), or with an error in a real server's words (:data:`FAULT_WORDS`: 403 as a ResourceQuota
+  refuses, 422 as an admission webhook denies, 409, 429 with ``Retry-After``, 500, 503, 504), or, for a watch, cut
+  after some events (``drop_watch``: the stream ends, as when a server or a load balancer closes it; streams already
+  open are cut too). Faults are decided after the path, the method and the body were found well-formed, and before the
+  store sees the request; the garbage collector is never refused.
 
 What it does not do (so do not test it against this server, or add it here first):
 
@@ -69,10 +76,12 @@ What it does not do (so do not test it against this server, or add it here first
   is not marked NotReady and its pods are not evicted;
 * no namespace lifecycle: namespaces and CRDs are read-only (405), objects may live in a namespace that does not
   exist, and no CRD can be added while the server runs;
+* no watch ends with an ``ERROR`` event but the 410 of a too-old resourceVersion, and no fault is injected in the
+  middle of a request (after the store changed): a fault either refuses a request or lets it through whole;
 * no controllers but the garbage collector: no kubelet (see :mod:`tests.support.kubelet`), no scheduler (a pod is
   bound by the local kubelet, by its test, or by a ``spec.nodeName`` set at creation), no Deployments, ReplicaSets or
   Service endpoints; no pod defaults: pods get no status but from a binding or a kubelet;
-* no fault injection: no 403/429/5xx answers, no dropped watches, no stale reads.
+* no stale reads: a get or list always sees the latest write.
 """
 
 from __future__ import annotations
@@ -80,7 +89,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime
+import http
 import itertools
 import json
 import re
@@ -95,6 +106,7 @@ from typing import Any
 import jsonpatch
 from aiohttp import web
 
+from tests.support.faults import Fault, FaultTable
 from tests.support.schema import FieldError
 
 JsonObject = dict[str, Any]
@@ -759,6 +771,10 @@ class ApiServer:
         self.calls: list[ApiCall] = []
         self.lost_nodes: set[str] = set()
         """Nodes whose kubelet the server never hears from again (see the module docstring)."""
+        self.faults = FaultTable()
+        self._streams: set[_Stream] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, known once a watch opened
+        self.faults.on_add(self._faults_added)
         for name in namespaces:
             self.store.create(NAMESPACES, None, {"metadata": {"name": name}})
             self.store.patch(NAMESPACES, None, name, {"status": {"phase": "Active"}}, subresource="status")
@@ -784,7 +800,7 @@ class ApiServer:
                 return web.json_response(self._discovery([part for part in request.path.split("/") if part]))
             return await self._serve(request, *target)
         except StatusError as error:
-            return web.json_response(error.status(), status=error.code)
+            return web.json_response(error.status(), status=error.code, headers=error.headers)
 
     async def _serve(self, request: web.Request, group: str, version: str, plural: str, namespace: str | None,
                      name: str | None, subresource: str | None) -> web.StreamResponse:
@@ -795,8 +811,9 @@ class ApiServer:
         else:
             verb = "deletecollection" if method == "DELETE" and name is None else _WRITE_VERBS.get(method, method.lower())
         user_agent = request.headers.get("User-Agent", "")
-        self.calls.append(ApiCall(method=method, verb=verb, group=group, resource=plural, subresource=subresource,
-                                  namespace=namespace, name=name, user_agent=user_agent))
+        call = ApiCall(method=method, verb=verb, group=group, resource=plural, subresource=subresource,
+                       namespace=namespace, name=name, user_agent=user_agent)
+        self.calls.append(call)
         store = self.store
         resource = store.resource(group, version, plural)
         binding = resource == PODS and subresource == "binding"
@@ -804,8 +821,15 @@ class ApiServer:
             raise StatusError(404, "NotFound", NO_SUCH_RESOURCE)
         if not _allowed(method, resource, name, subresource):
             raise StatusError(405, "MethodNotAllowed", f"{method} is not supported on this path by this server")
+        body: Any = None
+        if method != "GET":
+            if method == "PATCH" and request.content_type not in _PATCH_TYPES:
+                raise StatusError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
+                                                               f"accepted media types include: {', '.join(_PATCH_TYPES)}")
+            body = await _json_body(request, {} if method == "DELETE" else None)
+        fault = await self._inject(call, body, user_agent in TEST_USER_AGENTS)
         if verb == "watch":
-            return await self._watch(request, resource, namespace, name)
+            return await self._watch(request, resource, namespace, name, call, fault)
         if verb == "get":
             assert name is not None  # the verb says so
             return web.json_response(store.get(resource, namespace, name))
@@ -813,10 +837,6 @@ class ApiServer:
             items = store.list(resource, namespace, query.get("labelSelector", ""), query.get("fieldSelector", ""))
             return web.json_response({"apiVersion": resource.api_version, "kind": f"{resource.kind}List",
                                       "metadata": {"resourceVersion": store.resource_version}, "items": items})
-        if method == "PATCH" and request.content_type not in _PATCH_TYPES:
-            raise StatusError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                                                           f"accepted media types include: {', '.join(_PATCH_TYPES)}")
-        body = await _json_body(request, {} if method == "DELETE" else None)
         if user_agent == KUBELET_USER_AGENT and resource == PODS:
             self._refuse_lost_node(namespace, name, body if binding else None)
         if method == "POST" and name is None:
@@ -833,6 +853,29 @@ class ApiServer:
         patched = store.patch(resource, namespace, name, body, _PATCH_TYPES[request.content_type], subresource)
         return web.json_response(patched)
 
+    async def _inject(self, call: ApiCall, body: Any, tooling: bool) -> Fault | None:
+        """Apply the fault rule this request matches, if any: wait its delay, raise its error; the fault."""
+        if call.method == "POST" and call.name is None and isinstance(body, dict):
+            metadata = body.get("metadata") or {}  # a create is matched and named by the name in its body
+            call = dataclasses.replace(call, name=metadata.get("name") or metadata.get("generateName"))
+        fault = self.faults.take(call, tooling)
+        if fault is None:
+            return None
+        await asyncio.sleep(fault.delay_s)
+        if fault.code is not None:
+            raise _fault_error(fault, call)
+        return fault
+
+    def _faults_added(self) -> None:
+        if self._loop is not None:  # called in the test's thread: the streams live in the server's loop
+            self._loop.call_soon_threadsafe(self._cut_open_streams)
+
+    def _cut_open_streams(self) -> None:
+        """Let a new ``drop_watch`` rule cut the open watch streams it matches."""
+        for stream in self._streams:
+            if stream.left is None and (fault := self.faults.take(stream.call, stream.tooling, True)) is not None:
+                stream.cut_after(fault.drop_watch)
+
     def _refuse_lost_node(self, namespace: str | None, name: str | None, binding: Any) -> None:
         """Nothing a kubelet says about a pod on a lost node (or binds to one) reaches the server."""
         if name is None:
@@ -843,20 +886,29 @@ class ApiServer:
             raise StatusError(503, "ServiceUnavailable", f'node "{node}" is lost: nothing its kubelet sends reaches '
                                                          "the API server")
 
-    async def _watch(self, request: web.Request, resource: Resource, namespace: str | None,
-                     name: str | None) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, resource: Resource, namespace: str | None, name: str | None,
+                     call: ApiCall, fault: Fault | None) -> web.StreamResponse:
         query = request.query
         fields = ",".join(filter(None, [query.get("fieldSelector", ""), name and f"metadata.name={name}"]))
         timeout = query.get("timeoutSeconds")
-        deadline = asyncio.get_running_loop().time() + float(timeout) if timeout else None
+        self._loop = asyncio.get_running_loop()
+        deadline = self._loop.time() + float(timeout) if timeout else None
         with self.store.watch(resource, namespace, query.get("resourceVersion"), query.get("labelSelector", ""),
                               fields) as watch:
+            stream = _Stream(call, call.user_agent in TEST_USER_AGENTS, watch)
+            if fault is not None:
+                stream.cut_after(fault.drop_watch)
             response = web.StreamResponse(headers={"Content-Type": "application/json"})
             await response.prepare(request)
-            with contextlib.suppress(ConnectionResetError):  # the client went away between two events
-                while (event := await watch.next(deadline)) is not None:
-                    await response.write(json.dumps(event).encode() + b"\n")
-                await response.write_eof()
+            self._streams.add(stream)
+            try:
+                with contextlib.suppress(ConnectionResetError):  # the client went away between two events
+                    while (event := await watch.next(deadline)) is not None and stream.left != 0:
+                        await response.write(json.dumps(event).encode() + b"\n")
+                        stream.sent()
+                    await response.write_eof()
+            finally:
+                self._streams.discard(stream)
         return response
 
     def _discovery(self, parts: list[str]) -> JsonObject:
@@ -899,6 +951,58 @@ def _discovered(resource: Resource) -> list[JsonObject]:
         entries.append({"name": "pods/binding", "singularName": "", "namespaced": True, "kind": "Binding",
                         "verbs": ["create"]})
     return entries
+
+
+@dataclasses.dataclass(eq=False)
+class _Stream:
+    """An open watch stream as faults see it: its request, its events, and how many more it may send."""
+
+    call: ApiCall
+    tooling: bool
+    watch: Watch
+    left: int | None = None
+    """Events left before a ``drop_watch`` fault cuts the stream; None: no such fault."""
+
+    def cut_after(self, events: int | None) -> None:
+        self.left = events
+        if events == 0:
+            self.watch.end()  # wakes the stream if it waits for an event
+
+    def sent(self) -> None:
+        if self.left is not None:
+            self.left -= 1
+
+
+FAULT_WORDS = {
+    403: ("Forbidden", '{what} "{name}" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=1, used: '
+                       "nvidia.com/gpu=8, limited: nvidia.com/gpu=8"),
+    409: ("Conflict", 'Operation cannot be fulfilled on {what} "{name}": ' + STALE),
+    422: ("Invalid", 'admission webhook "deny.tests.bigmodel.dev" denied the request: a scripted fault denies this '
+                     "request"),
+    429: ("TooManyRequests", "Too many requests, please try again later."),
+    500: ("InternalError", "Internal error occurred: etcdserver: request timed out"),
+    503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
+    504: ("Timeout", "the server was unable to return a response in the time allotted, but may still be processing "
+                     "the request"),
+}
+"""A real server's reason and message for each error a fault may answer (403: a ResourceQuota's refusal, 422: an
+admission webhook's denial)."""
+
+
+def _fault_error(fault: Fault, call: ApiCall) -> StatusError:
+    code = fault.code
+    assert code is not None  # only an error fault raises
+    reason, message = FAULT_WORDS.get(code, (http.HTTPStatus(code).phrase.replace(" ", ""), "a scripted fault"))
+    what = f"{call.resource}.{call.group}" if call.group else call.resource
+    details: JsonObject = {"name": call.name or "", "kind": call.resource}
+    if call.group:
+        details["group"] = call.group
+    headers = {}
+    if code == 429:
+        details["retryAfterSeconds"] = fault.retry_after_s
+        headers["Retry-After"] = str(fault.retry_after_s)
+    return StatusError(code, fault.reason or reason, fault.message or message.format(what=what, name=call.name or ""),
+                       details=details, headers=headers)
 
 
 def _allowed(method: str, resource: Resource, name: str | None, subresource: str | None) -> bool:

@@ -32,6 +32,7 @@ which binds what it runs to ``localhost``) stays Terminating after a delete unti
 cuts a node's kubelet off for good: its pods keep their last status, and once deleted stay Terminating until a force
 delete (``kube.delete(..., grace_period_seconds=0)``, or the operator's own) or ``finish_termination``. To make the
 node's death visible to Ray as well, kill the pods' processes (``kubelet.kill(name)``) after losing the node.
+``emulator.faults`` scripts refusals, slow answers and cut watches (:mod:`tests.support.faults`).
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ from tests.support.apiserver import (
     fields_match,
     labels_match,
 )
+from tests.support.faults import Fault, FaultRule, FaultTable, Injection
 
 __all__ = [
     "CLIENT_USER_AGENT", "EMULATOR_USER_AGENT", "KUBELET_USER_AGENT", "PROJECT_CRDS", "TEST_USER_AGENTS", "ApiCall",
-    "ApiError", "Emulator", "JsonObject", "KubeClient", "api_path", "fields_match", "labels_match",
-    "running_emulator", "wait_for",
+    "ApiError", "Emulator", "Fault", "FaultRule", "FaultTable", "Injection", "JsonObject", "KubeClient", "api_path",
+    "fields_match", "labels_match", "running_emulator", "wait_for",
 ]
 
 T = TypeVar("T")
@@ -159,6 +161,11 @@ class Emulator:
         """Cut `node` off: from now on nothing its kubelet sends reaches the server (answered 503), so its pods keep
         their last status and, once deleted, stay Terminating for ever (until :meth:`finish_termination`)."""
         self._call(lambda: self._api.lost_nodes.add(node))
+
+    @property
+    def faults(self) -> FaultTable:
+        """The server's fault rules (thread-safe: add and remove them from the test; see :mod:`tests.support.faults`)."""
+        return self._api.faults
 
     @property
     def _api(self) -> ApiServer:
