@@ -36,6 +36,7 @@ from bench.fake_cluster import (
     NAMESPACE,
     FakeRay,
     Kubelet,
+    job_manifest,
     log_errors,
     start_operator,
     stop_operator,
@@ -103,18 +104,10 @@ class Figures:
     """Jobs whose restarts or replacements differ from the failures injected into them: `name: got/injected`."""
 
 
-def job_manifest(index: int, workers: int) -> JsonObject:
-    return {
-        "apiVersion": "bigmodel.dev/v1alpha1",
-        "kind": "BigModelJob",
-        "metadata": {"name": f"chaos-{index:03d}"},
-        "spec": {
-            "workload": {"builtin": {"task": "digits", "epochs": 1}},
-            "workers": {"replicas": workers, "resources": {"cpu": "1", "memory": "1Gi"}},
-            # Restarts are what is counted here, not a budget that ends the job.
-            "failurePolicy": {"maxRestarts": 100, "maxWorkerFailures": 100},
-        },
-    }
+def chaos_job(index: int, workers: int) -> JsonObject:
+    # Restarts are what is counted here, not a budget that ends the job.
+    policy = {"maxRestarts": 100, "maxWorkerFailures": 100}
+    return job_manifest(f"chaos-{index:03d}", workers, failurePolicy=policy)
 
 
 class Operator:
@@ -332,7 +325,7 @@ async def drive(chaos: Chaos) -> None:
         await asyncio.wait_for(chaos.kubelet.watching.wait(), 10)
         for index in range(config.jobs):
             created = await chaos.kube.create(
-                *JOBS, job_manifest(index, chaos.rng.randint(1, config.max_workers)), namespace=NAMESPACE
+                *JOBS, chaos_job(index, chaos.rng.randint(1, config.max_workers)), namespace=NAMESPACE
             )
             chaos.uids[created["metadata"]["name"]] = created["metadata"]["uid"]
         sampler = asyncio.create_task(chaos.sample_clusters())

@@ -44,6 +44,20 @@ OPERATOR_READY_S = 60.0
 OPERATOR_STOP_S = 20.0
 
 
+def job_manifest(name: str, workers: int, **spec: Any) -> JsonObject:
+    """A small digits job (`spec`: more fields); no checkpoint storage, so the operator's default storage is used."""
+    return {
+        "apiVersion": "bigmodel.dev/v1alpha1",
+        "kind": "BigModelJob",
+        "metadata": {"name": name},
+        "spec": {
+            "workload": {"builtin": {"task": "digits", "epochs": 1}},
+            "workers": {"replicas": workers, "resources": {"cpu": "1", "memory": "1Gi"}},
+            **spec,
+        },
+    }
+
+
 def start_operator(emulator: Emulator, poll_running_s: float, log: Any) -> subprocess.Popen[bytes]:
     """`bigmodel operator` against the emulator, its output appended to the open binary file `log`."""
     env = {

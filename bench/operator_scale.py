@@ -34,7 +34,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -44,6 +43,7 @@ from bench.fake_cluster import (
     NAMESPACE,
     FakeRay,
     Kubelet,
+    job_manifest,
     log_errors,
     log_tail,
     operator_process,
@@ -59,19 +59,6 @@ GOAL_JOBS = 1000
 GOAL_SECONDS = 60.0
 GOAL_RSS_MB = 300.0
 MB = 1024 * 1024
-
-
-def job_manifest(index: int, workers: int) -> dict[str, Any]:
-    """A small digits job; no checkpoint storage, so the operator's default storage is used."""
-    return {
-        "apiVersion": "bigmodel.dev/v1alpha1",
-        "kind": "BigModelJob",
-        "metadata": {"name": f"scale-{index:04d}"},
-        "spec": {
-            "workload": {"builtin": {"task": "digits", "epochs": 1}},
-            "workers": {"replicas": workers, "resources": {"cpu": "1", "memory": "1Gi"}},
-        },
-    }
 
 
 @dataclass
@@ -125,7 +112,7 @@ async def create_jobs(kube: KubeClient, count: int, workers: int, concurrency: i
 
     async def create(index: int) -> None:
         async with gate:
-            created = await kube.create(*JOBS, job_manifest(index, workers), namespace=NAMESPACE)
+            created = await kube.create(*JOBS, job_manifest(f"scale-{index:04d}", workers), namespace=NAMESPACE)
         timeline.created[created["metadata"]["name"]] = time.monotonic()
 
     timeline.creation_started = time.monotonic()
