@@ -26,149 +26,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import psutil
-from aiohttp import web
 
 from bench import bench_parser
-from bigmodel.api.training_report import TrainingReport
-from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT
-
-# The API emulator is test infrastructure and lives with the tests.
-from tests.support.emulator import (
-    KUBELET_USER_AGENT,
-    PROJECT_CRDS,
-    Emulator,
-    KubeClient,
-    api_path,
-    running_emulator,
+from bench.fake_cluster import (
+    JOBS,
+    NAMESPACE,
+    FakeRay,
+    Kubelet,
+    job_manifest,
+    log_errors,
+    log_tail,
+    operator_process,
+    wait_for_operator,
 )
 
-LOCAL_IP = "127.0.0.1"
-NAMESPACE = "default"
-JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
+# The API emulator is test infrastructure and lives with the tests.
+from tests.support.emulator import PROJECT_CRDS, Emulator, KubeClient, running_emulator
+
 SAMPLE_S = 0.2
 POLL_S = 0.2
-OPERATOR_READY_S = 60.0
-OPERATOR_STOP_S = 20.0
 GOAL_JOBS = 1000
 GOAL_SECONDS = 60.0
 GOAL_RSS_MB = 300.0
 MB = 1024 * 1024
-
-
-def job_manifest(index: int, workers: int) -> dict[str, Any]:
-    """A small digits job; no checkpoint storage, so the operator's default storage is used."""
-    return {
-        "apiVersion": "bigmodel.dev/v1alpha1",
-        "kind": "BigModelJob",
-        "metadata": {"name": f"scale-{index:04d}"},
-        "spec": {
-            "workload": {"builtin": {"task": "digits", "epochs": 1}},
-            "workers": {"replicas": workers, "resources": {"cpu": "1", "memory": "1Gi"}},
-        },
-    }
-
-
-class FakeRay:
-    """Ray's Job Submission API and the training driver's /progress, for every head at 127.0.0.1, in a thread."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, str] = {}  # submission id -> Ray job status; only touched on the server's loop
-        self.requests: Counter[str] = Counter()
-        self.thread = threading.Thread(target=self._run, name="fake-ray", daemon=True)
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        report = TrainingReport(step=1, total_steps=100, epoch=0, epochs=1, metrics={"loss": 2.3})
-        self._report = report.model_dump(mode="json")
-
-    def start(self) -> None:
-        self.thread.start()
-        self._ready.wait()
-        if self._failure is not None:
-            raise SystemExit(f"operator_scale: cannot serve the fake Ray endpoints: {self._failure}")
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stopping.set)
-        self.thread.join(10)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as error:  # reported by start(), in the main thread
-            self._failure = error
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        dashboard = web.Application()
-        dashboard.router.add_post("/api/jobs/", self._submit)
-        dashboard.router.add_get("/api/jobs/{id}", self._status)
-        dashboard.router.add_post("/api/jobs/{id}/stop", self._stop)
-        progress = web.Application()
-        progress.router.add_get("/progress", self._progress)
-        runners: list[web.AppRunner] = []
-        try:
-            for app, port in ((dashboard, RAY_DASHBOARD_PORT), (progress, PROGRESS_PORT)):
-                runner = web.AppRunner(app, access_log=None)
-                await runner.setup()
-                runners.append(runner)
-                try:
-                    await web.TCPSite(runner, LOCAL_IP, port).start()
-                except OSError as error:
-                    raise RuntimeError(f"{LOCAL_IP}:{port} is busy (is a Ray dashboard running?): {error}") from error
-            self._ready.set()
-            await self._stopping.wait()
-        finally:
-            for runner in runners:
-                await runner.cleanup()
-
-    async def _submit(self, request: web.Request) -> web.Response:
-        self.requests["submit"] += 1
-        submission_id = (await request.json())["submission_id"]
-        if submission_id in self.states:
-            # What Ray answers to a repeated submission id; the operator takes it as "the run is there".
-            return web.json_response({"detail": f"Job with submission_id {submission_id} already exists."}, status=400)
-        self.states[submission_id] = "RUNNING"
-        return web.json_response({"submission_id": submission_id, "job_id": submission_id})
-
-    async def _status(self, request: web.Request) -> web.Response:
-        self.requests["status"] += 1
-        state = self.states.get(request.match_info["id"])
-        if state is None:
-            return web.json_response({"detail": "not found"}, status=404)
-        return web.json_response({"status": state, "message": ""})
-
-    async def _stop(self, request: web.Request) -> web.Response:
-        self.requests["stop"] += 1
-        submission_id = request.match_info["id"]
-        if submission_id not in self.states:
-            return web.json_response({"detail": "not found"}, status=404)
-        self.states[submission_id] = "STOPPED"
-        return web.json_response({"stopped": True})
-
-    async def _progress(self, request: web.Request) -> web.Response:
-        self.requests["progress"] += 1
-        return web.json_response(self._report)
 
 
 @dataclass
@@ -215,101 +105,6 @@ class Timeline:
     creation_ended: float = 0.0
     list_calls: int = 0
     list_seconds: float = 0.0
-    pods_marked: int = 0
-
-
-@contextmanager
-def operator_process(emulator: Emulator, poll_running_s: float, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`bigmodel operator` against the emulator; SIGTERM on the way out, SIGKILL if it lingers."""
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(emulator.kubeconfig),
-        "BIGMODEL_LIVENESS_PORT": "off",
-        "BIGMODEL_DEFAULT_STORAGE": "/tmp/bench-storage",
-        "BIGMODEL_POLL_RUNNING_S": str(poll_running_s),
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bigmodel.cli", "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            yield process
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(OPERATOR_STOP_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def log_errors(path: Path, lines: int = 5) -> str:
-    """How many ERROR records the operator logged, and the last few (its INFO lines are one per handled event)."""
-    errors = [line for line in path.read_text(errors="replace").splitlines() if " ERROR " in line]
-    return "\n".join([f"{len(errors)} ERROR lines in {path}", *errors[-lines:]])
-
-
-def wait_for_operator(emulator: Emulator, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Until the operator watches jobs and pods: jobs created before that would only measure its start-up."""
-    deadline = time.monotonic() + OPERATOR_READY_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"operator_scale: the operator exited with {process.returncode}:\n{log_tail(log_path)}")
-        watched = {call.resource for call in emulator.operator_calls() if call.verb == "watch"}
-        if {"bigmodeljobs", "pods"} <= watched:
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"operator_scale: the operator did not watch jobs and pods within {OPERATOR_READY_S} s")
-
-
-async def kubelet(url: str, watching: asyncio.Event, timeline: Timeline) -> None:
-    """Mark every new pod Running and Ready with podIP 127.0.0.1 as soon as the watch shows it."""
-    marked: set[str] = set()
-    in_flight: set[asyncio.Task[None]] = set()
-    ready_status = {
-        "phase": "Running",
-        "podIP": LOCAL_IP,
-        "hostIP": LOCAL_IP,
-        "conditions": [{"type": "Ready", "status": "True"}],
-    }
-    headers = {"User-Agent": KUBELET_USER_AGENT}
-    # The watch never ends by itself; no read timeout.
-    async with aiohttp.ClientSession(url, headers=headers, timeout=aiohttp.ClientTimeout(total=None)) as session:
-
-        async def mark(name: str) -> None:
-            async with session.patch(
-                api_path("v1", "pods", NAMESPACE, name, "status"),
-                data=json.dumps({"status": ready_status}),
-                headers={"Content-Type": "application/merge-patch+json"},
-            ) as response:
-                if response.status == 404:  # deleted meanwhile
-                    return
-                response.raise_for_status()
-            timeline.pods_marked += 1
-
-        while True:
-            async with session.get(api_path("v1", "pods", NAMESPACE), params={"watch": "true"}) as response:
-                response.raise_for_status()
-                watching.set()
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    pod = event.get("object") or {}
-                    metadata = pod.get("metadata") or {}
-                    uid = metadata.get("uid")
-                    if event.get("type") == "DELETED" or metadata.get("deletionTimestamp") or uid in marked:
-                        continue
-                    if (pod.get("status") or {}).get("podIP"):
-                        continue
-                    marked.add(uid)
-                    task = asyncio.create_task(mark(metadata["name"]))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
 
 
 async def create_jobs(kube: KubeClient, count: int, workers: int, concurrency: int, timeline: Timeline) -> None:
@@ -317,7 +112,7 @@ async def create_jobs(kube: KubeClient, count: int, workers: int, concurrency: i
 
     async def create(index: int) -> None:
         async with gate:
-            created = await kube.create(*JOBS, job_manifest(index, workers), namespace=NAMESPACE)
+            created = await kube.create(*JOBS, job_manifest(f"scale-{index:04d}", workers), namespace=NAMESPACE)
         timeline.created[created["metadata"]["name"]] = time.monotonic()
 
     timeline.creation_started = time.monotonic()
@@ -344,12 +139,11 @@ async def watch_running(kube: KubeClient, count: int, deadline: float, timeline:
         await asyncio.sleep(POLL_S)
 
 
-async def drive(emulator: Emulator, args: argparse.Namespace, timeline: Timeline,
+async def drive(emulator: Emulator, args: argparse.Namespace, timeline: Timeline, kubelet: Kubelet,
                 operator: subprocess.Popen[bytes]) -> None:
-    watching = asyncio.Event()
-    kubelet_task = asyncio.create_task(kubelet(emulator.url, watching, timeline))
+    kubelet_task = asyncio.create_task(kubelet.run())
     try:
-        await asyncio.wait_for(watching.wait(), 10)
+        await asyncio.wait_for(kubelet.watching.wait(), 10)
         async with KubeClient(emulator.url) as kube:
             deadline = time.monotonic() + args.timeout
             creating = asyncio.create_task(create_jobs(kube, args.jobs, args.workers, args.concurrency, timeline))
@@ -383,7 +177,7 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 def report(args: argparse.Namespace, timeline: Timeline, rss: RssSampler, cpu: dict[str, float], wall: float,
-           emulator: Emulator, ray: FakeRay) -> bool:
+           emulator: Emulator, ray: FakeRay, kubelet: Kubelet) -> bool:
     """Print the figures; whether every job reached Running."""
     count, pods = args.jobs, args.jobs * (1 + args.workers)
     latencies = [timeline.running[name] - timeline.created[name] for name in timeline.running]
@@ -410,8 +204,8 @@ def report(args: argparse.Namespace, timeline: Timeline, rss: RssSampler, cpu: d
                       for call in calls)
     print(f"operator API requests: {len(calls)} ({len(calls) / count:.1f} per job): "
           + ", ".join(f"{kind} {n}" for kind, n in by_kind.most_common()))
-    print("Ray requests: " + ", ".join(f"{kind} {n}" for kind, n in sorted(ray.requests.items()))
-          + f"; pods marked ready: {timeline.pods_marked}")
+    print("Ray requests: " + ", ".join(f"{kind} {n}" for kind, n in sorted(ray.record.requests.items()))
+          + f"; pods marked ready: {kubelet.marked}")
     if timeline.list_calls:
         print(f"Running poll: {timeline.list_calls} list calls, mean {1000 * timeline.list_seconds / timeline.list_calls:.0f} ms")
     if count >= GOAL_JOBS:
@@ -453,9 +247,9 @@ def main() -> int:
                 rss.start()
                 operator_cpu, bench_cpu = cpu_seconds(operator_ps), thread_cpu(bench_ps, threads)
                 started = time.monotonic()
-                timeline = Timeline()
+                timeline, kubelet = Timeline(), Kubelet(emulator.url)
                 try:
-                    asyncio.run(drive(emulator, args, timeline, operator))
+                    asyncio.run(drive(emulator, args, timeline, kubelet, operator))
                 finally:
                     rss.stop()
                 wall = time.monotonic() - started
@@ -464,7 +258,7 @@ def main() -> int:
                     return 1
                 cpu = {"operator": cpu_seconds(operator_ps) - operator_cpu}
                 cpu |= {name: seconds - bench_cpu[name] for name, seconds in thread_cpu(bench_ps, threads).items()}
-                ok = report(args, timeline, rss, cpu, wall, emulator, ray)
+                ok = report(args, timeline, rss, cpu, wall, emulator, ray, kubelet)
                 if not ok:
                     print(log_errors(log_path))
                 return 0 if ok else 1
