@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.request
 from typing import Any
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bigmodel.api.job import CheckpointRef
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
-from tests.support.emulator import Emulator, KubeClient, wait_for
+from tests.support.emulator import ApiError, Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
 from tests.support.status import status_of, wait_events_of, wait_status_of
@@ -205,14 +206,25 @@ async def test_suspend_deletes_pods_and_resume_continues(emulator: Emulator, kub
 
 
 @pytest.mark.parametrize(
-    ("spec", "field"),
+    ("spec", "cause"),
     [
-        ({"workers": {"replicas": 0}}, "spec.workers.replicas"),
-        ({"workload": {"builtin": {"task": "resnet"}}}, "spec.workload.builtin.task"),
-        ({"checkpoint": {}}, "spec.checkpoint.storage"),
+        ({"workers": {"replicas": 0}},
+         "spec.workers.replicas: Invalid value: 0: spec.workers.replicas in body should be greater than or equal to 1"),
+        ({"workload": {"builtin": {"task": "resnet"}}},
+         'spec.workload.builtin.task: Unsupported value: "resnet": supported values: "digits", "gpt"'),
     ],
-    ids=["zero-workers", "unknown-task", "no-storage"],
+    ids=["zero-workers", "unknown-task"],
 )
+async def test_the_api_server_refuses_what_the_crd_schema_forbids(kube: KubeClient, spec: dict[str, Any],
+                                                                 cause: str) -> None:
+    """The CRD's schema stops these before the operator sees them: `kubectl apply` fails with the field."""
+    with pytest.raises(ApiError) as refused:
+        await kube.create(*JOBS, job_manifest(**spec))
+    assert refused.value.status == 422 and cause in json.loads(refused.value.body)["message"]
+
+
+# What the schema cannot say (a checkpoint without storage) the operator reports; the server lets it through.
+@pytest.mark.parametrize(("spec", "field"), [({"checkpoint": {}}, "spec.checkpoint.storage")], ids=["no-storage"])
 async def test_invalid_spec_is_reported_without_children(
     emulator: Emulator, kube: KubeClient, spec: dict[str, Any], field: str
 ) -> None:

@@ -120,9 +120,9 @@ async def test_deleting_a_pod_kills_its_processes(kube: KubeClient, kubelet: Loc
     await kube.create("v1", "pods", pod("sleeper", [sys.executable, "-c", script]))
     pid = await wait_for(lambda: kubelet.pid_of("sleeper"), WAIT_S, "pod sleeper never started")
     children = await wait_for(lambda: psutil.Process(pid).children(), WAIT_S, "the pod's child never started")
+    processes = [psutil.Process(pid), *children]  # before the delete: the main process may be gone right after it
 
     await kube.delete("v1", "pods", "sleeper")
-    processes = [psutil.Process(pid), *children]
     await wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes),
                    WAIT_S, "deleting the pod did not kill its processes")
     assert kubelet.pid_of("sleeper") is None

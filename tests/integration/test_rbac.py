@@ -61,7 +61,7 @@ async def whole_life_of_jobs(kube: KubeClient, ray: FakeRay) -> None:
     ray.succeed(submission_id(uid, 2), TrainingReport(step=10, total_steps=10, done=True))
     await wait_for(lambda: _gone(kube), WAIT_S, "ttlSecondsAfterFinished did not delete the job")
 
-    invalid = job_manifest(workers={"replicas": 0})
+    invalid = job_manifest(checkpoint={})  # valid by the schema, invalid to the operator: no storage
     invalid["metadata"]["name"] = "broken"
     await kube.create(*JOBS, invalid)
     await wait_status(kube, lambda s: bool(s.get("conditions")), "the invalid job got no status", name="broken")

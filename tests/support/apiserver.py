@@ -33,6 +33,9 @@ What it does, as a real API server does:
   ``annotations``, ``finalizers`` and ``ownerReferences`` are dropped (Go's ``omitempty``);
 * the status subresource: a write to ``.../status`` changes ``status`` only, a write to the object never does;
   ``.../status`` of a resource without the subresource is 404;
+* custom resources are pruned, defaulted and validated against their CRD version's schema (CEL rules included) on
+  every create, update and patch, object and status alike, as :mod:`tests.support.schema` describes; an invalid one
+  is a 422 Invalid whose ``details.causes`` name the fields;
 * DELETE of an object with finalizers sets ``metadata.deletionTimestamp`` (and ``deletionGracePeriodSeconds: 0``,
   and bumps ``generation``); it goes (``DELETED``) when a write empties its finalizers; a missing object is 404;
 * graceful deletion of pods: a pod bound to a node (``spec.nodeName``) and not yet ``Succeeded`` or ``Failed`` is not
@@ -63,10 +66,11 @@ What it does, as a real API server does:
 
 What it does not do (so do not test it against this server, or add it here first):
 
-* no schema validation, defaulting or pruning, no CEL rules, no checks of names or labels: any body is stored as
-  sent; no conversion between CRD versions (each served version is a collection of its own);
-* no admission (webhooks, quotas, limit ranges, pod defaults), no authentication, no RBAC: every request is allowed
-  (and recorded, for the RBAC test);
+* builtin resources are stored as sent (no schema, no defaults, no checks of names or labels), and so is the
+  ``metadata`` of custom resources; the gaps of the CRD schema checks are listed in :mod:`tests.support.schema`; no
+  conversion between CRD versions (each served version is a collection of its own);
+* no admission (webhooks, quotas, limit ranges, pod defaults) but the refusals a scripted fault plays, no
+  authentication, no RBAC: every request is allowed (and recorded, for the RBAC test);
 * no server-side apply, no true strategic merge, no dry-run, no ``deletecollection`` (405), no pagination (``limit``
   and ``continue`` are ignored), no watch bookmarks or ``sendInitialEvents``, no reads at an older resourceVersion,
   no ``managedFields``;
@@ -107,7 +111,7 @@ import jsonpatch
 from aiohttp import web
 
 from tests.support.faults import Fault, FaultTable
-from tests.support.schema import FieldError
+from tests.support.schema import FieldError, StructuralSchema
 
 JsonObject = dict[str, Any]
 Key = tuple[str | None, str]
@@ -156,6 +160,8 @@ class Resource:
     """Served from what the server was started with: any write answers 405."""
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
+    schema: StructuralSchema | None = dataclasses.field(default=None, compare=False, repr=False)
+    """A CRD version's schema: its objects are pruned, defaulted and validated with it."""
 
     @property
     def api_version(self) -> str:
@@ -193,7 +199,8 @@ def crd_resources(crd: Mapping[str, Any]) -> list[Resource]:
         Resource(spec["group"], version["name"], names["plural"], names["kind"],
                  namespaced=spec.get("scope", "Namespaced") == "Namespaced",
                  status="status" in (version.get("subresources") or {}),
-                 short_names=tuple(names.get("shortNames", ())), categories=tuple(names.get("categories", ())))
+                 short_names=tuple(names.get("shortNames", ())), categories=tuple(names.get("categories", ())),
+                 schema=StructuralSchema(version["schema"]["openAPIV3Schema"]) if "schema" in version else None)
         for version in spec["versions"] if version.get("served", True)
     ]
 
@@ -528,7 +535,7 @@ class Store:
         if resource.status:
             obj.pop("status", None)
         _omit_empty(metadata)
-        return self._store(resource, key, "ADDED", obj, None)
+        return self._store(resource, key, "ADDED", _admit(resource, obj, None), None)
 
     def patch(self, resource: Resource, namespace: str | None, name: str, patch: Any, json_patch: bool = False,
               subresource: str | None = None) -> JsonObject:
@@ -648,6 +655,7 @@ class Store:
                 metadata.pop(field, None)
         updated.update(apiVersion=current["apiVersion"], kind=current["kind"])
         _omit_empty(metadata)
+        updated = _admit(resource, updated, current)
         if updated == current:
             return current  # nothing changed: nothing stored, no event, the same resourceVersion
         if resource == PODS and _frozen_pod_spec(updated) != _frozen_pod_spec(current):
@@ -684,6 +692,16 @@ class Store:
         for watch in self._watches[resource]:
             watch.offer(change)
         return obj
+
+
+def _admit(resource: Resource, obj: JsonObject, old: JsonObject | None) -> JsonObject:
+    """A custom resource as its schema has the server store it (see ``StructuralSchema.admit``); 422 when invalid."""
+    if resource.schema is None:
+        return obj
+    admitted, errors = resource.schema.admit(obj, old)
+    if errors:
+        raise invalid(resource.kind, resource.group, obj["metadata"]["name"], errors)
+    return admitted
 
 
 def _check_preconditions(resource: Resource, current: JsonObject, options: DeleteOptions) -> None:

@@ -234,6 +234,7 @@ class ApiError(Exception):
     def __init__(self, status: int, method: str, path: str, body: str) -> None:
         super().__init__(f"{method} {path} -> {status}: {body[:500]}")
         self.status = status
+        self.body = body
 
 
 class KubeClient:
