@@ -113,7 +113,7 @@ RULES_UNCHECKED = FieldError("FieldValueInvalid", "<nil>", None, "some validatio
                                                                  "object was invalid; correct the existing errors to "
                                                                  "complete validation")
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-_JSON_TYPES: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+_JSON_TYPES: tuple[tuple[str, type], ...] = (
     ("boolean", bool), ("integer", int), ("number", float), ("string", str), ("array", list), ("object", dict))
 
 # celpy logs each evaluation step at DEBUG, which Kopf's --verbose turns on for the whole test process.
@@ -158,7 +158,8 @@ def _extra(schema: Schema) -> Schema | None:
 
 
 def _field_schema(schema: Schema, key: str) -> Schema | None:
-    return _properties(schema).get(key) or _extra(schema)
+    properties = _properties(schema)
+    return properties[key] if key in properties else _extra(schema)
 
 
 def prune(value: Any, schema: Schema | None) -> Any:
@@ -194,7 +195,7 @@ def apply_defaults(value: Any, schema: Schema | None) -> None:
             apply_defaults(value[index], items)
     elif isinstance(value, dict):
         for key, field in _properties(schema).items():
-            if "default" in field and (key not in value or value[key] is None and not field.get("nullable")):
+            if "default" in field and (key not in value or (value[key] is None and not field.get("nullable"))):
                 value[key] = copy.deepcopy(field["default"])
         for key, item in value.items():
             apply_defaults(item, _field_schema(schema, key))
