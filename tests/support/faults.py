@@ -75,9 +75,16 @@ class Fault:
         if (open_stream and self.drop_watch is None) or (self.drop_watch is not None and call.verb != "watch"):
             return False
         return (self.tooling or not tooling) and all(
-            wanted is None or wanted == actual for wanted, actual in (
-                (self.method, call.method), (self.verb, call.verb), (self.plural, call.resource),
-                (self.subresource, call.subresource or ""), (self.namespace, call.namespace), (self.name, call.name)))
+            wanted is None or wanted == actual
+            for wanted, actual in (
+                (self.method, call.method),
+                (self.verb, call.verb),
+                (self.plural, call.resource),
+                (self.subresource, call.subresource or ""),
+                (self.namespace, call.namespace),
+                (self.name, call.name),
+            )
+        )
 
 
 class FaultRule:
@@ -155,8 +162,11 @@ class FaultTable:
         """The fault to apply to `call` (or to that open watch stream), counted and logged; None for none."""
         with self._lock:
             for rule in self._rules:
-                if (not rule.spent and rule.fault.matches(call, tooling, open_stream)
-                        and self._random.random() < rule.fault.probability):
+                if (
+                    not rule.spent
+                    and rule.fault.matches(call, tooling, open_stream)
+                    and self._random.random() < rule.fault.probability
+                ):
                     rule.hits += 1
                     self._log.append(Injection(time.time(), rule.fault, call))
                     return rule.fault

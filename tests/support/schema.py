@@ -106,15 +106,30 @@ _MISSING = object()
 """No old value at this path: a create, or a field the old object lacked."""
 ROOT_FIELDS = ("apiVersion", "kind", "metadata")
 """Kept as sent at the root, never pruned or validated by the schema (the server checks metadata on its own)."""
-BLOCKING = {"FieldValueNotSupported", "FieldValueRequired", "FieldValueTooLong", "FieldValueTooMany",
-            "FieldValueTypeInvalid"}
+BLOCKING = {
+    "FieldValueNotSupported",
+    "FieldValueRequired",
+    "FieldValueTooLong",
+    "FieldValueTooMany",
+    "FieldValueTypeInvalid",
+}
 """Schema errors after which the server does not evaluate the CEL rules (apiextensions' hasBlockingErr)."""
-RULES_UNCHECKED = FieldError("FieldValueInvalid", "<nil>", None, "some validation rules were not checked because the "
-                                                                 "object was invalid; correct the existing errors to "
-                                                                 "complete validation")
+RULES_UNCHECKED = FieldError(
+    "FieldValueInvalid",
+    "<nil>",
+    None,
+    "some validation rules were not checked because the object was invalid; correct the existing errors to complete "
+    "validation",
+)
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _JSON_TYPES: tuple[tuple[str, type], ...] = (
-    ("boolean", bool), ("integer", int), ("number", float), ("string", str), ("array", list), ("object", dict))
+    ("boolean", bool),
+    ("integer", int),
+    ("number", float),
+    ("string", str),
+    ("array", list),
+    ("object", dict),
+)
 
 # celpy logs each evaluation step at DEBUG, which Kopf's --verbose turns on for the whole test process.
 logging.getLogger("celpy").setLevel(logging.WARNING)
@@ -174,8 +189,9 @@ def prune(value: Any, schema: Schema | None) -> Any:
     kept: JsonObject = {}
     for key, item in value.items():
         field = _field_schema(schema, key)
-        if field is None and not (schema.get("x-kubernetes-preserve-unknown-fields")
-                                  or schema.get("additionalProperties") is True):
+        if field is None and not (
+            schema.get("x-kubernetes-preserve-unknown-fields") or schema.get("additionalProperties") is True
+        ):
             continue
         if item is None and field is not None and not field.get("nullable") and "default" not in field:
             continue
@@ -209,8 +225,11 @@ def _type_name(value: Any) -> str:
 
 def _has_type(value: Any, expected: str) -> bool:
     actual = _type_name(value)
-    return actual == expected or (expected == "number" and actual == "integer") or (
-        expected == "integer" and actual == "number" and float(value).is_integer())
+    return (
+        actual == expected
+        or (expected == "number" and actual == "integer")
+        or (expected == "integer" and actual == "number" and float(value).is_integer())
+    )
 
 
 def _number(bound: float) -> str:
@@ -228,8 +247,10 @@ def check(value: Any, schema: Schema, path: str, old: Any = _MISSING) -> list[Fi
     errors = _check_enum(value, schema, path)
     if expected is not None and not any(_has_type(value, kind) for kind in expected.split(",")):
         actual = _type_name(value)
-        return [FieldError("FieldValueTypeInvalid", path, actual, f'{path} in body must be of type {expected}: '
-                                                                  f'"{actual}"'), *errors]
+        return [
+            FieldError("FieldValueTypeInvalid", path, actual, f'{path} in body must be of type {expected}: "{actual}"'),
+            *errors,
+        ]
     if isinstance(value, str):
         errors += _check_string(value, schema, path)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -252,15 +273,21 @@ def _check_enum(value: Any, schema: Schema, path: str) -> list[FieldError]:
 def _check_string(value: str, schema: Schema, path: str) -> list[FieldError]:
     errors = []
     if "minLength" in schema and len(value) < schema["minLength"]:
-        errors.append(FieldError("FieldValueInvalid", path, value,
-                                 f"{path} in body should be at least {schema['minLength']} chars long"))
+        errors.append(
+            FieldError(
+                "FieldValueInvalid", path, value, f"{path} in body should be at least {schema['minLength']} chars long"
+            )
+        )
     if "maxLength" in schema and len(value) > schema["maxLength"]:
         errors.append(FieldError("FieldValueTooLong", path, detail=f"may not be more than {schema['maxLength']} bytes"))
     if "pattern" in schema and not re.search(schema["pattern"], value):
-        errors.append(FieldError("FieldValueInvalid", path, value, f"{path} in body should match '{schema['pattern']}'"))
+        errors.append(
+            FieldError("FieldValueInvalid", path, value, f"{path} in body should match '{schema['pattern']}'")
+        )
     if schema.get("format") == "date-time" and not _DATE_TIME.match(value):
-        errors.append(FieldError("FieldValueInvalid", path, value, f'{path} in body must be of type date-time: '
-                                                                   f'"{value}"'))
+        errors.append(
+            FieldError("FieldValueInvalid", path, value, f'{path} in body must be of type date-time: "{value}"')
+        )
     return errors
 
 
@@ -270,24 +297,31 @@ def _check_number(value: float, schema: Schema, path: str) -> list[FieldError]:
         exclusive, bound = schema.get("exclusiveMinimum") is True, schema["minimum"]
         if value < bound or (exclusive and value == bound):
             words = "greater than" if exclusive else "greater than or equal to"
-            errors.append(FieldError("FieldValueInvalid", path, value, f"{path} in body should be {words} "
-                                                                       f"{_number(bound)}"))
+            errors.append(
+                FieldError("FieldValueInvalid", path, value, f"{path} in body should be {words} {_number(bound)}")
+            )
     if "maximum" in schema:
         exclusive, bound = schema.get("exclusiveMaximum") is True, schema["maximum"]
         if value > bound or (exclusive and value == bound):
             words = "less than" if exclusive else "less than or equal to"
-            errors.append(FieldError("FieldValueInvalid", path, value, f"{path} in body should be {words} "
-                                                                       f"{_number(bound)}"))
+            errors.append(
+                FieldError("FieldValueInvalid", path, value, f"{path} in body should be {words} {_number(bound)}")
+            )
     return errors
 
 
 def _check_array(value: list[Any], schema: Schema, path: str) -> list[FieldError]:
     errors = []
     if "minItems" in schema and len(value) < schema["minItems"]:
-        errors.append(FieldError("FieldValueInvalid", path, len(value),
-                                 f"{path} in body should have at least {schema['minItems']} items"))
+        errors.append(
+            FieldError(
+                "FieldValueInvalid", path, len(value), f"{path} in body should have at least {schema['minItems']} items"
+            )
+        )
     if "maxItems" in schema and len(value) > schema["maxItems"]:
-        errors.append(FieldError("FieldValueTooMany", path, len(value), f"must have at most {schema['maxItems']} items"))
+        errors.append(
+            FieldError("FieldValueTooMany", path, len(value), f"must have at most {schema['maxItems']} items")
+        )
     items = schema.get("items")
     for index, item in enumerate(value):
         if items is not None:
@@ -311,14 +345,24 @@ def _check_duplicates(value: list[Any], schema: Schema, path: str) -> list[Field
 
 
 def _check_object(value: JsonObject, schema: Schema, path: str, old: JsonObject) -> list[FieldError]:
-    errors = [FieldError("FieldValueRequired", _child(path, name)) for name in schema.get("required") or []
-              if name not in value]
+    errors = [
+        FieldError("FieldValueRequired", _child(path, name))
+        for name in schema.get("required") or []
+        if name not in value
+    ]
     if "minProperties" in schema and len(value) < schema["minProperties"]:
-        errors.append(FieldError("FieldValueInvalid", path, len(value),
-                                 f"{path} in body should have at least {schema['minProperties']} properties"))
+        errors.append(
+            FieldError(
+                "FieldValueInvalid",
+                path,
+                len(value),
+                f"{path} in body should have at least {schema['minProperties']} properties",
+            )
+        )
     if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-        errors.append(FieldError("FieldValueTooMany", path, len(value),
-                                 f"must have at most {schema['maxProperties']} items"))
+        errors.append(
+            FieldError("FieldValueTooMany", path, len(value), f"must have at most {schema['maxProperties']} items")
+        )
     for key, item in value.items():
         field = _field_schema(schema, key)
         if field is not None:
@@ -334,13 +378,28 @@ def _check_alternatives(value: Any, schema: Schema, path: str) -> list[FieldErro
         errors += check(value, part, path)
     valid = [not check(value, part, path) for part in schema.get("oneOf") or []]
     if valid and valid.count(True) != 1:
-        errors.append(FieldError("FieldValueInvalid", path, _type_name(value),
-                                 f"{path} in body must validate one and only one schema (oneOf)"))
+        errors.append(
+            FieldError(
+                "FieldValueInvalid",
+                path,
+                _type_name(value),
+                f"{path} in body must validate one and only one schema (oneOf)",
+            )
+        )
     alternatives = schema.get("anyOf") or []
-    if alternatives and not schema.get("x-kubernetes-int-or-string") and all(check(value, p, path)
-                                                                             for p in alternatives):
-        errors.append(FieldError("FieldValueInvalid", path, _type_name(value),
-                                 f"{path} in body must validate at least one schema (anyOf)"))
+    if (
+        alternatives
+        and not schema.get("x-kubernetes-int-or-string")
+        and all(check(value, p, path) for p in alternatives)
+    ):
+        errors.append(
+            FieldError(
+                "FieldValueInvalid",
+                path,
+                _type_name(value),
+                f"{path} in body must validate at least one schema (anyOf)",
+            )
+        )
     return errors
 
 
@@ -348,8 +407,11 @@ def check_rules(value: Any, schema: Schema, path: str, old: Any = _MISSING) -> l
     """What the schema's ``x-kubernetes-validations`` CEL rules refuse in `value` (unchanged values skipped)."""
     if value is None or value == old:
         return []
-    errors = [error for rule in schema.get("x-kubernetes-validations") or []
-              if (error := _evaluate(rule, value, schema, path)) is not None]
+    errors = [
+        error
+        for rule in schema.get("x-kubernetes-validations") or []
+        if (error := _evaluate(rule, value, schema, path)) is not None
+    ]
     if isinstance(value, list) and schema.get("items") is not None:
         for index, item in enumerate(value):
             errors += check_rules(item, schema["items"], f"{path}[{index}]")
@@ -374,8 +436,11 @@ def _evaluate(rule: Mapping[str, Any], value: Any, schema: Schema, path: str) ->
         holds = _program(rule["rule"]).evaluate({"self": _to_cel(value, schema)}) == celtypes.BoolType(True)
     except celpy.CELEvalError as error:
         return FieldError("FieldValueInvalid", path, kind, f"{error.args[0]} evaluating rule: {rule['rule']}")
-    return None if holds else FieldError("FieldValueInvalid", path, kind,
-                                         rule.get("message") or f"failed rule: {rule['rule']}")
+    return (
+        None
+        if holds
+        else FieldError("FieldValueInvalid", path, kind, rule.get("message") or f"failed rule: {rule['rule']}")
+    )
 
 
 def _to_cel(value: Any, schema: Schema | None) -> Any:
@@ -383,8 +448,9 @@ def _to_cel(value: Any, schema: Schema | None) -> Any:
     if schema is None:
         return celpy.json_to_cel(value)
     if isinstance(value, dict):
-        return celtypes.MapType({celtypes.StringType(key): _to_cel(item, _field_schema(schema, key))
-                                 for key, item in value.items()})
+        return celtypes.MapType(
+            {celtypes.StringType(key): _to_cel(item, _field_schema(schema, key)) for key, item in value.items()}
+        )
     if isinstance(value, list):
         return celtypes.ListType([_to_cel(item, schema.get("items")) for item in value])
     if schema.get("type") == "number" and not isinstance(value, bool):

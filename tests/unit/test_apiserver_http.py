@@ -33,8 +33,12 @@ def pod(name: str) -> dict[str, Any]:
 
 
 def binding(name: str, node: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    }
 
 
 async def answer(client: TestClient[Any, Any], method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -54,8 +58,13 @@ async def test_a_pod_is_bound_through_its_binding_subresource(client: TestClient
     assert (await answer(client, "GET", f"{POD_PATH}/p/binding"))[0] == 405
     assert (await answer(client, "POST", "/api/v1/namespaces/default/configmaps/c/binding", json={}))[0] == 404
     _, discovery = await answer(client, "GET", "/api/v1")
-    assert {"name": "pods/binding", "singularName": "", "namespaced": True, "kind": "Binding",
-            "verbs": ["create"]} in discovery["resources"]
+    assert {
+        "name": "pods/binding",
+        "singularName": "",
+        "namespaced": True,
+        "kind": "Binding",
+        "verbs": ["create"],
+    } in discovery["resources"]
 
 
 async def test_a_delete_reads_its_options_from_the_body_or_the_query(client: TestClient[Any, Any]) -> None:
@@ -77,17 +86,25 @@ async def test_a_lost_node_kubelet_is_never_heard(server: ApiServer, client: Tes
     await answer(client, "POST", f"{POD_PATH}/elsewhere/binding", json=binding("elsewhere", "fine"), headers=KUBELET)
     server.lost_nodes.add("lost")
 
-    code, refusal = await answer(client, "PATCH", f"{POD_PATH}/on-lost/status", json={"status": {"phase": "Failed"}},
-                                 headers={**KUBELET, "Content-Type": "application/merge-patch+json"})
+    code, refusal = await answer(
+        client,
+        "PATCH",
+        f"{POD_PATH}/on-lost/status",
+        json={"status": {"phase": "Failed"}},
+        headers={**KUBELET, "Content-Type": "application/merge-patch+json"},
+    )
     assert code == 503 and refusal["reason"] == "ServiceUnavailable"
     await answer(client, "DELETE", f"{POD_PATH}/on-lost")
-    assert (await answer(client, "DELETE", f"{POD_PATH}/on-lost", json={"gracePeriodSeconds": 0},
-                         headers=KUBELET))[0] == 503
+    assert (await answer(client, "DELETE", f"{POD_PATH}/on-lost", json={"gracePeriodSeconds": 0}, headers=KUBELET))[
+        0
+    ] == 503
     assert server.store.get(PODS, "default", "on-lost")["metadata"]["deletionTimestamp"]  # Terminating for ever
     assert (await answer(client, "POST", f"{POD_PATH}/new/binding", json=binding("new", "lost"), headers=KUBELET))[
-        0] == 503
-    assert (await answer(client, "DELETE", f"{POD_PATH}/elsewhere", json={"gracePeriodSeconds": 0},
-                         headers=KUBELET))[0] == 200  # other nodes' kubelets are heard
+        0
+    ] == 503
+    assert (await answer(client, "DELETE", f"{POD_PATH}/elsewhere", json={"gracePeriodSeconds": 0}, headers=KUBELET))[
+        0
+    ] == 200  # other nodes' kubelets are heard
     # Anyone else is heard: a force delete (grace period 0) removes the pod, as on a real server.
     assert (await answer(client, "DELETE", f"{POD_PATH}/on-lost", json={"gracePeriodSeconds": 0}))[0] == 200
     assert (await answer(client, "GET", f"{POD_PATH}/on-lost"))[0] == 404
@@ -97,8 +114,10 @@ async def test_a_fault_answers_with_a_real_servers_status(server: ApiServer, cli
     quota = server.faults.add(Fault(method="POST", plural="pods", code=403, times=2))
     code, refusal = await answer(client, "POST", POD_PATH, json=pod("p"))
     assert (code, refusal["reason"]) == (403, "Forbidden")
-    assert refusal["message"] == ('pods "p" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=1, '
-                                  "used: nvidia.com/gpu=8, limited: nvidia.com/gpu=8")
+    assert refusal["message"] == (
+        'pods "p" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=1, '
+        "used: nvidia.com/gpu=8, limited: nvidia.com/gpu=8"
+    )
     assert (await answer(client, "POST", POD_PATH, json=pod("tooling"), headers=KUBELET))[0] == 201  # left alone
     assert (await answer(client, "POST", POD_PATH, json=pod("p")))[0] == 403
     assert (await answer(client, "POST", POD_PATH, json=pod("p")))[0] == 201  # the rule is spent
@@ -106,25 +125,39 @@ async def test_a_fault_answers_with_a_real_servers_status(server: ApiServer, cli
     assert server.store.get(PODS, "default", "p")  # nothing refused reached the store, the rest did
 
 
-@pytest.mark.parametrize(("code", "reason", "words"), [
-    (409, "Conflict", 'Operation cannot be fulfilled on pods "p": the object has been modified'),
-    (422, "Invalid", 'admission webhook "deny.tests.bigmodel.dev" denied the request: '),
-    (429, "TooManyRequests", "Too many requests, please try again later."),
-    (500, "InternalError", "Internal error occurred: "),
-    (503, "ServiceUnavailable", "the server is currently unable to handle the request"),
-])
-async def test_each_fault_code_in_a_real_servers_words(server: ApiServer, client: TestClient[Any, Any], code: int,
-                                                       reason: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "reason", "words"),
+    [
+        (409, "Conflict", 'Operation cannot be fulfilled on pods "p": the object has been modified'),
+        (422, "Invalid", 'admission webhook "deny.tests.bigmodel.dev" denied the request: '),
+        (429, "TooManyRequests", "Too many requests, please try again later."),
+        (500, "InternalError", "Internal error occurred: "),
+        (503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+    ],
+)
+async def test_each_fault_code_in_a_real_servers_words(
+    server: ApiServer, client: TestClient[Any, Any], code: int, reason: str, words: str
+) -> None:
     await answer(client, "POST", POD_PATH, json=pod("p"))
     server.faults.add(Fault(method="PATCH", subresource="status", code=code, retry_after_s=3))
-    async with client.patch(f"{POD_PATH}/p/status", json={"status": {"phase": "Running"}},
-                            headers={"Content-Type": "application/merge-patch+json"}) as response:
+    async with client.patch(
+        f"{POD_PATH}/p/status",
+        json={"status": {"phase": "Running"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    ) as response:
         status = await response.json()
         assert (response.status, status["kind"], status["code"], status["reason"]) == (code, "Status", code, reason)
         assert status["message"].startswith(words), status["message"]
         assert response.headers.get("Retry-After") == ("3" if code == 429 else None)
-    assert (await answer(client, "PATCH", f"{POD_PATH}/p", json={"metadata": {"labels": {"a": "b"}}},
-                         headers={"Content-Type": "application/merge-patch+json"}))[0] == 200  # not the status
+    assert (
+        await answer(
+            client,
+            "PATCH",
+            f"{POD_PATH}/p",
+            json={"metadata": {"labels": {"a": "b"}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+    )[0] == 200  # not the status
 
 
 async def test_a_fault_may_answer_late_or_differently(server: ApiServer, client: TestClient[Any, Any]) -> None:

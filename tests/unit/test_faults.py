@@ -8,18 +8,36 @@ from tests.support.apiserver import ApiCall
 from tests.support.faults import Fault, FaultTable
 
 
-def call(method: str = "POST", verb: str = "create", resource: str = "pods", subresource: str | None = None,
-         namespace: str | None = "default", name: str | None = "p") -> ApiCall:
-    return ApiCall(method=method, verb=verb, group="", resource=resource, subresource=subresource,
-                   namespace=namespace, name=name, user_agent="operator")
+def call(
+    method: str = "POST",
+    verb: str = "create",
+    resource: str = "pods",
+    subresource: str | None = None,
+    namespace: str | None = "default",
+    name: str | None = "p",
+) -> ApiCall:
+    return ApiCall(
+        method=method,
+        verb=verb,
+        group="",
+        resource=resource,
+        subresource=subresource,
+        namespace=namespace,
+        name=name,
+        user_agent="operator",
+    )
 
 
 def test_a_rule_matches_every_field_it_sets() -> None:
     fault = Fault(method="PATCH", plural="pods", subresource="status", namespace="default", name="p", code=409)
     assert fault.matches(call("PATCH", "patch", subresource="status"), tooling=False, open_stream=False)
-    for other in (call("PUT", "update", subresource="status"), call("PATCH", "patch"),
-                  call("PATCH", "patch", "services", "status"), call("PATCH", "patch", name="q", subresource="status"),
-                  call("PATCH", "patch", namespace="other", subresource="status")):
+    for other in (
+        call("PUT", "update", subresource="status"),
+        call("PATCH", "patch"),
+        call("PATCH", "patch", "services", "status"),
+        call("PATCH", "patch", name="q", subresource="status"),
+        call("PATCH", "patch", namespace="other", subresource="status"),
+    ):
         assert not fault.matches(other, tooling=False, open_stream=False), other
     assert Fault(subresource="").matches(call(), False, False)  # "": the object itself only
     assert not Fault(subresource="").matches(call(subresource="binding"), False, False)
