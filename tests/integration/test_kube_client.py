@@ -1,4 +1,4 @@
-"""The operator's Kubernetes client against the emulator: reads from its caches, writes into them."""
+"""The operator's Kubernetes client against the emulator: reads from its caches, writes into them, honest creates."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from bigmodel.api import wire
 from bigmodel.controller.cache import ObjectCache
-from bigmodel.controller.kube import PODS, SERVICES, KubeClient
+from bigmodel.controller.kube import PODS, SERVICES, KubeClient, KubeError
 from tests.integration.test_job_operator import JOBS, job_manifest
 from tests.support.emulator import Emulator
 from tests.support.emulator import KubeClient as ApiClient
@@ -53,6 +53,43 @@ async def client(emulator: Emulator, cache: ObjectCache) -> AsyncIterator[KubeCl
 async def owner(kube: ApiClient, name: str = "demo") -> dict[str, Any]:
     """A job to own the pods: the emulator collects pods whose owner does not exist."""
     return await kube.create(*JOBS, job_manifest(name))
+
+
+async def test_a_create_that_finds_its_own_object_takes_it(kube: ApiClient, client: KubeClient) -> None:
+    job = await owner(kube)
+    await kube.create("v1", "pods", pod("demo-g1-head", job))
+    await client.create(PODS, NAMESPACE, pod("demo-g1-head", job))
+    assert await kube.get("v1", "pods", "demo-g1-head") is not None
+
+
+async def test_a_create_that_finds_another_owners_object_says_whose(kube: ApiClient, client: KubeClient) -> None:
+    job, other = await owner(kube), await owner(kube, "other")
+    await kube.create("v1", "pods", pod("demo-g1-head", other))
+    with pytest.raises(KubeError) as raised:
+        await client.create(PODS, NAMESPACE, pod("demo-g1-head", job))
+    assert raised.value.status == 409
+    message = str(raised.value)
+    assert "\n" not in message and f"BigModelJob other (uid {other['metadata']['uid']})" in message, message
+    assert message.endswith("not to BigModelJob demo"), message
+
+
+async def test_a_create_that_finds_an_unowned_object_says_so(kube: ApiClient, client: KubeClient) -> None:
+    job = await owner(kube)
+    squatter = pod("demo-g1-head", job)
+    del squatter["metadata"]["ownerReferences"]
+    await kube.create("v1", "pods", squatter)
+    with pytest.raises(KubeError, match="belongs to no owner"):
+        await client.create(PODS, NAMESPACE, pod("demo-g1-head", job))
+
+
+async def test_a_create_that_finds_its_own_object_terminating_fails(kube: ApiClient, client: KubeClient) -> None:
+    job = await owner(kube)
+    # Bound to a node, a deleted pod stays Terminating until its kubelet says the containers stopped.
+    await kube.create("v1", "pods", pod("demo-g1-head", job, nodeName="node-1"))
+    await kube.delete("v1", "pods", "demo-g1-head")
+    with pytest.raises(KubeError, match="is terminating") as raised:
+        await client.create(PODS, NAMESPACE, pod("demo-g1-head", job))
+    assert raised.value.status == 409
 
 
 async def test_reads_come_from_the_cache_once_it_covers_the_namespace(

@@ -53,14 +53,15 @@ the operator's code, never one without the other.
 - apiGroups: [bigmodel.dev]
   resources: [bigmodeljobs/status, bigmodelservices/status]
   verbs: [patch]
-{{- /* list and watch: the informers of the pods and Services the operator made, selected by its label. */}}
+{{- /* list and watch: the informers of the pods and Services the operator made, selected by its label; get: a
+create that finds the name taken reads who holds it. */}}
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch, create, delete]
+  verbs: [get, list, watch, create, delete]
 {{- /* patch: an upgrade moves a serving Service's selector to the new cluster. */}}
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -219,8 +219,21 @@ class KubeClient:
         return await self._call("GET", resource.path(namespace, name), tolerate=(404,))
 
     async def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> None:
-        """Create, or find it already there: a repeated pass after an operator restart makes nothing twice."""
-        created = await self._call("POST", resource.path(namespace), body=body, tolerate=(409,))
+        """Create, or find it already there and ours: a repeated pass after an operator restart makes nothing twice.
+
+        Already there and not ours (another owner's, or ours but terminating) is a 409 KubeError that says so.
+        """
+        path = resource.path(namespace)
+        try:
+            created = await self._call("POST", path, body=body)
+        except KubeError as error:
+            if error.status != 409:
+                raise
+            name = body["metadata"]["name"]
+            created = await self._call("GET", resource.path(namespace, name), tolerate=(404,))
+            problem = _not_reusable(resource, name, created, body)
+            if problem:
+                raise KubeError(409, "POST", path, problem) from error
         self._remember(resource, created)
 
     async def delete(self, resource: Resource, namespace: str, name: str) -> None:
@@ -266,3 +279,19 @@ def _terminating(obj: dict[str, Any]) -> bool:
     meta = obj["metadata"]
     return bool(meta.get("deletionTimestamp") and (meta.get("deletionGracePeriodSeconds") or meta.get("finalizers")))
 
+
+def _not_reusable(resource: Resource, name: str, existing: dict[str, Any] | None, body: dict[str, Any]) -> str:
+    """Why an object found in the way of a create is not the one the operator meant to make; empty if it is."""
+    what = f"{resource.plural} {name!r} already exists"
+    if existing is None:
+        return f"{what}, and was gone when read back"
+    meta = existing["metadata"]
+    wanted = body["metadata"].get("ownerReferences") or []
+    owners = meta.get("ownerReferences") or []
+    if not {ref.get("uid") for ref in wanted} & {ref.get("uid") for ref in owners}:
+        holders = ", ".join(f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})" for ref in owners)
+        ours = ", ".join(f"{ref.get('kind')} {ref.get('name')}" for ref in wanted) or "the operator"
+        return f"{what} and belongs to {holders or 'no owner'}, not to {ours}"
+    if meta.get("deletionTimestamp"):
+        return f"{what} and is terminating"
+    return ""
