@@ -11,8 +11,14 @@ test tier. This script plays everything else a cluster would:
   driver progress endpoint on 127.0.0.1:8270 answer for all heads; a submitted job is RUNNING at once;
 * the user: it creates the jobs as fast as the emulator takes them and notes when each is first seen Running.
 
-Running-job polling is not what is measured, so BIGMODEL_POLL_RUNNING_S defaults to 30 s: a job reaches Running on
-the pass that follows its pods' readiness, which a pod event triggers.
+Running-job polling is not what is measured, so BIGMODEL_POLL_RUNNING_S defaults to 30 s. A pod event triggers the
+pass that submits a job's run once its pods are ready, and the job is Running on the pass after that: woken by a
+later pod event if there is one, else at the next poll (after a submission, the job looks again after
+BIGMODEL_POLL_RUNNING_S), so with the default some jobs take about 30 s; `--poll-running-s 3` is the product's own.
+
+The operator's API requests and CPU are counted from the first create until SETTLE_S after the last job was seen
+Running (Kopf posts the last Events from its own queue); then, with every job Running and nothing moving, its API
+requests over --steady-s more seconds (each job is still passed every BIGMODEL_POLL_RUNNING_S, polling Ray).
 
 Where the time goes: the emulator runs in a thread of this process, sharing one GIL with the kubelet, the fake Ray
 servers and the Running poller; the CPU seconds of the operator process and of each of these threads are printed so
@@ -51,10 +57,11 @@ from bench.fake_cluster import (
 )
 
 # The API emulator is test infrastructure and lives with the tests.
-from tests.support.emulator import PROJECT_CRDS, Emulator, KubeClient, running_emulator
+from tests.support.emulator import PROJECT_CRDS, ApiCall, Emulator, KubeClient, running_emulator
 
 SAMPLE_S = 0.2
 POLL_S = 0.2
+SETTLE_S = 5.0
 GOAL_JOBS = 1000
 GOAL_SECONDS = 60.0
 GOAL_RSS_MB = 300.0
@@ -105,6 +112,29 @@ class Timeline:
     creation_ended: float = 0.0
     list_calls: int = 0
     list_seconds: float = 0.0
+
+
+@dataclass
+class Cost:
+    """What the operator spent: up to SETTLE_S after all were Running, and while they kept running."""
+
+    calls: list[ApiCall]
+    cpu_s: float
+    steady_s: float = 0.0
+    steady_calls: list[ApiCall] = field(default_factory=list)
+    steady_ray: Counter[str] = field(default_factory=Counter)
+
+
+def steady_cost(emulator: Emulator, ray: FakeRay, seconds: float) -> tuple[list[ApiCall], Counter[str]]:
+    """The operator's API requests and Ray requests over `seconds`, from now."""
+    calls, ray_requests = len(emulator.operator_calls()), Counter(ray.record.requests)
+    time.sleep(seconds)
+    return emulator.operator_calls()[calls:], ray.record.requests - ray_requests
+
+
+def by_kind(calls: list[ApiCall]) -> str:
+    kinds = Counter(f"{call.verb} {call.resource}{'/' + call.subresource if call.subresource else ''}" for call in calls)
+    return ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
 
 
 async def create_jobs(kube: KubeClient, count: int, workers: int, concurrency: int, timeline: Timeline) -> None:
@@ -177,7 +207,7 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 def report(args: argparse.Namespace, timeline: Timeline, rss: RssSampler, cpu: dict[str, float], wall: float,
-           emulator: Emulator, ray: FakeRay, kubelet: Kubelet) -> bool:
+           cost: Cost, ray: FakeRay, kubelet: Kubelet) -> bool:
     """Print the figures; whether every job reached Running."""
     count, pods = args.jobs, args.jobs * (1 + args.workers)
     latencies = [timeline.running[name] - timeline.created[name] for name in timeline.running]
@@ -199,11 +229,15 @@ def report(args: argparse.Namespace, timeline: Timeline, rss: RssSampler, cpu: d
     print(f"operator peak RSS: {rss.peak / MB:.0f} MB (first sample {rss.first / MB:.0f} MB, {rss.samples} samples)")
     print(f"CPU over the {wall:.1f} s run: " + ", ".join(f"{name} {seconds:.1f} s ({100 * seconds / wall:.0f}%)"
                                                         for name, seconds in cpu.items()))
-    calls = emulator.operator_calls()
-    by_kind = Counter(f"{call.verb} {call.resource}{'/' + call.subresource if call.subresource else ''}"
-                      for call in calls)
-    print(f"operator API requests: {len(calls)} ({len(calls) / count:.1f} per job): "
-          + ", ".join(f"{kind} {n}" for kind, n in by_kind.most_common()))
+    print(f"operator CPU to Running (+{SETTLE_S:.0f} s): {cost.cpu_s:.2f} s, {1000 * cost.cpu_s / count:.1f} ms per job")
+    calls = cost.calls
+    print(f"operator API requests to Running (+{SETTLE_S:.0f} s): {len(calls)} ({len(calls) / count:.1f} per job): "
+          + by_kind(calls))
+    if cost.steady_s:
+        per_minute = len(cost.steady_calls) / count * 60 / cost.steady_s
+        print(f"steady, {cost.steady_s:.0f} s with all Running: {len(cost.steady_calls)} operator API requests "
+              f"({per_minute:.2f} per job per minute){': ' + by_kind(cost.steady_calls) if cost.steady_calls else ''}; "
+              "Ray requests meanwhile: " + ", ".join(f"{k} {n}" for k, n in sorted(cost.steady_ray.items())))
     print("Ray requests: " + ", ".join(f"{kind} {n}" for kind, n in sorted(ray.record.requests.items()))
           + f"; pods marked ready: {kubelet.marked}")
     if timeline.list_calls:
@@ -227,6 +261,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="creations in flight at once (default 32)")
     parser.add_argument("--poll-running-s", type=float, default=30.0,
                         help="the operator's BIGMODEL_POLL_RUNNING_S (default 30: polling is not measured)")
+    parser.add_argument("--steady-s", type=float, default=30.0,
+                        help="seconds to count requests once all are Running (default 30; 0 skips it)")
     parser.add_argument("--operator-log", type=Path, help="keep the operator's log here (default: a temporary file)")
     args = parser.parse_args()
     if args.jobs < 1 or args.workers < 1 or args.concurrency < 1:
@@ -246,6 +282,7 @@ def main() -> int:
                 rss = RssSampler(operator_ps)
                 rss.start()
                 operator_cpu, bench_cpu = cpu_seconds(operator_ps), thread_cpu(bench_ps, threads)
+                calls = len(emulator.operator_calls())  # what starting up cost is not per job
                 started = time.monotonic()
                 timeline, kubelet = Timeline(), Kubelet(emulator.url)
                 try:
@@ -258,7 +295,12 @@ def main() -> int:
                     return 1
                 cpu = {"operator": cpu_seconds(operator_ps) - operator_cpu}
                 cpu |= {name: seconds - bench_cpu[name] for name, seconds in thread_cpu(bench_ps, threads).items()}
-                ok = report(args, timeline, rss, cpu, wall, emulator, ray, kubelet)
+                time.sleep(SETTLE_S)
+                cost = Cost(emulator.operator_calls()[calls:], cpu_seconds(operator_ps) - operator_cpu)
+                if args.steady_s > 0 and len(timeline.running) == args.jobs:
+                    cost.steady_s = args.steady_s
+                    cost.steady_calls, cost.steady_ray = steady_cost(emulator, ray, args.steady_s)
+                ok = report(args, timeline, rss, cpu, wall, cost, ray, kubelet)
                 if not ok:
                     print(log_errors(log_path))
                 return 0 if ok else 1

@@ -266,6 +266,37 @@ async def test_operator_restart_mid_flight_creates_no_duplicates(emulator: Emula
         assert (await status(kube))["clusterGeneration"] == 1
 
 
+async def squat(kube: KubeClient, plural: str, name: str) -> None:
+    """Take a name the operator is about to use with a pod or Service of nobody's (no labels, no owner)."""
+    spec: dict[str, Any] = {"containers": [{"name": "app", "image": "app"}]} if plural == "pods" else {}
+    await kube.create("v1", plural, {"metadata": {"name": name}, "spec": spec})
+
+
+async def wait_conflict(kube: KubeClient, name: str, step: str) -> str:
+    """The message of the job's ReconcileFailed condition once it says that `step` met a name taken."""
+
+    def says(s: dict[str, Any]) -> str | None:
+        failed = [c for c in s.get("conditions", []) if c["type"] == "ReconcileFailed" and c["status"] == "True"]
+        return next((c["message"] for c in failed if c["message"].startswith(step)), None)
+
+    found = await wait_status(kube, says, f"{name}: no failure of {step!r} was reported", name=name)
+    return str(says(found))
+
+
+async def test_a_name_taken_by_someone_else_stops_the_job_until_it_is_free(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    await squat(kube, "services", "demo-g1-head")
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        message = await wait_conflict(kube, "demo", "creating Service demo-g1-head")
+        assert "already exists and belongs to no owner" in message
+        assert await pods(kube) == {}, "the job went on past a Service it could not make"
+        await kube.delete("v1", "services", "demo-g1-head")
+        await all_pods(kube, GENERATION_1)
+        service = await kube.get("v1", "services", "demo-g1-head")
+        assert service is not None and service["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+
+
 async def test_deleting_the_job_removes_everything_it_created(emulator: Emulator, kube: KubeClient) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray):
@@ -308,11 +339,13 @@ async def test_prometheus_metrics_follow_the_jobs(emulator: Emulator, kube: Kube
 
         def running_metrics() -> dict[str, float] | None:
             samples = scrape(port)
-            return samples if samples.get('bigmodel_jobs{phase="Running"}') == 1 else None
+            # A job runs once its head is ready: its last worker may be counted ready a pass later.
+            running = samples.get('bigmodel_jobs{phase="Running"}') == 1 and samples.get("bigmodel_gpus_in_use") == 2
+            return samples if running else None
 
-        samples = await wait_for(running_metrics, WAIT_S, "bigmodel_jobs{phase=Running} never became 1")
+        samples = await wait_for(running_metrics, WAIT_S, "bigmodel_jobs{phase=Running} and 2 GPUs in use never")
         assert samples["bigmodel_job_time_to_running_seconds_count"] == 1
-        assert samples["bigmodel_gpus_requested"] == 2 and samples["bigmodel_gpus_in_use"] == 2
+        assert samples["bigmodel_gpus_requested"] == 2
         assert samples["bigmodel_reconcile_duration_seconds_count"] > 0
 
         await mark(kube, "demo-g1-w0", phase="Failed", exit_code=1)

@@ -28,7 +28,9 @@ from tests.integration.test_job_operator import (
     job_manifest,
     mark,
     mark_all_ready,
+    squat,
     start_running,
+    wait_conflict,
     wait_status,
 )
 from tests.integration.test_service_operator import SERVICES, service_manifest, service_pods, start_cluster
@@ -48,7 +50,12 @@ def used_permissions(emulator: Emulator) -> set[Permission]:
 
 
 async def whole_life_of_jobs(kube: KubeClient, ray: FakeRay) -> None:
-    """A job that loses a worker, fails once, succeeds and expires; an invalid one; one deleted mid-run."""
+    """A job that loses a worker, fails once, succeeds and expires; an invalid one; one deleted mid-run; two whose
+    head Service or pod name is taken by someone else's (the operator reads who holds it)."""
+    await squat(kube, "services", "squat-svc-g1-head")
+    await squat(kube, "pods", "squat-pod-g1-head")
+    await kube.create(*JOBS, job_manifest("squat-svc"))
+    await kube.create(*JOBS, job_manifest("squat-pod"))
     created = await kube.create(*JOBS, job_manifest(ttlSecondsAfterFinished=1))
     uid = created["metadata"]["uid"]
     await start_running(kube, ray, uid)
@@ -70,6 +77,9 @@ async def whole_life_of_jobs(kube: KubeClient, ray: FakeRay) -> None:
     await all_pods(kube, GENERATION_1)
     await kube.delete(*JOBS, "demo")
     await wait_for(lambda: _gone(kube), WAIT_S, "the deleted job was not released")
+
+    await wait_conflict(kube, "squat-svc", "creating Service squat-svc-g1-head")
+    await wait_conflict(kube, "squat-pod", "creating Pod squat-pod-g1-head")
 
 
 async def whole_life_of_services(kube: KubeClient, ray: FakeRay) -> None:

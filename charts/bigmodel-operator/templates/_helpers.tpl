@@ -43,22 +43,25 @@ These rules are checked by tests against the API calls the operator was recorded
 the operator's code, never one without the other.
 */}}
 {{- define "bigmodel-operator.rules" -}}
+{{- /* No get of the jobs and services: the operator reads them from what its watch (Kopf's) delivered. */}}
 - apiGroups: [bigmodel.dev]
   resources: [bigmodeljobs]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [list, watch, patch, delete]
 - apiGroups: [bigmodel.dev]
   resources: [bigmodelservices]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [bigmodel.dev]
   resources: [bigmodeljobs/status, bigmodelservices/status]
   verbs: [patch]
+{{- /* list and watch: the informers of the pods and Services the operator made, selected by its label; get: a
+create that finds the name taken reads who holds it. */}}
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch, create, delete]
+  verbs: [get, list, watch, create, delete]
 {{- /* patch: an upgrade moves a serving Service's selector to the new cluster. */}}
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

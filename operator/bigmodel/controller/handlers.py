@@ -1,7 +1,11 @@
 """Kopf handlers, kept thin: they route events to one level-based reconcile loop per resource, of any kind.
 
 Every BigModelJob and every BigModelService gets a daemon that reconciles it (controller/loop.py), then sleeps until
-its plan asks to look again or something wakes it: an edit of its spec, or any change to one of its pods.
+its plan asks to look again or something wakes it: an edit of its spec, or a change to one of its pods or Services
+that the operator did not make itself (seen by the informers, controller/informer.py).
+
+A pass reads the world from memory: its owner from what Kopf's watch delivers here, its pods and Services from the
+informers' caches (controller/cache.py). Kopf watches only the two owner resources.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from prometheus_client import start_http_server
 
 from bigmodel.api import wire
 from bigmodel.controller import loop
+from bigmodel.controller.cache import ObjectCache
 from bigmodel.controller.clients import Clients
+from bigmodel.controller.informer import Informer
 from bigmodel.controller.job_kind import JobKind
 from bigmodel.controller.kind import Kind
-from bigmodel.controller.kube import KubeClient, load_configuration
+from bigmodel.controller.kube import PODS, SERVICES, KubeClient, Resource, load_configuration
 from bigmodel.controller.metrics import OperatorMetrics
 from bigmodel.controller.ray_client import HttpRayClient
 from bigmodel.controller.service_kind import ServiceKind
@@ -42,7 +48,19 @@ class Wakers:
         return self._events.setdefault((kind, namespace, name), asyncio.Event())
 
     def wake(self, kind: str, namespace: str, name: str) -> None:
-        self.event(kind, namespace, name).set()
+        """Wake a running loop; one that is not running yet looks at the world first thing anyway."""
+        event = self._events.get((kind, namespace, name))
+        if event is not None:
+            event.set()
+
+    def wake_owners(self, child: dict[str, Any]) -> None:
+        """Wake the loops of the resources that a pod or Service belongs to, by its owner labels."""
+        meta = child["metadata"]
+        labels = meta.get("labels") or {}
+        for kind in KINDS:
+            owner = labels.get(wire.OWNER_LABEL[kind.name])
+            if owner:
+                self.wake(kind.name, meta["namespace"], owner)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._events.pop((kind, namespace, name), None)
@@ -59,19 +77,35 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     """All Kopf settings in one place, and the clients every handler shares."""
     settings.persistence.finalizer = wire.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=wire.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=wire.GROUP)
+    # No diff base: no handler here reacts to a creation or an update (the loops compare spec and status), and
+    # storing one would cost a PATCH of every new resource.
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     # No watching of CRDs and namespaces for changes: the chart installs the CRDs before the operator and names
     # the namespaces, and the operator's Role then needs no cluster-wide read of either (least privilege).
     settings.scanning.disabled = True
     operator_settings: OperatorSettings = memo.setdefault("settings", OperatorSettings.from_env())
-    memo.setdefault("wakers", Wakers())
+    wakers: Wakers = memo.setdefault("wakers", Wakers())
     metrics = OperatorMetrics()
     if operator_settings.metrics_port is not None:
         memo.metrics_server, _ = start_http_server(operator_settings.metrics_port, registry=metrics.registry)
+    namespaces = operator_settings.namespaces
+    memo.owners = {kind.resource: ObjectCache() for kind in KINDS}
+    for owners in memo.owners.values():
+        for namespace in namespaces or [None]:
+            owners.cover(namespace)  # complete before any loop runs: see remember_owner in register()
+    children: dict[Resource, ObjectCache] = {
+        resource: ObjectCache({wire.MANAGED_BY_LABEL: wire.OPERATOR_NAME}, wire.OWNER_LABEL.values())
+        for resource in (PODS, SERVICES)
+    }
+    kube = await KubeClient(load_configuration(), memo.owners | children).__aenter__()
+    memo.informers = [
+        asyncio.create_task(Informer(kube, resource, cache, namespaces, wakers.wake_owners).run())
+        for resource, cache in children.items()
+    ]
     memo.clients = Clients(
-        kube=await KubeClient(load_configuration()).__aenter__(),
+        kube=kube,
         ray=memo.get("ray") or HttpRayClient(),
         settings=operator_settings,
         metrics=metrics,
@@ -81,6 +115,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 
 @kopf.on.cleanup(registry=REGISTRY)
 async def close_clients(memo: kopf.Memo, **_: Any) -> None:
+    for informer in memo.informers:
+        informer.cancel()
+    await asyncio.gather(*memo.informers, return_exceptions=True)
     if "metrics_server" in memo:
         memo.metrics_server.shutdown()
         memo.metrics_server.server_close()
@@ -127,15 +164,25 @@ def backoff_s(failures: int, retry_after_s: float | None) -> float:
     return max(exponential, min(retry_after_s or 0.0, MAX_BACKOFF_S))
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf's diff base, never stored: every object looks unchanged since it was last handled."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence:
+        return self.build(body=body)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
 def _spec_edited(body: kopf.Body) -> bool:
     """A spec edit, not one of our own status writes coming back."""
     return body["metadata"].get("generation") != (body.get("status") or {}).get("observedGeneration")
 
 
 def register(kind: Kind[Any, Any, Any]) -> None:
-    """The four handlers of a kind: its reconcile daemon, and what wakes it, and what its deletion cleans up."""
+    """The handlers of a kind: its reconcile daemon, what feeds the owner cache and wakes the daemon, and what its
+    deletion cleans up."""
     plural, prefix = wire.PLURALS[kind.name], kind.name.lower()
-    owner_label = wire.OWNER_LABEL[kind.name]
 
     @kopf.daemon(
         wire.GROUP, wire.VERSION, plural, id=f"{prefix}-reconciler", cancellation_timeout=5.0, registry=REGISTRY
@@ -145,21 +192,23 @@ def register(kind: Kind[Any, Any, Any]) -> None:
     ) -> None:
         await reconcile_loop(kind, namespace, name, memo, stopped, logger)
 
-    @kopf.on.event(wire.GROUP, wire.VERSION, plural, id=f"{prefix}-spec-watch", registry=REGISTRY)
-    def spec_changed(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        if _spec_edited(body):
-            memo.wakers.wake(kind.name, namespace, name)
+    # Both are coroutines though they never wait: Kopf runs a plain function in a thread pool, which would cost
+    # more than the handler on every event of every resource.
+    @kopf.index(wire.GROUP, wire.VERSION, plural, id=f"{prefix}-owners", registry=REGISTRY)
+    async def remember_owner(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """Every state of the resource, into the cache its passes read instead of GETting it. An indexing handler,
+        though it keeps nothing in Kopf's index: Kopf runs no other handler before every existing resource has been
+        through its indexing handlers, so from the first pass on, what the cache lacks does not exist."""
+        memo.owners[kind.resource].put(dict(body))
 
-    @kopf.on.event(
-        "",
-        "v1",
-        "pods",
-        labels={wire.MANAGED_BY_LABEL: wire.OPERATOR_NAME, owner_label: kopf.PRESENT},
-        id=f"{prefix}-pod-watch",
-        registry=REGISTRY,
-    )
-    def pod_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-        memo.wakers.wake(kind.name, namespace, labels[owner_label])
+    @kopf.on.event(wire.GROUP, wire.VERSION, plural, id=f"{prefix}-spec-watch", registry=REGISTRY)
+    async def owner_changed(
+        type: str, body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        if type == "DELETED":  # indexing handlers are not called for a deletion
+            memo.owners[kind.resource].remove(body)
+        elif _spec_edited(body):
+            memo.wakers.wake(kind.name, namespace, name)
 
     @kopf.on.delete(wire.GROUP, wire.VERSION, plural, id=f"{prefix}-cleanup", registry=REGISTRY)
     async def deleted(body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:

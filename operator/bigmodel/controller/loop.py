@@ -24,6 +24,7 @@ from bigmodel.controller.clients import Clients
 from bigmodel.controller.kind import Kind
 from bigmodel.controller.kube import PODS, SERVICES, KubeError
 from bigmodel.controller.ray_client import RayClient, RayError, RayRefused, RayUnreachable
+from bigmodel.controller.stored_status import status_patch
 from bigmodel.reconcile.decision import deletion_plan
 from bigmodel.reconcile.observed import Children, ClusterObservation, PodView, ServiceView, owned_by
 from bigmodel.reconcile.plans import DeployServe, Plan, RayAction, StopJob, SubmitJob
@@ -171,10 +172,10 @@ async def _write_failure(
 
 async def _write_status(kind: Kind[Any, Any, Any], body: dict[str, Any], status: Any, clients: Clients) -> None:
     meta = body["metadata"]
-    new_status = status.model_dump(by_alias=True, mode="json")
-    if new_status != body.get("status"):
+    patch = status_patch(status, body.get("status"))
+    if patch is not None:
         with _step("writing the status"):
-            await clients.kube.patch_status(kind.resource, meta["namespace"], meta["name"], new_status)
+            await clients.kube.patch_status(kind.resource, meta["namespace"], meta["name"], patch)
 
 
 async def _carry_out(plan: Plan[Any], namespace: str, clients: Clients) -> None:
