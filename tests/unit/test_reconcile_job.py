@@ -11,7 +11,7 @@ from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
 from bigmodel.builders.ray_cluster import head_pod, head_service, worker_pod
 from bigmodel.reconcile.decision import validation_plan
-from bigmodel.reconcile.job import JobPlan, decide_job, spec_digests
+from bigmodel.reconcile.job import POLL_STARTING_S, JobPlan, decide_job, spec_digests
 from bigmodel.reconcile.job_observed import JobObservation, RayJobView
 from bigmodel.reconcile.observed import PodView, ServiceView
 from bigmodel.reconcile.plans import Outcome, StopJob, SubmitJob
@@ -125,6 +125,7 @@ def test_ready_head_gets_the_training_submitted_once_with_a_deterministic_id() -
     again = decide_job(job, observe(job, state=None))
     assert again.ray == plan.ray, "the same pass after an operator restart submits the same id"
     assert reasons(again) == [], "no second TrainingSubmitted event"
+    assert plan.requeue_after == again.requeue_after == POLL_STARTING_S, "a submitted run is looked at soon"
 
 
 def test_running_job_reports_progress_metrics_and_checkpoint() -> None:

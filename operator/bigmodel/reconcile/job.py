@@ -289,6 +289,8 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             if status.ray_job_id != expected:
                 status.ray_job_id = expected
                 self.event("Normal", "TrainingSubmitted", f"submitted Ray job {expected}, {resume_point(status)}")
+            # Ray says within moments that the run started, and nothing wakes the loop when it does.
+            self.plan.requeue_after = POLL_STARTING_S
             return
         status.dashboard_url = dashboard_url(head.pod_ip)
         if self.seen.report is not None:
