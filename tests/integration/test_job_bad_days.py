@@ -177,6 +177,24 @@ async def test_a_restart_whose_status_write_failed_is_counted_once_and_its_clust
         assert not any(name.startswith("demo-g3") for name in await _names(pods(kube))), "no second rebuild"
 
 
+async def test_a_replacement_refused_for_a_while_counts_its_failure_once(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest())
+        await start_running(kube, ray, created["metadata"]["uid"])
+        quota = emulator.faults.add(Fault(method="POST", plural="pods", code=403, times=3))
+        refused_delete = emulator.faults.add(Fault(method="DELETE", plural="pods", code=429, times=1))
+        await mark(kube, "demo-g1-w1", phase="Failed", exit_code=137)
+        await wait_for(lambda: quota.spent, WAIT_S, "the replacement was not refused three times")
+        await wait_for(lambda: _contains(_names(pods(kube)), "demo-g1-w2"), WAIT_S, "no replacement once allowed")
+        await mark(kube, "demo-g1-w2")
+        await wait_for(lambda: refused_delete.spent, WAIT_S, "the failed pod's deletion was not refused once")
+        await wait_for(lambda: _lacks(_names(pods(kube)), "demo-g1-w1"), WAIT_S, "the failed pod was not deleted")
+        current = await wait_status(kube, lambda s: s.get("workersReady") == "2/2", "not back to 2/2 workers")
+        assert current["workers"]["replaced"] == 1, "one failure, counted once, whichever steps were refused"
+        assert set(await _names(pods(kube))) == {"demo-g1-head", "demo-g1-w0", "demo-g1-w2"}
+
+
 async def test_an_admission_webhook_refusing_pods_is_said_in_its_words(emulator: Emulator, kube: KubeClient) -> None:
     emulator.faults.add(
         Fault(
@@ -203,6 +221,10 @@ async def _names(awaitable: Any) -> set[str]:
 
 async def _contains(awaitable: Any, item: str) -> bool:
     return item in await awaitable
+
+
+async def _lacks(awaitable: Any, item: str) -> bool:
+    return item not in await awaitable
 
 
 async def _has_all(awaitable: Any, items: list[str]) -> bool:

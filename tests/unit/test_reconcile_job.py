@@ -155,12 +155,22 @@ def test_failed_worker_pod_is_replaced_and_counted() -> None:
     job = make_job(running())
     failed = pod(worker_pod(job, 1, 1, None), job, phase="Failed", exit_code=137)
     plan = decide_job(job, observe(job, w1=failed))
-    assert plan.delete_pods == ["demo-g1-w1"]
     # A fresh name: on a real cluster the failed pod's name stays taken while it terminates (for ever on a lost node).
-    assert [obj["metadata"]["name"] for obj in plan.create] == ["demo-g1-w2"]
+    [replacement] = plan.create
+    assert replacement["metadata"]["name"] == "demo-g1-w2"
+    assert replacement["metadata"]["annotations"]["bigmodel.dev/replaces"] == "demo-g1-w1"
+    assert plan.delete_pods == [], "the failed pod goes once its replacement exists"
     assert plan.status.workers.replaced == 1 and plan.status.restarts == 0
     assert reasons(plan) == ["WorkerReplaced"] and "OOMKilled (exit code 137)" in plan.events[0].message
     assert plan.outcomes == {Outcome.WORKER_REPLACED: 1}
+    assert plan.status_on_failure is not None and plan.status_on_failure.workers.replaced == 0, (
+        "if the replacement cannot be made, the next pass counts the failure, not this one"
+    )
+
+    job.status = plan.status
+    after = decide_job(job, observe(job, w1=failed, w2=pod(replacement, job)))
+    assert after.delete_pods == ["demo-g1-w1"] and after.create == []
+    assert after.status.workers.replaced == 1 and reasons(after) == [], "one failure, one count"
 
 
 def test_missing_worker_pod_is_recreated() -> None:

@@ -52,6 +52,8 @@ RESTARTS_ANNOTATION = f"{GROUP}/restarts"
 mid-pass) loses no count: the next pass reads them back from the pods."""
 WORKERS_REPLACED_ANNOTATION = f"{GROUP}/workers-replaced"
 """A job's pods: its worker replacements when the pod was made."""
+REPLACES_ANNOTATION = f"{GROUP}/replaces"
+"""A job's replacement worker pod: the failed pod it replaces, which is deleted only once its replacement exists."""
 
 # Ports of a Ray pod.
 RAY_GCS_PORT = 6379

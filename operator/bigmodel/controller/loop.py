@@ -147,7 +147,7 @@ async def apply(kind: Kind[Any, Any, Any], plan: Plan[Any], body: dict[str, Any]
     if failure is None:
         await _write_status(kind, body, without_failure(plan.status, now, meta.get("generation")), clients)
         return
-    await _write_failure(kind, body, failure, clients, plan.status)
+    await _write_failure(kind, body, failure, clients, plan.status_on_failure or plan.status)
     raise PassFailed(failure)
 
 

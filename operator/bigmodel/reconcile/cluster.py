@@ -8,6 +8,7 @@ verb here only adds to the plan, so a pass that runs twice does nothing twice.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,9 +81,15 @@ class Clusters:
         live = len(self._seen.workers(generation))
         self.add_workers(generation, self.free_worker_indexes(generation, workers - live))
 
-    def add_workers(self, generation: int, indexes: range | list[int]) -> None:
-        for index in indexes:
-            self._create(worker_pod(self._owner, generation, index, self._claim))
+    def add_workers(
+        self, generation: int, indexes: range | list[int], annotations: list[dict[str, str]] | None = None
+    ) -> None:
+        """New worker pods at these indexes; the i-th carries annotations[i], when given."""
+        for position, index in enumerate(indexes):
+            pod = worker_pod(self._owner, generation, index, self._claim)
+            if annotations and position < len(annotations):
+                pod["metadata"].setdefault("annotations", {}).update(annotations[position])
+            self._create(pod)
 
     def free_worker_indexes(self, generation: int, count: int) -> list[int]:
         """The lowest worker indexes no pod of the generation uses, failed and draining ones included: a replacement
@@ -90,7 +97,8 @@ class Clusters:
         lost node)."""
         taken = {pod.index for pod in self._seen.pods_of(generation) if pod.role == "worker"}
         taken |= {pod.index for pod in self._planned_workers(generation)}
-        return [index for index in range(_MAX_WORKER_INDEX) if index not in taken][: max(count, 0)]
+        free = (index for index in range(_MAX_WORKER_INDEX) if index not in taken)
+        return list(itertools.islice(free, max(count, 0)))
 
     def _planned_workers(self, generation: int) -> list[PodView]:
         """Worker pods this pass already plans to create (so two verbs of one pass never pick the same index)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from bigmodel.api.job import BigModelJob, BigModelJobStatus
-from bigmodel.api.wire import MODEL_SPEC_ANNOTATION, RUN_SPEC_ANNOTATION
+from bigmodel.api.wire import MODEL_SPEC_ANNOTATION, REPLACES_ANNOTATION, RUN_SPEC_ANNOTATION
 from bigmodel.builders.naming import submission_id
 from bigmodel.builders.ray_cluster import checkpoint_claim, dashboard_url
 from bigmodel.builders.ray_job import ray_job_submission
@@ -76,6 +76,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         self.legacy_digests = spec_digests(job, defaults=True)
         status = (job.status or BigModelJobStatus()).model_copy(deep=True)
         catch_up(status, seen)
+        self.replaced_before = status.workers.replaced
         super().__init__(job, seen, status, claim=checkpoint_claim(job), stamp=self.digests)
         self.job = job
         self.spec = job.spec
@@ -162,6 +163,8 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             self.converge()
         self.summarize()
         stamp(self.plan)
+        self.plan.status_on_failure = self.status.model_copy(deep=True)
+        self.plan.status_on_failure.workers.replaced = self.replaced_before
         return self.finish_pass()
 
     def deadline_passed(self) -> bool:
@@ -263,14 +266,28 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
 
     def replace_workers(self, generation: int) -> None:
         """A failed or vanished worker pod is replaced by a new one under a fresh name (the old name stays taken while
-        the old pod terminates); Ray Train restarts the worker group around it."""
+        the old pod terminates); Ray Train restarts the worker group around it.
+
+        A failed pod is deleted only once a pod that names it in REPLACES_ANNOTATION exists: whichever step of a pass
+        fails, the next pass neither replaces nor counts the same failure twice.
+        """
         replicas = self.spec.workers.replicas
         workers = self.seen.workers(generation)
-        self.status.workers.replaced += len(self.clusters.replace_failed_workers(workers))
+        replaced = {pod.annotations.get(REPLACES_ANNOTATION) for pod in workers}
+        failed = [pod for pod in workers if pod.failed]
+        for pod in failed:
+            if pod.name in replaced:
+                self.clusters.remove_pod(pod)
+        fresh = [pod for pod in failed if pod.name not in replaced]
+        for pod in fresh:
+            self.event("Warning", "WorkerReplaced", f"worker pod {pod.name} {pod.failure or 'failed'}: replacing it")
+            self.count(Outcome.WORKER_REPLACED)
+        self.status.workers.replaced += len(fresh)
         live = [pod for pod in workers if not pod.failed]
         for pod in live[replicas:]:
             self.clusters.remove_pod(pod)
-        self.clusters.add_workers(generation, self.clusters.free_worker_indexes(generation, replicas - len(live)))
+        indexes = self.clusters.free_worker_indexes(generation, replicas - len(live))
+        self.clusters.add_workers(generation, indexes, [{REPLACES_ANNOTATION: pod.name} for pod in fresh])
 
     def follow_ray_job(self, head: PodView) -> None:
         status = self.status

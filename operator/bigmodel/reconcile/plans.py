@@ -84,6 +84,9 @@ class Plan(Generic[StatusT]):
     """Delete the resource itself (a finished job past its ttlSecondsAfterFinished)."""
     requeue_after: float | None = None
     """Seconds until the next pass if nothing wakes it sooner; None: only when something changes."""
+    status_on_failure: StatusT | None = None
+    """The status to write when a step of the plan fails, if not `status`: without the counts that only the
+    objects this plan makes can vouch for (the next pass reads those back from the objects, or counts again)."""
 
     def event(self, type_: EventType, reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
