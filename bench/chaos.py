@@ -56,6 +56,10 @@ FAULT_VERBS = {
 }
 
 
+COUNTED_EVENTS = ("Restarting", "WorkerReplaced")
+"""The Events of what the figures count, printed beside a job whose counts do not match what was injected."""
+
+
 @dataclass(frozen=True)
 class ChaosConfig:
     jobs: int = 20
@@ -303,8 +307,12 @@ class Chaos:
             figures.restarts += restarts
             figures.replaced += replaced
             if (restarts, replaced) != (self.heads[name], self.workers[name]):
+                events = await self.kube.events(namespace=NAMESPACE, involved_name=name)
+                why = "; ".join(
+                    f"{e['reason']}: {e.get('message', '')}" for e in events if e["reason"] in COUNTED_EVENTS
+                )
                 figures.mismatched_jobs.append(
-                    f"{name}: restarts {restarts}/{self.heads[name]}, replaced {replaced}/{self.workers[name]}"
+                    f"{name}: restarts {restarts}/{self.heads[name]}, replaced {replaced}/{self.workers[name]} ({why})"
                 )
         figures.succeeded = figures.phases["Succeeded"]
         figures.head_failures, figures.worker_failures = sum(self.heads.values()), sum(self.workers.values())

@@ -83,6 +83,12 @@ def running_observation(pods: list[PodView], services: list[ServiceView], genera
     return JobObservation(now=NOW, pods=pods, services=services, ray_reachable=True, ray_job=ray_job)
 
 
+def cleanup(job: BigModelJob, plan: JobPlan, seen: JobObservation) -> JobPlan:
+    """The pass after `plan`, once its status is stored."""
+    job.status = plan.status
+    return decide_job(job, seen)
+
+
 def reasons(plan: JobPlan) -> list[str]:
     return [event.reason for event in plan.events]
 
@@ -208,7 +214,8 @@ def test_restart_budget_exhausted_fails_the_job_and_cleans_up() -> None:
     assert plan.status.phase == "Failed" and plan.status.restarts == 3
     assert plan.status.completion_time == NOW and condition(plan, "Failed") == "True"
     assert reasons(plan) == ["RestartLimitExceeded"] and "no restarts left (maxRestarts: 3)" in plan.status.message
-    assert len(plan.delete_pods) == 3 and plan.create == []
+    assert plan.delete_pods == [] and plan.create == [], "the pods go once the outcome is stored"
+    assert len(cleanup(job, plan, observe(job, state="FAILED")).delete_pods) == 3
 
 
 def test_success_keeps_status_and_model_and_removes_pods() -> None:
@@ -216,10 +223,12 @@ def test_success_keeps_status_and_model_and_removes_pods() -> None:
     report = TrainingReport(step=200, total_steps=200, epoch=3, epochs=4, model_uri="s3://bucket/demo/model", done=True)
     plan = decide_job(job, observe(job, state="SUCCEEDED", report=report))
     assert plan.status.phase == "Succeeded" and plan.status.model_uri == "s3://bucket/demo/model"
-    assert plan.status.progress.percent == 100 and len(plan.delete_pods) == 3
+    assert plan.status.progress.percent == 100 and plan.delete_pods == []
     assert plan.status.workers_ready == "0/0"
+    assert len(cleanup(job, plan, observe(job, state="SUCCEEDED", report=report)).delete_pods) == 3
     kept = make_job(running(), cleanPodPolicy="None")
-    assert decide_job(kept, observe(kept, state="SUCCEEDED")).delete_pods == []
+    done = decide_job(kept, observe(kept, state="SUCCEEDED"))
+    assert cleanup(kept, done, observe(kept, state="SUCCEEDED")).delete_pods == []
 
 
 def test_ttl_after_finished_deletes_the_job_when_due() -> None:
@@ -234,7 +243,8 @@ def test_active_deadline_fails_the_job_and_stops_the_run() -> None:
     job = make_job(running(), activeDeadlineSeconds=60)
     plan = decide_job(job, observe(job))
     assert plan.status.phase == "Failed" and reasons(plan) == ["DeadlineExceeded"]
-    assert plan.ray == [StopJob("10.0.0.7", submission_id(UID, 1))] and len(plan.delete_pods) == 3
+    assert plan.ray == [StopJob("10.0.0.7", submission_id(UID, 1))] and plan.delete_pods == []
+    assert len(cleanup(job, plan, observe(job)).delete_pods) == 3
 
 
 def test_suspend_deletes_pods_keeps_status_and_resume_builds_a_new_cluster() -> None:

@@ -110,7 +110,10 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         self.status.message = message
         self.event("Normal" if phase == "Succeeded" else "Warning", reason, message)
         self.condition(phase, True, reason, message)
-        self.finished()
+        # The pods go on the next pass, once the stored status says how the job ended: deleted now, a lost status
+        # write would leave the next pass with neither the run nor its outcome, and it would take that for a lost
+        # cluster and restart a finished job.
+        self.plan.requeue_after = POLL_STARTING_S
 
     def finished(self) -> None:
         if self.spec.clean_pod_policy == "All":
