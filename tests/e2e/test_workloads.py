@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,9 @@ def test_a_failing_user_loop_is_reported_with_its_rank_and_its_own_error(ray_clu
     with pytest.raises(TrainingFailed) as failed:
         run_training("broken-loop", spec, str(tmp_path), resources_per_worker={"CPU": 1})
     message = str(failed.value)
-    assert message.startswith("WorkerGroupError on rank 0: "), message
+    # Every rank fails the same way; which one Ray Train hears from first depends on timing (rank 1 when rank 0 is
+    # slower to start), and the lowest rank it heard from is reported.
+    assert re.match(r"WorkerGroupError on rank [01]: ", message), message
     assert "KeyError: 'learning_rate'" in message, message
 
 
