@@ -27,9 +27,13 @@ from tests.support.operator import running_operator
 LOST_NODE = "node-a"
 
 
-async def bind_all(kube: KubeClient, names: list[str], node: str = LOST_NODE) -> None:
-    for name in names:
+async def running_on_node(kube: KubeClient, ray: FakeRay, node: str = LOST_NODE) -> None:
+    """The demo job Running, its pods bound to `node` (so that, deleted, they stay Terminating as on a real cluster)."""
+    created = await kube.create(*JOBS, job_manifest())
+    await all_pods(kube, GENERATION_1)
+    for name in GENERATION_1:
         await kube.bind(name, node)
+    await start_running(kube, ray, created["metadata"]["uid"])
 
 
 async def terminating(kube: KubeClient, job: str = "demo") -> set[str]:
@@ -42,10 +46,7 @@ async def test_a_worker_evicted_from_a_lost_node_is_replaced_under_a_fresh_name(
 ) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray):
-        created = await kube.create(*JOBS, job_manifest())
-        await all_pods(kube, GENERATION_1)
-        await bind_all(kube, GENERATION_1)
-        await start_running(kube, ray, created["metadata"]["uid"])
+        await running_on_node(kube, ray)
         emulator.lose_node(LOST_NODE)
         await kube.delete("v1", "pods", "demo-g1-w1")  # what the node lifecycle controller's eviction does
         assert await terminating(kube) == {"demo-g1-w1"}, "on a lost node, the pod stays Terminating"
@@ -69,10 +70,7 @@ async def test_a_job_deleted_and_applied_again_while_its_pods_drain_starts_clean
 ) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray):
-        first = await kube.create(*JOBS, job_manifest())
-        await all_pods(kube, GENERATION_1)
-        await bind_all(kube, GENERATION_1)
-        await start_running(kube, ray, first["metadata"]["uid"])
+        await running_on_node(kube, ray)
         emulator.lose_node(LOST_NODE)
         await kube.delete(*JOBS, "demo")
         await wait_for(lambda: _gone(kube.get(*JOBS, "demo")), WAIT_S, "the first job was not deleted")

@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 
 from bigmodel.api import wire
 from bigmodel.controller import loop
+from bigmodel.controller.backoff import exponential_backoff_s
 from bigmodel.controller.cache import ObjectCache
 from bigmodel.controller.clients import Clients
 from bigmodel.controller.informer import Informer
@@ -160,7 +161,7 @@ async def reconcile_loop(
 def backoff_s(failures: int, retry_after_s: float | None) -> float:
     """Capped exponential backoff after `failures` failed passes in a row (1 s, 2 s, 4 s, ... 5 min), never sooner
     than the server asked (429 Retry-After). A spec edit or a pod change still wakes the loop at once."""
-    exponential = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** min(failures - 1, 16))
+    exponential = exponential_backoff_s(failures, FIRST_BACKOFF_S, MAX_BACKOFF_S)
     return max(exponential, min(retry_after_s or 0.0, MAX_BACKOFF_S))
 
 

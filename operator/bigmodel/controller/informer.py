@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from bigmodel.api.wire import MANAGED_BY_LABEL, OPERATOR_NAME
+from bigmodel.controller.backoff import exponential_backoff_s
 from bigmodel.controller.cache import ObjectCache
 from bigmodel.controller.kube import KubeClient, KubeError, Resource
 
@@ -95,7 +96,7 @@ class Informer:
 
     async def _back_off(self, namespace: str | None, failures: int, error: Exception | None) -> int:
         failures += 1
-        delay = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** min(failures - 1, 16))
+        delay = exponential_backoff_s(failures, FIRST_BACKOFF_S, MAX_BACKOFF_S)
         if error is not None:
             where = namespace or "all namespaces"
             log.warning("watching %s in %s failed (%s); retrying in %.1f s", self._resource.plural, where, error, delay)

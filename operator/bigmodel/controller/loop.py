@@ -23,7 +23,7 @@ from bigmodel.builders.naming import owner_selector
 from bigmodel.controller.clients import Clients
 from bigmodel.controller.kind import Kind
 from bigmodel.controller.kube import PODS, SERVICES, KubeError
-from bigmodel.controller.ray_client import RayClient, RayError, RayRefused, RayUnreachable
+from bigmodel.controller.ray_client import RayClient, RayError, RayUnreachable
 from bigmodel.controller.stored_status import status_patch
 from bigmodel.reconcile.decision import deletion_plan
 from bigmodel.reconcile.observed import Children, ClusterObservation, PodView, ServiceView, owned_by
@@ -49,13 +49,10 @@ def step_failure(step: str, error: Exception) -> StepFailure:
     if isinstance(error, KubeError):
         reason = error.reason or _API_REASONS.get(error.status, "ApiError")
         return StepFailure(step, reason, one_line(error.message or str(error)), error.retry_after_s)
-    if isinstance(error, RayRefused):
-        return StepFailure(step, "RayRefused", one_line(str(error)))
-    if isinstance(error, RayUnreachable):
-        return StepFailure(step, "RayUnreachable", one_line(str(error)))
-    if isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError)):
-        return StepFailure(step, "ApiUnreachable", one_line(f"{type(error).__name__}: {error}"))
-    return StepFailure(step, "InternalError", one_line(f"{type(error).__name__}: {error}"))
+    if isinstance(error, RayError):  # RayRefused, RayUnreachable
+        return StepFailure(step, type(error).__name__, one_line(str(error)))
+    reason = "ApiUnreachable" if isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError)) else "InternalError"
+    return StepFailure(step, reason, one_line(f"{type(error).__name__}: {error}"))
 
 
 @contextmanager

@@ -96,25 +96,21 @@ class Clusters:
         gets a fresh name, since on a real cluster the old pod's name stays taken while it terminates (for ever on a
         lost node)."""
         taken = {pod.index for pod in self._seen.pods_of(generation) if pod.role == "worker"}
-        taken |= {pod.index for pod in self._planned_workers(generation)}
         free = (index for index in range(_MAX_WORKER_INDEX) if index not in taken)
         return list(itertools.islice(free, max(count, 0)))
-
-    def _planned_workers(self, generation: int) -> list[PodView]:
-        """Worker pods this pass already plans to create (so two verbs of one pass never pick the same index)."""
-        planned = [PodView.from_object(obj) for obj in self._plan.create if obj.get("kind") == "Pod"]
-        return [pod for pod in planned if pod.generation == generation and pod.role == "worker"]
 
     def replace_failed_workers(self, workers: list[PodView]) -> list[PodView]:
         """Delete the failed ones among these worker pods, saying so; the caller decides what takes their place."""
         failed = [pod for pod in workers if pod.failed]
         for pod in failed:
             self.remove_pod(pod)
-            self._plan.event(
-                "Warning", "WorkerReplaced", f"worker pod {pod.name} {pod.failure or 'failed'}: replacing it"
-            )
-            self._plan.count(Outcome.WORKER_REPLACED)
+            self.announce_replacement(pod)
         return failed
+
+    def announce_replacement(self, pod: PodView) -> None:
+        """The Event and the count of one failed worker pod being replaced."""
+        self._plan.event("Warning", "WorkerReplaced", f"worker pod {pod.name} {pod.failure or 'failed'}: replacing it")
+        self._plan.count(Outcome.WORKER_REPLACED)
 
     def remove_pod(self, pod: PodView) -> None:
         self._plan.delete_pods.append(pod.name)

@@ -244,11 +244,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
 
     def spec_changed(self, head: PodView) -> bool:
         """A spec edit under a running job: rebuild to apply it, or refuse it when it would change the model."""
-        model_key, run_key = MODEL_SPEC_ANNOTATION, RUN_SPEC_ANNOTATION
-        if head.annotations.get(model_key, self.digests[model_key]) not in (
-            self.digests[model_key],
-            self.legacy_digests[model_key],
-        ):
+        if not self.built_from_this_spec(head, MODEL_SPEC_ANNOTATION):
             self.condition(
                 "SpecChangeRejected",
                 True,
@@ -259,13 +255,18 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             return False
         if any(c.type == "SpecChangeRejected" for c in self.status.conditions):
             self.condition("SpecChangeRejected", False, "SpecApplied")
-        if head.annotations.get(run_key, self.digests[run_key]) in (self.digests[run_key], self.legacy_digests[run_key]):
+        if self.built_from_this_spec(head, RUN_SPEC_ANNOTATION):
             return False
         self.build_cluster()
         self.status.phase = "Restarting"
         self.status.message = f"spec changed: rebuilding the Ray cluster with it, {resume_point(self.status)}"
         self.event("Normal", "SpecApplied", self.status.message)
         return True
+
+    def built_from_this_spec(self, head: PodView, key: str) -> bool:
+        """Whether the head's digest under `key` is this spec's, by today's rule or the one it was built under."""
+        built = head.annotations.get(key, self.digests[key])
+        return built in (self.digests[key], self.legacy_digests[key])
 
     def replace_workers(self, generation: int) -> None:
         """A failed or vanished worker pod is replaced by a new one under a fresh name (the old name stays taken while
@@ -283,8 +284,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
                 self.clusters.remove_pod(pod)
         fresh = [pod for pod in failed if pod.name not in replaced]
         for pod in fresh:
-            self.event("Warning", "WorkerReplaced", f"worker pod {pod.name} {pod.failure or 'failed'}: replacing it")
-            self.count(Outcome.WORKER_REPLACED)
+            self.clusters.announce_replacement(pod)
         self.status.workers.replaced += len(fresh)
         live = [pod for pod in workers if not pod.failed]
         for pod in live[replicas:]:

@@ -18,9 +18,7 @@ from bigmodel.reconcile.plans import Plan
 def current_generation(status: BigModelJobStatus | None, seen: ClusterObservation) -> int:
     """The generation the status names, or a newer one whose head pod exists (built by a pass whose status write
     was lost)."""
-    recorded = status.cluster_generation if status else 0
-    built = [generation for generation in seen.generations() if generation > recorded and seen.head(generation)]
-    return max(built, default=recorded)
+    return seen.newest_built(status.cluster_generation if status else 0)
 
 
 def catch_up(status: BigModelJobStatus, seen: ClusterObservation) -> None:

@@ -145,6 +145,12 @@ class ClusterObservation:
     def generations(self) -> set[int]:
         return {pod.generation for pod in self.pods} | {service.generation for service in self.services}
 
+    def newest_built(self, after: int, *skip: int | None) -> int:
+        """The newest generation after `after` whose head pod exists (built by a pass whose status write was lost),
+        leaving out `skip`; `after` itself when there is none."""
+        built = [g for g in self.generations() if g > after and g not in skip and self.head(g) is not None]
+        return max(built, default=after)
+
     def stuck(self, generation: int) -> list[PodView]:
         """The generation's pods that cannot start, and will not without someone's help."""
         return [pod for pod in self.pods_of(generation) if pod.stuck and not pod.deleting]

@@ -38,8 +38,7 @@ def keep_serving_cluster(d: ServicePass) -> int:
     active = d.active
     if d.seen.head(active) is None:
         # A newer cluster whose head exists was built by a pass whose status write was lost: it is the serving one.
-        built = [g for g in d.seen.generations() if g > active and g != d.pending and d.seen.head(g) is not None]
-        active = max(built, default=active)
+        active = d.seen.newest_built(active, d.pending)
     health = d.clusters.health(active)
     if health.state == "lost":
         rebuilt = d.clusters.next_generation(active, d.pending)
