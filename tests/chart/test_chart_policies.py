@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT, SERVE_PORT
 from bigmodel.builders import naming
 from bigmodel.controller.settings import OperatorSettings
 from tests.chart.rendering import RELEASE, RELEASE_NAMESPACE, of_kind, render, rendered_rbac_rules
@@ -24,7 +23,12 @@ OPERATOR_RULES = {
     *(("", "pods", verb) for verb in ("get", "list", "watch", "create", "delete")),
     *(("", "services", verb) for verb in ("get", "list", "watch", "create", "patch", "delete")),
     ("", "events", "create"),
+    # Each cluster's token Secret and NetworkPolicy: made (again in place of any holder of the name) and deleted,
+    # never read.
+    *(("", "secrets", verb) for verb in ("create", "delete")),
+    *(("networking.k8s.io", "networkpolicies", verb) for verb in ("create", "delete")),
 }
+TOKEN_KEY = f"{RELEASE}-bigmodel-operator-token-key"
 # What Kopf's peering was recorded doing (tests/integration/test_rbac.py): no get, no create.
 PEERING_VERBS = ("list", "watch", "patch")
 
@@ -75,6 +79,9 @@ def test_operator_command_probe_and_resources() -> None:
 def test_defaults_run_one_standalone_operator_on_every_namespace() -> None:
     assert env() == {
         "BIGMODEL_LOG_LEVEL": "INFO",
+        "BIGMODEL_OPERATOR_NAMESPACE": RELEASE_NAMESPACE,
+        "BIGMODEL_OPERATOR_POD_LABELS": f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=bigmodel-operator",
+        "BIGMODEL_TOKEN_KEY_SECRET": TOKEN_KEY,
         "BIGMODEL_LIVENESS_PORT": "8080",
         "BIGMODEL_METRICS_PORT": "9090",
     }
@@ -118,37 +125,73 @@ def test_scheduling_is_passed_through() -> None:
     assert pod["tolerations"] == values["tolerations"]
     assert pod["affinity"] == values["affinity"]
     assert pod["imagePullSecrets"] == values["imagePullSecrets"]
-    assert not {"nodeSelector", "tolerations", "affinity", "imagePullSecrets"} & set(deployment()["spec"]["template"]["spec"])
+    assert not {"nodeSelector", "tolerations", "affinity", "imagePullSecrets"} & set(
+        deployment()["spec"]["template"]["spec"]
+    )
 
 
 # RBAC
 
 
+def token_key_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (role,) = [role for role in of_kind(objects, "Role") if role["metadata"]["name"].endswith("-token-key")]
+    return role
+
+
+def test_the_only_secret_the_operator_may_read_is_its_token_key() -> None:
+    for values in ({}, {"watchNamespaces": NAMESPACES}, {"watchNamespaces": [RELEASE_NAMESPACE]}):
+        objects = render(values)
+        reads = [
+            (role["kind"], role["metadata"].get("namespace"), rule)
+            for role in [*of_kind(objects, "Role"), *of_kind(objects, "ClusterRole")]
+            for rule in role["rules"]
+            if "secrets" in rule["resources"] and {"get", "list", "watch"} & set(rule["verbs"])
+        ]
+        rule = {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [TOKEN_KEY], "verbs": ["get"]}
+        assert reads == [("Role", RELEASE_NAMESPACE, rule)], values
+        assert OperatorSettings.from_env(env(values)).token_key_secret == TOKEN_KEY
+        (binding,) = [b for b in of_kind(objects, "RoleBinding") if b["metadata"]["name"].endswith("-token-key")]
+        assert binding["roleRef"]["name"] == token_key_role(objects)["metadata"]["name"]
+        assert_binds_the_operator(binding)
+    # It makes its key on first start: where its own namespace is not watched, only this Role lets it.
+    assert rules_of(token_key_role(render({"watchNamespaces": NAMESPACES}))) == {
+        ("", "secrets", "get"), ("", "secrets", "create")
+    }  # fmt: skip
+    assert rules_of(token_key_role(render())) == {("", "secrets", "get")}
+
+
 def test_cluster_wide_rbac_is_exactly_the_operator_rules() -> None:
     objects = render()
-    assert rendered_rbac_rules() == OPERATOR_RULES
-    assert not of_kind(objects, "Role") and not of_kind(objects, "RoleBinding")
     (role,) = of_kind(objects, "ClusterRole")
+    assert rules_of(role) == OPERATOR_RULES
+    assert [role["metadata"]["name"] for role in of_kind(objects, "Role")] == [
+        token_key_role(objects)["metadata"]["name"]
+    ]
     (binding,) = of_kind(objects, "ClusterRoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
     assert_binds_the_operator(binding)
 
 
 def test_namespaced_rbac_grants_the_same_rules_in_each_watched_namespace_only() -> None:
     values = {"watchNamespaces": NAMESPACES}
     objects = render(values)
-    roles = of_kind(objects, "Role")
+    key_role = token_key_role(objects)
+    roles = [role for role in of_kind(objects, "Role") if role is not key_role]
     assert sorted(role["metadata"]["namespace"] for role in roles) == NAMESPACES
     for role in roles:
         assert rules_of(role) == OPERATOR_RULES
-    bindings = of_kind(objects, "RoleBinding")
+    bindings = [b for b in of_kind(objects, "RoleBinding") if b["roleRef"]["name"] != key_role["metadata"]["name"]]
     assert sorted(binding["metadata"]["namespace"] for binding in bindings) == NAMESPACES
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"
         assert_binds_the_operator(binding)
     # The operator turns Kopf's namespace and CRD scanning off, so it needs nothing cluster-wide.
     assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
-    assert rendered_rbac_rules(values) == OPERATOR_RULES
+    assert rendered_rbac_rules(values) == OPERATOR_RULES | rules_of(key_role)
 
 
 @pytest.mark.parametrize(
@@ -160,7 +203,7 @@ def test_namespaced_rbac_grants_the_same_rules_in_each_watched_namespace_only() 
 )
 def test_several_replicas_get_kopf_peering(values: dict[str, Any], peerings: str, scope: str, kind: str) -> None:
     peering = {("kopf.dev", peerings, verb) for verb in PEERING_VERBS}
-    assert rendered_rbac_rules(values) == OPERATOR_RULES | peering
+    assert rendered_rbac_rules(values) == OPERATOR_RULES | peering | {("", "secrets", "get")}
     (crd,) = of_kind(render(values), "CustomResourceDefinition")
     assert crd["metadata"]["name"] == f"{peerings}.kopf.dev"
     assert crd["spec"]["group"] == "kopf.dev" and crd["spec"]["scope"] == scope
@@ -221,43 +264,29 @@ def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return selector["matchLabels"].items() <= labels.items()
 
 
-def test_ray_pods_are_reachable_only_from_their_namespace_peers_and_the_operator() -> None:
-    policy, _ = of_kind(render(), "NetworkPolicy")
+def test_the_chart_opens_nothing_and_shuts_every_ray_pod() -> None:
+    (policy,) = of_kind(render(), "NetworkPolicy")
     spec = policy["spec"]
-    head = naming.labels("digits", 0, "head")
-    worker = naming.labels("digits", 0, "worker", 1)
     operator_pod = deployment()["spec"]["template"]["metadata"]["labels"]
-    assert matches(spec["podSelector"], head) and matches(spec["podSelector"], worker)
+    for kind in ("BigModelJob", "BigModelService"):
+        for labels in (
+            naming.labels("digits", 0, "head", kind=kind),
+            naming.labels("digits", 0, "worker", 1, kind=kind),
+        ):
+            assert matches(spec["podSelector"], labels)
     assert not matches(spec["podSelector"], operator_pod), "the operator must not lock itself out"
-    assert spec["policyTypes"] == ["Ingress"]
-
-    peers, operator = spec["ingress"]
-    # Ray pods talk to each other on every port (GCS, object transfers, NCCL, random worker ports), same namespace.
-    assert set(peers) == {"from"}
-    (peer,) = peers["from"]
-    assert set(peer) == {"podSelector"} and matches(peer["podSelector"], worker)
-
-    (source,) = operator["from"]
-    assert source["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NAMESPACE}}
-    assert matches(source["podSelector"], operator_pod)
-    assert not matches(source["podSelector"], worker)
-    ports = {(port["port"], port["protocol"]) for port in operator["ports"]}
-    assert ports == {(RAY_DASHBOARD_PORT, "TCP"), (PROGRESS_PORT, "TCP")}
+    assert spec["policyTypes"] == ["Ingress"] and spec["ingress"] == [], "a fallback that admits no one"
 
 
-def test_only_service_heads_open_the_inference_port_to_the_configured_clients() -> None:
-    _, policy = of_kind(render(), "NetworkPolicy")
-    selector = policy["spec"]["podSelector"]
-    assert selector["matchLabels"] == {"app.kubernetes.io/managed-by": "bigmodel-operator", "bigmodel.dev/role": "head"}
-    assert selector["matchExpressions"] == [{"key": "bigmodel.dev/service", "operator": "Exists"}]
-    assert "bigmodel.dev/service" in naming.labels("digits", 0, "head", kind="BigModelService")
-    assert "bigmodel.dev/service" not in naming.labels("digits", 0, "head"), "job heads stay closed"
-    (rule,) = policy["spec"]["ingress"]
-    assert rule["ports"] == [{"port": SERVE_PORT, "protocol": "TCP"}]
-    assert rule["from"] == [{"namespaceSelector": {}}]
-    clients = [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]
-    _, narrowed = of_kind(render({"networkPolicy": {"servingFrom": clients}}), "NetworkPolicy")
-    assert narrowed["spec"]["ingress"][0]["from"] == clients
+def test_the_clusters_policies_let_in_exactly_the_operator_the_chart_runs() -> None:
+    """The operator builds each cluster's policy from what the chart tells it of its own pods."""
+    settings = OperatorSettings.from_env(env())
+    pod = deployment()["spec"]["template"]
+    peer = settings.operator_peer().peer()
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NAMESPACE}}
+    assert matches(peer["podSelector"], pod["metadata"]["labels"])
+    assert not matches(peer["podSelector"], naming.labels("digits", 0, "worker", 1)), "a Ray pod is not the operator"
+    assert peer["podSelector"]["matchLabels"] == deployment()["spec"]["selector"]["matchLabels"]
 
 
 @pytest.mark.parametrize(
@@ -271,6 +300,6 @@ def test_only_service_heads_open_the_inference_port_to_the_configured_clients() 
     ],
 )
 def test_network_policy_namespaces(values: dict[str, Any], namespaces: list[str]) -> None:
-    policies = [p for p in of_kind(render(values), "NetworkPolicy") if p["metadata"]["name"].endswith("-ray")]
+    policies = [p for p in of_kind(render(values), "NetworkPolicy") if p["metadata"]["name"].endswith("-ray-fallback")]
     assert sorted(policy["metadata"]["namespace"] for policy in policies) == namespaces
     assert len({str(policy["spec"]) for policy in policies}) <= 1, "every namespace gets the same policy"

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bigmodel.api.job import CheckpointRef
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
+from bigmodel.reconcile.observed import RayHead
 from tests.support.emulator import ApiError, Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
@@ -43,7 +44,12 @@ async def pods(kube: KubeClient, job: str = "demo") -> dict[str, dict[str, Any]]
 
 
 async def mark(
-    kube: KubeClient, name: str, phase: str = "Running", ready: bool = True, exit_code: int = 0, pod_ip: str = "127.0.0.1"
+    kube: KubeClient,
+    name: str,
+    phase: str = "Running",
+    ready: bool = True,
+    exit_code: int = 0,
+    pod_ip: str = "127.0.0.1",
 ) -> None:
     status: dict[str, Any] = {
         "phase": phase,
@@ -123,7 +129,9 @@ async def test_job_becomes_a_ray_cluster_that_trains_and_succeeds(emulator: Emul
 
         ray.succeed(
             submission_id(uid, 1),
-            TrainingReport(step=100, total_steps=100, epoch=1, epochs=2, model_uri="/checkpoints/demo/model", done=True),
+            TrainingReport(
+                step=100, total_steps=100, epoch=1, epochs=2, model_uri="/checkpoints/demo/model", done=True
+            ),
         )
         done = await wait_status(kube, lambda s: s.get("phase") == "Succeeded", "the job never Succeeded")
         assert done["modelUri"] == "/checkpoints/demo/model" and done["completionTime"]
@@ -173,7 +181,9 @@ async def test_failed_run_rebuilds_the_cluster_then_fails_past_the_budget(emulat
         assert "NCCL timeout" in restarting["message"]
         await all_pods(kube, GENERATION_2)
         await mark_all_ready(kube)
-        await wait_for(lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "the rebuilt run was not submitted")
+        await wait_for(
+            lambda: submission_id(uid, 2) in ray.submitted_ids(), WAIT_S, "the rebuilt run was not submitted"
+        )
 
         ray.fail(submission_id(uid, 2), "NCCL timeout again")
         failed = await wait_status(kube, lambda s: s.get("phase") == "Failed", "the job did not fail past its budget")
@@ -208,15 +218,20 @@ async def test_suspend_deletes_pods_and_resume_continues(emulator: Emulator, kub
 @pytest.mark.parametrize(
     ("spec", "cause"),
     [
-        ({"workers": {"replicas": 0}},
-         "spec.workers.replicas: Invalid value: 0: spec.workers.replicas in body should be greater than or equal to 1"),
-        ({"workload": {"builtin": {"task": "resnet"}}},
-         'spec.workload.builtin.task: Unsupported value: "resnet": supported values: "digits", "gpt"'),
+        (
+            {"workers": {"replicas": 0}},
+            "spec.workers.replicas: Invalid value: 0: spec.workers.replicas in body should be greater than or equal to 1",
+        ),
+        (
+            {"workload": {"builtin": {"task": "resnet"}}},
+            'spec.workload.builtin.task: Unsupported value: "resnet": supported values: "digits", "gpt"',
+        ),
     ],
     ids=["zero-workers", "unknown-task"],
 )
-async def test_the_api_server_refuses_what_the_crd_schema_forbids(kube: KubeClient, spec: dict[str, Any],
-                                                                 cause: str) -> None:
+async def test_the_api_server_refuses_what_the_crd_schema_forbids(
+    kube: KubeClient, spec: dict[str, Any], cause: str
+) -> None:
     """The CRD's schema stops these before the operator sees them: `kubectl apply` fails with the field."""
     with pytest.raises(ApiError) as refused:
         await kube.create(*JOBS, job_manifest(**spec))
@@ -283,7 +298,9 @@ async def wait_conflict(kube: KubeClient, name: str, step: str) -> str:
     return str(says(found))
 
 
-async def test_a_name_taken_by_someone_else_stops_the_job_until_it_is_free(emulator: Emulator, kube: KubeClient) -> None:
+async def test_a_name_taken_by_someone_else_stops_the_job_until_it_is_free(
+    emulator: Emulator, kube: KubeClient
+) -> None:
     ray = FakeRay()
     await squat(kube, "services", "demo-g1-head")
     with running_operator(emulator, ray):
@@ -375,7 +392,7 @@ async def test_per_job_series_name_the_job_and_go_with_it(emulator: Emulator, ku
         assert samples[f"bigmodel_job_spec_startup_deadline_seconds{{{demo}}}"] == 1800
         assert f"bigmodel_job_status_starting_timestamp_seconds{{{demo}}}" not in samples
 
-        async def garbled(head_ip: str) -> None:
+        async def garbled(head: RayHead) -> None:
             raise RuntimeError("the progress endpoint answered garbage")
 
         ray.report = garbled  # type: ignore[method-assign]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
 from bigmodel.reconcile.job_observed import RayJobView
+from bigmodel.reconcile.observed import RayHead
 from tests.integration.test_job_operator import JOBS, WAIT_S, job_manifest, start_running, wait_status
 from tests.support.emulator import Emulator, KubeClient, wait_for
 from tests.support.fake_ray import FakeRay
@@ -31,9 +32,9 @@ class CountingRay(FakeRay):
 
     polls: int = 0
 
-    async def job(self, head_ip: str, submission_id: str) -> RayJobView | None:
+    async def job(self, head: RayHead, submission_id: str) -> RayJobView | None:
         self.polls += 1
-        return await super().job(head_ip, submission_id)
+        return await super().job(head, submission_id)
 
 
 @asynccontextmanager

@@ -1,8 +1,10 @@
 """Least privilege, proven: the chart grants exactly the API calls the operator makes, no more, no fewer.
 
 Every request the operator sends to the API emulator is recorded (method -> RBAC verb, group, resource,
-subresource) while it takes jobs and services through their whole life; the Roles the Helm chart renders must allow
-each of them and must not grant anything that was never used. With several replicas (Kopf peering), the
+subresource, namespace and name) while it takes jobs and services through their whole life; the Roles the Helm
+chart renders must allow each of them (a Role only in its namespace, a rule with resourceNames only to those names)
+and must not grant anything that no call used. Secrets in particular: the operator creates and deletes its
+clusters' token Secrets but reads only its own key's, by name, in its own namespace. With several replicas (Kopf peering), the
 emulator also serves the chart's peering CRD and holds the chart's peering object, as a cluster would
 after `helm install`.
 """
@@ -17,7 +19,7 @@ import yaml
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
-from tests.chart.rendering import RELEASE, of_kind, render, rendered_rbac_rules
+from tests.chart.rendering import FULLNAME, RELEASE, RELEASE_NAMESPACE, Grant, of_kind, render, rendered_grants
 from tests.integration.test_job_operator import (
     GENERATION_1,
     GENERATION_2,
@@ -39,12 +41,19 @@ from tests.support.emulator import PROJECT_CRDS, Emulator, KubeClient, running_e
 from tests.support.fake_ray import FakeRay
 from tests.support.operator import running_operator
 
-Permission = tuple[str, str, str]
+Call = tuple[str | None, str, str, str, str | None]
+"""(namespace, group, resource[/subresource], verb, name) of one request."""
 
 
-def used_permissions(emulator: Emulator) -> set[Permission]:
+def used_permissions(emulator: Emulator) -> set[Call]:
     return {
-        (call.group, f"{call.resource}/{call.subresource}" if call.subresource else call.resource, call.verb)
+        (
+            call.namespace,
+            call.group,
+            f"{call.resource}/{call.subresource}" if call.subresource else call.resource,
+            call.verb,
+            call.name if call.verb not in ("list", "watch", "create") else None,
+        )
         for call in emulator.operator_calls()
     }
 
@@ -89,7 +98,9 @@ async def whole_life_of_services(kube: KubeClient, ray: FakeRay) -> None:
     await wait_service_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
     await kube.patch(*SERVICES, "demo", {"spec": {"image": "registry.example/bigmodel-runtime:2"}})
     await start_cluster(kube, ray, 1)
-    await wait_service_status(kube, lambda s: (s.get("serving") or {}).get("generation") == 1, "the upgrade never switched")
+    await wait_service_status(
+        kube, lambda s: (s.get("serving") or {}).get("generation") == 1, "the upgrade never switched"
+    )
     await kube.delete(*SERVICES, "demo")
     await wait_for(lambda: _no_pods(service_pods(kube)), WAIT_S, "the deleted service's pods were not removed")
 
@@ -107,24 +118,29 @@ async def whole_life(kube: KubeClient, ray: FakeRay) -> None:
     await whole_life_of_services(kube, ray)
 
 
-def _compare(used: set[Permission], granted: set[Permission]) -> None:
-    missing, unused = used - granted, granted - used
-    assert not missing, f"the operator made calls the chart does not allow: {sorted(missing)}"
-    assert not unused, f"the chart grants permissions the operator never used: {sorted(unused)}"
+def _compare(used: set[Call], granted: set[Grant]) -> None:
+    missing = [call for call in used if not any(grant.allows(*call) for grant in granted)]
+    unused = [grant for grant in granted if not any(grant.allows(*call) for call in used)]
+    assert not missing, f"the operator made calls the chart does not allow: {sorted(missing, key=str)}"
+    assert not unused, f"the chart grants permissions the operator never used: {sorted(unused, key=str)}"
+
+
+# What the chart's Deployment tells the operator about where it runs.
+AS_INSTALLED = {"namespace": RELEASE_NAMESPACE, "token_key_secret": f"{FULLNAME}-token-key"}
 
 
 async def test_cluster_wide_rbac_is_exactly_what_the_operator_uses(emulator: Emulator, kube: KubeClient) -> None:
     ray = FakeRay()
-    with running_operator(emulator, ray):
+    with running_operator(emulator, ray, **AS_INSTALLED):
         await whole_life(kube, ray)
-    _compare(used_permissions(emulator), rendered_rbac_rules({}))
+    _compare(used_permissions(emulator), rendered_grants({}))
 
 
 async def test_namespaced_rbac_is_exactly_what_the_operator_uses(emulator: Emulator, kube: KubeClient) -> None:
     ray = FakeRay()
-    with running_operator(emulator, ray, namespaces=["default"]):
+    with running_operator(emulator, ray, namespaces=["default"], **AS_INSTALLED):
         await whole_life(kube, ray)
-    _compare(used_permissions(emulator), rendered_rbac_rules({"watchNamespaces": ["default"]}))
+    _compare(used_permissions(emulator), rendered_grants({"watchNamespaces": ["default"]}))
 
 
 # Kopf names a replica by $POD_ID in the peering object, which the chart sets to the pod's name.
@@ -151,11 +167,12 @@ async def test_peering_rbac_is_exactly_what_the_operator_uses(
     with running_emulator([*PROJECT_CRDS, crd_file]) as emulator:
         async with KubeClient(emulator.url) as kube:
             await kube.create("kopf.dev/v1", plural, peering, namespace=namespace)
-            with running_operator(emulator, ray, peering=RELEASE, namespaces=values.get("watchNamespaces", [])):
+            watched = values.get("watchNamespaces", [])
+            with running_operator(emulator, ray, peering=RELEASE, namespaces=watched, **AS_INSTALLED):
                 # Told a peering name, Kopf stays paused until it has read the peering object: a job life that
                 # completes proves the operator found it and, alone there, went on.
                 await whole_life(kube, ray)
                 live = await kube.get("kopf.dev/v1", plural, RELEASE, namespace=namespace)
                 assert live is not None and list(live.get("status", {})) == [POD_ID], live
         used = used_permissions(emulator)
-    _compare(used, rendered_rbac_rules(values))
+    _compare(used, rendered_grants(values))

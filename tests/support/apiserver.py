@@ -8,7 +8,8 @@ What it does, as a real API server does:
 
 * discovery (``/version``, ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>[/<version>]``, with ``<plural>/status``
   where there is that subresource, which Kopf reads, and ``pods/binding``) of the builtin resources (pods, services, core ``v1`` events:
-  Kopf posts nothing to ``events.k8s.io``, configmaps, secrets, persistentvolumeclaims, serviceaccounts; and,
+  Kopf posts nothing to ``events.k8s.io``, configmaps, secrets, persistentvolumeclaims, serviceaccounts,
+  ``networking.k8s.io`` networkpolicies; and,
   read-only, the namespaces and the CRDs it was started with) and of every served version of those CRDs;
 * create (POST): the server sets ``uid``, ``creationTimestamp``, ``generation: 1``, ``resourceVersion``, the URL's
   namespace, ``apiVersion`` and ``kind``; ``generateName`` makes a unique name; a taken name is 409 AlreadyExists;
@@ -128,8 +129,16 @@ TEST_USER_AGENTS = frozenset({EMULATOR_USER_AGENT, CLIENT_USER_AGENT, KUBELET_US
 
 HISTORY_PER_RESOURCE = 10_000
 """Changes each resource keeps for watches that resume from a resourceVersion (etcd keeps about 5 minutes)."""
-SERVER_METADATA = ("name", "namespace", "uid", "creationTimestamp", "generation", "resourceVersion",
-                   "deletionTimestamp", "deletionGracePeriodSeconds")
+SERVER_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "resourceVersion",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
 OMITTED_WHEN_EMPTY = ("labels", "annotations", "finalizers", "ownerReferences")
 NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's: no vowels, so no words in generated names
 NO_SUCH_RESOURCE = "the server could not find the requested resource"
@@ -138,10 +147,12 @@ DEFAULT_GRACE_PERIOD_S = 30
 """A pod's ``terminationGracePeriodSeconds`` when its spec has none (the API server's pod default)."""
 POD_MUTABLE_SPEC = ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds")
 """What a pod update may change in ``spec`` besides the containers' images (``tolerations``: only additions, really)."""
-POD_SPEC_FORBIDDEN = ("pod updates may not change fields other than `spec.containers[*].image`,"
-                      "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions "
-                      "to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was "
-                      "previously negative)")
+POD_SPEC_FORBIDDEN = (
+    "pod updates may not change fields other than `spec.containers[*].image`,"
+    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions "
+    "to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was "
+    "previously negative)"
+)
 STALE = "the object has been modified; please apply your changes to the latest version and try again"
 
 
@@ -173,12 +184,21 @@ class Resource:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
-NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False, status=True, read_only=True,
-                      short_names=("ns",))
+NAMESPACES = Resource(
+    "", "v1", "namespaces", "Namespace", namespaced=False, status=True, read_only=True, short_names=("ns",)
+)
 PODS = Resource("", "v1", "pods", "Pod", status=True, short_names=("po",), categories=("all",))
 """The one resource with graceful deletion and the ``binding`` subresource."""
-CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
-                namespaced=False, status=True, read_only=True, short_names=("crd", "crds"))
+CRDS = Resource(
+    "apiextensions.k8s.io",
+    "v1",
+    "customresourcedefinitions",
+    "CustomResourceDefinition",
+    namespaced=False,
+    status=True,
+    read_only=True,
+    short_names=("crd", "crds"),
+)
 BUILTIN_RESOURCES = (
     NAMESPACES,
     CRDS,
@@ -189,6 +209,7 @@ BUILTIN_RESOURCES = (
     Resource("", "v1", "secrets", "Secret"),
     Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", status=True, short_names=("pvc",)),
     Resource("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+    Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",)),
 )
 
 
@@ -196,20 +217,33 @@ def crd_resources(crd: Mapping[str, Any]) -> list[Resource]:
     """The resources a CustomResourceDefinition serves: one per served version."""
     spec, names = crd["spec"], crd["spec"]["names"]
     return [
-        Resource(spec["group"], version["name"], names["plural"], names["kind"],
-                 namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-                 status="status" in (version.get("subresources") or {}),
-                 short_names=tuple(names.get("shortNames", ())), categories=tuple(names.get("categories", ())),
-                 schema=StructuralSchema(version["schema"]["openAPIV3Schema"]) if "schema" in version else None)
-        for version in spec["versions"] if version.get("served", True)
+        Resource(
+            spec["group"],
+            version["name"],
+            names["plural"],
+            names["kind"],
+            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+            status="status" in (version.get("subresources") or {}),
+            short_names=tuple(names.get("shortNames", ())),
+            categories=tuple(names.get("categories", ())),
+            schema=StructuralSchema(version["schema"]["openAPIV3Schema"]) if "schema" in version else None,
+        )
+        for version in spec["versions"]
+        if version.get("served", True)
     ]
 
 
 class StatusError(Exception):
     """A request the server refuses: answered as a ``Status`` object with this HTTP code and reason."""
 
-    def __init__(self, code: int, reason: str, message: str, details: JsonObject | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        details: JsonObject | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
@@ -218,8 +252,15 @@ class StatusError(Exception):
         self.headers = dict(headers or {})
 
     def status(self) -> JsonObject:
-        status = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": self.message,
-                  "reason": self.reason, "code": self.code}
+        status = {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
         if self.details is not None:
             status["details"] = self.details
         return status
@@ -227,19 +268,28 @@ class StatusError(Exception):
 
 def conflict(qualified: str, name: str, why: str) -> StatusError:
     """A 409 Conflict in a real server's words; `qualified` names the resource (``pods``, ``pods/binding``)."""
-    return StatusError(409, "Conflict", f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
-                       details={"name": name, "kind": qualified})
+    return StatusError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {qualified} "{name}": {why}',
+        details={"name": name, "kind": qualified},
+    )
 
 
 def invalid(kind: str, group: str, name: str, errors: list[FieldError]) -> StatusError:
     """A 422 Invalid with one cause per field error, as a real server answers a body that fails validation."""
     listed = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(map(str, errors)) + "]"
-    details: JsonObject = {"name": name, "group": group, "kind": kind,
-                           "causes": [{"reason": e.reason, "message": e.body(), "field": e.field} for e in errors]}
+    details: JsonObject = {
+        "name": name,
+        "group": group,
+        "kind": kind,
+        "causes": [{"reason": e.reason, "message": e.body(), "field": e.field} for e in errors],
+    }
     if not group:
         del details["group"]
-    return StatusError(422, "Invalid", f'{kind}{"." + group if group else ""} "{name}" is invalid: {listed}',
-                       details=details)
+    return StatusError(
+        422, "Invalid", f'{kind}{"." + group if group else ""} "{name}" is invalid: {listed}', details=details
+    )
 
 
 @dataclass(frozen=True)
@@ -269,6 +319,7 @@ class DeleteOptions:
 
 # Selectors. Each is parsed once per request into one predicate per term, so a bad one answers 400 even when no
 # object is there to test, and a list of a thousand objects does not parse it a thousand times.
+
 
 def _split_selector(selector: str) -> list[str]:
     """The terms of a selector: split at the commas outside parentheses (not those of ``in (a,b)``)."""
@@ -426,8 +477,9 @@ class Watch:
     def __enter__(self) -> Watch:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._watches.discard(self)
 
 
@@ -478,8 +530,9 @@ class Store:
         except KeyError:
             raise StatusError(404, "NotFound", f'{resource.qualified} "{name}" not found') from None
 
-    def list(self, resource: Resource, namespace: str | None = None, label_selector: str = "",
-             field_selector: str = "") -> list[JsonObject]:
+    def list(
+        self, resource: Resource, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+    ) -> list[JsonObject]:
         """The matching objects in one namespace (all, when None), in namespace and name order."""
         self._check_collection(resource, namespace)
         selected = selection(label_selector, field_selector)
@@ -491,8 +544,14 @@ class Store:
         found = [key for key in keys if namespace in (None, key[0]) and selected(objects[key])]
         return [objects[key] for key in sorted(found, key=lambda key: (key[0] or "", key[1]))]
 
-    def watch(self, resource: Resource, namespace: str | None = None, since: str | None = None,
-              label_selector: str = "", field_selector: str = "") -> Watch:
+    def watch(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        since: str | None = None,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> Watch:
         """A watch from `since` (the changes after that resourceVersion), or from now with the current objects."""
         self._check_collection(resource, namespace)
         selected = selection(label_selector, field_selector)
@@ -516,8 +575,11 @@ class Store:
         obj = copy.deepcopy(body)
         metadata = obj.setdefault("metadata", {})
         if resource.namespaced and metadata.get("namespace", namespace) != namespace:
-            raise StatusError(400, "BadRequest", "the namespace of the provided object does not match the namespace "
-                                                 "sent on the request")
+            raise StatusError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
         if not metadata.get("name"):
             if not metadata.get("generateName"):
                 raise StatusError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
@@ -537,8 +599,15 @@ class Store:
         _omit_empty(metadata)
         return self._store(resource, key, "ADDED", _admit(resource, obj, None), None)
 
-    def patch(self, resource: Resource, namespace: str | None, name: str, patch: Any, json_patch: bool = False,
-              subresource: str | None = None) -> JsonObject:
+    def patch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        json_patch: bool = False,
+        subresource: str | None = None,
+    ) -> JsonObject:
         """A merge patch (RFC 7386), or a JSON patch (RFC 6902) when `json_patch`."""
         if not json_patch:
             return self._update(resource, namespace, name, subresource, lambda obj: merge_patch(obj, patch))
@@ -553,13 +622,15 @@ class Store:
 
         return self._update(resource, namespace, name, subresource, apply)
 
-    def replace(self, resource: Resource, namespace: str | None, name: str, body: JsonObject,
-                subresource: str | None = None) -> JsonObject:
+    def replace(
+        self, resource: Resource, namespace: str | None, name: str, body: JsonObject, subresource: str | None = None
+    ) -> JsonObject:
         """PUT: the object becomes `body`, within what a client may change."""
         return self._update(resource, namespace, name, subresource, lambda _: copy.deepcopy(body))
 
-    def delete(self, resource: Resource, namespace: str | None, name: str,
-               options: DeleteOptions = DeleteOptions()) -> JsonObject:
+    def delete(
+        self, resource: Resource, namespace: str | None, name: str, options: DeleteOptions = DeleteOptions()
+    ) -> JsonObject:
         """Delete as a real server does (see the module docstring); the object as it ends up."""
         current = self.get(resource, namespace, name)
         _check_preconditions(resource, current, options)
@@ -569,11 +640,18 @@ class Store:
         grace = _grace_period(current, options) if resource == PODS else None
         if grace is None and not metadata.get("finalizers"):
             return self._store(resource, key, "DELETED", {**current, "metadata": {**metadata}}, current)
-        marked = {**current, "metadata": {**metadata, "deletionTimestamp": _now(grace or 0),
-                                          "deletionGracePeriodSeconds": grace or 0,
-                                          "generation": metadata["generation"] + 1}}
-        return self._store(resource, key, "MODIFIED" if grace or metadata.get("finalizers") else "DELETED", marked,
-                           current)
+        marked = {
+            **current,
+            "metadata": {
+                **metadata,
+                "deletionTimestamp": _now(grace or 0),
+                "deletionGracePeriodSeconds": grace or 0,
+                "generation": metadata["generation"] + 1,
+            },
+        }
+        return self._store(
+            resource, key, "MODIFIED" if grace or metadata.get("finalizers") else "DELETED", marked, current
+        )
 
     def _delete_again(self, resource: Resource, key: Key, current: JsonObject, grace: int | None) -> JsonObject:
         """A delete of an object already being deleted: only a shorter grace period changes anything."""
@@ -581,9 +659,14 @@ class Store:
         pending = metadata.get("deletionGracePeriodSeconds") or 0
         if grace is None or grace >= pending:
             return current
-        shortened = {**current, "metadata": {
-            **metadata, "deletionGracePeriodSeconds": grace,
-            "deletionTimestamp": _earlier(metadata["deletionTimestamp"], pending - grace)}}
+        shortened = {
+            **current,
+            "metadata": {
+                **metadata,
+                "deletionGracePeriodSeconds": grace,
+                "deletionTimestamp": _earlier(metadata["deletionTimestamp"], pending - grace),
+            },
+        }
         finished = grace == 0 and not metadata.get("finalizers")
         return self._store(resource, key, "DELETED" if finished else "MODIFIED", shortened, current)
 
@@ -599,8 +682,12 @@ class Store:
         conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
         scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
         # Straight to storage, as the real binding is: no generation bump, the spec's immutability does not apply.
-        bound = {**pod, "metadata": {**pod["metadata"]}, "spec": {**pod.get("spec", {}), "nodeName": node},
-                 "status": {**status, "conditions": [*conditions, scheduled]}}
+        bound = {
+            **pod,
+            "metadata": {**pod["metadata"]},
+            "spec": {**pod.get("spec", {}), "nodeName": node},
+            "status": {**status, "conditions": [*conditions, scheduled]},
+        }
         return self._store(PODS, (namespace, name), "MODIFIED", bound, pod)
 
     def finish_termination(self, namespace: str, name: str) -> JsonObject:
@@ -614,9 +701,11 @@ class Store:
         """Delete every object whose owners are all gone (by uid), as the background propagation would."""
         uids = {obj["metadata"]["uid"] for objects in self._objects.values() for obj in objects.values()}
         orphans = [
-            (resource, key, obj["metadata"]["uid"]) for resource, objects in self._objects.items()
+            (resource, key, obj["metadata"]["uid"])
+            for resource, objects in self._objects.items()
             for key, obj in objects.items()
-            if obj["metadata"].get("ownerReferences") and not obj["metadata"].get("deletionTimestamp")
+            if obj["metadata"].get("ownerReferences")
+            and not obj["metadata"].get("deletionTimestamp")
             and not uids.intersection(ref.get("uid") for ref in obj["metadata"]["ownerReferences"])
         ]
         for resource, (namespace, name), uid in orphans:
@@ -628,8 +717,14 @@ class Store:
             for watch in watches:
                 watch.end()
 
-    def _update(self, resource: Resource, namespace: str | None, name: str, subresource: str | None,
-                edit: Callable[[JsonObject], Any]) -> JsonObject:
+    def _update(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        name: str,
+        subresource: str | None,
+        edit: Callable[[JsonObject], Any],
+    ) -> JsonObject:
         current = self.get(resource, namespace, name)
         candidate = edit(copy.deepcopy(current))
         if not isinstance(candidate, dict) or not isinstance(candidate.get("metadata", {}), dict):
@@ -663,12 +758,16 @@ class Store:
         if _content(updated) != _content(current):
             metadata["generation"] = current["metadata"]["generation"] + 1
         # The last finalizer gone releases an object being deleted, unless a pod's grace period is still running.
-        released = (metadata.get("deletionTimestamp") and not metadata.get("finalizers")
-                    and not metadata.get("deletionGracePeriodSeconds"))
+        released = (
+            metadata.get("deletionTimestamp")
+            and not metadata.get("finalizers")
+            and not metadata.get("deletionGracePeriodSeconds")
+        )
         return self._store(resource, (namespace, name), "DELETED" if released else "MODIFIED", updated, current)
 
-    def _store(self, resource: Resource, key: Key, kind: str, obj: JsonObject,
-               previous: JsonObject | None) -> JsonObject:
+    def _store(
+        self, resource: Resource, key: Key, kind: str, obj: JsonObject, previous: JsonObject | None
+    ) -> JsonObject:
         self._resource_version += 1
         obj["metadata"]["resourceVersion"] = str(self._resource_version)
         if kind == "DELETED":
@@ -707,14 +806,22 @@ def _admit(resource: Resource, obj: JsonObject, old: JsonObject | None) -> JsonO
 def _check_preconditions(resource: Resource, current: JsonObject, options: DeleteOptions) -> None:
     metadata, qualified = current["metadata"], f"{resource.kind}{'.' + resource.group if resource.group else ''}"
     if options.uid is not None and options.uid != metadata["uid"]:
-        raise conflict(qualified, metadata["name"], f"the UID in the precondition ({options.uid}) does not match the "
-                                                    f"UID in record ({metadata['uid']}). The object might have been "
-                                                    "deleted and then recreated")
+        raise conflict(
+            qualified,
+            metadata["name"],
+            f"the UID in the precondition ({options.uid}) does not match the "
+            f"UID in record ({metadata['uid']}). The object might have been "
+            "deleted and then recreated",
+        )
     if options.resource_version is not None and options.resource_version != metadata["resourceVersion"]:
-        raise conflict(qualified, metadata["name"], f"the ResourceVersion in the precondition "
-                                                    f"({options.resource_version}) does not match the ResourceVersion "
-                                                    f"in record ({metadata['resourceVersion']}). The object might have "
-                                                    "been modified")
+        raise conflict(
+            qualified,
+            metadata["name"],
+            f"the ResourceVersion in the precondition "
+            f"({options.resource_version}) does not match the ResourceVersion "
+            f"in record ({metadata['resourceVersion']}). The object might have "
+            "been modified",
+        )
 
 
 def _grace_period(pod: JsonObject, options: DeleteOptions) -> int:
@@ -757,8 +864,11 @@ class ApiCall:
 
 
 _WRITE_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-_PATCH_TYPES = {"application/merge-patch+json": False, "application/strategic-merge-patch+json": False,
-                "application/json-patch+json": True}
+_PATCH_TYPES = {
+    "application/merge-patch+json": False,
+    "application/strategic-merge-patch+json": False,
+    "application/json-patch+json": True,
+}
 
 
 def _parse_path(path: str) -> tuple[str, str, str, str | None, str | None, str | None] | None:
@@ -820,17 +930,35 @@ class ApiServer:
         except StatusError as error:
             return web.json_response(error.status(), status=error.code, headers=error.headers)
 
-    async def _serve(self, request: web.Request, group: str, version: str, plural: str, namespace: str | None,
-                     name: str | None, subresource: str | None) -> web.StreamResponse:
+    async def _serve(
+        self,
+        request: web.Request,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str | None,
+        name: str | None,
+        subresource: str | None,
+    ) -> web.StreamResponse:
         method, query = request.method, request.query
         watching = query.get("watch") in ("true", "1")
         if method == "GET":
             verb = "watch" if watching else "get" if name else "list"
         else:
-            verb = "deletecollection" if method == "DELETE" and name is None else _WRITE_VERBS.get(method, method.lower())
+            verb = (
+                "deletecollection" if method == "DELETE" and name is None else _WRITE_VERBS.get(method, method.lower())
+            )
         user_agent = request.headers.get("User-Agent", "")
-        call = ApiCall(method=method, verb=verb, group=group, resource=plural, subresource=subresource,
-                       namespace=namespace, name=name, user_agent=user_agent)
+        call = ApiCall(
+            method=method,
+            verb=verb,
+            group=group,
+            resource=plural,
+            subresource=subresource,
+            namespace=namespace,
+            name=name,
+            user_agent=user_agent,
+        )
         self.calls.append(call)
         store = self.store
         resource = store.resource(group, version, plural)
@@ -842,8 +970,12 @@ class ApiServer:
         body: Any = None
         if method != "GET":
             if method == "PATCH" and request.content_type not in _PATCH_TYPES:
-                raise StatusError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                                                               f"accepted media types include: {', '.join(_PATCH_TYPES)}")
+                raise StatusError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - "
+                    f"accepted media types include: {', '.join(_PATCH_TYPES)}",
+                )
             body = await _json_body(request, {} if method == "DELETE" else None)
         fault = await self._inject(call, body, user_agent in TEST_USER_AGENTS)
         if verb == "watch":
@@ -853,8 +985,14 @@ class ApiServer:
             return web.json_response(store.get(resource, namespace, name))
         if verb == "list":
             items = store.list(resource, namespace, query.get("labelSelector", ""), query.get("fieldSelector", ""))
-            return web.json_response({"apiVersion": resource.api_version, "kind": f"{resource.kind}List",
-                                      "metadata": {"resourceVersion": store.resource_version}, "items": items})
+            return web.json_response(
+                {
+                    "apiVersion": resource.api_version,
+                    "kind": f"{resource.kind}List",
+                    "metadata": {"resourceVersion": store.resource_version},
+                    "items": items,
+                }
+            )
         if user_agent == KUBELET_USER_AGENT and resource == PODS:
             self._refuse_lost_node(namespace, name, body if binding else None)
         if method == "POST" and name is None:
@@ -862,8 +1000,9 @@ class ApiServer:
         assert name is not None  # only POST addresses a collection
         if binding:
             store.bind(str(namespace), name, _binding_target(body))
-            return web.json_response({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success",
-                                      "code": 201}, status=201)
+            return web.json_response(
+                {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success", "code": 201}, status=201
+            )
         if method == "DELETE":
             return web.json_response(store.delete(resource, namespace, name, DeleteOptions.parse(body, query)))
         if method == "PUT":
@@ -898,21 +1037,33 @@ class ApiServer:
         """Nothing a kubelet says about a pod on a lost node (or binds to one) reaches the server."""
         if name is None:
             return
-        node = _binding_target(binding) if binding is not None else (
-            (self.store.get(PODS, namespace, name).get("spec") or {}).get("nodeName"))
+        node = (
+            _binding_target(binding)
+            if binding is not None
+            else ((self.store.get(PODS, namespace, name).get("spec") or {}).get("nodeName"))
+        )
         if node in self.lost_nodes:
-            raise StatusError(503, "ServiceUnavailable", f'node "{node}" is lost: nothing its kubelet sends reaches '
-                                                         "the API server")
+            raise StatusError(
+                503, "ServiceUnavailable", f'node "{node}" is lost: nothing its kubelet sends reaches the API server'
+            )
 
-    async def _watch(self, request: web.Request, resource: Resource, namespace: str | None, name: str | None,
-                     call: ApiCall, fault: Fault | None) -> web.StreamResponse:
+    async def _watch(
+        self,
+        request: web.Request,
+        resource: Resource,
+        namespace: str | None,
+        name: str | None,
+        call: ApiCall,
+        fault: Fault | None,
+    ) -> web.StreamResponse:
         query = request.query
         fields = ",".join(filter(None, [query.get("fieldSelector", ""), name and f"metadata.name={name}"]))
         timeout = query.get("timeoutSeconds")
         self._loop = asyncio.get_running_loop()
         deadline = self._loop.time() + float(timeout) if timeout else None
-        with self.store.watch(resource, namespace, query.get("resourceVersion"), query.get("labelSelector", ""),
-                              fields) as watch:
+        with self.store.watch(
+            resource, namespace, query.get("resourceVersion"), query.get("labelSelector", ""), fields
+        ) as watch:
             stream = _Stream(call, call.user_agent in TEST_USER_AGENTS, watch)
             if fault is not None:
                 stream.cut_after(fault.drop_watch)
@@ -940,15 +1091,22 @@ class ApiServer:
         if parts == ["api"]:
             return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
         if parts == ["apis"]:
-            return {"apiVersion": "v1", "kind": "APIGroupList",
-                    "groups": [_api_group(group, versions) for group, versions in groups.items()]}
+            return {
+                "apiVersion": "v1",
+                "kind": "APIGroupList",
+                "groups": [_api_group(group, versions) for group, versions in groups.items()],
+            }
         if len(parts) == 2 and parts[0] == "apis" and parts[1] in groups:
             return _api_group(parts[1], groups[parts[1]])
         served = [r for r in resources if ["api", r.version] == parts or ["apis", r.group, r.version] == parts]
         if not served:
             raise StatusError(404, "NotFound", NO_SUCH_RESOURCE)
-        return {"apiVersion": "v1", "kind": "APIResourceList", "groupVersion": served[0].api_version,
-                "resources": [entry for resource in served for entry in _discovered(resource)]}
+        return {
+            "apiVersion": "v1",
+            "kind": "APIResourceList",
+            "groupVersion": served[0].api_version,
+            "resources": [entry for resource in served for entry in _discovered(resource)],
+        }
 
 
 def _api_group(group: str, versions: list[str]) -> JsonObject:
@@ -957,17 +1115,36 @@ def _api_group(group: str, versions: list[str]) -> JsonObject:
 
 
 def _discovered(resource: Resource) -> list[JsonObject]:
-    verbs = ["get", "list", "watch"] if resource.read_only else ["create", "delete", "get", "list", "patch",
-                                                                  "update", "watch"]
-    entries = [{"name": resource.plural, "singularName": resource.kind.lower(), "namespaced": resource.namespaced,
-                "kind": resource.kind, "verbs": verbs, "shortNames": list(resource.short_names),
-                "categories": list(resource.categories)}]
+    verbs = (
+        ["get", "list", "watch"]
+        if resource.read_only
+        else ["create", "delete", "get", "list", "patch", "update", "watch"]
+    )
+    entries = [
+        {
+            "name": resource.plural,
+            "singularName": resource.kind.lower(),
+            "namespaced": resource.namespaced,
+            "kind": resource.kind,
+            "verbs": verbs,
+            "shortNames": list(resource.short_names),
+            "categories": list(resource.categories),
+        }
+    ]
     if resource.status:
-        entries.append({"name": f"{resource.plural}/status", "singularName": "", "namespaced": resource.namespaced,
-                        "kind": resource.kind, "verbs": ["get"] if resource.read_only else ["get", "patch", "update"]})
+        entries.append(
+            {
+                "name": f"{resource.plural}/status",
+                "singularName": "",
+                "namespaced": resource.namespaced,
+                "kind": resource.kind,
+                "verbs": ["get"] if resource.read_only else ["get", "patch", "update"],
+            }
+        )
     if resource == PODS:
-        entries.append({"name": "pods/binding", "singularName": "", "namespaced": True, "kind": "Binding",
-                        "verbs": ["create"]})
+        entries.append(
+            {"name": "pods/binding", "singularName": "", "namespaced": True, "kind": "Binding", "verbs": ["create"]}
+        )
     return entries
 
 
@@ -992,16 +1169,23 @@ class _Stream:
 
 
 FAULT_WORDS = {
-    403: ("Forbidden", '{what} "{name}" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=1, used: '
-                       "nvidia.com/gpu=8, limited: nvidia.com/gpu=8"),
+    403: (
+        "Forbidden",
+        '{what} "{name}" is forbidden: exceeded quota: gpu-quota, requested: nvidia.com/gpu=1, used: '
+        "nvidia.com/gpu=8, limited: nvidia.com/gpu=8",
+    ),
     409: ("Conflict", 'Operation cannot be fulfilled on {what} "{name}": ' + STALE),
-    422: ("Invalid", 'admission webhook "deny.tests.bigmodel.dev" denied the request: a scripted fault denies this '
-                     "request"),
+    422: (
+        "Invalid",
+        'admission webhook "deny.tests.bigmodel.dev" denied the request: a scripted fault denies this request',
+    ),
     429: ("TooManyRequests", "Too many requests, please try again later."),
     500: ("InternalError", "Internal error occurred: etcdserver: request timed out"),
     503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
-    504: ("Timeout", "the server was unable to return a response in the time allotted, but may still be processing "
-                     "the request"),
+    504: (
+        "Timeout",
+        "the server was unable to return a response in the time allotted, but may still be processing the request",
+    ),
 }
 """A real server's reason and message for each error a fault may answer (403: a ResourceQuota's refusal, 422: an
 admission webhook's denial)."""
@@ -1019,8 +1203,13 @@ def _fault_error(fault: Fault, call: ApiCall) -> StatusError:
     if code == 429:
         details["retryAfterSeconds"] = fault.retry_after_s
         headers["Retry-After"] = str(fault.retry_after_s)
-    return StatusError(code, fault.reason or reason, fault.message or message.format(what=what, name=call.name or ""),
-                       details=details, headers=headers)
+    return StatusError(
+        code,
+        fault.reason or reason,
+        fault.message or message.format(what=what, name=call.name or ""),
+        details=details,
+        headers=headers,
+    )
 
 
 def _allowed(method: str, resource: Resource, name: str | None, subresource: str | None) -> bool:
@@ -1045,8 +1234,12 @@ def _binding_target(body: Any) -> str:
     """The node a ``Binding`` body names."""
     target = _object(body).get("target")
     if not isinstance(target, dict) or not target.get("name"):
-        raise invalid("Binding", "", str((body.get("metadata") or {}).get("name", "")),
-                      [FieldError("FieldValueRequired", "target.name")])
+        raise invalid(
+            "Binding",
+            "",
+            str((body.get("metadata") or {}).get("name", "")),
+            [FieldError("FieldValueRequired", "target.name")],
+        )
     return str(target["name"])
 
 

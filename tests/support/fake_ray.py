@@ -11,6 +11,7 @@ from typing import Any
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.reconcile.job_observed import RayJobState, RayJobView
+from bigmodel.reconcile.observed import RayHead
 from bigmodel.reconcile.service_observed import RayClusterView, ServeAppView
 
 
@@ -35,27 +36,28 @@ class FakeRay:
     deploy_outcome: str = "RUNNING"
     """The status a newly deployed application reports; DEPLOY_FAILED plays a model that does not load."""
 
-    async def submit(self, head_ip: str, submission: dict[str, Any]) -> None:
-        self.called.add(head_ip)
+    async def submit(self, head: RayHead, submission: dict[str, Any]) -> None:
+        self.called.add(head.ip)
         self.submissions.append(submission)
         self.states.setdefault(submission["submission_id"], "RUNNING")
 
-    async def job(self, head_ip: str, submission_id: str) -> RayJobView | None:
-        self.called.add(head_ip)
+    async def job(self, head: RayHead, submission_id: str) -> RayJobView | None:
+        self.called.add(head.ip)
         state = self.states.get(submission_id)
         return RayJobView(submission_id, state, self.messages.get(submission_id, "")) if state else None
 
-    async def stop(self, head_ip: str, submission_id: str) -> None:
+    async def stop(self, head: RayHead, submission_id: str) -> None:
         self.stops.append(submission_id)
         if self.states.get(submission_id) in ("PENDING", "RUNNING"):
             self.states[submission_id] = "STOPPED"
 
-    async def report(self, head_ip: str) -> TrainingReport | None:
+    async def report(self, head: RayHead) -> TrainingReport | None:
         """The report of the newest run that has one: every head answers for the run submitted to it last."""
         return next((self.reports[sid] for sid in reversed(self.submitted_ids()) if sid in self.reports), None)
 
-    async def deploy_serve(self, head_ip: str, config: dict[str, Any]) -> None:
+    async def deploy_serve(self, head: RayHead, config: dict[str, Any]) -> None:
         """Serve takes the config at once and reports one replica in the outcome's state."""
+        head_ip = head.ip
         self.deploys.append((head_ip, config))
         state = "RUNNING" if self.deploy_outcome == "RUNNING" else "STARTING"
         message = "replica constructor failed" if self.deploy_outcome == "DEPLOY_FAILED" else ""
@@ -63,9 +65,10 @@ class FakeRay:
             self.deploy_outcome, message, config["applications"][0], target_replicas=1, replica_states=(state,)
         )
 
-    async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView:
+    async def serve_state(self, head: RayHead, app_name: str) -> RayClusterView:
+        head_ip = head.ip
         nodes = self.nodes.get(head_ip, frozenset())
-        demand = ((((("CPU", 1.0),), self.unplaced[head_ip]),) if self.unplaced.get(head_ip) else ())
+        demand = (((("CPU", 1.0),), self.unplaced[head_ip]),) if self.unplaced.get(head_ip) else ()
         return RayClusterView(True, self.apps.get(head_ip), nodes, self.busy.get(head_ip, nodes), demand)
 
     def set_replicas(self, head_ip: str, running: int, unplaced: int = 0) -> None:

@@ -17,7 +17,9 @@ from kubernetes.utils import parse_quantity
 from bigmodel.api.common import EnvVar, ObjectMeta, Toleration
 from bigmodel.api.job import BigModelJob, BigModelJobStatus, WorkerGroup
 from bigmodel.api.manifests import load_manifest
+from bigmodel.api.wire import OWNER_UID_LABEL
 from bigmodel.builders import naming, ray_cluster
+from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.builders.ray_cluster import checkpoint_claim, head_pod, head_service, worker_pod
 from bigmodel.reconcile.cluster import Clusters
 from bigmodel.reconcile.observed import ClusterObservation
@@ -56,7 +58,8 @@ def cluster_objects(job: BigModelJob, generation: int) -> list[dict[str, Any]]:
     """Everything one generation of a job's cluster is made of, as the shared cluster decision creates it."""
     plan: Plan[Any] = Plan(status=BigModelJobStatus())
     seen = ClusterObservation(now=datetime.now(timezone.utc))
-    Clusters(job, seen, plan, claim=checkpoint_claim(job), stamp={}).build(generation, job.spec.workers.replicas)
+    clusters = Clusters(job, seen, plan, claim=checkpoint_claim(job), stamp={}, operator=OperatorPeer())
+    clusters.build(generation, job.spec.workers.replicas)
     return plan.create
 
 
@@ -203,7 +206,7 @@ def test_head_pod(digits: BigModelJob) -> None:
     pod = job_head_pod(digits, 2)
     assert pod["metadata"]["name"] == "digits-g2-head"
     assert pod["metadata"]["namespace"] == NAMESPACE
-    assert pod["metadata"]["labels"] == naming.labels("digits", 2, "head")
+    assert pod["metadata"]["labels"] == naming.labels("digits", 2, "head") | {OWNER_UID_LABEL: UID}
     head = container(pod)
     assert head["name"] == "ray-head"
     assert head["image"] == digits.spec.image
@@ -225,7 +228,7 @@ def test_head_pod(digits: BigModelJob) -> None:
 def test_worker_pod(digits: BigModelJob) -> None:
     pod = job_worker_pod(digits, 2, 1)
     assert pod["metadata"]["name"] == "digits-g2-w1"
-    assert pod["metadata"]["labels"] == naming.labels("digits", 2, "worker", 1)
+    assert pod["metadata"]["labels"] == naming.labels("digits", 2, "worker", 1) | {OWNER_UID_LABEL: UID}
     worker = container(pod)
     assert worker["name"] == "ray-worker"
     assert worker["command"][:3] == ["ray", "start", "--block"]
@@ -411,6 +414,8 @@ def test_head_service(gpt: BigModelJob) -> None:
 def test_cluster_objects_in_creation_order(gpt: BigModelJob) -> None:
     objects = cluster_objects(gpt, 1)
     assert [(item["kind"], item["metadata"]["name"]) for item in objects] == [
+        ("NetworkPolicy", "gpt-150m-g1"),
+        ("Secret", "gpt-150m-g1-ray-token"),
         ("Service", "gpt-150m-g1-head"),
         ("Pod", "gpt-150m-g1-head"),
         *(("Pod", f"gpt-150m-g1-w{index}") for index in range(4)),

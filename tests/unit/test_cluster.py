@@ -9,6 +9,7 @@ import pytest
 
 from bigmodel.api.job import BigModelJob, BigModelJobStatus
 from bigmodel.api.service import BigModelService
+from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.builders.pod import ClaimMount
 from bigmodel.reconcile.cluster import Clusters
 from bigmodel.reconcile.observed import ClusterObservation, PodView, ServiceView
@@ -31,7 +32,13 @@ def service() -> BigModelService:
 
 
 def pod(name: str, generation: int, role: str = "worker", index: int | None = 0, **state: Any) -> PodView:
-    defaults: dict[str, Any] = {"phase": "Running", "ready": True, "deleting": False, "pod_ip": "10.0.0.1", "failure": ""}
+    defaults: dict[str, Any] = {
+        "phase": "Running",
+        "ready": True,
+        "deleting": False,
+        "pod_ip": "10.0.0.1",
+        "failure": "",
+    }
     return PodView(name, generation, role, index if role == "worker" else None, **(defaults | state))
 
 
@@ -40,16 +47,18 @@ def clusters(
 ) -> tuple[Clusters, Plan[Any]]:
     plan: Plan[Any] = Plan(status=BigModelJobStatus())
     seen = ClusterObservation(now=NOW, pods=pods, services=services or [])
-    return Clusters(owner or job(), seen, plan, claim=CLAIM, stamp=STAMP), plan
+    return Clusters(owner or job(), seen, plan, claim=CLAIM, stamp=STAMP, operator=OperatorPeer()), plan
 
 
 @pytest.mark.parametrize(("owner", "prefix"), [(job(), "demo-g3"), (service(), "demo-s3")])
-def test_a_cluster_is_built_head_service_first_stamped_and_with_its_volume(
+def test_a_cluster_is_built_policy_and_token_first_stamped_and_with_its_volume(
     owner: BigModelJob | BigModelService, prefix: str
 ) -> None:
     cluster, plan = clusters([], owner=owner)
     cluster.build(3, workers=2)
     assert [(o["kind"], o["metadata"]["name"]) for o in plan.create] == [
+        ("NetworkPolicy", prefix),
+        ("Secret", f"{prefix}-ray-token"),
         ("Service", f"{prefix}-head"),
         ("Pod", f"{prefix}-head"),
         ("Pod", f"{prefix}-w0"),
@@ -57,7 +66,7 @@ def test_a_cluster_is_built_head_service_first_stamped_and_with_its_volume(
     ]
     for obj in plan.create:
         assert obj["metadata"]["annotations"] == {"bigmodel.dev/spec-generation": "4", **STAMP}
-    for pod_object in plan.create[1:]:
+    for pod_object in plan.create[3:]:
         mounts = pod_object["spec"]["containers"][0]["volumeMounts"]
         assert {"name": "checkpoints", "mountPath": "/checkpoints/demo", "readOnly": False} in mounts
 

@@ -1,5 +1,6 @@
 """What a Ray head (which runs a tenant's code) can make the operator read: bounded in size, never decompressed,
-and never an exception that stops the job's reconciliation. Against a real HTTP server on a loopback address."""
+and never an exception that stops the job's reconciliation; and what the operator sends it: the cluster's token on
+every call, and no other cluster's. Against a real HTTP server on a loopback address."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ from aiohttp import web
 
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT
-from bigmodel.controller.ray_client import MAX_ANSWER_BYTES, HttpRayClient, RayRefused
+from bigmodel.controller.cluster_tokens import ClusterTokens
+from bigmodel.controller.ray_client import MAX_ANSWER_BYTES, HttpRayClient, RayRefused, RayTokenRefused
+from bigmodel.reconcile.observed import RayHead
 
 HEAD_IP = "127.0.0.83"  # a loopback address of its own, so the fixed Ray ports are free on it
+HEAD = RayHead(HEAD_IP, "6f1c2d3e-uid", 4)
+TOKENS = ClusterTokens(b"k" * 32)
 Handler = Callable[[web.Request], web.StreamResponse]
 
 
@@ -38,7 +43,7 @@ async def head() -> AsyncIterator[dict[str, Handler]]:
 
 @pytest.fixture
 async def ray() -> AsyncIterator[HttpRayClient]:
-    client = HttpRayClient(timeout_s=5)
+    client = HttpRayClient(TOKENS, timeout_s=5)
     yield client
     await client.close()
 
@@ -51,7 +56,7 @@ async def test_a_gzip_bomb_on_the_progress_port_is_not_read(head: dict[str, Hand
 
     head["/progress"] = progress  # type: ignore[assignment]
     assert len(bomb) < 128 * 1024
-    assert await ray.report(HEAD_IP) is None
+    assert await ray.report(HEAD) is None
 
 
 async def test_an_endless_answer_is_cut_at_the_bound(head: dict[str, Handler], ray: HttpRayClient) -> None:
@@ -66,8 +71,8 @@ async def test_an_endless_answer_is_cut_at_the_bound(head: dict[str, Handler], r
     head["/api/jobs/bigmodel-x"] = endless  # type: ignore[assignment]
     head["/progress"] = endless  # type: ignore[assignment]
     with pytest.raises(RayRefused, match="over"):
-        await ray.job(HEAD_IP, "bigmodel-x")
-    assert await ray.report(HEAD_IP) is None
+        await ray.job(HEAD, "bigmodel-x")
+    assert await ray.report(HEAD) is None
 
 
 async def test_a_report_with_a_nan_loss_arrives_as_nan(head: dict[str, Handler], ray: HttpRayClient) -> None:
@@ -77,7 +82,7 @@ async def test_a_report_with_a_nan_loss_arrives_as_nan(head: dict[str, Handler],
         return web.Response(text=sent.model_dump_json(), content_type="application/json")
 
     head["/progress"] = progress  # type: ignore[assignment]
-    report = await ray.report(HEAD_IP)
+    report = await ray.report(HEAD)
     assert report is not None and report.step == 3 and math.isnan(report.metrics["loss"] or 0.0)
 
 
@@ -86,4 +91,35 @@ async def test_a_report_of_the_wrong_shape_is_ignored(head: dict[str, Handler], 
         return web.json_response({"step": "many", "metrics": {"loss": "low"}})
 
     head["/progress"] = progress  # type: ignore[assignment]
-    assert await ray.report(HEAD_IP) is None
+    assert await ray.report(HEAD) is None
+
+
+async def test_every_call_carries_the_clusters_own_token(head: dict[str, Handler], ray: HttpRayClient) -> None:
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"status": "RUNNING", "applications": {}, "data": {}})
+
+    for path in ("/api/jobs/", "/api/jobs/bigmodel-x", "/api/jobs/bigmodel-x/stop", "/progress",
+                 "/api/serve/applications/", "/api/v0/nodes", "/api/cluster_status"):  # fmt: skip
+        head[path] = answer  # type: ignore[assignment]
+    await ray.submit(HEAD, {"submission_id": "bigmodel-x"})
+    await ray.job(HEAD, "bigmodel-x")
+    await ray.stop(HEAD, "bigmodel-x")
+    await ray.report(HEAD)
+    await ray.deploy_serve(HEAD, {})
+    await ray.serve_state(HEAD, "app")
+    assert len(seen) == 8
+    assert set(seen) == {f"Bearer {TOKENS.token(HEAD.owner_uid, HEAD.generation)}"}
+    others = {TOKENS.token(HEAD.owner_uid, 5), TOKENS.token("another-uid", 4), ClusterTokens(b"j" * 32).of(HEAD)}
+    assert len(others | {TOKENS.of(HEAD)}) == 4, "every cluster, and every key, must give another token"
+
+
+async def test_a_refused_token_says_so(head: dict[str, Handler], ray: HttpRayClient) -> None:
+    async def refuse(_: web.Request) -> web.Response:
+        return web.Response(status=403, text="Forbidden: Invalid authentication token")
+
+    head["/api/jobs/bigmodel-x"] = refuse  # type: ignore[assignment]
+    with pytest.raises(RayTokenRefused, match="refused its token"):
+        await ray.job(HEAD, "bigmodel-x")

@@ -13,7 +13,7 @@ from bigmodel.builders.ray_cluster import head_pod, head_service, worker_pod
 from bigmodel.reconcile.decision import validation_plan
 from bigmodel.reconcile.job import POLL_STARTING_S, JobPlan, decide_job, spec_digests
 from bigmodel.reconcile.job_observed import JobObservation, RayJobView
-from bigmodel.reconcile.observed import PodView, ServiceView
+from bigmodel.reconcile.observed import PodView, RayHead, ServiceView
 from bigmodel.reconcile.plans import Outcome, StopJob, SubmitJob
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -37,7 +37,9 @@ def make_job(status: BigModelJobStatus | None = None, **spec: Any) -> BigModelJo
     return job
 
 
-def pod(obj: dict[str, Any], job: BigModelJob, *, phase: str = "Running", ready: bool = True, exit_code: int = 0) -> PodView:
+def pod(
+    obj: dict[str, Any], job: BigModelJob, *, phase: str = "Running", ready: bool = True, exit_code: int = 0
+) -> PodView:
     obj["metadata"]["annotations"].update(spec_digests(job))
     obj["status"] = {
         "phase": phase,
@@ -49,7 +51,9 @@ def pod(obj: dict[str, Any], job: BigModelJob, *, phase: str = "Running", ready:
     return PodView.from_object(obj)
 
 
-def cluster(job: BigModelJob, generation: int = 1, **overrides: PodView | None) -> tuple[list[PodView], list[ServiceView]]:
+def cluster(
+    job: BigModelJob, generation: int = 1, **overrides: PodView | None
+) -> tuple[list[PodView], list[ServiceView]]:
     pods = {"head": pod(head_pod(job, generation, None), job)}
     for index in range(job.spec.workers.replicas):
         pods[f"w{index}"] = pod(worker_pod(job, generation, index, None), job)
@@ -71,7 +75,9 @@ def running(generation: int = 1, **status: Any) -> BigModelJobStatus:
     )
 
 
-def observe(job: BigModelJob, state: str | None = "RUNNING", report: TrainingReport | None = None, **kw: Any) -> JobObservation:
+def observe(
+    job: BigModelJob, state: str | None = "RUNNING", report: TrainingReport | None = None, **kw: Any
+) -> JobObservation:
     generation = job.status.cluster_generation if job.status else 1
     pods, services = cluster(job, generation, **kw)
     ray_job = RayJobView(submission_id(UID, generation), state, "boom" if state == "FAILED" else "") if state else None  # type: ignore[arg-type]
@@ -102,6 +108,8 @@ def test_a_new_job_builds_its_ray_cluster() -> None:
     plan = decide_job(job, JobObservation(now=NOW))
     names = [(obj["kind"], obj["metadata"]["name"]) for obj in plan.create]
     assert names == [
+        ("NetworkPolicy", "demo-g1"),
+        ("Secret", "demo-g1-ray-token"),
         ("Service", "demo-g1-head"),
         ("Pod", "demo-g1-head"),
         ("Pod", "demo-g1-w0"),
@@ -126,7 +134,7 @@ def test_ready_head_gets_the_training_submitted_once_with_a_deterministic_id() -
     plan = decide_job(job, observe(job, state=None))
     [submit] = plan.ray_calls(SubmitJob)
     assert submit.submission["submission_id"] == submission_id(UID, 1)
-    assert submit.head_ip == "10.0.0.7" and reasons(plan) == ["TrainingSubmitted"]
+    assert submit.head == RayHead("10.0.0.7", UID, 1) and reasons(plan) == ["TrainingSubmitted"]
     job.status = plan.status
     again = decide_job(job, observe(job, state=None))
     assert again.ray == plan.ray, "the same pass after an operator restart submits the same id"
@@ -194,7 +202,10 @@ def test_failed_ray_job_rebuilds_the_cluster_and_resumes_from_the_checkpoint() -
     assert status.phase == "Restarting" and status.restarts == 1 and status.cluster_generation == 2
     assert sorted(plan.delete_pods) == ["demo-g1-head", "demo-g1-w0", "demo-g1-w1"]
     assert plan.delete_services == ["demo-g1-head"]
-    assert [obj["metadata"]["name"] for obj in plan.create][:2] == ["demo-g2-head", "demo-g2-head"]
+    assert plan.delete_access == [("NetworkPolicy", "demo-g1"), ("Secret", "demo-g1-ray-token")]
+    assert [obj["metadata"]["name"] for obj in plan.create][:4] == [
+        "demo-g2", "demo-g2-ray-token", "demo-g2-head", "demo-g2-head"
+    ]  # fmt: skip
     assert "resuming from checkpoint step 40" in status.message and "restart 1/3" in status.message
     assert reasons(plan) == ["Restarting"] and condition(plan, "Restarting") == "True"
     assert plan.outcomes == {Outcome.RESTARTED: 1}
@@ -243,7 +254,7 @@ def test_active_deadline_fails_the_job_and_stops_the_run() -> None:
     job = make_job(running(), activeDeadlineSeconds=60)
     plan = decide_job(job, observe(job))
     assert plan.status.phase == "Failed" and reasons(plan) == ["DeadlineExceeded"]
-    assert plan.ray == [StopJob("10.0.0.7", submission_id(UID, 1))] and plan.delete_pods == []
+    assert plan.ray == [StopJob(RayHead("10.0.0.7", UID, 1), submission_id(UID, 1))] and plan.delete_pods == []
     assert len(cleanup(job, plan, observe(job)).delete_pods) == 3
 
 
@@ -338,7 +349,10 @@ def test_a_cluster_whose_creation_failed_is_completed_without_counting_a_restart
     job.status = first.status
     seen = JobObservation(now=NOW + timedelta(seconds=5), services=[ServiceView("demo-g1-head", 1)])
     plan = decide_job(job, seen)
-    assert [obj["metadata"]["name"] for obj in plan.create] == ["demo-g1-head", "demo-g1-w0", "demo-g1-w1"]
+    # The policy and the token Secret are made again, in place of the first ones: the operator never reads them.
+    assert [obj["metadata"]["name"] for obj in plan.create] == [
+        "demo-g1", "demo-g1-ray-token", "demo-g1-head", "demo-g1-w0", "demo-g1-w1"
+    ]  # fmt: skip
     assert plan.status.restarts == 0 and plan.status.cluster_generation == 1 and plan.status.phase == "Starting"
 
 
@@ -368,7 +382,10 @@ UNSCHEDULABLE = {
 }
 IMAGE_PULL = {
     "containerStatuses": [
-        {"image": "bad:tag", "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling "bad:tag"'}}}
+        {
+            "image": "bad:tag",
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling "bad:tag"'}},
+        }
     ]
 }
 
@@ -410,7 +427,9 @@ def test_the_startup_deadline_stops_counting_once_the_run_started() -> None:
 def test_a_nan_loss_is_reported_as_such_and_the_job_keeps_being_reconciled() -> None:
     job = make_job(running())
     report = TrainingReport.model_validate_json(
-        TrainingReport(step=7, total_steps=10, metrics={"loss": float("nan"), "samples_per_second": 5.0}).model_dump_json()
+        TrainingReport(
+            step=7, total_steps=10, metrics={"loss": float("nan"), "samples_per_second": 5.0}
+        ).model_dump_json()
     )
     plan = decide_job(job, observe(job, report=report))
     metrics = plan.status.metrics

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from bigmodel.api.service import BigModelService, BigModelServiceSpec, BigModelServiceStatus
 from bigmodel.api.wire import CLUSTER_SPEC_ANNOTATION
+from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.builders.ray_cluster import head_pod, worker_pod
 from bigmodel.reconcile.observed import PodView, ServiceView
 from bigmodel.reconcile.plans import DeployServe, Outcome
@@ -156,7 +157,14 @@ def test_a_failed_source_job_fails_the_service() -> None:
 def test_first_pass_builds_a_cluster_and_the_serving_service() -> None:
     plan = decide_service(make_service(), seen([], serving=None))
     names = [obj["metadata"]["name"] for obj in plan.create]
-    assert names == ["digits-s0-head", "digits-s0-head", "digits-s0-w0", "digits-serve"]
+    assert names == [
+        "digits-s0",
+        "digits-s0-ray-token",
+        "digits-s0-head",
+        "digits-s0-head",
+        "digits-s0-w0",
+        "digits-serve",
+    ]
     serving = plan.create[-1]
     assert serving["spec"]["type"] == "ClusterIP"
     assert serving["spec"]["selector"]["bigmodel.dev/generation"] == "0"
@@ -257,7 +265,9 @@ def test_a_cluster_shape_change_builds_a_new_cluster_and_moves_traffic_when_it_r
     started = decide_service(reshaped, seen(pods, ray))
     assert started.status.pending is not None and started.status.pending.generation == 1
     assert started.status.pending.name == "digits-s1" and started.status.pending.started == NOW
-    assert {o["metadata"]["name"] for o in started.create} == {"digits-s1-head", "digits-s1-w0"}
+    assert {o["metadata"]["name"] for o in started.create} == {
+        "digits-s1", "digits-s1-ray-token", "digits-s1-head", "digits-s1-w0"
+    }  # fmt: skip
     assert new_selector(started) is None and started.status.phase == "Upgrading"
 
     new_pods = [
@@ -267,7 +277,7 @@ def test_a_cluster_shape_change_builds_a_new_cluster_and_moves_traffic_when_it_r
     both = pods + new_pods
     building = make_service(started.status, image="registry.example/bigmodel-runtime:2")
     deploying = decide_service(building, seen(both, {**ray, 1: RayClusterView(True, None, nodes(new_pods))}))
-    assert [call.head_ip for call in deployed(deploying)] == ["10.0.0.7"] and new_selector(deploying) is None
+    assert [call.head.ip for call in deployed(deploying)] == ["10.0.0.7"] and new_selector(deploying) is None
 
     new_app = app(deployed(deploying)[0].config)
     switched = decide_service(building, seen(both, {**ray, 1: RayClusterView(True, new_app, nodes(new_pods))}))
@@ -378,13 +388,17 @@ def test_each_piece_of_the_pass_runs_on_its_own_observation() -> None:
     service = make_service()
     pods = cluster_pods(service)
     d = ServicePass(
-        service, seen(pods, {0: RayClusterView(True, None, nodes(pods), demand=(((("CPU", 1.0),), 1),))}), None, 3.0
+        service,
+        seen(pods, {0: RayClusterView(True, None, nodes(pods), demand=(((("CPU", 1.0),), 1),))}),
+        None,
+        3.0,
+        OperatorPeer(),
     )
     scale_workers(d, 0)
     assert [obj["metadata"]["name"] for obj in d.plan.create] == ["digits-s0-w1"] and d.busy
 
     draining = [replace(pod, deleting=True) for pod in pods]
-    d = ServicePass(service, seen(draining), None, 3.0)
+    d = ServicePass(service, seen(draining), None, 3.0, OperatorPeer())
     assert keep_serving_cluster(d) == 0
     assert d.plan.create == [] and d.plan.delete_pods == [] and d.busy, "no new pods under names still being freed"
 

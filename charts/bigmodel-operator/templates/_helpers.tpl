@@ -23,6 +23,15 @@ app.kubernetes.io/name: {{ include "bigmodel-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The selector labels as key=value,key=value: how the operator is told its own pods' labels. */}}
+{{- define "bigmodel-operator.selectorLabelPairs" -}}
+{{- $pairs := list }}
+{{- range $key, $value := include "bigmodel-operator.selectorLabels" . | fromYaml }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{- define "bigmodel-operator.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "bigmodel-operator.selectorLabels" . }}
@@ -65,6 +74,15 @@ create that finds the name taken reads who holds it. */}}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- /* Each Ray cluster's token Secret and NetworkPolicy: made with the cluster, made again in place of any object
+holding their names (delete, create), deleted with it. Never read: a cluster's token is derived from the operator's
+key (its own Secret, readable by name only: token-key-role.yaml), so no Secret of the cluster is ever readable. */}}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, delete]
 {{- if include "bigmodel-operator.peering" .root }}
 {{- /* Kopf lists and watches the peering objects and patches its keep-alive into the status of the one it is
 told; it never reads one alone, nor creates it (the chart does: kopf-peering.yaml). */}}
@@ -74,8 +92,13 @@ told; it never reads one alone, nor creates it (the chart does: kopf-peering.yam
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the key every cluster's Ray token is derived from; the operator makes it on first start. */}}
+{{- define "bigmodel-operator.tokenKeySecret" -}}
+{{ include "bigmodel-operator.fullname" . }}-token-key
+{{- end }}
+
 {{/*
-Namespaces that get the Ray NetworkPolicy: those listed for it, else the watched ones, else the release namespace.
+Namespaces that get the fallback NetworkPolicy: those listed for it, else the watched ones, else the release namespace.
 Returned as JSON because include can only return a string.
 */}}
 {{- define "bigmodel-operator.networkPolicyNamespaces" -}}

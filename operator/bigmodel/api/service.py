@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -142,6 +142,31 @@ class Batching(Model):
     )
 
 
+_PRESERVED: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class NetworkPeer(Model):
+    """A NetworkPolicyPeer, passed through to the service's NetworkPolicy."""
+
+    pod_selector: dict[str, Any] | None = Field(
+        None,
+        description="A LabelSelector of pods (of the service's namespace, unless with namespaceSelector).",
+        json_schema_extra=_PRESERVED,
+    )
+    namespace_selector: dict[str, Any] | None = Field(
+        None, description="A LabelSelector of namespaces; {} is every namespace.", json_schema_extra=_PRESERVED
+    )
+    ip_block: dict[str, Any] | None = Field(
+        None, description="An IPBlock: cidr and except, for callers outside the cluster.", json_schema_extra=_PRESERVED
+    )
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> NetworkPeer:
+        if self.pod_selector is None and self.namespace_selector is None and self.ip_block is None:
+            raise ValueError("a peer needs podSelector, namespaceSelector or ipBlock")
+        return self
+
+
 class BigModelServiceSpec(RayClusterSpec):
     """The desired inference service."""
 
@@ -155,6 +180,14 @@ class BigModelServiceSpec(RayClusterSpec):
     )
     head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (Serve controller and proxy).")
     batching: Batching = Field(default_factory=Batching, description="Dynamic request batching.")
+    serving_from: list[NetworkPeer] | None = Field(
+        None,
+        description=(
+            "Who may call the inference port (8000), as NetworkPolicy peers. Unset: every pod of the service's "
+            "namespace; [{namespaceSelector: {}}] opens it to the whole cluster. Ray's own ports are never opened "
+            "by it."
+        ),
+    )
 
     def uses_gpu(self) -> bool:
         return self.replica_resources.gpu > 0
@@ -190,7 +223,8 @@ class ServiceCluster(Model):
     name: str = Field(..., description="The cluster's name; its pods are <name>-head and <name>-w<i>.")
     generation: int = Field(..., ge=0, description="Its generation, the number at the end of its name.")
     application: str | None = Field(
-        None, description="Status of the Serve application on it as Ray reports it: DEPLOYING, RUNNING, DEPLOY_FAILED..."
+        None,
+        description="Status of the Serve application on it as Ray reports it: DEPLOYING, RUNNING, DEPLOY_FAILED...",
     )
 
 

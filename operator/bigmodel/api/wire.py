@@ -37,6 +37,9 @@ CLUSTER_LABEL = f"{GROUP}/cluster"
 GENERATION_LABEL = f"{GROUP}/generation"
 ROLE_LABEL = f"{GROUP}/role"
 WORKER_INDEX_LABEL = f"{GROUP}/worker-index"
+OWNER_UID_LABEL = f"{GROUP}/owner-uid"
+"""The owner's uid on every pod: a cluster's NetworkPolicy selects its own pods by it, so a later resource of the
+same name (whose old pods may still be terminating) is never let into the cluster, nor lets them in."""
 Role = Literal["head", "worker"]
 
 # Annotations on child objects: what they were built from.
@@ -70,6 +73,15 @@ POD_IP_ENV = "POD_IP"
 POD_NAME_ENV = "POD_NAME"
 RAY_HEAD_ADDRESS_ENV = "RAY_HEAD_ADDRESS"
 OWNER_ENV: dict[OwnerKind, str] = {"BigModelJob": "BIGMODEL_JOB", "BigModelService": "BIGMODEL_SERVICE"}
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
+"""Ray's token auth: every Ray process of a cluster reads the cluster's token here, from its Secret."""
+RAY_AUTH_ENVS = (RAY_AUTH_MODE_ENV, RAY_AUTH_TOKEN_ENV, "RAY_AUTH_TOKEN_PATH")
+"""Ray's own auth variables; no spec may set them."""
+
+# A cluster's Ray token: one Secret per cluster generation, owned by the resource.
+TOKEN_SECRET_KEY = "token"
+BEARER_PREFIX = "Bearer "
 
 # The Ray job that trains a BigModelJob, and what its driver reads and writes.
 JOB_ENTRYPOINT = "python -m bigmodel.runtime.job_entrypoint"

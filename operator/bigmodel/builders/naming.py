@@ -49,6 +49,15 @@ def worker_pod_name(owner: str, generation: int, index: int, kind: OwnerKind = "
     return f"{cluster_name(owner, generation, kind)}{_WORKER_INFIX}{index}"
 
 
+def token_secret_name(owner: str, generation: int, kind: OwnerKind = "BigModelJob") -> str:
+    """The Secret holding one cluster's Ray token (a Secret's name may be longer than a pod's)."""
+    return f"{cluster_name(owner, generation, kind)}-ray-token"
+
+
+def network_policy_name(owner: str, generation: int, kind: OwnerKind = "BigModelJob") -> str:
+    return cluster_name(owner, generation, kind)
+
+
 def serving_service_name(service: str) -> str:
     """The Kubernetes Service clients call; it ends in neither -head nor -w<i>, so no cluster name can take it."""
     return f"{service}-serve"

@@ -7,7 +7,6 @@ from typing import Any
 from bigmodel.api import wire
 from bigmodel.api.common import NodeGroup
 from bigmodel.api.job import BigModelJob
-from bigmodel.api.service import BigModelService
 from bigmodel.api.wire import (
     RAY_AGENT_PORT,
     RAY_CLIENT_PORT,
@@ -15,6 +14,7 @@ from bigmodel.api.wire import (
     RAY_GCS_PORT,
 )
 from bigmodel.builders import naming
+from bigmodel.builders.owned import ClusterOwner, namespace_and_uid, object_metadata
 from bigmodel.builders.pod import (
     RAY_TMP_DIR,
     ClaimMount,
@@ -25,9 +25,8 @@ from bigmodel.builders.pod import (
     volume_mounts,
     volumes,
 )
+from bigmodel.builders.ray_token import token_env
 from bigmodel.builders.resources import requirements
-
-ClusterOwner = BigModelJob | BigModelService
 
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
@@ -40,17 +39,6 @@ _HEAD_PORTS: dict[str, dict[str, int]] = {
     "BigModelJob": _RAY_PORTS | {"progress": wire.PROGRESS_PORT},
     "BigModelService": _RAY_PORTS | {"serve": wire.SERVE_PORT},
 }
-
-
-def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": wire.API_VERSION,
-        "kind": kind,
-        "name": name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def head_address(owner: str, namespace: str, generation: int, kind: naming.OwnerKind = "BigModelJob") -> str:
@@ -70,44 +58,19 @@ def progress_url(pod_ip: str) -> str:
     return _http_url(pod_ip, wire.PROGRESS_PORT)
 
 
-def _namespace_and_uid(owner: ClusterOwner) -> tuple[str, str]:
-    namespace, uid = owner.metadata.namespace, owner.metadata.uid
-    if not namespace or not uid:
-        # Children without an owner reference would outlive their owner; only an object read back from the API
-        # server has what they need.
-        raise ValueError(
-            f"{owner.kind} {owner.metadata.name!r} has no namespace or uid; read it from the API server first"
-        )
-    return namespace, uid
-
-
-def object_metadata(owner: ClusterOwner, name: str, object_labels: dict[str, str]) -> dict[str, Any]:
-    """Metadata of a child: its owner reference, and the owner's spec generation it was built from."""
-    namespace, uid = _namespace_and_uid(owner)
-    metadata: dict[str, Any] = {
-        "name": name,
-        "namespace": namespace,
-        "labels": object_labels,
-        "ownerReferences": [owner_reference(owner.kind, owner.metadata.name, uid)],
-    }
-    # The generation is set by the API server on every write of the spec; objects from elsewhere may lack it.
-    if owner.metadata.generation is not None:
-        metadata["annotations"] = {wire.SPEC_GENERATION_ANNOTATION: str(owner.metadata.generation)}
-    return metadata
-
-
 def _env(owner: ClusterOwner, generation: int) -> list[dict[str, Any]]:
-    namespace, _ = _namespace_and_uid(owner)
+    namespace, _ = namespace_and_uid(owner)
     # The user's entries come last so that they can refer to these with $(NAME).
     return [
         {"name": wire.POD_IP_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": wire.POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": wire.RAY_HEAD_ADDRESS_ENV, "value": head_address(owner.metadata.name, namespace, generation, owner.kind)},
+        {
+            "name": wire.RAY_HEAD_ADDRESS_ENV,
+            "value": head_address(owner.metadata.name, namespace, generation, owner.kind),
+        },
         {"name": wire.OWNER_ENV[owner.kind], "value": owner.metadata.name},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
-        # Ray's token auth would need the token in every pod and in the operator; until the operator provisions
-        # one per job, the cluster's ports stay reachable only inside it (ClusterIP, and the chart's NetworkPolicy).
-        {"name": "RAY_AUTH_MODE", "value": "disabled"},
+        *token_env(owner, generation),
         *(variable.to_wire() for variable in owner.spec.env),
     ]
 
@@ -165,7 +128,7 @@ def _pod(
     if owner.spec.service_account_name:
         spec["serviceAccountName"] = owner.spec.service_account_name
     else:
-        # Code running on Ray (reachable through its unauthenticated ports) gets no API token it was not given.
+        # Code running on Ray gets no Kubernetes API token it was not given.
         spec["automountServiceAccountToken"] = False
     if owner.spec.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": secret} for secret in owner.spec.image_pull_secrets]
@@ -234,7 +197,7 @@ def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMou
 
 
 def head_service(owner: ClusterOwner, generation: int) -> dict[str, Any]:
-    """ClusterIP only: Ray's ports have no authentication, so they are never exposed outside the cluster."""
+    """ClusterIP only: Ray's ports are never exposed outside the Kubernetes cluster, token or not."""
     owner_name, kind = owner.metadata.name, owner.kind
     name = naming.head_service_name(owner_name, generation, kind)
     return {

@@ -7,7 +7,7 @@ from typing import Any
 from bigmodel.api import wire
 from bigmodel.api.service import BigModelService
 from bigmodel.builders import naming
-from bigmodel.builders.ray_cluster import object_metadata
+from bigmodel.builders.owned import object_metadata
 
 
 def serving_selector(service_name: str, generation: int) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bigmodel.controller.cluster_tokens import ClusterTokens
 from bigmodel.controller.kube import KubeClient
 from bigmodel.controller.metrics import OperatorMetrics
 from bigmodel.controller.ray_client import RayClient
@@ -16,3 +17,4 @@ class Clients:
     ray: RayClient
     settings: OperatorSettings
     metrics: OperatorMetrics
+    tokens: ClusterTokens

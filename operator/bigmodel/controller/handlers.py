@@ -23,6 +23,7 @@ from bigmodel.controller import loop
 from bigmodel.controller.backoff import exponential_backoff_s
 from bigmodel.controller.cache import ObjectCache
 from bigmodel.controller.clients import Clients
+from bigmodel.controller.cluster_tokens import ClusterTokens, load_key
 from bigmodel.controller.informer import Informer
 from bigmodel.controller.job_kind import JobKind
 from bigmodel.controller.kind import Kind
@@ -105,11 +106,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         asyncio.create_task(Informer(kube, resource, cache, namespaces, wakers.wake_owners).run())
         for resource, cache in children.items()
     ]
+    tokens = ClusterTokens(await load_key(kube, operator_settings.namespace, operator_settings.token_key_secret))
     memo.clients = Clients(
         kube=kube,
-        ray=memo.get("ray") or HttpRayClient(),
+        ray=memo.get("ray") or HttpRayClient(tokens),
         settings=operator_settings,
         metrics=metrics,
+        tokens=tokens,
     )
     logger.info("bigmodel operator started; namespaces: %s", operator_settings.namespaces or "all")
 
@@ -203,9 +206,7 @@ def register(kind: Kind[Any, Any, Any]) -> None:
         memo.owners[kind.resource].put(dict(body))
 
     @kopf.on.event(wire.GROUP, wire.VERSION, plural, id=f"{prefix}-spec-watch", registry=REGISTRY)
-    async def owner_changed(
-        type: str, body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any
-    ) -> None:
+    async def owner_changed(type: str, body: kopf.Body, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
         if type == "DELETED":  # indexing handlers are not called for a deletion
             memo.owners[kind.resource].remove(body)
         elif _spec_edited(body):

@@ -52,16 +52,16 @@ class JobKind(Kind[BigModelJob, JobObservation, BigModelJobStatus]):
         if head is None or not head.ready or not head.pod_ip:
             return seen
         try:
-            ray_job = await clients.ray.job(head.pod_ip, submission_id(job.metadata.uid or "", generation))
+            ray_job = await clients.ray.job(head.ray_head, submission_id(job.metadata.uid or "", generation))
         except RayError as error:
             log.info("Ray head of %s/%s not reachable yet: %s", job.metadata.namespace, job.metadata.name, error)
             return seen
-        return replace(seen, ray_reachable=True, ray_job=ray_job, report=await clients.ray.report(head.pod_ip))
+        return replace(seen, ray_reachable=True, ray_job=ray_job, report=await clients.ray.report(head.ray_head))
 
     def decide(
         self, job: BigModelJob, seen: JobObservation, timers: dict[str, datetime], settings: OperatorSettings
     ) -> JobPlan:
-        return decide_job(job, seen, poll_s=settings.poll_running_s)
+        return decide_job(job, seen, poll_s=settings.poll_running_s, operator=settings.operator_peer())
 
     def invalid(
         self, status: BigModelJobStatus | None, generation: int | None, errors: list[str], now: datetime

@@ -45,6 +45,10 @@ class Resource:
 
 PODS = Resource("", "v1", "pods")
 SERVICES = Resource("", "v1", "services")
+SECRETS = Resource("", "v1", "secrets")
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
+RESOURCES_BY_KIND = {"Pod": PODS, "Service": SERVICES, "Secret": SECRETS, "NetworkPolicy": NETWORK_POLICIES}
+"""The resource of each kind of child the operator creates."""
 OWNERS: dict[OwnerKind, Resource] = {kind: Resource(GROUP, VERSION, plural) for kind, plural in PLURALS.items()}
 
 
@@ -82,9 +86,7 @@ def load_configuration() -> kubernetes.client.Configuration:
     try:
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-        )
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
     return configuration
 
 
@@ -151,9 +153,7 @@ class KubeClient:
                 return None
             if response.status >= 400:
                 text = await response.text()
-                raise KubeError.from_answer(
-                    response.status, method, path, text, response.headers.get("Retry-After")
-                )
+                raise KubeError.from_answer(response.status, method, path, text, response.headers.get("Retry-After"))
             return await response.json(content_type=None)
 
     def _cached(self, resource: Resource, namespace: str) -> ObjectCache | None:
@@ -235,6 +235,17 @@ class KubeClient:
             if problem:
                 raise KubeError(409, "POST", path, problem) from error
         self._remember(resource, created)
+
+    async def create_if_absent(self, resource: Resource, namespace: str, body: dict[str, Any]) -> bool:
+        """Create it; False if its name was taken (409), whoever holds it."""
+        return await self._call("POST", resource.path(namespace), body=body, tolerate=(409,)) is not None
+
+    async def replace(self, resource: Resource, namespace: str, body: dict[str, Any]) -> None:
+        """Create it in place of whatever holds its name: for objects the operator derives whole and never reads
+        (a cluster's NetworkPolicy and token Secret), so that one made by someone else can never stand in."""
+        if not await self.create_if_absent(resource, namespace, body):
+            await self.delete(resource, namespace, body["metadata"]["name"])
+            await self._call("POST", resource.path(namespace), body=body)
 
     async def delete(self, resource: Resource, namespace: str, name: str) -> None:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}

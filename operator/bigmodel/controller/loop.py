@@ -22,7 +22,7 @@ import kopf
 from bigmodel.builders.naming import owner_selector
 from bigmodel.controller.clients import Clients
 from bigmodel.controller.kind import Kind
-from bigmodel.controller.kube import PODS, SERVICES, KubeError
+from bigmodel.controller.kube import NETWORK_POLICIES, PODS, RESOURCES_BY_KIND, SECRETS, SERVICES, KubeError
 from bigmodel.controller.ray_client import RayClient, RayError, RayUnreachable
 from bigmodel.controller.stored_status import status_patch
 from bigmodel.reconcile.decision import deletion_plan
@@ -184,9 +184,18 @@ async def _carry_out(plan: Plan[Any], namespace: str, clients: Clients) -> None:
     for service in plan.delete_services:
         with _step(f"deleting Service {service}"):
             await kube.delete(SERVICES, namespace, service)
+    for kind, name in plan.delete_access:
+        with _step(f"deleting {kind} {name}"):
+            await kube.delete(RESOURCES_BY_KIND[kind], namespace, name)
     for obj in plan.create:
+        resource = RESOURCES_BY_KIND[obj["kind"]]
         with _step(f"creating {obj['kind']} {obj['metadata']['name']}"):
-            await kube.create(SERVICES if obj["kind"] == "Service" else PODS, namespace, obj)
+            if resource is SECRETS:
+                await kube.replace(resource, namespace, clients.tokens.filled(obj))
+            elif resource is NETWORK_POLICIES:
+                await kube.replace(resource, namespace, obj)
+            else:
+                await kube.create(resource, namespace, obj)
     for action in plan.ray:
         with _step(_ray_step(action)):
             await call_ray(clients.ray, action)
@@ -205,12 +214,12 @@ def _ray_step(action: RayAction) -> str:
 
 async def call_ray(ray: RayClient, action: RayAction) -> None:
     if isinstance(action, SubmitJob):
-        await ray.submit(action.head_ip, action.submission)
+        await ray.submit(action.head, action.submission)
     elif isinstance(action, StopJob):
         try:
-            await ray.stop(action.head_ip, action.submission_id)
+            await ray.stop(action.head, action.submission_id)
         except RayUnreachable:
             log.info("could not stop Ray job %s: the head is gone, and the job with it", action.submission_id)
     else:
         assert isinstance(action, DeployServe)
-        await ray.deploy_serve(action.head_ip, action.config)
+        await ray.deploy_serve(action.head, action.config)

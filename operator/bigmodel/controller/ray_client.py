@@ -1,5 +1,5 @@
 """The operator's one way to Ray: job submit/status/stop and Serve deploy/status on the head's dashboard, the
-cluster's nodes, and a training driver's progress.
+cluster's nodes, and a training driver's progress; every call carries the cluster's token.
 
 `RayClient` is the seam tests substitute; `HttpRayClient` speaks Ray's Job Submission, Serve and State REST APIs.
 """
@@ -14,10 +14,12 @@ import aiohttp
 from pydantic import ValidationError
 
 from bigmodel.api.training_report import TrainingReport
-from bigmodel.api.wire import FAILURE_MARKER
+from bigmodel.api.wire import BEARER_PREFIX, FAILURE_MARKER
 from bigmodel.builders.ray_cluster import dashboard_url, progress_url
+from bigmodel.controller.cluster_tokens import ClusterTokens
 from bigmodel.reconcile.failure_text import failure_summary
 from bigmodel.reconcile.job_observed import RayJobView
+from bigmodel.reconcile.observed import RayHead
 from bigmodel.reconcile.service_observed import Demand, RayClusterView, ServeAppView
 
 log = logging.getLogger(__name__)
@@ -41,24 +43,29 @@ class RayRefused(RayError):
     """Ray answered, and said no."""
 
 
+class RayTokenRefused(RayRefused):
+    """Ray refused the cluster's token (401 or 403): the cluster was made with another key, or by someone else."""
+
+
 class RayClient(Protocol):
-    async def submit(self, head_ip: str, submission: dict[str, Any]) -> None: ...
+    async def submit(self, head: RayHead, submission: dict[str, Any]) -> None: ...
 
-    async def job(self, head_ip: str, submission_id: str) -> RayJobView | None: ...
+    async def job(self, head: RayHead, submission_id: str) -> RayJobView | None: ...
 
-    async def stop(self, head_ip: str, submission_id: str) -> None: ...
+    async def stop(self, head: RayHead, submission_id: str) -> None: ...
 
-    async def report(self, head_ip: str) -> TrainingReport | None: ...
+    async def report(self, head: RayHead) -> TrainingReport | None: ...
 
-    async def deploy_serve(self, head_ip: str, config: dict[str, Any]) -> None: ...
+    async def deploy_serve(self, head: RayHead, config: dict[str, Any]) -> None: ...
 
-    async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView: ...
+    async def serve_state(self, head: RayHead, app_name: str) -> RayClusterView: ...
 
     async def close(self) -> None: ...
 
 
 class HttpRayClient:
-    def __init__(self, timeout_s: float = 5.0) -> None:
+    def __init__(self, tokens: ClusterTokens, timeout_s: float = 5.0) -> None:
+        self._tokens = tokens
         # Answers are taken as sent (no decompression) and only uncompressed ones are read: a small compressed
         # answer can expand a thousandfold, past any bound on what is read.
         self._session = aiohttp.ClientSession(
@@ -71,65 +78,72 @@ class HttpRayClient:
         await self._session.close()
 
     async def _request(
-        self, method: str, url: str, body: Any = None, limit: int = MAX_ANSWER_BYTES
+        self, head: RayHead, method: str, url: str, body: Any = None, limit: int = MAX_ANSWER_BYTES
     ) -> tuple[int, Any]:
         """The status and JSON (or text) of one call, reading at most `limit` bytes within the session's timeout."""
+        headers = {"Authorization": BEARER_PREFIX + self._tokens.of(head)}
         try:
-            async with self._session.request(method, url, json=body) as response:
+            async with self._session.request(method, url, json=body, headers=headers) as response:
                 encoding = response.headers.get("Content-Encoding", "identity").lower()
                 if encoding != "identity":
                     raise RayRefused(f"{method} {url}: answered with Content-Encoding {encoding}, which was not asked")
                 raw = await _read_at_most(response.content, limit + 1)
                 if len(raw) > limit:
                     raise RayRefused(f"{method} {url}: the answer is over {limit} bytes")
+                if response.status in (401, 403):
+                    raise RayTokenRefused(f"{method} {url}: HTTP {response.status}: the cluster refused its token")
                 return response.status, _payload(raw.decode(errors="replace"))
         except (aiohttp.ClientError, TimeoutError) as error:
             raise RayUnreachable(f"{method} {url}: {error}") from error
 
-    async def submit(self, head_ip: str, submission: dict[str, Any]) -> None:
-        status, payload = await self._request("POST", f"{dashboard_url(head_ip)}/api/jobs/", submission)
+    async def submit(self, head: RayHead, submission: dict[str, Any]) -> None:
+        status, payload = await self._request(head, "POST", f"{dashboard_url(head.ip)}/api/jobs/", submission)
         # Ray answers 400 "already exists" to a repeated submission id: the run we want is there.
         if status >= 400 and "already exists" not in str(payload):
             raise RayRefused(f"Ray refused job {submission['submission_id']}: HTTP {status}: {payload}")
 
-    async def job(self, head_ip: str, submission_id: str) -> RayJobView | None:
-        status, payload = await self._request("GET", f"{dashboard_url(head_ip)}/api/jobs/{submission_id}")
+    async def job(self, head: RayHead, submission_id: str) -> RayJobView | None:
+        status, payload = await self._request(head, "GET", f"{dashboard_url(head.ip)}/api/jobs/{submission_id}")
         if status == 404:
             return None
         if status >= 400 or not isinstance(payload, dict):
             raise RayUnreachable(f"Ray job {submission_id}: HTTP {status}: {payload}")
-        return RayJobView(submission_id, payload["status"], failure_summary(payload.get("message") or "", FAILURE_MARKER))
+        return RayJobView(
+            submission_id, payload["status"], failure_summary(payload.get("message") or "", FAILURE_MARKER)
+        )
 
-    async def stop(self, head_ip: str, submission_id: str) -> None:
-        await self._request("POST", f"{dashboard_url(head_ip)}/api/jobs/{submission_id}/stop")
+    async def stop(self, head: RayHead, submission_id: str) -> None:
+        await self._request(head, "POST", f"{dashboard_url(head.ip)}/api/jobs/{submission_id}/stop")
 
-    async def report(self, head_ip: str) -> TrainingReport | None:
+    async def report(self, head: RayHead) -> TrainingReport | None:
         """The driver's progress; None while the driver has not started serving it, or serves something else."""
+        url = f"{progress_url(head.ip)}/progress"
         try:
-            status, payload = await self._request("GET", f"{progress_url(head_ip)}/progress", limit=MAX_REPORT_BYTES)
+            status, payload = await self._request(head, "GET", url, limit=MAX_REPORT_BYTES)
         except RayError as error:
-            log.info("no progress report from %s: %s", head_ip, error)
+            log.info("no progress report from %s: %s", head.ip, error)
             return None
         if status != 200 or not isinstance(payload, dict):
             return None
         try:
             return TrainingReport.model_validate(payload)
         except ValidationError as error:
-            log.warning("ignoring an unreadable progress report from %s: %s", head_ip, error.errors()[0]["msg"])
+            log.warning("ignoring an unreadable progress report from %s: %s", head.ip, error.errors()[0]["msg"])
             return None
 
-    async def deploy_serve(self, head_ip: str, config: dict[str, Any]) -> None:
+    async def deploy_serve(self, head: RayHead, config: dict[str, Any]) -> None:
         """Declare the cluster's Serve applications; Serve converges to them (rolling replicas) in the background."""
-        status, payload = await self._request("PUT", f"{dashboard_url(head_ip)}/api/serve/applications/", config)
+        url = f"{dashboard_url(head.ip)}/api/serve/applications/"
+        status, payload = await self._request(head, "PUT", url, config)
         if status >= 400:
             raise RayRefused(f"Ray Serve refused the config: HTTP {status}: {payload}")
 
-    async def serve_state(self, head_ip: str, app_name: str) -> RayClusterView:
-        serve = await self._get(head_ip, "/api/serve/applications/")
-        rows = state_rows(await self._get(head_ip, "/api/v0/nodes?limit=10000"))
+    async def serve_state(self, head: RayHead, app_name: str) -> RayClusterView:
+        serve = await self._get(head, "/api/serve/applications/")
+        rows = state_rows(await self._get(head, "/api/v0/nodes?limit=10000"))
         # The autoscaler monitor that `ray start --head` runs reports what the scheduler cannot place and what every
         # node has in use: the signals Ray's own autoscaler scales on.
-        status = (await self._get(head_ip, "/api/cluster_status?format=0")).get("data") or {}
+        status = (await self._get(head, "/api/cluster_status?format=0")).get("data") or {}
         report = (status.get("clusterStatus") or {}).get("loadMetricsReport") or {}
         names = {node["node_id"]: node.get("node_name") or "" for node in rows}
         usage = report.get("usageByNode") or {}
@@ -142,8 +156,8 @@ class HttpRayClient:
             demand=pending_demand(report.get("resourceDemand") or []),
         )
 
-    async def _get(self, head_ip: str, path: str) -> dict[str, Any]:
-        status, payload = await self._request("GET", f"{dashboard_url(head_ip)}{path}")
+    async def _get(self, head: RayHead, path: str) -> dict[str, Any]:
+        status, payload = await self._request(head, "GET", f"{dashboard_url(head.ip)}{path}")
         if status >= 400 or not isinstance(payload, dict):
             raise RayUnreachable(f"GET {path}: HTTP {status}: {payload}")
         return payload

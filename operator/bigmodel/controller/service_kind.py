@@ -66,7 +66,7 @@ class ServiceKind(Kind[BigModelService, ServiceObservation, BigModelServiceStatu
         timers: dict[str, datetime],
         settings: OperatorSettings,
     ) -> ServicePlan:
-        return decide_service(service, seen, timers, poll_s=settings.poll_running_s)
+        return decide_service(service, seen, timers, poll_s=settings.poll_running_s, operator=settings.operator_peer())
 
     def invalid(
         self, status: BigModelServiceStatus | None, generation: int | None, errors: list[str], now: datetime
@@ -127,7 +127,7 @@ async def _ray_view(clients: Clients, pod: PodView | None, app_name: str) -> Ray
     if pod is None or not pod.ready or not pod.pod_ip:
         return None
     try:
-        return await clients.ray.serve_state(pod.pod_ip, app_name)
+        return await clients.ray.serve_state(pod.ray_head, app_name)
     except RayError as error:
         log.info("Ray head %s not reachable yet: %s", pod.name, error)
         return None

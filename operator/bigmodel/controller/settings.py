@@ -6,6 +6,8 @@ import os
 
 from pydantic import BaseModel, Field
 
+from bigmodel.builders.network_policy import DEFAULT_OPERATOR_NAMESPACE, DEFAULT_OPERATOR_POD_LABELS, OperatorPeer
+
 
 class OperatorSettings(BaseModel):
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty watches all.")
@@ -21,6 +23,24 @@ class OperatorSettings(BaseModel):
     peering_priority: int | None = Field(
         None, description="This replica's peering priority; random when unset, since Kopf pauses replicas that tie."
     )
+
+    namespace: str = Field(
+        DEFAULT_OPERATOR_NAMESPACE,
+        description="The operator's own namespace: its token key's Secret is there, and the clusters' NetworkPolicies "
+        "let in its pods from there.",
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_OPERATOR_POD_LABELS),
+        description="Labels of the operator's own pods, which the clusters' NetworkPolicies let in.",
+    )
+    token_key_secret: str = Field(
+        "bigmodel-operator-token-key",
+        description="Name of the Secret, in the operator's namespace, holding the key every cluster's Ray token is "
+        "derived from; made by the operator on first start.",
+    )
+
+    def operator_peer(self) -> OperatorPeer:
+        return OperatorPeer(self.namespace, dict(self.pod_labels))
 
     def storage_for(self, namespace: str, name: str, storage: str | None) -> str | None:
         """A job's checkpoint storage: its own, or <default>/<namespace>/<name>; None when neither exists."""
@@ -48,6 +68,13 @@ class OperatorSettings(BaseModel):
             values["log_level"] = env["BIGMODEL_LOG_LEVEL"].upper()
         if env.get("BIGMODEL_PEERING"):
             values["peering"] = env["BIGMODEL_PEERING"]
+        if env.get("BIGMODEL_OPERATOR_NAMESPACE"):
+            values["namespace"] = env["BIGMODEL_OPERATOR_NAMESPACE"]
+        if env.get("BIGMODEL_OPERATOR_POD_LABELS"):
+            pairs = (item.split("=", 1) for item in env["BIGMODEL_OPERATOR_POD_LABELS"].split(",") if "=" in item)
+            values["pod_labels"] = {key.strip(): value.strip() for key, value in pairs}
+        if env.get("BIGMODEL_TOKEN_KEY_SECRET"):
+            values["token_key_secret"] = env["BIGMODEL_TOKEN_KEY_SECRET"]
         if env.get("BIGMODEL_PEERING_PRIORITY"):
             values["peering_priority"] = int(env["BIGMODEL_PEERING_PRIORITY"])
         return cls.model_validate(values)

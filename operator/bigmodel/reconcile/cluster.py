@@ -12,8 +12,12 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bigmodel.builders import naming
+from bigmodel.builders.network_policy import OperatorPeer, network_policy
+from bigmodel.builders.owned import ClusterOwner
 from bigmodel.builders.pod import ClaimMount
-from bigmodel.builders.ray_cluster import ClusterOwner, head_pod, head_service, worker_pod
+from bigmodel.builders.ray_cluster import head_pod, head_service, worker_pod
+from bigmodel.builders.ray_token import token_secret
 from bigmodel.reconcile.observed import ClusterObservation, PodView
 from bigmodel.reconcile.plans import Outcome, Plan
 
@@ -43,8 +47,10 @@ class Clusters:
         *,
         claim: ClaimMount | None,
         stamp: dict[str, str],
+        operator: OperatorPeer,
     ) -> None:
         self._owner = owner
+        self._operator = operator
         self._seen = seen
         self._plan = plan
         self._claim = claim
@@ -70,11 +76,16 @@ class Clusters:
         return max(used, default=0) + 1
 
     def build(self, generation: int, workers: int) -> None:
-        """A new cluster: its head Service, head pod and `workers` worker pods. Run again on a generation whose
-        creation failed part-way, it makes only what is missing."""
+        """A new cluster: its NetworkPolicy and token Secret before anything that listens, then its head Service,
+        head pod and `workers` worker pods. Run again on a generation whose creation failed part-way, it makes only
+        what is missing; the policy and the Secret, which the operator does not watch, are made again (replacing
+        what holds their names: their contents follow from the owner and the generation alone)."""
         owner = self._owner
         existing = {("Pod", pod.name) for pod in self._seen.pods_of(generation)}
         existing |= {("Service", s.name) for s in self._seen.services if s.generation == generation}
+        if ("Pod", naming.head_pod_name(owner.metadata.name, generation, owner.kind)) not in existing:
+            self._create(network_policy(owner, generation, self._operator))
+            self._create(token_secret(owner, generation))
         for obj in (head_service(owner, generation), head_pod(owner, generation, self._claim)):
             if (obj["kind"], obj["metadata"]["name"]) not in existing:
                 self._create(obj)
@@ -124,6 +135,11 @@ class Clusters:
             else:
                 self.remove_pod(pod)
         self._plan.delete_services += [s.name for s in self._seen.services if s.generation == generation]
+        name, kind = self._owner.metadata.name, self._owner.kind
+        self._plan.delete_access += [
+            ("NetworkPolicy", naming.network_policy_name(name, generation, kind)),
+            ("Secret", naming.token_secret_name(name, generation, kind)),
+        ]
 
     def keep_only(self, *generations: int | None) -> None:
         """Remove every generation but these."""

@@ -13,6 +13,7 @@ from typing import Literal
 from bigmodel.api.job import BigModelJob, BigModelJobStatus
 from bigmodel.api.wire import MODEL_SPEC_ANNOTATION, REPLACES_ANNOTATION, RUN_SPEC_ANNOTATION
 from bigmodel.builders.naming import submission_id
+from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.builders.ray_cluster import checkpoint_claim, dashboard_url
 from bigmodel.builders.ray_job import ray_job_submission
 from bigmodel.reconcile.decision import Decision, digest
@@ -71,13 +72,13 @@ def spec_digests(job: BigModelJob, *, defaults: bool = False) -> dict[str, str]:
 class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
     """One pass over one job; methods read the observation and fill the plan."""
 
-    def __init__(self, job: BigModelJob, seen: JobObservation, poll_s: float) -> None:
+    def __init__(self, job: BigModelJob, seen: JobObservation, poll_s: float, operator: OperatorPeer) -> None:
         self.digests = spec_digests(job)
         self.legacy_digests = spec_digests(job, defaults=True)
         status = (job.status or BigModelJobStatus()).model_copy(deep=True)
         catch_up(status, seen)
         self.replaced_before = status.workers.replaced
-        super().__init__(job, seen, status, claim=checkpoint_claim(job), stamp=self.digests)
+        super().__init__(job, seen, status, claim=checkpoint_claim(job), stamp=self.digests, operator=operator)
         self.job = job
         self.spec = job.spec
         self.poll_s = poll_s
@@ -88,7 +89,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         head = self.seen.head(self.status.cluster_generation)
         ray_job = self.seen.ray_job
         if head is not None and head.pod_ip and ray_job is not None and ray_job.state in ("PENDING", "RUNNING"):
-            self.plan.ray.append(StopJob(head.pod_ip, ray_job.submission_id))
+            self.plan.ray.append(StopJob(head.ray_head, ray_job.submission_id))
 
     def build_cluster(self) -> None:
         """A new generation of the cluster, replacing every other; its run resumes from the latest checkpoint."""
@@ -305,7 +306,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             return
         ray_job = self.seen.ray_job
         if ray_job is None or ray_job.submission_id != expected:
-            self.plan.ray.append(SubmitJob(head.pod_ip, ray_job_submission(self.job, status.cluster_generation)))
+            self.plan.ray.append(SubmitJob(head.ray_head, ray_job_submission(self.job, status.cluster_generation)))
             if status.ray_job_id != expected:
                 status.ray_job_id = expected
                 self.event("Normal", "TrainingSubmitted", f"submitted Ray job {expected}, {resume_point(status)}")
@@ -352,13 +353,15 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             self.event("Normal", "Running", status.message)
 
 
-def decide_job(job: BigModelJob, seen: JobObservation, poll_s: float = POLL_RUNNING_S) -> JobPlan:
+def decide_job(
+    job: BigModelJob, seen: JobObservation, poll_s: float = POLL_RUNNING_S, operator: OperatorPeer | None = None
+) -> JobPlan:
     """The plan for one job. Pure: no I/O, the clock comes in the observation."""
-    return JobDecision(job, seen, poll_s).decide()
+    return JobDecision(job, seen, poll_s, operator or OperatorPeer()).decide()
 
 
 def runs_to_stop(status: BigModelJobStatus | None, seen: ClusterObservation) -> list[StopJob]:
     """The job is being deleted: its run is stopped on every head that may have it."""
     if status is None or not status.ray_job_id:
         return []
-    return [StopJob(pod.pod_ip, status.ray_job_id) for pod in seen.pods if pod.role == "head" and pod.pod_ip]
+    return [StopJob(pod.ray_head, status.ray_job_id) for pod in seen.pods if pod.role == "head" and pod.pod_ip]

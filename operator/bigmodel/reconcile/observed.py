@@ -28,6 +28,15 @@ STUCK_WAITING_REASONS = frozenset(
 
 
 @dataclass(frozen=True)
+class RayHead:
+    """A cluster's Ray head as the operator calls it: where it answers, and the cluster whose token it takes."""
+
+    ip: str
+    owner_uid: str
+    generation: int
+
+
+@dataclass(frozen=True)
 class PodView:
     name: str
     generation: int
@@ -42,6 +51,8 @@ class PodView:
     stuck: str = ""
     """Why the pod cannot start, in the scheduler's or the kubelet's words (`Unschedulable: 0/3 nodes ...`)."""
     created: datetime | None = None
+    owner_uid: str = ""
+    """The uid of the resource that controls the pod (its owner reference)."""
 
     @property
     def failed(self) -> bool:
@@ -68,7 +79,15 @@ class PodView:
             annotations=dict(meta.get("annotations") or {}),
             stuck=_stuck(status),
             created=datetime.fromisoformat(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None,
+            owner_uid=next(
+                (ref.get("uid", "") for ref in meta.get("ownerReferences") or [] if ref.get("controller")), ""
+            ),
         )
+
+    @property
+    def ray_head(self) -> RayHead:
+        """This pod as the head the operator calls; only meaningful once it has an IP."""
+        return RayHead(self.pod_ip or "", self.owner_uid, self.generation)
 
 
 def _failure(status: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
 from bigmodel.api.common import ObservedStatus
+from bigmodel.reconcile.observed import RayHead
 
 EventType = Literal["Normal", "Warning"]
 StatusT = TypeVar("StatusT", bound=ObservedStatus)
@@ -42,23 +43,23 @@ class Outcome(str, Enum):
 
 @dataclass(frozen=True)
 class SubmitJob:
-    """Submit a Ray job (the Job Submission API's POST body) to the head at head_ip."""
+    """Submit a Ray job (the Job Submission API's POST body) to the head."""
 
-    head_ip: str
+    head: RayHead
     submission: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class StopJob:
-    head_ip: str
+    head: RayHead
     submission_id: str
 
 
 @dataclass(frozen=True)
 class DeployServe:
-    """Declare a cluster's Serve applications (Serve's REST API PUT body) on the head at head_ip."""
+    """Declare a cluster's Serve applications (Serve's REST API PUT body) on the head."""
 
-    head_ip: str
+    head: RayHead
     config: dict[str, Any]
 
 
@@ -72,6 +73,9 @@ class Plan(Generic[StatusT]):
     status: StatusT
     delete_pods: list[str] = field(default_factory=list)
     delete_services: list[str] = field(default_factory=list)
+    delete_access: list[tuple[str, str]] = field(default_factory=list)
+    """A removed cluster's NetworkPolicy and token Secret, as (kind, name): the operator does not watch them, so
+    they are deleted by name (a 404 is fine)."""
     create: list[dict[str, Any]] = field(default_factory=list)
     ray: list[RayAction] = field(default_factory=list)
     patch_services: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -102,3 +106,4 @@ class Plan(Generic[StatusT]):
         """Several verbs of one pass may remove the same pod; each is deleted once."""
         self.delete_pods = list(dict.fromkeys(self.delete_pods))
         self.delete_services = list(dict.fromkeys(self.delete_services))
+        self.delete_access = list(dict.fromkeys(self.delete_access))

@@ -35,7 +35,7 @@ def converge_app(d: ServicePass, generation: int, config: dict[str, Any]) -> str
         return None
     app = ray.app
     if app is None or not app.runs(config["applications"][0]):
-        d.plan.ray.append(DeployServe(head.pod_ip, config))
+        d.plan.ray.append(DeployServe(head.ray_head, config))
         d.busy = True
         return "DEPLOYING"
     if app.status != "RUNNING":

@@ -17,6 +17,7 @@ from datetime import datetime
 from bigmodel.api.service import BigModelService, BigModelServiceSpec, BigModelServiceStatus, ServiceCluster
 from bigmodel.api.wire import CLUSTER_SPEC_ANNOTATION, SERVICE_KIND
 from bigmodel.builders.naming import cluster_name
+from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.builders.pod import ClaimMount
 from bigmodel.reconcile.decision import Decision, digest
 from bigmodel.reconcile.plans import Plan
@@ -50,14 +51,25 @@ class ServicePass(Decision[BigModelService, ServiceObservation, BigModelServiceS
     """One pass over one service. `busy` asks for the next pass soon: something is starting or changing."""
 
     def __init__(
-        self, service: BigModelService, seen: ServiceObservation, timers: dict[str, datetime] | None, poll_s: float
+        self,
+        service: BigModelService,
+        seen: ServiceObservation,
+        timers: dict[str, datetime] | None,
+        poll_s: float,
+        operator: OperatorPeer,
     ) -> None:
         self.source = seen.source if isinstance(seen.source, ModelSourceView) else None
         claim = model_claim(self.source)
         self.digest = cluster_digest(service.spec, claim)
         status = service.status or BigModelServiceStatus()
         super().__init__(
-            service, seen, status, claim=claim, stamp={CLUSTER_SPEC_ANNOTATION: self.digest}, timers=timers
+            service,
+            seen,
+            status,
+            claim=claim,
+            stamp={CLUSTER_SPEC_ANNOTATION: self.digest},
+            timers=timers,
+            operator=operator,
         )
         self.service = service
         self.spec = service.spec

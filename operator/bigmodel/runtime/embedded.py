@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 
 import ray
 
+from bigmodel.api import wire
 from bigmodel.api.job import BigModelJobSpec
 
 
@@ -28,9 +30,18 @@ def local_cpus(spec: BigModelJobSpec) -> int:
     return max(os.cpu_count() or 1, spec.workers.replicas)
 
 
+def require_token() -> None:
+    """Ray's token auth for every cluster this process starts, and every Ray process under it: another user of this
+    machine cannot join the cluster or run code on it. One random token for the life of the process, which Ray
+    reads once and keeps."""
+    os.environ[wire.RAY_AUTH_MODE_ENV] = "token"
+    os.environ.setdefault(wire.RAY_AUTH_TOKEN_ENV, secrets.token_hex(32))
+
+
 @contextlib.contextmanager
 def embedded_ray(num_cpus: int, *, verbose: bool = False) -> Iterator[str]:
-    """A private Ray cluster on this machine for the duration of the block; yields its address."""
+    """A private Ray cluster on this machine for the duration of the block, with token auth; yields its address."""
+    require_token()
     # "local" always starts a new cluster: without it Ray would join any cluster `ray start` left on this machine.
     context = ray.init(
         address="local",

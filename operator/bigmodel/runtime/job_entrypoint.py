@@ -7,6 +7,7 @@ only when training finished and the model was exported.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import sys
@@ -30,15 +31,22 @@ DEFAULT_PROGRESS_INTERVAL_S = 0.5
 
 
 class ProgressServer:
-    """GET /progress -> the latest TrainingReport; the operator reads status from here."""
+    """GET /progress -> the latest TrainingReport; the operator reads status from here, with the cluster's Ray
+    token. Without a token to check (none in the environment) nothing is served: the report names the job, its
+    storage and its metrics, which are for the cluster and the operator only."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str | None) -> None:
         self._report = TrainingReport()
         self._lock = threading.Lock()
+        expected = f"{wire.BEARER_PREFIX}{token}".encode() if token else None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the http.server hook's name)
+                offered = self.headers.get("Authorization", "").encode()
+                if expected is None or not hmac.compare_digest(offered, expected):
+                    self.send_error(401, "the cluster's Ray token is required")
+                    return
                 if self.path != "/progress":
                     self.send_error(404, "only /progress is served")
                     return
@@ -86,7 +94,8 @@ def main() -> int:
     resources = {"CPU": float(spec.workers.resources.ray_cpus())}
     if spec.uses_gpu():
         resources["GPU"] = float(spec.workers.resources.gpu)
-    with ProgressServer(int(os.environ.get(wire.PROGRESS_PORT_ENV, wire.PROGRESS_PORT))) as server:
+    port = int(os.environ.get(wire.PROGRESS_PORT_ENV, wire.PROGRESS_PORT))
+    with ProgressServer(port, os.environ.get(wire.RAY_AUTH_TOKEN_ENV)) as server:
         try:
             result = run_training(
                 job.metadata.name,
