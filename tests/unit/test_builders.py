@@ -17,10 +17,11 @@ from kubernetes.utils import parse_quantity
 from bigmodel.api.common import EnvVar, ObjectMeta, Toleration
 from bigmodel.api.job import BigModelJob, BigModelJobStatus, WorkerGroup
 from bigmodel.api.manifests import load_manifest
-from bigmodel.api.wire import OWNER_UID_LABEL
+from bigmodel.api.wire import OWNER_UID_LABEL, PROGRESS_PORT, RAY_DASHBOARD_PORT
 from bigmodel.builders import naming, ray_cluster
-from bigmodel.builders.network_policy import OperatorPeer
+from bigmodel.builders.network_policy import OperatorPeer, network_policy
 from bigmodel.builders.ray_cluster import checkpoint_claim, head_pod, head_service, worker_pod
+from bigmodel.builders.ray_token import token_secret
 from bigmodel.reconcile.cluster import Clusters
 from bigmodel.reconcile.observed import ClusterObservation
 from bigmodel.reconcile.plans import Plan
@@ -495,3 +496,35 @@ def test_builders_import_no_client_and_do_no_io() -> None:
             for name in imported:
                 prefixes = {".".join(name.split(".")[:depth]) for depth in range(1, name.count(".") + 2)}
                 assert not prefixes & forbidden, f"{module.name} imports {name}"
+
+
+# A cluster's token and network policy
+
+
+def test_every_ray_container_runs_token_auth_with_the_clusters_own_secret(digits: BigModelJob) -> None:
+    for pod in (job_head_pod(digits, 2), job_worker_pod(digits, 2, 0)):
+        variables = env(pod)
+        assert variables["RAY_AUTH_MODE"] == "token"
+        assert variables["RAY_AUTH_TOKEN"] == {"secretKeyRef": {"name": "digits-g2-ray-token", "key": "token"}}
+    secret = token_secret(digits, 2)
+    assert secret["metadata"]["name"] == "digits-g2-ray-token" and "data" not in secret, "the controller adds it"
+    assert secret["metadata"]["labels"][OWNER_UID_LABEL] == UID
+
+
+def test_a_jobs_policy_opens_ray_to_its_own_pods_and_two_ports_to_the_operator(digits: BigModelJob) -> None:
+    operator = OperatorPeer("ops", {"app": "op"})
+    spec = network_policy(digits, 2, operator)["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
+    own = spec["podSelector"]["matchLabels"]
+    assert own == naming.cluster_selector("digits", 2) | {OWNER_UID_LABEL: UID}
+    assert selects(own, job_head_pod(digits, 2)["metadata"]["labels"])
+    assert not selects(own, job_head_pod(digits, 3)["metadata"]["labels"]), "another generation is another cluster"
+    peers, from_operator = spec["ingress"]
+    assert peers == {"from": [{"podSelector": {"matchLabels": own}}]}
+    assert from_operator["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+            "podSelector": {"matchLabels": {"app": "op"}},
+        }
+    ]
+    assert [port["port"] for port in from_operator["ports"]] == [RAY_DASHBOARD_PORT, PROGRESS_PORT]
