@@ -70,6 +70,23 @@ POD_IP_ENV = "POD_IP"
 POD_NAME_ENV = "POD_NAME"
 RAY_HEAD_ADDRESS_ENV = "RAY_HEAD_ADDRESS"
 OWNER_ENV: dict[OwnerKind, str] = {"BigModelJob": "BIGMODEL_JOB", "BigModelService": "BIGMODEL_SERVICE"}
+RAY_USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
+RAY_AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+RESERVED_ENV = frozenset(
+    {
+        POD_IP_ENV,
+        POD_NAME_ENV,
+        RAY_HEAD_ADDRESS_ENV,
+        *OWNER_ENV.values(),
+        RAY_USAGE_STATS_ENV,
+        RAY_AUTH_MODE_ENV,
+        RAY_AUTH_TOKEN_ENV,
+        RAY_AUTH_TOKEN_PATH_ENV,
+    }
+)
+"""What the operator sets in every Ray container; a spec's env may not name them (it would override them)."""
 
 # The Ray job that trains a BigModelJob, and what its driver reads and writes.
 JOB_ENTRYPOINT = "python -m bigmodel.runtime.job_entrypoint"
