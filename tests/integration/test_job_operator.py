@@ -250,7 +250,9 @@ async def test_invalid_spec_is_reported_without_children(
         assert len([e for e in await kube.events(involved_name="demo") if e["reason"] == "ValidationFailed"]) == 1
 
 
-async def test_env_from_a_secret_reaches_the_pods_and_not_the_ray_submission(emulator: Emulator, kube: KubeClient) -> None:
+async def test_env_from_a_secret_reaches_the_pods_and_not_the_ray_submission(
+    emulator: Emulator, kube: KubeClient
+) -> None:
     ray = FakeRay()
     env = [
         {"name": "PLAIN_SETTING", "value": "literal-7f3a"},

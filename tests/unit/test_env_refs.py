@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from bigmodel.api.job import BigModelJob, BigModelJobSpec
+from bigmodel.api.service import BigModelService
+from bigmodel.builders.ray_cluster import head_pod, worker_pod
 from bigmodel.builders.ray_job import ray_job_submission
 from bigmodel.controller.job_kind import JobKind
 from bigmodel.controller.service_kind import ServiceKind
@@ -59,6 +61,21 @@ def test_the_driver_gets_the_rest_of_the_spec() -> None:
     assert driven.spec.env == [] and driven.spec.env_from == []
     assert driven.spec == without.spec
     assert (driven.metadata.name, driven.metadata.uid) == (with_env.metadata.name, with_env.metadata.uid)
+
+
+def test_a_services_pods_carry_env_and_env_from_too() -> None:
+    service = BigModelService.model_validate(
+        {
+            "apiVersion": "bigmodel.dev/v1alpha1",
+            "kind": "BigModelService",
+            "metadata": {"name": "demo", "namespace": "research", "uid": "u"},
+            "spec": {"model": {"uri": "s3://runs/demo/model"}, "env": ENV, "envFrom": ENV_FROM},
+        },
+        by_alias=True,
+    )
+    for pod in (head_pod(service, 1, None), worker_pod(service, 1, 0, None)):
+        container = pod["spec"]["containers"][0]
+        assert all(entry in container["env"] for entry in ENV) and container["envFrom"] == ENV_FROM
 
 
 def spec_of(**spec: Any) -> BigModelJobSpec:
