@@ -8,13 +8,17 @@ from typing import Any
 
 import pytest
 
+from bigmodel.api.common import EnvFromSource
 from bigmodel.api.job import BigModelJob, BigModelJobSpec
 from bigmodel.api.service import BigModelService
+from bigmodel.api.wire import MODEL_SPEC_ANNOTATION, RUN_SPEC_ANNOTATION
 from bigmodel.builders.ray_cluster import head_pod, worker_pod
 from bigmodel.builders.ray_job import ray_job_submission
 from bigmodel.controller.job_kind import JobKind
 from bigmodel.controller.service_kind import ServiceKind
 from bigmodel.controller.settings import OperatorSettings
+from bigmodel.reconcile.job import spec_digests
+from bigmodel.reconcile.service_pass import cluster_digest
 from bigmodel.runtime.driver import local_environment
 
 LITERAL = "literal-value-7f3a"
@@ -139,3 +143,21 @@ def test_a_spec_may_name_only_an_allowed_service_account(
         else:
             assert owner is None
             assert errors == ["spec.serviceAccountName: 'admin' is not allowed by this operator (allowed: trainer)"]
+
+
+def test_env_from_shapes_the_cluster_and_its_absence_changes_no_digest() -> None:
+    plain, with_refs = job(), job(envFrom=ENV_FROM)
+    assert spec_digests(plain)[RUN_SPEC_ANNOTATION] != spec_digests(with_refs)[RUN_SPEC_ANNOTATION]
+    assert spec_digests(plain)[MODEL_SPEC_ANNOTATION] == spec_digests(with_refs)[MODEL_SPEC_ANNOTATION]
+    service = BigModelService.model_validate(
+        {
+            "apiVersion": "bigmodel.dev/v1alpha1",
+            "kind": "BigModelService",
+            "metadata": {"name": "demo"},
+            "spec": {"model": {"uri": "s3://runs/demo/model"}},
+        },
+        by_alias=True,
+    )
+    before = cluster_digest(service.spec, None)
+    service.spec.env_from = [EnvFromSource.model_validate(source) for source in ENV_FROM]
+    assert cluster_digest(service.spec, None) != before
