@@ -255,7 +255,9 @@ def test_environment(digits: BigModelJob, role: str) -> None:
     assert names.index("DATA_DIR") > names.index("POD_NAME"), "user variables must be able to refer to ours"
 
 
-SECRET_TOKEN = EnvVar.model_validate({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}})
+SECRET_TOKEN = EnvVar.model_validate(
+    {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+)
 DB_FROM = EnvFromSource.model_validate({"secretRef": {"name": "db", "optional": True}, "prefix": "DB_"})
 
 
