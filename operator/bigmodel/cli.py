@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -123,8 +124,6 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     model_uri, exported = _read_exported(uri, hint)
     _check_port_free(args.port)
 
-    import os
-
     from bigmodel.builders.serve_app import app_args, model_name, model_version, serve_deploy_config
 
     with _needs_runtime("serve"):
@@ -196,7 +195,13 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     job = _load(args.manifest, JOB_KIND, "train")
     with _needs_runtime("train"):
         from bigmodel.console import LiveProgress, summary_table
-        from bigmodel.runtime.driver import TrainingFailed, resolve_storage, run_command, run_training
+        from bigmodel.runtime.driver import (
+            TrainingFailed,
+            local_environment,
+            resolve_storage,
+            run_command,
+            run_training,
+        )
         from bigmodel.runtime.embedded import embedded_ray, local_cpus, local_worker_resources
     storage = _storage_for(job, args.storage)
 
@@ -206,9 +211,12 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         f"Training [bold]{name}[/bold] on an embedded Ray cluster: {spec.workers.replicas} worker(s), "
         f"checkpoints in {resolve_storage(storage)}"
     )
+    env, notes = local_environment(spec, os.environ)
+    for note in notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     with embedded_ray(args.num_cpus or local_cpus(spec), verbose=args.verbose) as address:
         if spec.workload.command is not None:
-            code = run_command(spec, storage, address)
+            code = run_command(spec, storage, address, env)
             console.print(f"command exited with code {code}")
             return code
         try:
@@ -218,6 +226,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
                     spec,
                     storage,
                     resources_per_worker=local_worker_resources(spec),
+                    env=env,
                     on_progress=live.update,
                 )
         except TrainingFailed as error:

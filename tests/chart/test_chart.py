@@ -34,6 +34,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "image": {"repository": "registry.example/bigmodel/operator", "tag": "dev", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "registry"}],
         "defaultStorage": "s3://checkpoints/bigmodel",
+        "allowedServiceAccounts": ["trainer"],
         "logLevel": "DEBUG",
         "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"cpu": 2, "memory": "1Gi"}},
         "nodeSelector": {"kubernetes.io/os": "linux"},

@@ -87,6 +87,7 @@ def test_defaults_run_one_standalone_operator_on_every_namespace() -> None:
     }
     settings = OperatorSettings.from_env(env())
     assert settings.namespaces == [] and settings.peering is None and settings.liveness_port == 8080
+    assert settings.allowed_service_accounts == [], "any service account, as before the setting existed"
     assert deployment()["spec"]["replicas"] == 1
     # Two standalone operators would both act on every job while a rollout overlaps them.
     assert deployment()["spec"]["strategy"] == {"type": "Recreate"}
@@ -96,6 +97,7 @@ def test_values_reach_the_operator_settings() -> None:
     values = {
         "watchNamespaces": NAMESPACES,
         "defaultStorage": "s3://bucket/bigmodel",
+        "allowedServiceAccounts": ["trainer", "server"],
         "replicas": 2,
         "logLevel": "DEBUG",
         "metrics": {"enabled": False},
@@ -106,6 +108,7 @@ def test_values_reach_the_operator_settings() -> None:
     settings = OperatorSettings.from_env(variables)
     assert settings.namespaces == NAMESPACES
     assert settings.default_storage == "s3://bucket/bigmodel"
+    assert settings.allowed_service_accounts == ["trainer", "server"]
     assert settings.peering == RELEASE
     assert deployment(values)["spec"]["replicas"] == 2
     assert deployment(values)["spec"]["strategy"] == {"type": "RollingUpdate"}

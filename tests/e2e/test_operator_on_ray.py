@@ -2,27 +2,38 @@
 
 The operator renders real Ray head and worker pods; the local kubelet runs their `ray start` commands;
 the operator submits the training through Ray's job API on the head; a worker pod is killed mid-run,
-replaced by the operator, and Ray Train resumes from the checkpoint until the job Succeeds.
+replaced by the operator, and Ray Train resumes from the checkpoint until the job Succeeds. The job's env takes a
+value from a Secret: the pods' processes see it, Ray's job API does not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.checkpoints import CheckpointStore
 from tests.support.emulator import KubeClient, wait_for
-from tests.support.local_cluster import LocalCluster, local_cluster, two_worker_gpt_job
+from tests.support.kubelet import LocalKubelet
+from tests.support.local_cluster import LocalCluster, local_cluster, ray_dashboard_get, two_worker_gpt_job
 
 pytestmark = pytest.mark.e2e
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
 EVERY_STEPS = 10
+SECRET_VALUE = "s3cret-e2e-4b1d"
+LITERAL_VALUE = "literal-e2e-9c2e"
+ENV = [
+    {"name": "E2E_TOKEN", "valueFrom": {"secretKeyRef": {"name": "e2e-credentials", "key": "token"}}},
+    {"name": "E2E_SETTING", "value": LITERAL_VALUE},
+]
 
 
 @pytest.fixture()
@@ -40,12 +51,33 @@ async def _events(kube: KubeClient) -> str:
     return "; ".join(f"{e['reason']}: {e.get('message', '')}" for e in await kube.events(involved_name="e2e"))
 
 
+def pod_environments(kubelet: LocalKubelet, pod: str) -> dict[str, dict[str, str]]:
+    """The environment of every live process of a pod the kubelet runs, by command line: its main process and all it
+    started (Ray's)."""
+    pid = kubelet.pid_of(pod)
+    assert pid is not None, f"pod {pod} runs no process"
+    main = psutil.Process(pid)
+    environments = {}
+    for process in (main, *main.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
+            environment = process.environ()
+            # Empty for a zombie, and for the processes whose title Ray sets (ray::DashboardAgent...): setproctitle
+            # reuses the memory that /proc/<pid>/environ shows.
+            if environment:
+                environments[f"{process.pid} {' '.join(process.cmdline())[:80]}"] = environment
+    return environments
+
+
 async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: LocalCluster, tmp_path: Path) -> None:
     emulator, kubelet = cluster.emulator, cluster.kubelet
     storage = tmp_path / "storage"
     async with KubeClient(emulator.url) as kube:
         await kube.create(
-            *JOBS, two_worker_gpt_job("e2e", storage, max_steps=80, every_steps=EVERY_STEPS, max_restarts=1)
+            "v1", "secrets", {"metadata": {"name": "e2e-credentials"}, "stringData": {"token": SECRET_VALUE}}
+        )
+        await kube.create(
+            *JOBS,
+            two_worker_gpt_job("e2e", storage, max_steps=80, every_steps=EVERY_STEPS, max_restarts=1, env=ENV),
         )
 
         async def checkpointed() -> dict[str, Any] | None:
@@ -54,6 +86,17 @@ async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: L
             return status if status.get("phase") == "Running" and step >= 2 * EVERY_STEPS else None
 
         await wait_for(checkpointed, 240, "the job did not reach Running with a second checkpoint within 240 s", 1.0)
+        for pod in ("e2e-g1-head", "e2e-g1-w0"):
+            environments = pod_environments(kubelet, pod)
+            assert len(environments) > 1, f"pod {pod} started no Ray processes"
+            without = [process for process, env in environments.items() if env.get("E2E_TOKEN") != SECRET_VALUE]
+            assert not without, f"{pod}: processes without the Secret's value: {without}"
+        driver = [process for process in pod_environments(kubelet, "e2e-g1-head") if "job_entrypoint" in process]
+        assert driver, "the Ray job's driver is not among the head's processes"
+        jobs = json.dumps(await ray_dashboard_get(kubelet, "e2e-g1-head", "/api/jobs/"))
+        assert "bigmodel.runtime.job_entrypoint" in jobs, "Ray's job API does not list the run"
+        for secret in (SECRET_VALUE, LITERAL_VALUE, "E2E_TOKEN", "E2E_SETTING", "e2e-credentials"):
+            assert secret not in jobs, f"{secret} is readable through Ray's job API"
         kubelet.kill("e2e-g1-w1", signal.SIGKILL)
 
         async def replaced() -> dict[str, Any] | None:

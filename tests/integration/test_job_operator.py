@@ -265,6 +265,45 @@ async def test_invalid_spec_is_reported_without_children(
         assert len([e for e in await kube.events(involved_name="demo") if e["reason"] == "ValidationFailed"]) == 1
 
 
+async def test_env_from_a_secret_reaches_the_pods_and_not_the_ray_submission(
+    emulator: Emulator, kube: KubeClient
+) -> None:
+    ray = FakeRay()
+    env = [
+        {"name": "PLAIN_SETTING", "value": "literal-7f3a"},
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-credentials", "key": "token"}}},
+    ]
+    env_from = [{"secretRef": {"name": "db-credentials"}, "prefix": "DB_"}]
+    with running_operator(emulator, ray):
+        created = await kube.create(*JOBS, job_manifest(env=env, envFrom=env_from))
+        for pod in (await all_pods(kube, GENERATION_1)).values():
+            container = pod["spec"]["containers"][0]
+            assert env[1] in container["env"] and env[0] in container["env"]
+            assert container["envFrom"] == env_from
+        await start_running(kube, ray, created["metadata"]["uid"])
+        body = json.dumps(ray.submissions)
+        for secret in ("literal-7f3a", "PLAIN_SETTING", "HF_TOKEN", "hf-credentials", "db-credentials"):
+            assert secret not in body, f"{secret} went to Ray's job API"
+
+
+async def test_a_service_account_the_operator_does_not_allow_is_a_validation_failure(
+    emulator: Emulator, kube: KubeClient
+) -> None:
+    with running_operator(emulator, FakeRay(), allowed_service_accounts=["trainer"]):
+        await kube.create(*JOBS, job_manifest(serviceAccountName="cluster-admin"))
+        current = await wait_status(
+            kube,
+            lambda s: any(c["type"] == "ValidationFailed" and c["status"] == "True" for c in s.get("conditions", [])),
+            "no ValidationFailed condition",
+        )
+        assert "spec.serviceAccountName: 'cluster-admin' is not allowed" in current["message"], current
+        assert await pods(kube) == {}, "a job with a disallowed service account got pods"
+
+        await kube.patch(*JOBS, "demo", {"spec": {"serviceAccountName": "trainer"}})
+        found = await all_pods(kube, GENERATION_1)
+        assert all(pod["spec"]["serviceAccountName"] == "trainer" for pod in found.values())
+
+
 async def test_operator_restart_mid_flight_creates_no_duplicates(emulator: Emulator, kube: KubeClient) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray):

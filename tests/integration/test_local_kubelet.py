@@ -226,3 +226,60 @@ async def test_a_pod_left_terminating_before_the_kubelet_started_is_finished(emu
 
 async def _absent(kube: KubeClient, name: str) -> bool:
     return await kube.get("v1", "pods", name) is None
+
+
+async def test_env_from_secrets_and_config_maps(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    await kube.create("v1", "secrets", {"metadata": {"name": "hf"}, "stringData": {"token": "s3cret"}})
+    await kube.create("v1", "secrets", {"metadata": {"name": "db"},
+                                        "data": {"USER": "YWRh", "PASSWORD": "cHc=", "not a name": "eA=="}})
+    await kube.create("v1", "configmaps", {"metadata": {"name": "tuning"}, "data": {"threads": "4", "url": "u"}})
+    env = [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+        {"name": "THREADS", "valueFrom": {"configMapKeyRef": {"name": "tuning", "key": "threads"}}},
+        {"name": "DB_USER", "value": "overridden $(DB_PASSWORD)"},
+        {"name": "ABSENT", "valueFrom": {"secretKeyRef": {"name": "nowhere", "key": "k", "optional": True}}},
+    ]
+    env_from = [{"secretRef": {"name": "db"}, "prefix": "DB_"}, {"configMapRef": {"name": "tuning"}},
+                {"configMapRef": {"name": "nowhere", "optional": True}}]
+    await kube.create("v1", "pods", server_pod("refs", 18100, env=env, envFrom=env_from))
+    await wait_for(lambda: ready(kube, "refs"), WAIT_S, f"pod refs never became Ready:\n{kubelet.log_tail('refs')}")
+
+    seen = (await get_json(f"http://127.0.0.1:{kubelet.host_port('refs', 18100)}/"))["env"]
+    assert seen["HF_TOKEN"] == "s3cret" and seen["THREADS"] == "4"
+    assert seen["DB_PASSWORD"] == "pw" and seen["threads"] == "4" and seen["url"] == "u"
+    assert seen["DB_USER"] == "overridden pw", "env entries override envFrom and may refer to its variables"
+    assert "ABSENT" not in seen and "DB_not a name" not in seen
+
+
+async def test_a_missing_secret_keeps_the_pod_waiting_until_it_exists(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    env = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}]
+    await kube.create("v1", "pods", server_pod("patient", 18110, env=env))
+
+    async def waiting(message: str) -> dict[str, Any] | None:
+        body = await phase_of(kube, "patient", "Pending")
+        state = ((body or {}).get("status", {}).get("containerStatuses") or [{}])[0].get("state", {})
+        reason = state.get("waiting", {})
+        return body if reason.get("reason") == "CreateContainerConfigError" and reason.get("message") == message else None
+
+    await wait_for(lambda: waiting('secret "late" not found'), WAIT_S, "the pod did not wait for its Secret")
+    await kube.create("v1", "secrets", {"metadata": {"name": "late"}, "data": {"other": "eA=="}})
+    await wait_for(lambda: waiting("couldn't find key token in Secret default/late"), WAIT_S,
+                   "the pod did not wait for the Secret's key")
+    assert kubelet.pid_of("patient") is None
+
+    await kube.patch("v1", "secrets", "late", {"stringData": {"token": "finally"}})
+    await wait_for(lambda: ready(kube, "patient"), WAIT_S, "the pod did not start once its Secret was complete")
+    seen = (await get_json(f"http://127.0.0.1:{kubelet.host_port('patient', 18110)}/"))["env"]
+    assert seen["HF_TOKEN"] == "finally"
+
+
+async def test_a_pod_deleted_while_it_waits_for_a_secret_goes(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    env = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "never", "key": "token"}}}]
+    await kube.create("v1", "pods", pod("abandoned", [sys.executable, "-c", "pass"], env=env))
+    await wait_for(lambda: phase_of(kube, "abandoned", "Pending"), WAIT_S, "the pod was never reported Pending")
+    await kube.delete("v1", "pods", "abandoned")
+    await wait_for(lambda: _gone(kube, "abandoned"), WAIT_S, "the waiting pod's deletion was never finished")
+
+
+async def _gone(kube: KubeClient, name: str) -> bool:
+    return await kube.get("v1", "pods", name) is None

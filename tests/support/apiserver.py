@@ -49,6 +49,8 @@ What it does, as a real API server does:
 * ``pods/<name>/binding`` (POST a ``Binding``): sets ``spec.nodeName`` and the ``PodScheduled`` condition; a bound or
   Terminating pod is 409. Otherwise a pod's spec is immutable (422 Forbidden) but for the containers' images,
   ``activeDeadlineSeconds``, ``tolerations`` and ``terminationGracePeriodSeconds``;
+* a Secret's ``stringData`` is write-only: on every create and update its values are merged into ``data``,
+  base64-encoded (``stringData`` wins over ``data``), and ``stringData`` is not stored;
 * DeleteOptions ``preconditions`` (``uid``, ``resourceVersion``): 409 Conflict when they do not hold;
 * lost nodes: nothing a kubelet (a request with :data:`KUBELET_USER_AGENT`) sends about a pod bound to a node in
   :attr:`ApiServer.lost_nodes`, or to bind one there, is taken (503): its pods keep their last status and, deleted,
@@ -67,9 +69,10 @@ What it does, as a real API server does:
 
 What it does not do (so do not test it against this server, or add it here first):
 
-* builtin resources are stored as sent (no schema, no defaults, no checks of names or labels), and so is the
-  ``metadata`` of custom resources; the gaps of the CRD schema checks are listed in :mod:`tests.support.schema`; no
-  conversion between CRD versions (each served version is a collection of its own);
+* builtin resources are stored as sent (no schema, no defaults, no checks of names or labels; a Secret's
+  ``stringData`` aside, see above), and so is the ``metadata`` of custom resources; the gaps of the CRD schema checks
+  are listed in :mod:`tests.support.schema`; no conversion between CRD versions (each served version is a
+  collection of its own);
 * no admission (webhooks, quotas, limit ranges, pod defaults) but the refusals a scripted fault plays, no
   authentication, no RBAC: every request is allowed (and recorded, for the RBAC test);
 * no server-side apply, no true strategic merge, no dry-run, no ``deletecollection`` (405), no pagination (``limit``
@@ -92,6 +95,7 @@ What it does not do (so do not test it against this server, or add it here first
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -189,6 +193,8 @@ NAMESPACES = Resource(
 )
 PODS = Resource("", "v1", "pods", "Pod", status=True, short_names=("po",), categories=("all",))
 """The one resource with graceful deletion and the ``binding`` subresource."""
+SECRETS = Resource("", "v1", "secrets", "Secret")
+"""Its write-only ``stringData`` is merged into ``data``."""
 CRDS = Resource(
     "apiextensions.k8s.io",
     "v1",
@@ -206,7 +212,7 @@ BUILTIN_RESOURCES = (
     Resource("", "v1", "services", "Service", status=True, short_names=("svc",), categories=("all",)),
     Resource("", "v1", "events", "Event", short_names=("ev",)),
     Resource("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
-    Resource("", "v1", "secrets", "Secret"),
+    SECRETS,
     Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", status=True, short_names=("pvc",)),
     Resource("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
     Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",)),
@@ -794,13 +800,25 @@ class Store:
 
 
 def _admit(resource: Resource, obj: JsonObject, old: JsonObject | None) -> JsonObject:
-    """A custom resource as its schema has the server store it (see ``StructuralSchema.admit``); 422 when invalid."""
+    """A custom resource as its schema has the server store it (see ``StructuralSchema.admit``), 422 when invalid;
+    a Secret with its ``stringData`` merged into ``data``."""
+    if resource == SECRETS:
+        return _merge_string_data(obj)
     if resource.schema is None:
         return obj
     admitted, errors = resource.schema.admit(obj, old)
     if errors:
         raise invalid(resource.kind, resource.group, obj["metadata"]["name"], errors)
     return admitted
+
+
+def _merge_string_data(secret: JsonObject) -> JsonObject:
+    """``stringData`` is write-only: its values, base64-encoded, replace those of ``data`` under the same keys."""
+    string_data = secret.pop("stringData", None) or {}
+    if string_data:
+        encoded = {key: base64.b64encode(str(value).encode()).decode() for key, value in string_data.items()}
+        secret["data"] = {**(secret.get("data") or {}), **encoded}
+    return secret
 
 
 def _check_preconditions(resource: Resource, current: JsonObject, options: DeleteOptions) -> None:

@@ -24,7 +24,15 @@ How the environment is resolved, as Kubernetes does:
   (``$$(VAR)`` is a literal ``$(VAR)``; an unknown ``$(VAR)`` stays as written);
 * downward API ``fieldRef``: ``metadata.name``/``namespace``/``uid``, ``metadata.labels['k']``,
   ``metadata.annotations['k']``, ``spec.nodeName`` (``localhost``), ``spec.serviceAccountName``, ``status.podIP``
-  and ``status.hostIP`` (127.0.0.1). Any other ``valueFrom`` fails the pod with reason ``LocalKubeletUnsupported``.
+  and ``status.hostIP`` (127.0.0.1);
+* ``valueFrom.secretKeyRef`` and ``valueFrom.configMapKeyRef``, and ``envFrom`` (``secretRef``, ``configMapRef``,
+  ``prefix``; a key that is no variable name is skipped): the Secret or ConfigMap is read from the API server when the
+  container starts (a Secret's ``data`` base64-decoded; a ConfigMap's ``data`` and ``binaryData``). ``envFrom`` comes
+  first and ``env`` entries override it, in order. A missing object or key that is not ``optional`` keeps the pod
+  Pending with the container waiting, reason ``CreateContainerConfigError`` and a real kubelet's message
+  (``secret "db" not found``), and it is looked for again every :data:`CONFIG_RETRY_S` until it appears or the pod is
+  deleted; an optional one leaves the variables unset. Any other ``valueFrom`` (``resourceFieldRef``) fails the pod
+  with reason ``LocalKubeletUnsupported``.
 
 Where it deliberately differs from a real kubelet, because every pod shares this host's network namespace:
 
@@ -54,6 +62,7 @@ of its log is printed to stderr (pytest shows it with the failing test).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import json
@@ -86,6 +95,14 @@ _VAR_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 _SERVICE_HOST = re.compile(rf"\b(?P<host>{_LABEL}(?:\.{_LABEL})*\.svc(?:\.cluster\.local)?)\b(?::(?P<port>\d+))?")
 _FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_KINDS = {"secrets": "Secret", "configmaps": "ConfigMap"}
+CONFIG_RETRY_S = 0.5
+"""How often a pod waiting for a missing Secret or ConfigMap looks again."""
+
+
+class ConfigMissing(Exception):
+    """A Secret, ConfigMap or key that the pod's environment needs is not there (yet); the kubelet retries."""
 
 
 class PodFailure(Exception):
@@ -124,6 +141,10 @@ def _now() -> str:
 def expand(text: str, env: Mapping[str, str]) -> str:
     """Kubernetes' ``$(VAR)`` expansion: defined variables expand, ``$$`` is a literal ``$``, the rest stays."""
     return _VAR_REFERENCE.sub(lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), text)
+
+
+def _decoded(value: str) -> str:
+    return base64.b64decode(value).decode(errors="replace")
 
 
 def _port_busy(port: int) -> bool:
@@ -332,7 +353,10 @@ class LocalKubelet:
             if not bound and not await self._bind(pod):
                 return
             await self._patch_status(pod, self._status(pod, "Pending", {"waiting": {"reason": "ContainerCreating"}}))
-            argv, env = await self._prepare(pod, body)
+            container_env = await self._environment_when_ready(pod, body)
+            if container_env is None:
+                return  # deleted while it waited for its Secrets and ConfigMaps: nothing ran, nothing to stop
+            argv, env = await self._prepare(pod, body, container_env)
             if pod.deleted:
                 return  # deleted while it was being prepared: nothing ran, nothing to stop
             with self.log_path(pod.name).open("ab") as log:
@@ -405,12 +429,76 @@ class LocalKubelet:
         await self._patch_status(pod, self._status(pod, "Succeeded" if code == 0 else "Failed",
                                                    {"terminated": terminated}))
 
-    async def _prepare(self, pod: _Pod, body: JsonObject) -> tuple[list[str], dict[str, str]]:
+    async def _environment_when_ready(self, pod: _Pod, body: JsonObject) -> dict[str, str] | None:
+        """The container's environment once every Secret and ConfigMap it needs is there; None when the pod was
+        deleted meanwhile. Until then the pod waits with reason CreateContainerConfigError, as on a real node."""
+        reported = ""
+        while not pod.deleted:
+            try:
+                return await self._environment(pod.container, body)
+            except ConfigMissing as missing:
+                if str(missing) != reported:
+                    reported = str(missing)
+                    waiting = {"reason": "CreateContainerConfigError", "message": reported}
+                    await self._patch_status(pod, self._status(pod, "Pending", {"waiting": waiting}))
+                await asyncio.sleep(CONFIG_RETRY_S)
+        return None
+
+    async def _environment(self, container: JsonObject, body: JsonObject) -> dict[str, str]:
+        """``envFrom`` first, then ``env`` in order, each entry overriding what came before, as Kubernetes does."""
+        env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:
+            env |= await self._keys_of(source)
+        for var in container.get("env") or []:
+            if "valueFrom" not in var:
+                env[var["name"]] = expand(var.get("value", ""), env)
+            elif "fieldRef" in var["valueFrom"]:
+                env[var["name"]] = self._field_value(body, var)
+            else:
+                value = await self._key_value(var)
+                if value is not None:
+                    env[var["name"]] = value
+        return env
+
+    async def _key_value(self, var: JsonObject) -> str | None:
+        """The value of a ``secretKeyRef`` or ``configMapKeyRef``; None when it is missing and optional."""
+        value_from = var["valueFrom"]
+        plural = "secrets" if "secretKeyRef" in value_from else "configmaps"
+        ref = value_from.get("secretKeyRef") or value_from.get("configMapKeyRef")
+        if ref is None:
+            raise PodFailure("LocalKubeletUnsupported", f"env {var['name']}: unsupported valueFrom {value_from}")
+        data = await self._data_of(plural, ref["name"], ref.get("optional", False))
+        if data is not None and ref["key"] in data:
+            return data[ref["key"]]
+        if ref.get("optional", False):
+            return None
+        raise ConfigMissing(f"couldn't find key {ref['key']} in {_KINDS[plural]} {self._namespace}/{ref['name']}")
+
+    async def _keys_of(self, source: JsonObject) -> dict[str, str]:
+        """Every key of an ``envFrom`` Secret or ConfigMap, prefixed; keys that are no variable name are skipped."""
+        plural = "secrets" if "secretRef" in source else "configmaps"
+        ref = source.get("secretRef") or source.get("configMapRef") or {}
+        data = await self._data_of(plural, ref["name"], ref.get("optional", False)) or {}
+        prefix = source.get("prefix", "")
+        return {prefix + key: value for key, value in data.items() if _ENV_NAME.match(prefix + key)}
+
+    async def _data_of(self, plural: str, name: str, optional: bool) -> dict[str, str] | None:
+        """A Secret's or ConfigMap's keys and decoded values; None when it is missing and optional."""
+        assert self._session is not None
+        async with self._session.get(api_path("v1", plural, self._namespace, name)) as response:
+            if response.status == 404:
+                if optional:
+                    return None
+                raise ConfigMissing(f'{_KINDS[plural].lower()} "{name}" not found')
+            response.raise_for_status()
+            obj = await response.json()
+        if plural == "secrets":
+            return {key: _decoded(value) for key, value in (obj.get("data") or {}).items()}
+        return {**{key: _decoded(value) for key, value in (obj.get("binaryData") or {}).items()}, **obj.get("data", {})}
+
+    async def _prepare(self, pod: _Pod, body: JsonObject, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
         """The argv and environment of the pod's process, after allocating its host ports."""
         container = pod.container
-        env: dict[str, str] = {}
-        for var in container.get("env") or []:
-            env[var["name"]] = expand(var["value"], env) if "value" in var else self._env_from(body, var)
         raw_argv = [expand(part, env) for part in (container.get("command") or []) + (container.get("args") or [])]
         if not raw_argv:
             raise PodFailure("LocalKubeletUnsupported", "the container has no command: there is no image to run")
@@ -446,7 +534,7 @@ class LocalKubelet:
                 paths[mount["mountPath"]].mkdir(parents=True)
         return paths
 
-    def _env_from(self, body: JsonObject, var: JsonObject) -> str:
+    def _field_value(self, body: JsonObject, var: JsonObject) -> str:
         field_path = (var.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath")
         metadata = body.get("metadata", {})
         values = {

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import aiohttp
+
+from bigmodel.api.wire import RAY_DASHBOARD_PORT
 from tests.support.emulator import PROJECT_CRDS, Emulator, running_emulator
 from tests.support.kubelet import LocalKubelet
 from tests.support.operator import running_operator
@@ -34,6 +37,15 @@ def local_cluster(work_dir: Path, poll_running_s: float = 1.0) -> Iterator[Local
             with LocalKubelet(emulator.url, work_dir / "pod-logs") as kubelet:
                 with running_operator(emulator, None, poll_running_s=poll_running_s):
                     yield LocalCluster(emulator, kubelet)
+
+
+async def ray_dashboard_get(kubelet: LocalKubelet, head_pod: str, path: str) -> Any:
+    """GET one of Ray's dashboard APIs (`/api/jobs/`) on a head pod the kubelet runs, as the operator would call it;
+    the one place to add what such a call needs (credentials, once the clusters have them)."""
+    url = f"http://127.0.0.1:{kubelet.host_port(head_pod, RAY_DASHBOARD_PORT)}{path}"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        response.raise_for_status()
+        return await response.json(content_type=None)
 
 
 def two_worker_gpt_job(

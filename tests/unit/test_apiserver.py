@@ -10,6 +10,7 @@ import pytest
 from tests.support.apiserver import (
     BUILTIN_RESOURCES,
     PODS,
+    SECRETS,
     DeleteOptions,
     StatusError,
     Store,
@@ -81,6 +82,18 @@ def test_create_fills_in_the_server_metadata(store: Store) -> None:
     refused(400, store.create, JOBS, "default", {"metadata": {"name": "b", "namespace": "other"}})
     refused(422, store.create, JOBS, "default", {"metadata": {}})
     refused(404, store.create, JOBS, None, job("c"))  # a namespaced resource needs a namespace
+
+
+def test_a_secrets_string_data_is_merged_into_data_and_not_stored(store: Store) -> None:
+    created = store.create(SECRETS, "default", {"metadata": {"name": "hf"}, "data": {"user": "bWU=", "token": "b2xk"},
+                                                "stringData": {"token": "s3cret"}})
+    assert created["data"] == {"user": "bWU=", "token": "czNjcmV0"}  # stringData wins, base64-encoded
+    assert "stringData" not in created and "stringData" not in store.get(SECRETS, "default", "hf")
+
+    patched = store.patch(SECRETS, "default", "hf", {"stringData": {"extra": "x"}})
+    assert patched["data"] == {"user": "bWU=", "token": "czNjcmV0", "extra": "eA=="} and "stringData" not in patched
+    unchanged = store.patch(SECRETS, "default", "hf", {"stringData": {"extra": "x"}})
+    assert unchanged["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]
 
 
 def test_generate_name_makes_unique_names(store: Store) -> None:

@@ -14,7 +14,8 @@ import kubernetes_validate
 import pytest
 from kubernetes.utils import parse_quantity
 
-from bigmodel.api.common import EnvVar, ObjectMeta, Toleration
+from bigmodel.api import wire
+from bigmodel.api.common import EnvFromSource, EnvVar, ObjectMeta, Toleration
 from bigmodel.api.job import BigModelJob, BigModelJobStatus, WorkerGroup
 from bigmodel.api.manifests import load_manifest
 from bigmodel.api.wire import OWNER_UID_LABEL, PROGRESS_PORT, RAY_DASHBOARD_PORT
@@ -258,6 +259,40 @@ def test_environment(digits: BigModelJob, role: str) -> None:
     assert names.index("DATA_DIR") > names.index("POD_NAME"), "user variables must be able to refer to ours"
 
 
+SECRET_TOKEN = EnvVar.model_validate(
+    {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+)
+DB_FROM = EnvFromSource.model_validate({"secretRef": {"name": "db", "optional": True}, "prefix": "DB_"})
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_env_by_reference_is_in_every_container_for_the_kubelet_to_read(digits: BigModelJob, role: str) -> None:
+    digits.spec.env = [SECRET_TOKEN, EnvVar(name="EMPTY")]
+    digits.spec.env_from = [DB_FROM, EnvFromSource.model_validate({"configMapRef": {"name": "tuning"}})]
+    pod = job_head_pod(digits, 2) if role == "head" else job_worker_pod(digits, 2, 0)
+    entries = {entry["name"]: entry for entry in container(pod)["env"]}
+    assert entries["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert entries["EMPTY"] == {"name": "EMPTY"}
+    assert container(pod)["envFrom"] == [
+        {"prefix": "DB_", "secretRef": {"name": "db", "optional": True}},
+        {"configMapRef": {"name": "tuning"}},
+    ]
+
+
+def test_no_env_from_unless_the_spec_has_some(digits: BigModelJob) -> None:
+    assert "envFrom" not in container(job_head_pod(digits, 1))
+
+
+def test_every_variable_the_operator_sets_is_reserved(digits: BigModelJob) -> None:
+    """A spec's env may not name one of ours: it comes after them, and would win. (The head's failure-detection
+    settings come after the spec's env, so they win anyway.)"""
+    assert not digits.spec.env
+    after_the_spec = {entry["name"] for entry in ray_cluster._NODE_FAILURE_DETECTION}
+    for pod in (job_head_pod(digits, 1), job_worker_pod(digits, 1, 0)):
+        ours = {entry["name"] for entry in container(pod)["env"]} - after_the_spec
+        assert ours <= wire.RESERVED_ENV, ours - wire.RESERVED_ENV
+
+
 @pytest.mark.parametrize(("cpu", "expected"), [("500m", 1), ("8", 8), ("2500m", 2), (3, 3)])
 def test_worker_num_cpus_are_whole_cores(digits: BigModelJob, cpu: str | int, expected: int) -> None:
     digits.spec.workers.resources.cpu = cpu
@@ -465,7 +500,8 @@ def test_rendered_objects_pass_the_kubernetes_schema(file: str) -> None:
     job = example_job(file)
     job.spec.service_account_name = "trainer"
     job.spec.image_pull_secrets = ["registry"]
-    job.spec.env = [EnvVar(name="HF_HOME", value="/tmp/hf")]
+    job.spec.env = [EnvVar(name="HF_HOME", value="/tmp/hf"), SECRET_TOKEN]
+    job.spec.env_from = [DB_FROM]
     job.spec.workers.affinity = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
     job.spec.workers.priority_class_name = "training"
     for item in cluster_objects(job, 9999):

@@ -10,14 +10,20 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from bigmodel.api import wire
 from bigmodel.version import RUNTIME_IMAGE
 
 # Kubernetes resource.Quantity as the API server's own schema spells it, minus the sign: a pod never asks for a
 # negative amount, and leaving "-" out lets the CRD reject what the Python model rejects.
-QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+QUANTITY_PATTERN = (
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 _QUANTITY = re.compile(QUANTITY_PATTERN)
 _SUFFIX_FACTORS = {
-    **{suffix: Decimal(1000) ** power for power, suffix in zip((-3, -2, -1, 1, 2, 3, 4, 5, 6), "numkMGTPE", strict=True)},
+    **{
+        suffix: Decimal(1000) ** power
+        for power, suffix in zip((-3, -2, -1, 1, 2, 3, 4, 5, 6), "numkMGTPE", strict=True)
+    },
     **{f"{suffix}i": Decimal(1024) ** power for power, suffix in enumerate("KMGTPE", start=1)},
 }
 _NUMBER_AND_SUFFIX = re.compile(r"^\+?(?P<number>[0-9.]+(?:[eE][+-]?[0-9.]+)?)(?P<suffix>[KMGTPE]i|[numkMGTPE])?$")
@@ -58,7 +64,9 @@ def _check_quantity(value: int | float | str) -> int | str:
         # The CRD types a quantity as integer-or-string, so the API server refuses 0.5; say how to write it.
         if isinstance(value, float):
             if not value.is_integer():
-                raise ValueError(f'a fractional quantity must be a string, such as "{value}" or "{round(value * 1000)}m"')
+                raise ValueError(
+                    f'a fractional quantity must be a string, such as "{value}" or "{round(value * 1000)}m"'
+                )
             return int(value)
         return value
     if value.startswith("-"):
@@ -148,18 +156,143 @@ class NodeGroup(Scheduling):
     resources: Resources = Field(default_factory=Resources, description="Compute for each pod of this group.")
 
 
-class EnvVar(Model):
-    """An environment variable set in every Ray container and in the training processes."""
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+_OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# One message each, said alike by the Python models and the CRD's CEL rules.
+_ONE_KEY_REF = "set exactly one of secretKeyRef or configMapKeyRef"
+_ONE_OBJECT_REF = "set exactly one of secretRef or configMapRef"
+_VALUE_OR_SOURCE = "set value or valueFrom, not both"
 
-    name: str = Field(..., min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
-    value: str = Field("", description="Variable value.")
+
+class KeySelector(Model):
+    """One key of a Secret or ConfigMap in the resource's namespace, as Kubernetes' SecretKeySelector spells it."""
+
+    name: str = Field(..., min_length=1, max_length=253, pattern=_OBJECT_NAME_PATTERN, description="Object name.")
+    key: str = Field(..., min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in its data.")
+    optional: bool | None = Field(
+        None, description="Start the pods even when the object or key is missing (the variable is then unset)."
+    )
+
+
+class EnvVarSource(Model):
+    """Where a variable's value comes from: a Secret or ConfigMap key, read by the kubelet when the pod starts."""
+
+    secret_key_ref: KeySelector | None = Field(None, description="A key of a Secret.")
+    config_map_key_ref: KeySelector | None = Field(None, description="A key of a ConfigMap.")
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "minProperties": 1,
+            "maxProperties": 1,
+            "x-kubernetes-validations": [
+                {"rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)", "message": _ONE_KEY_REF}
+            ],
+        }
+    }
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError(_ONE_KEY_REF)
+        return self
+
+    def describe(self) -> str:
+        """`Secret 'db' key 'password'`, for messages."""
+        ref, kind = (self.secret_key_ref, "Secret") if self.secret_key_ref else (self.config_map_key_ref, "ConfigMap")
+        assert ref is not None  # exactly one is set
+        return f"{kind} {ref.name!r} key {ref.key!r}"
+
+
+def _reserved_env_rule() -> dict[str, str]:
+    names = ", ".join(f"'{name}'" for name in sorted(wire.RESERVED_ENV))
+    return {"rule": f"!(self in [{names}])", "message": "the operator sets this variable itself in every Ray container"}
+
+
+class EnvVar(Model):
+    """An environment variable of every Ray container: a literal value, or one read from a Secret or ConfigMap (values
+    live in the pod spec only, never in what is sent to Ray's job API)."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=253,
+        pattern=ENV_NAME_PATTERN,
+        description="Variable name.",
+        json_schema_extra={"x-kubernetes-validations": [_reserved_env_rule()]},
+    )
+    value: str | None = Field(None, description="Variable value; $(NAME) refers to a variable defined before.")
+    value_from: EnvVarSource | None = Field(None, description="Read the value from a Secret or ConfigMap key instead.")
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.value) || !has(self.valueFrom)", "message": _VALUE_OR_SOURCE},
+            ]
+        }
+    }
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in wire.RESERVED_ENV:
+            raise ValueError(f"{name}: the operator sets this variable itself in every Ray container")
+        return name
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(_VALUE_OR_SOURCE)
+        return self
+
+
+class ObjectRef(Model):
+    """A whole Secret or ConfigMap in the resource's namespace."""
+
+    name: str = Field(..., min_length=1, max_length=253, pattern=_OBJECT_NAME_PATTERN, description="Object name.")
+    optional: bool | None = Field(None, description="Start the pods even when the object is missing.")
+
+
+class EnvFromSource(Model):
+    """Every key of a Secret or ConfigMap as a variable, as Kubernetes' EnvFromSource spells it; entries of env win."""
+
+    prefix: str | None = Field(None, pattern=ENV_NAME_PATTERN, description="Prepended to every key.")
+    secret_ref: ObjectRef | None = Field(None, description="A Secret.")
+    config_map_ref: ObjectRef | None = Field(None, description="A ConfigMap.")
+
+    # prefix may accompany either source: oneOf with required branches says "exactly one", CEL says it readably.
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "oneOf": [{"required": ["secretRef"]}, {"required": ["configMapRef"]}],
+            "x-kubernetes-validations": [
+                {"rule": "has(self.secretRef) != has(self.configMapRef)", "message": _ONE_OBJECT_REF}
+            ],
+        }
+    }
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError(_ONE_OBJECT_REF)
+        return self
+
+    def describe(self) -> str:
+        """`Secret 'db'`, for messages."""
+        ref, kind = (self.secret_ref, "Secret") if self.secret_ref else (self.config_map_ref, "ConfigMap")
+        assert ref is not None  # exactly one is set
+        return f"{kind} {ref.name!r}"
 
 
 class RayClusterSpec(Model):
     """What both resources say about the Ray cluster they become, beside their workload."""
 
     image: str = Field(RUNTIME_IMAGE, description="Container image with Ray, PyTorch and the bigmodel runtime.")
-    env: list[EnvVar] = Field(default_factory=list, description="Environment of every Ray container.")
+    # Bounded lists: the API server estimates the cost of the items' CEL rules from their largest possible number.
+    env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Environment of every Ray container.")
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Secrets and ConfigMaps whose keys become variables of every Ray container.",
+    )
     service_account_name: str | None = Field(None, description="ServiceAccount of the Ray pods.")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull the image with.")
 

@@ -73,11 +73,24 @@ POD_IP_ENV = "POD_IP"
 POD_NAME_ENV = "POD_NAME"
 RAY_HEAD_ADDRESS_ENV = "RAY_HEAD_ADDRESS"
 OWNER_ENV: dict[OwnerKind, str] = {"BigModelJob": "BIGMODEL_JOB", "BigModelService": "BIGMODEL_SERVICE"}
+RAY_USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
-"""Ray's token auth: every Ray process of a cluster reads the cluster's token here, from its Secret."""
-RAY_AUTH_ENVS = (RAY_AUTH_MODE_ENV, RAY_AUTH_TOKEN_ENV, "RAY_AUTH_TOKEN_PATH")
-"""Ray's own auth variables; no spec may set them."""
+RAY_AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+RESERVED_ENV = frozenset(
+    {
+        POD_IP_ENV,
+        POD_NAME_ENV,
+        RAY_HEAD_ADDRESS_ENV,
+        *OWNER_ENV.values(),
+        RAY_USAGE_STATS_ENV,
+        RAY_AUTH_MODE_ENV,
+        RAY_AUTH_TOKEN_ENV,
+        RAY_AUTH_TOKEN_PATH_ENV,
+    }
+)
+"""What the operator sets in every Ray container; a spec's env may not name them (it would override them, Ray's
+token auth included: every Ray process of a cluster reads the cluster's token from its Secret in RAY_AUTH_TOKEN)."""
 
 # A cluster's Ray token: one Secret per cluster generation, owned by the resource.
 TOKEN_SECRET_KEY = "token"

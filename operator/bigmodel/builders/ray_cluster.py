@@ -75,6 +75,11 @@ def _env(owner: ClusterOwner, generation: int) -> list[dict[str, Any]]:
     ]
 
 
+def _env_from(owner: ClusterOwner) -> dict[str, Any]:
+    # The kubelet reads these Secrets and ConfigMaps; entries of env, the operator's included, win over their keys.
+    return {"envFrom": [source.to_wire() for source in owner.spec.env_from]} if owner.spec.env_from else {}
+
+
 def checkpoint_claim(job: BigModelJob) -> ClaimMount | None:
     checkpoint = job.spec.checkpoint
     if not checkpoint.volume_claim_name or not checkpoint.storage:
@@ -98,6 +103,7 @@ def _container(
         "imagePullPolicy": "IfNotPresent",
         "command": command,
         "env": _env(owner, generation),
+        **_env_from(owner),
         "resources": requirements(group.resources),
         "volumeMounts": volume_mounts(claim),
         "readinessProbe": http_probe(path, port, initial_delay=5, period=5, timeout=2, failures=6),

@@ -9,16 +9,21 @@ from bigmodel.api import wire
 from bigmodel.api.job import BigModelJob
 from bigmodel.builders.naming import submission_id
 
+# Anyone who can read Ray's job API (GET /api/jobs/) reads a submission whole, runtime env included. The pods carry
+# these already, and every Ray process inherits its pod's environment, so the driver is better off without them.
+_POD_ONLY_FIELDS = {"env", "env_from"}
+
 
 def job_manifest_json(job: BigModelJob) -> str:
-    """The job as the driver needs it: name, namespace, uid and spec (no status, no server-side metadata)."""
+    """The job as the driver needs it: name, namespace, uid and spec (no status, no server-side metadata, no env)."""
     meta = job.metadata
+    spec = job.spec.model_dump(by_alias=True, exclude_none=True, mode="json", exclude=_POD_ONLY_FIELDS)
     return json.dumps(
         {
             "apiVersion": job.api_version,
             "kind": job.kind,
             "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
-            "spec": job.spec.to_wire(),
+            "spec": spec,
         },
         sort_keys=True,
     )

@@ -45,7 +45,7 @@ class Kind(ABC, Generic[OwnerT, SeenT, StatusT]):
             return None, errors
         owner = self.model.model_validate(manifest, by_alias=True, by_name=False)
         owner.status = self.stored_status(body)
-        errors = self.check(owner, settings)
+        errors = [*settings.service_account_errors(owner.spec.service_account_name), *self.check(owner, settings)]
         if errors:
             return None, errors
         return owner, []

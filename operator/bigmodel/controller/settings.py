@@ -23,6 +23,18 @@ class OperatorSettings(BaseModel):
     peering_priority: int | None = Field(
         None, description="This replica's peering priority; random when unset, since Kopf pauses replicas that tie."
     )
+    allowed_service_accounts: list[str] = Field(
+        default_factory=list,
+        description="ServiceAccounts a spec may name in serviceAccountName; empty allows any. Whoever can create a "
+        "job gets its account's permissions (and cloud credentials) in the Ray pods.",
+    )
+
+    def service_account_errors(self, name: str | None) -> list[str]:
+        """Why a spec may not run under ServiceAccount `name` here; [] when it may (or names none: no token)."""
+        if name is None or not self.allowed_service_accounts or name in self.allowed_service_accounts:
+            return []
+        allowed = ", ".join(self.allowed_service_accounts)
+        return [f"spec.serviceAccountName: {name!r} is not allowed by this operator (allowed: {allowed})"]
 
     namespace: str = Field(
         DEFAULT_OPERATOR_NAMESPACE,
@@ -77,4 +89,7 @@ class OperatorSettings(BaseModel):
             values["token_key_secret"] = env["BIGMODEL_TOKEN_KEY_SECRET"]
         if env.get("BIGMODEL_PEERING_PRIORITY"):
             values["peering_priority"] = int(env["BIGMODEL_PEERING_PRIORITY"])
+        if env.get("BIGMODEL_ALLOWED_SERVICE_ACCOUNTS"):
+            accounts = env["BIGMODEL_ALLOWED_SERVICE_ACCOUNTS"].split(",")
+            values["allowed_service_accounts"] = [a.strip() for a in accounts if a.strip()]
         return cls.model_validate(values)

@@ -36,6 +36,8 @@ def cluster_digest(spec: BigModelServiceSpec, claim: ClaimMount | None) -> str:
         k: v for k, v in wire["workers"].items() if k not in ("minReplicas", "maxReplicas", "idleTimeoutSeconds")
     }
     shape = {key: wire.get(key) for key in ("image", "env", "serviceAccountName", "imagePullSecrets", "head")}
+    if spec.env_from:  # only when set, so that services from before envFrom keep their digest
+        shape["envFrom"] = wire["envFrom"]
     return digest(shape | {"workers": workers, "claim": claim})
 
 

@@ -11,7 +11,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,24 +133,55 @@ def _fit_interruptibly(trainer: TorchTrainer) -> None:
         raise outcome[0]
 
 
+def local_environment(spec: BigModelJobSpec, environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """What spec.env and spec.envFrom give the training processes where no pod does (`bigmodel train`), and a note
+    for each reference that this machine cannot resolve.
+
+    There is no Secret or ConfigMap here: a valueFrom entry takes its value from `environ` (the user's own
+    environment, which the local Ray's processes inherit anyway), and envFrom adds nothing beyond it. In a cluster
+    the pods carry all of it, so the driver there adds nothing.
+    """
+    env: dict[str, str] = {}
+    notes: list[str] = []
+    for index, item in enumerate(spec.env):
+        if item.value_from is None:
+            env[item.name] = item.value or ""
+        elif item.name in environ:
+            env[item.name] = environ[item.name]
+        else:
+            notes.append(
+                f"spec.env[{index}]: {item.name} comes from {item.value_from.describe()} in a cluster; it is not set "
+                "in your environment, so this run goes without it"
+            )
+    for index, source in enumerate(spec.env_from):
+        notes.append(
+            f"spec.envFrom[{index}]: the keys of {source.describe()} are read in a cluster only; this run sees your "
+            "own environment"
+        )
+    return env, notes
+
+
 def run_training(
     name: str,
     spec: BigModelJobSpec,
     storage: str,
     *,
     resources_per_worker: dict[str, float],
+    env: Mapping[str, str] | None = None,
     on_progress: ProgressCallback | None = None,
     progress_interval_s: float = 0.5,
 ) -> TrainingResult:
-    """Train `spec` to completion and return what it produced. Resumes from checkpoints in `storage`."""
+    """Train `spec` to completion and return what it produced. Resumes from checkpoints in `storage`.
+
+    `env` is added to the training processes' environment (`local_environment`); in a cluster they inherit their
+    pod's, and nothing of spec.env travels through Ray.
+    """
     workload = spec.workload
     if workload.command is not None:
         raise ValueError("a command workload is not a Ray Train run: use run_command")
     storage = resolve_storage(storage)
     runtime_env = dict(spec.runtime_env or {})
-    runtime_env["env_vars"] = (
-        runtime_env.get("env_vars", {}) | {item.name: item.value for item in spec.env} | {STORAGE_ENV: storage}
-    )
+    runtime_env["env_vars"] = runtime_env.get("env_vars", {}) | dict(env or {}) | {STORAGE_ENV: storage}
 
     if workload.builtin is not None:
         settings = LoopSettings(
@@ -211,9 +242,9 @@ def run_training(
     )
 
 
-def run_command(spec: BigModelJobSpec, storage: str, ray_address: str) -> int:
-    """Run a command workload against the cluster at `ray_address`; returns its exit code."""
+def run_command(spec: BigModelJobSpec, storage: str, ray_address: str, env: Mapping[str, str] | None = None) -> int:
+    """Run a command workload against the cluster at `ray_address`, with this process's environment plus `env`;
+    returns its exit code."""
     assert spec.workload.command is not None
-    env = os.environ | {item.name: item.value for item in spec.env}
-    env |= {"RAY_ADDRESS": ray_address, STORAGE_ENV: resolve_storage(storage)}
-    return subprocess.run(spec.workload.command, env=env, check=False).returncode
+    command_env = os.environ | dict(env or {}) | {"RAY_ADDRESS": ray_address, STORAGE_ENV: resolve_storage(storage)}
+    return subprocess.run(spec.workload.command, env=command_env, check=False).returncode
