@@ -22,7 +22,13 @@ from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.checkpoints import CheckpointStore
 from tests.support.emulator import KubeClient, wait_for
 from tests.support.kubelet import LocalKubelet
-from tests.support.local_cluster import LocalCluster, local_cluster, ray_dashboard_get, two_worker_gpt_job
+from tests.support.local_cluster import (
+    LocalCluster,
+    cluster_token,
+    local_cluster,
+    ray_dashboard_get,
+    two_worker_gpt_job,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +99,8 @@ async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: L
             assert not without, f"{pod}: processes without the Secret's value: {without}"
         driver = [process for process in pod_environments(kubelet, "e2e-g1-head") if "job_entrypoint" in process]
         assert driver, "the Ray job's driver is not among the head's processes"
-        jobs = json.dumps(await ray_dashboard_get(kubelet, "e2e-g1-head", "/api/jobs/"))
+        token = await cluster_token(kube, "e2e", 1)
+        jobs = json.dumps(await ray_dashboard_get(kubelet, "e2e-g1-head", "/api/jobs/", token))
         assert "bigmodel.runtime.job_entrypoint" in jobs, "Ray's job API does not list the run"
         for secret in (SECRET_VALUE, LITERAL_VALUE, "E2E_TOKEN", "E2E_SETTING", "e2e-credentials"):
             assert secret not in jobs, f"{secret} is readable through Ray's job API"

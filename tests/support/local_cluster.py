@@ -5,6 +5,7 @@ Shared by the end-to-end tests and bench.recovery.
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from unittest import mock
 
 import aiohttp
 
-from bigmodel.api.wire import RAY_DASHBOARD_PORT
-from tests.support.emulator import PROJECT_CRDS, Emulator, running_emulator
+from bigmodel.api.wire import RAY_DASHBOARD_PORT, TOKEN_SECRET_KEY
+from bigmodel.builders.naming import token_secret_name
+from tests.support.emulator import PROJECT_CRDS, Emulator, KubeClient, running_emulator
 from tests.support.kubelet import LocalKubelet
 from tests.support.operator import running_operator
 
@@ -39,11 +41,19 @@ def local_cluster(work_dir: Path, poll_running_s: float = 1.0) -> Iterator[Local
                     yield LocalCluster(emulator, kubelet)
 
 
-async def ray_dashboard_get(kubelet: LocalKubelet, head_pod: str, path: str) -> Any:
-    """GET one of Ray's dashboard APIs (`/api/jobs/`) on a head pod the kubelet runs, as the operator would call it;
-    the one place to add what such a call needs (credentials, once the clusters have them)."""
+async def cluster_token(kube: KubeClient, job: str, generation: int, namespace: str = "default") -> str:
+    """A job's cluster's Ray token, from the Secret the operator made for it."""
+    secret = await kube.get("v1", "secrets", token_secret_name(job, generation), namespace=namespace)
+    assert secret is not None, f"cluster {generation} of {job} has no token Secret"
+    return base64.b64decode(secret["data"][TOKEN_SECRET_KEY]).decode()
+
+
+async def ray_dashboard_get(kubelet: LocalKubelet, head_pod: str, path: str, token: str) -> Any:
+    """GET one of Ray's dashboard APIs (`/api/jobs/`) on a head pod the kubelet runs, with the cluster's token, as
+    the operator calls it."""
     url = f"http://127.0.0.1:{kubelet.host_port(head_pod, RAY_DASHBOARD_PORT)}{path}"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
         response.raise_for_status()
         return await response.json(content_type=None)
 
