@@ -142,6 +142,68 @@ class Batching(Model):
     )
 
 
+class ServiceAuth(Model):
+    """API-key authentication of the model endpoints; the health endpoints stay open for probes."""
+
+    secret_name: str = Field(
+        ...,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description=(
+            "A Secret in the service's namespace whose value holds the accepted keys, one a line. Clients send "
+            "`Authorization: Bearer <key>`. The keys reach the Ray pods when they start: a changed key applies to the "
+            "next cluster of the service."
+        ),
+    )
+    key: str = Field(
+        "api-keys",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The data key in that Secret that holds the API keys.",
+    )
+
+
+# A request body is JSON of a few instances; 16 MiB is thousands of 64-value rows or a long prompt, while a body this
+# size is still cheap to hold for each request the proxy has in flight.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class ServiceLimits(Model):
+    """Bounds on each request and on the queue, so that overload is answered with errors instead of crashes."""
+
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        le=1024**3,
+        description=(
+            "Largest request body in bytes; a larger one is answered 413 before it is read (chunked bodies when they "
+            "pass it). The default, 16 MiB, holds thousands of instances, yet the Serve proxy holds each body in "
+            "memory while its request is in flight, so this times maxQueuedRequests bounds that memory."
+        ),
+    )
+    timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest a request may take, counted from the Serve proxy receiving it, queueing included; a longer one "
+            "is answered 504 and its request cancelled."
+        ),
+    )
+    max_queued_requests: int = Field(
+        100,
+        ge=1,
+        le=100000,
+        description=(
+            "Requests of the whole service that may wait for a free replica (beyond those the replicas are already "
+            "running); more are answered 503 with Retry-After at once. Per service: its one Serve proxy, on the "
+            "head, holds the queue."
+        ),
+    )
+
+
 class BigModelServiceSpec(RayClusterSpec):
     """The desired inference service."""
 
@@ -155,6 +217,12 @@ class BigModelServiceSpec(RayClusterSpec):
     )
     head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (Serve controller and proxy).")
     batching: Batching = Field(default_factory=Batching, description="Dynamic request batching.")
+    auth: ServiceAuth | None = Field(
+        None, description="API keys the model endpoints require; without it they answer anyone who reaches them."
+    )
+    limits: ServiceLimits = Field(
+        default_factory=ServiceLimits, description="Request size, time and queue bounds of the endpoint."
+    )
 
     def uses_gpu(self) -> bool:
         return self.replica_resources.gpu > 0
@@ -190,7 +258,8 @@ class ServiceCluster(Model):
     name: str = Field(..., description="The cluster's name; its pods are <name>-head and <name>-w<i>.")
     generation: int = Field(..., ge=0, description="Its generation, the number at the end of its name.")
     application: str | None = Field(
-        None, description="Status of the Serve application on it as Ray reports it: DEPLOYING, RUNNING, DEPLOY_FAILED..."
+        None,
+        description="Status of the Serve application on it as Ray reports it: DEPLOYING, RUNNING, DEPLOY_FAILED...",
     )
 
 

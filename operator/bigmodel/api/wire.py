@@ -88,3 +88,12 @@ RAY_JOB_METADATA_KEYS = (JOB_LABEL, f"{GROUP}/namespace", GENERATION_LABEL)
 # The Serve application of a BigModelService.
 SERVE_APP_IMPORT_PATH = "bigmodel.runtime.serving.app:build"
 SERVE_DEPLOYMENT_NAME = "Model"
+API_KEYS_ENV = "BIGMODEL_API_KEYS"
+"""The API keys of a service with spec.auth, one a line, in every Ray container's environment (from its Secret)."""
+MAX_BODY_BYTES_ENV = "BIGMODEL_MAX_BODY_BYTES"
+"""spec.limits.maxBodyBytes, for the Serve proxy's guard, which refuses larger bodies before reading them."""
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+"""Ray Serve's hook that wraps its HTTP proxy in middlewares; read when the proxy starts."""
+PROXY_GUARD_IMPORT_PATH = "bigmodel.runtime.serving.proxy_guard:middlewares"
+HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+"""Open without an API key: Kubernetes probes and load balancers carry none."""

@@ -26,6 +26,7 @@ from bigmodel.builders.pod import (
     volumes,
 )
 from bigmodel.builders.resources import requirements
+from bigmodel.builders.serving_env import serving_env
 
 ClusterOwner = BigModelJob | BigModelService
 
@@ -108,6 +109,7 @@ def _env(owner: ClusterOwner, generation: int) -> list[dict[str, Any]]:
         # Ray's token auth would need the token in every pod and in the operator; until the operator provisions
         # one per job, the cluster's ports stay reachable only inside it (ClusterIP, and the chart's NetworkPolicy).
         {"name": "RAY_AUTH_MODE", "value": "disabled"},
+        *serving_env(owner),
         *(variable.to_wire() for variable in owner.spec.env),
     ]
 

@@ -14,6 +14,9 @@ from bigmodel.api.serve_app import ServeAppArgs
 from bigmodel.api.service import BigModelServiceSpec
 
 VERSION_LENGTH = 12
+# What a 503 for a full queue tells the client to wait: about one batch's time on a busy replica, rounded up to the
+# whole second the header can say.
+RETRY_AFTER_SECONDS = 1
 
 
 def model_name(service_name: str, spec: BigModelServiceSpec) -> str:
@@ -32,6 +35,9 @@ def app_args(service_name: str, spec: BigModelServiceSpec, model_uri: str, versi
         model_version=version,
         max_batch_size=spec.batching.max_batch_size,
         batch_wait_timeout_s=spec.batching.wait_timeout_ms / 1000,
+        auth_required=spec.auth is not None,
+        max_body_bytes=spec.limits.max_body_bytes,
+        timeout_s=spec.limits.timeout_seconds,
     )
 
 
@@ -52,6 +58,10 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
         # would drop requests. Surging starts replacements first (the operator adds up to workers.maxSurge pods
         # above maxReplicas for them), and old replicas drain their requests before they stop.
         "max_surge_percent": 100 if spec.workers.max_surge > 0 else 0,
+        # The proxy's router queues requests no replica has room for; past this it answers 503 with Retry-After
+        # itself, without reading their bodies further or troubling a replica.
+        "max_queued_requests": spec.limits.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_SECONDS},
         "autoscaling_config": {
             "min_replicas": replicas.min,
             "initial_replicas": max(replicas.min, 1),
@@ -75,9 +85,16 @@ def serve_application(service_name: str, spec: BigModelServiceSpec, args: ServeA
 
 
 def serve_deploy_config(service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs) -> dict[str, Any]:
-    """The whole declarative config (Ray's ServeDeploySchema). One proxy, on the head, behind one Service."""
+    """The whole declarative config (Ray's ServeDeploySchema). One proxy, on the head, behind one Service, so that
+    the deployment's max_queued_requests is the service's."""
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": "0.0.0.0", "port": wire.SERVE_PORT},
+        # The proxy's own timeout covers the time a request waits in its queue too; Serve reads http_options when it
+        # starts only, so the replicas also time the model call (runtime/serving/app.py) with the current value.
+        "http_options": {
+            "host": "0.0.0.0",
+            "port": wire.SERVE_PORT,
+            "request_timeout_s": spec.limits.timeout_seconds,
+        },
         "applications": [serve_application(service_name, spec, args)],
     }
