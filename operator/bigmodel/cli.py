@@ -141,7 +141,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     import os
 
     from bigmodel.builders.serve_app import app_args, model_name, model_version, serve_deploy_config
-    from bigmodel.builders.serving_env import proxy_guard_env
+    from bigmodel.builders.serving_env import proxy_env
 
     with _needs_runtime("serve"):
         import ray
@@ -162,7 +162,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         f"Serving [bold]{name}[/bold] ({model_uri}, version {version}) on an embedded Ray cluster", soft_wrap=True
     )
     # Ray's processes inherit this environment, as a pod's do its env: the proxy loads its guard, replicas the keys.
-    os.environ.update(proxy_guard_env(spec))
+    os.environ.update(proxy_env(spec))
     try:
         with embedded_ray(args.num_cpus or os.cpu_count() or 1, verbose=args.verbose):
             resources = ray.cluster_resources()

@@ -228,11 +228,13 @@ def test_a_flood_beyond_the_queue_is_answered_503_with_retry_after_and_the_rest_
     statuses = sorted(answer.status for answer in answers)
     assert set(statuses) <= {200, 503}, statuses
     refused = [answer for answer in answers if answer.status == 503]
-    # One replica runs at most 4 requests and the proxy queues MAX_QUEUED more; 40 at once cannot all fit.
+    # One replica runs at most 4 requests and MAX_QUEUED more may wait; 40 at once cannot all fit.
     assert refused and statuses.count(200) >= 1, statuses
     for answer in refused:
         assert int(answer.headers["retry-after"]) >= 1, answer.headers
-        assert set(answer.body) == {"error"} and "backpressure" in answer.body["error"], answer.body
+        # Refused by the proxy's guard at the service's capacity, or by Serve's queue: both in the app's JSON form.
+        message = answer.body["error"]
+        assert set(answer.body) == {"error"} and ("at capacity" in message or "backpressure" in message), message
     assert call(url, SHORT, KEYS[0]).status == 200
 
 

@@ -16,9 +16,11 @@ from bigmodel.runtime.serving.guard import (
     MissingApiKeys,
     Policy,
     admit,
+    admit_load,
     api_keys_from_env,
     authorized,
     check_content_length,
+    counts_toward_capacity,
     parse_api_keys,
     serve_error_status,
 )
@@ -26,6 +28,7 @@ from bigmodel.runtime.serving.proxy_guard import ProxyGuard
 
 Message = dict[str, Any]
 LIMIT = 1000
+CAPACITY = 2
 KEYS = (b"first-key", b"second-key")
 
 
@@ -100,6 +103,14 @@ def test_only_serves_own_plain_text_errors_are_rewritten() -> None:
     assert serve_error_status(408, None) is None
 
 
+def test_capacity_is_refused_503_with_retry_after_and_probes_take_none() -> None:
+    assert admit_load(1, 2) is None
+    refusal = admit_load(2, 2)
+    assert refusal is not None and refusal.status == 503 and dict(refusal.headers)[b"retry-after"] == b"1"
+    assert counts_toward_capacity("/v1/models/m:predict") and counts_toward_capacity("/v2")
+    assert not counts_toward_capacity("/v2/health/ready") and not counts_toward_capacity("/-/healthz")
+
+
 # The ASGI middlewares, driven by a stand-in app.
 
 
@@ -161,7 +172,7 @@ def run(guard: Any, client: Client) -> Client:
 
 def test_proxy_refuses_an_announced_large_body_without_reading_a_byte() -> None:
     seen: list[Message] = []
-    client = run(ProxyGuard(reading_app(seen), LIMIT), Client([b"x" * 2000], [(b"content-length", b"2000")]))
+    client = run(ProxyGuard(reading_app(seen), LIMIT, CAPACITY), Client([b"x" * 2000], [(b"content-length", b"2000")]))
     assert (client.status(), client.read, seen) == (413, 0, [])
     assert client.headers()[b"connection"] == b"close"
     assert client.json() == {"error": f"request body is larger than {LIMIT} bytes (spec.limits.maxBodyBytes)"}
@@ -170,7 +181,7 @@ def test_proxy_refuses_an_announced_large_body_without_reading_a_byte() -> None:
 def test_proxy_cuts_off_a_chunked_body_once_it_passes_the_limit() -> None:
     seen: list[Message] = []
     parts = [b"x" * 400] * 10
-    client = run(ProxyGuard(reading_app(seen), LIMIT), Client(parts, [(b"transfer-encoding", b"chunked")]))
+    client = run(ProxyGuard(reading_app(seen), LIMIT, CAPACITY), Client(parts, [(b"transfer-encoding", b"chunked")]))
     # The third part passes 1000 bytes: the app behind sees a client gone, and nothing after it is read.
     assert client.read == 3
     assert [message["type"] for message in seen] == ["http.request", "http.request", "http.disconnect"]
@@ -179,7 +190,7 @@ def test_proxy_cuts_off_a_chunked_body_once_it_passes_the_limit() -> None:
 
 def test_proxy_passes_a_body_within_the_limit() -> None:
     seen: list[Message] = []
-    client = run(ProxyGuard(reading_app(seen), LIMIT), Client([b"x" * 500, b"x" * 500], []))
+    client = run(ProxyGuard(reading_app(seen), LIMIT, CAPACITY), Client([b"x" * 500, b"x" * 500], []))
     assert (client.status(), client.read, len(seen)) == (200, 2, 2)
 
 
@@ -196,12 +207,12 @@ def serve_answer(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -
 
 def test_proxy_answers_its_timeout_504_and_a_full_queue_503_with_retry_after_in_the_apps_json() -> None:
     timed_out = serve_answer(408, b"Request abc timed out after 1.0s.", [(b"x-request-id", b"abc")])
-    client = run(ProxyGuard(timed_out, LIMIT), Client([b"{}"], []))
+    client = run(ProxyGuard(timed_out, LIMIT, CAPACITY), Client([b"{}"], []))
     assert (client.status(), client.json()) == (504, {"error": "Request abc timed out after 1.0s."})
     assert client.headers()[b"x-request-id"] == b"abc"
 
     full = serve_answer(503, b"Request dropped due to backpressure.", [(b"retry-after", b"1")])
-    client = run(ProxyGuard(full, LIMIT), Client([b"{}"], []))
+    client = run(ProxyGuard(full, LIMIT, CAPACITY), Client([b"{}"], []))
     assert (client.status(), client.json()) == (503, {"error": "Request dropped due to backpressure."})
     assert client.headers()[b"retry-after"] == b"1"
     assert client.headers()[b"content-type"] == b"application/json"
@@ -223,3 +234,43 @@ def test_replica_guard_refuses_before_the_app_and_caps_a_streamed_body() -> None
     client = run(guard, Client([b"x" * 400] * 10, [key]))
     assert (client.status(), client.read) == (413, 3)
     assert run(guard, Client([b"x" * 1000], [key, (b"content-length", b"1000")])).status() == 200
+
+
+def test_proxy_lets_in_its_capacity_and_answers_the_rest_at_once() -> None:
+    release = asyncio.Event()
+
+    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def scenario() -> tuple[list[Client], Client, Client, list[Client]]:
+        guard = ProxyGuard(slow_app, LIMIT, CAPACITY)
+        held = [Client([b"{}"], []) for _ in range(CAPACITY)]
+        tasks = [asyncio.create_task(guard(c.scope, c.receive, c.send)) for c in held]
+        await asyncio.sleep(0)
+        refused = Client([b"{}"], [])
+        await guard(refused.scope, refused.receive, refused.send)
+        probe = Client([b""], [], path="/v2/health/live")
+        probe_task = asyncio.create_task(guard(probe.scope, probe.receive, probe.send))
+        release.set()
+        await asyncio.gather(*tasks, probe_task)
+        after = Client([b"{}"], [])
+        await guard(after.scope, after.receive, after.send)
+        return held, refused, probe, [after]
+
+    held, refused, probe, (after,) = asyncio.run(scenario())
+    assert [client.status() for client in held] == [200, 200]
+    assert (refused.status(), refused.read) == (503, 0)
+    assert refused.headers()[b"retry-after"] == b"1" and refused.json()["error"].startswith(
+        "the service is at capacity"
+    )
+    assert probe.status() == 200, "a probe is never refused for load"
+    assert after.status() == 200, "the places are given back when requests end"
+
+
+def test_a_probe_path_still_has_its_body_limited() -> None:
+    client = run(
+        ProxyGuard(reading_app([]), LIMIT, CAPACITY), Client([b""], [(b"content-length", b"5000")], "/v2/health/live")
+    )
+    assert (client.status(), client.read) == (413, 0)

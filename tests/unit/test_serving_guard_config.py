@@ -11,9 +11,17 @@ import yaml
 
 from bigmodel.api.manifests import ManifestError, load_manifest
 from bigmodel.api.service import DEFAULT_MAX_BODY_BYTES, BigModelService
-from bigmodel.api.wire import API_KEYS_ENV, MAX_BODY_BYTES_ENV, PROXY_CALLBACK_ENV, PROXY_GUARD_IMPORT_PATH
+from bigmodel.api.wire import (
+    API_KEYS_ENV,
+    MAX_BODY_BYTES_ENV,
+    MAX_IN_FLIGHT_ENV,
+    PROXY_CALLBACK_ENV,
+    PROXY_GUARD_IMPORT_PATH,
+    RETRY_AFTER_SECONDS,
+    ROUTER_MAX_BACKOFF_ENV,
+)
 from bigmodel.builders.ray_cluster import head_pod, worker_pod
-from bigmodel.builders.serve_app import RETRY_AFTER_SECONDS, app_args, serve_deploy_config
+from bigmodel.builders.serve_app import app_args, serve_deploy_config
 from bigmodel.cli import main
 
 MANIFEST: dict[str, Any] = {
@@ -50,6 +58,14 @@ def test_without_auth_no_key_variable_and_the_proxy_guard_still_limits_bodies() 
     env = {entry["name"]: entry.get("value") for entry in container_env(head_pod(service(), 0, None))}
     assert API_KEYS_ENV not in env
     assert env[MAX_BODY_BYTES_ENV] == str(DEFAULT_MAX_BODY_BYTES) == str(16 * 1024 * 1024)
+    assert float(env[ROUTER_MAX_BACKOFF_ENV]) < 0.5, "Ray's default backoff idles replicas under a queue"
+
+
+def test_the_proxy_lets_in_the_queue_and_the_room_of_the_most_replicas() -> None:
+    # maxBatchSize 8: each replica takes 16 requests at once; 3 replicas at most, 20 more may queue.
+    spec = {"replicas": {"min": 1, "max": 3}, "batching": {"maxBatchSize": 8}, "limits": {"maxQueuedRequests": 20}}
+    env = {entry["name"]: entry.get("value") for entry in container_env(head_pod(service(**spec), 0, None))}
+    assert env[MAX_IN_FLIGHT_ENV] == str(20 + 3 * 16)
 
 
 def test_the_serve_config_says_whether_auth_is_required_but_holds_no_key() -> None:

@@ -14,9 +14,6 @@ from bigmodel.api.serve_app import ServeAppArgs
 from bigmodel.api.service import BigModelServiceSpec
 
 VERSION_LENGTH = 12
-# What a 503 for a full queue tells the client to wait: about one batch's time on a busy replica, rounded up to the
-# whole second the header can say.
-RETRY_AFTER_SECONDS = 1
 
 
 def model_name(service_name: str, spec: BigModelServiceSpec) -> str:
@@ -41,13 +38,23 @@ def app_args(service_name: str, spec: BigModelServiceSpec, model_uri: str, versi
     )
 
 
-def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
-    """Serve's options for the one deployment: replica autoscaling and the Ray resources of each replica."""
-    replicas = spec.replicas
+def max_ongoing_requests(spec: BigModelServiceSpec) -> int:
+    """Requests one replica takes at once."""
     # A replica fills its next batch while the current one runs only if it may hold two batches of requests;
     # past this limit Serve's router holds requests back with a backoff of up to 0.5 s (bench.serve_load showed
     # throughput collapsing there). The autoscaler still aims for the target, so load beyond it adds replicas.
-    max_ongoing = max(2 * spec.batching.max_batch_size, math.ceil(replicas.target_ongoing_requests * 2))
+    return max(2 * spec.batching.max_batch_size, math.ceil(spec.replicas.target_ongoing_requests * 2))
+
+
+def proxy_in_flight_limit(spec: BigModelServiceSpec) -> int:
+    """Requests the service can hold at once: its queue, and the room of as many replicas as it may have."""
+    return spec.limits.max_queued_requests + spec.replicas.max * max_ongoing_requests(spec)
+
+
+def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
+    """Serve's options for the one deployment: replica autoscaling and the Ray resources of each replica."""
+    replicas = spec.replicas
+    max_ongoing = max_ongoing_requests(spec)
     actor_options: dict[str, Any] = {"num_cpus": spec.replica_resources.cpu}
     if spec.replica_resources.gpu:
         actor_options["num_gpus"] = spec.replica_resources.gpu
@@ -61,7 +68,7 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
         # The proxy's router queues requests no replica has room for; past this it answers 503 with Retry-After
         # itself, without reading their bodies further or troubling a replica.
         "max_queued_requests": spec.limits.max_queued_requests,
-        "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_SECONDS},
+        "backpressure_config": {"status_code": 503, "retry_after_s": wire.RETRY_AFTER_SECONDS},
         "autoscaling_config": {
             "min_replicas": replicas.min,
             "initial_replicas": max(replicas.min, 1),

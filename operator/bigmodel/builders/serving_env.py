@@ -8,13 +8,17 @@ from typing import Any
 from bigmodel.api import wire
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.service import BigModelService, BigModelServiceSpec
+from bigmodel.builders.serve_app import proxy_in_flight_limit
 
 
-def proxy_guard_env(spec: BigModelServiceSpec) -> dict[str, str]:
-    """The Serve proxy's guard: Ray loads it into every proxy it starts, which reads its limit from the same env."""
+def proxy_env(spec: BigModelServiceSpec) -> dict[str, str]:
+    """The Serve proxy's: its guard, which Ray loads into every proxy it starts and which reads its limits from the
+    same env, and how often its router looks for room on a replica."""
     return {
+        wire.ROUTER_MAX_BACKOFF_ENV: str(wire.ROUTER_MAX_BACKOFF_S),
         wire.PROXY_CALLBACK_ENV: wire.PROXY_GUARD_IMPORT_PATH,
         wire.MAX_BODY_BYTES_ENV: str(spec.limits.max_body_bytes),
+        wire.MAX_IN_FLIGHT_ENV: str(proxy_in_flight_limit(spec)),
     }
 
 
@@ -30,5 +34,5 @@ def serving_env(owner: BigModelJob | BigModelService) -> list[dict[str, Any]]:
     """Every Ray container of a service gets the same: the proxy runs on the head, replicas on any pod."""
     if not isinstance(owner, BigModelService):
         return []
-    guard = [{"name": name, "value": value} for name, value in proxy_guard_env(owner.spec).items()]
-    return [*guard, *api_key_env(owner)]
+    proxy = [{"name": name, "value": value} for name, value in proxy_env(owner.spec).items()]
+    return [*proxy, *api_key_env(owner)]

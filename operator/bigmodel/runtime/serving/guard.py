@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bigmodel.api.wire import API_KEYS_ENV, HEALTH_PATHS
+from bigmodel.api.wire import API_KEYS_ENV, HEALTH_PATHS, RETRY_AFTER_SECONDS
 
 BAD_REQUEST = 400
 UNAUTHORIZED = 401
@@ -19,6 +19,8 @@ PAYLOAD_TOO_LARGE = 413
 SERVICE_UNAVAILABLE = 503
 GATEWAY_TIMEOUT = 504
 _BEARER = b"bearer "
+# Serve's own endpoints on the proxy (/-/healthz, /-/routes): probes, never refused for load.
+_SERVE_PATHS = "/-/"
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
@@ -115,3 +117,21 @@ def serve_error_status(status: int, content_type: bytes | None) -> int | None:
     # Serve's 408 is its timeout of the whole request (http_options.request_timeout_s), which HTTP calls a 504 when
     # a server waiting on another gives up; 408 would tell the client that it was the slow one.
     return {408: GATEWAY_TIMEOUT, SERVICE_UNAVAILABLE: SERVICE_UNAVAILABLE}.get(status)
+
+
+def counts_toward_capacity(path: str) -> bool:
+    """Whether a request takes a place in the service's capacity; probes must answer however busy it is, or an
+    overloaded service would also be taken out of its Service's endpoints."""
+    return path not in HEALTH_PATHS and not path.startswith(_SERVE_PATHS)
+
+
+def admit_load(in_flight: int, limit: int) -> Refusal | None:
+    """A request beyond what the service can hold (its queue and its replicas' room) is refused at once."""
+    if in_flight < limit:
+        return None
+    return Refusal(
+        SERVICE_UNAVAILABLE,
+        f"the service is at capacity ({limit} requests in flight: spec.limits.maxQueuedRequests and its replicas); "
+        f"retry after {RETRY_AFTER_SECONDS} s",
+        ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),),
+    )
