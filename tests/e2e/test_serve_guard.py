@@ -8,19 +8,24 @@ A GPT is the model because its cost is the client's choice: a few bytes take mil
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.e2e.test_serve_cli import NO_PROXY, Server, start_server, wait_ready
+from bigmodel.api.wire import API_KEYS_ENV
+from tests.e2e.test_serve_cli import NO_PROXY, Server, free_port, start_server, wait_ready
 from tests.support.models import export_decisive, tiny_gpt_config
 
 pytestmark = pytest.mark.e2e
@@ -42,6 +47,30 @@ SHORT = {"instances": [{"prompt": "import", "max_new_tokens": 4}]}
 STALL = {"instances": [{"prompt": "def f(x):", "max_new_tokens": 256}] * 16}
 FLOOD = 40
 SAMPLE_S = 0.001
+
+
+# The operator's Serve config for a service with spec.auth, deployed where the replicas' environment has no keys, as
+# a pod whose Secret is empty would be (`bigmodel serve` itself refuses earlier, in the user's shell).
+DEPLOY_WITHOUT_KEYS = """
+import sys
+from bigmodel.api.service import BigModelServiceSpec
+from bigmodel.builders.serve_app import app_args, serve_deploy_config
+from bigmodel.runtime.embedded import embedded_ray
+from bigmodel.runtime.serving import local
+
+model, port = sys.argv[1], int(sys.argv[2])
+spec = BigModelServiceSpec.model_validate(
+    {"model": {"uri": model}, "replicaResources": {"cpu": 0.5}, "auth": {"secretName": "empty"}}
+)
+config = serve_deploy_config("keyless", spec, app_args("keyless", spec, model, "v1"))
+config, _ = local.local_deploy_config(config, port=port, cpus=2, gpus=0)
+with embedded_ray(2):
+    try:
+        local.deploy(config, timeout_s=240)
+    except local.DeployFailed as error:
+        print(error)
+        sys.exit(1)
+"""
 
 
 @dataclass
@@ -82,6 +111,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         if started.process.poll() is None:
             started.stop()
+
+
+def test_a_replica_that_requires_keys_and_has_none_fails_the_deploy_saying_so(tmp_path: Path) -> None:
+    # First in the module: it runs before the module's server starts, so one Ray runs at a time.
+    model = export_decisive(tmp_path / "run", tiny_gpt_config())
+    env = {name: value for name, value in os.environ.items() if name != API_KEYS_ENV}
+    command = [sys.executable, "-c", DEPLOY_WITHOUT_KEYS, model, str(free_port())]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("application keyless failed to deploy: "), line
+    assert f"the service requires API keys (spec.auth) but {API_KEYS_ENV} holds none" in line, line
 
 
 def proxy_process(server: Server) -> psutil.Process:
