@@ -86,7 +86,8 @@ def check_content_length(value: bytes | None, limit: int) -> Refusal | None:
     if value is None:
         return None
     text = value.decode("latin-1").strip()
-    if not text.isdigit():
+    # isascii: str.isdigit() also takes digits int() refuses, such as the superscript two of Latin-1.
+    if not (text.isascii() and text.isdigit()):
         return Refusal(BAD_REQUEST, f"Content-Length: must be a whole number of bytes, not {text[:40]!r}")
     if int(text) > limit:
         return too_large(limit)
