@@ -87,7 +87,8 @@ def serve_processes(root: int) -> dict[int, str]:
 
     found = {}
     for process in psutil.Process(root).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
+        # Ray retitles a worker with the method it runs (ray::ProxyActor.ready), hence the prefixes.
+        with contextlib.suppress(psutil.Error, IndexError):
             name = process.cmdline()[0]
             if name.startswith(SERVE_PROCESSES):
                 found[process.pid] = name

@@ -129,9 +129,10 @@ def proxy_process(server: Server) -> psutil.Process:
     """Serve's HTTP proxy among this server's own processes (Ray's are its descendants)."""
     for process in psutil.Process(server.process.pid).children(recursive=True):
         try:
-            if process.cmdline()[:1] == ["ray::ProxyActor"]:
+            # Ray retitles a worker with the method it runs: ray::ProxyActor, ray::ProxyActor.receive_asgi_messages...
+            if process.cmdline()[0].startswith("ray::ProxyActor"):
                 return process
-        except psutil.Error:
+        except (psutil.Error, IndexError):
             continue
     pytest.fail("no ray::ProxyActor process under the server")
 
