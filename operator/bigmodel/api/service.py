@@ -179,8 +179,9 @@ class ServiceLimits(Model):
         le=1024**3,
         description=(
             "Largest request body in bytes; a larger one is answered 413 before it is read (chunked bodies when they "
-            "pass it). The default, 16 MiB, holds thousands of instances, yet the Serve proxy holds each body in "
-            "memory while its request is in flight, so this times maxQueuedRequests bounds that memory."
+            "pass it). The default, 16 MiB, holds thousands of instances; the Serve proxy on the head holds each body "
+            "in memory while its request is in flight, so this times the requests it lets in (maxQueuedRequests "
+            "plus the room of replicas.max replicas) bounds that memory."
         ),
     )
     timeout_seconds: float = Field(
