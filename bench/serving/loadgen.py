@@ -17,6 +17,7 @@ from typing import Any
 from bench import bench_parser
 
 REQUEST_TIMEOUT_S = 60.0
+OK = 200
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -54,15 +55,32 @@ def _measured_window(spec: dict[str, Any], begin: float) -> tuple[float, float]:
     return measure_from, measure_from + spec["duration"]
 
 
-async def _send(session: Any, url: str, body: bytes) -> bool:
+class Answers:
+    """What the server answered in the measured window: a count per status (0: no answer), and how many of those
+    that were not 200 told the client when to retry (Retry-After)."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, int] = {}
+        self.retry_after = 0
+
+    def count(self, status: int, retry_after: bool) -> None:
+        self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+        self.retry_after += retry_after and status != OK
+
+    def fields(self) -> dict[str, Any]:
+        return {"statuses": self.statuses, "retry_after": self.retry_after}
+
+
+async def _send(session: Any, url: str, body: bytes) -> tuple[int, bool]:
+    """(status, whether the answer had Retry-After); status 0 when no answer came (connection error, timeout)."""
     import aiohttp
 
     try:
         async with session.post(url, data=body, headers=JSON_HEADERS) as response:
             await response.read()
-            return response.status == 200
+            return response.status, "Retry-After" in response.headers
     except (aiohttp.ClientError, asyncio.TimeoutError):
-        return False
+        return 0, False
 
 
 async def _closed_loop(session: Any, spec: dict[str, Any], concurrency: int) -> dict[str, Any]:
@@ -71,20 +89,22 @@ async def _closed_loop(session: Any, spec: dict[str, Any], concurrency: int) -> 
     measure_from, stop_at = _measured_window(spec, time.perf_counter())
     latencies: list[float] = []
     errors = 0
+    answers = Answers()
 
     async def client() -> None:
         nonlocal errors
         while (start := time.perf_counter()) < stop_at:
-            ok = await _send(session, url, body)
+            status, retry_after = await _send(session, url, body)
             end = time.perf_counter()
             if measure_from <= end <= stop_at:
-                if ok:
+                answers.count(status, retry_after)
+                if status == OK:
                     latencies.append(end - start)
                 else:
                     errors += 1
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return summary(latencies, errors, spec["duration"], concurrency=concurrency)
+    return summary(latencies, errors, spec["duration"], concurrency=concurrency, **answers.fields())
 
 
 async def _open_loop(session: Any, spec: dict[str, Any]) -> dict[str, Any]:
@@ -94,13 +114,19 @@ async def _open_loop(session: Any, spec: dict[str, Any]) -> dict[str, Any]:
     measure_from, stop_at = _measured_window(spec, begin)
     latencies: list[float] = []
     errors = dropped = 0
+    answers = Answers()
     pending: set[asyncio.Task[None]] = set()
+
+    lags: list[float] = []
 
     async def one(due: float) -> None:
         nonlocal errors
-        ok = await _send(session, url, body)
+        lag = time.perf_counter() - due
+        status, retry_after = await _send(session, url, body)
         if due >= measure_from:
-            if ok:
+            lags.append(lag)
+            answers.count(status, retry_after)
+            if status == OK:
                 latencies.append(time.perf_counter() - due)
             else:
                 errors += 1
@@ -121,7 +147,20 @@ async def _open_loop(session: Any, spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.wait(pending, timeout=REQUEST_TIMEOUT_S)
     # Requests are counted by their scheduled time, so achieved/offered shows whether the server kept up.
     achieved = len(latencies) / spec["duration"]
-    return summary(latencies, errors + dropped, spec["duration"], rate=rate, achieved=achieved, dropped=dropped)
+    sent = (len(latencies) + errors) / spec["duration"]
+    return summary(
+        latencies,
+        errors + dropped,
+        spec["duration"],
+        rate=rate,
+        achieved=achieved,
+        dropped=dropped,
+        sent=sent,
+        # How late the generator started its requests: latency includes this, so a large lag means the figures are
+        # of a generator that could not keep up, not of the server.
+        lag_p99_ms=percentile(lags, 0.99) * 1000,
+        **answers.fields(),
+    )
 
 
 async def _generate_load(spec: dict[str, Any]) -> None:

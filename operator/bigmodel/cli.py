@@ -118,13 +118,29 @@ def _check_port_free(port: int) -> None:
             raise CliError(f"port {port} is not free ({error.strerror}): choose another with --port") from error
 
 
+def _check_api_keys(service) -> None:
+    """A service with spec.auth takes its keys from the user's environment here, as its pods do from the Secret."""
+    import os
+
+    from bigmodel.api.wire import API_KEYS_ENV
+    from bigmodel.runtime.serving.guard import parse_api_keys
+
+    if service.spec.auth is not None and not parse_api_keys(os.environ.get(API_KEYS_ENV, "")):
+        raise CliError(
+            f"spec.auth: this service requires API keys; set {API_KEYS_ENV} to them, one a line "
+            f"(locally it stands for the Secret {service.spec.auth.secret_name})"
+        )
+
+
 def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     service = _load(args.manifest, SERVICE_KIND, "serve")
+    _check_api_keys(service)
     uri, hint = _model_source(service, args.manifest, args.model)
     model_uri, exported = _read_exported(uri, hint)
     _check_port_free(args.port)
 
     from bigmodel.builders.serve_app import app_args, model_name, model_version, serve_deploy_config
+    from bigmodel.builders.serving_env import proxy_env
 
     with _needs_runtime("serve"):
         import ray
@@ -144,6 +160,8 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     console.print(
         f"Serving [bold]{name}[/bold] ({model_uri}, version {version}) on an embedded Ray cluster", soft_wrap=True
     )
+    # Ray's processes inherit this environment, as a pod's do its env: the proxy loads its guard, replicas the keys.
+    os.environ.update(proxy_env(spec))
     try:
         with embedded_ray(args.num_cpus or os.cpu_count() or 1, verbose=args.verbose):
             resources = ray.cluster_resources()
@@ -157,7 +175,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
             except local.DeployFailed as error:
                 console.print(f"[red]BigModelService {name} failed:[/red] {error}", soft_wrap=True)
                 return EXIT_FAILED
-            _show_ready(console, local.base_url(config), model_name(name, spec), sample)
+            _show_ready(console, local.base_url(config), model_name(name, spec), sample, auth=spec.auth is not None)
             # Until Ctrl-C; leaving the block stops the embedded Ray, and with it every replica and the proxy. Short
             # sleeps: the kernel may hand the SIGINT to one of Ray's threads, and Python acts on it only when this
             # thread wakes.
@@ -168,16 +186,17 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         return EXIT_INTERRUPTED
 
 
-def _show_ready(console: Console, url: str, model: str, sample: object) -> None:
+def _show_ready(console: Console, url: str, model: str, sample: object, *, auth: bool) -> None:
     import json
     import shlex
 
     body = shlex.quote(json.dumps({"instances": [sample]}))
+    key = " -H 'Authorization: Bearer <one of your API keys>'" if auth else ""
     console.print(
         f"Ready at {url}  (v1: /v1/models/{model}:predict, v2: /v2/models/{model}/infer)", markup=False, soft_wrap=True
     )
     console.print("Try:", markup=False)
-    console.print(f"  curl -s {url}/v1/models/{model}:predict -d {body}", markup=False, soft_wrap=True)
+    console.print(f"  curl -s{key} {url}/v1/models/{model}:predict -d {body}", markup=False, soft_wrap=True)
     console.print("Ctrl-C stops the server.", markup=False)
 
 

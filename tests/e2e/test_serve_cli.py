@@ -80,9 +80,9 @@ def _collect(stream: Any, lines: list[str], ready: queue.Queue[str] | None) -> N
             ready.put(line)
 
 
-def start_server(manifest: Path, cwd: Path, *options: str) -> Server:
+def start_server(manifest: Path, cwd: Path, *options: str, env: dict[str, str] | None = None) -> Server:
     port = free_port()
-    env = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"}
+    env = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"} | (env or {})
     process = subprocess.Popen(
         [*BIGMODEL, "serve", str(manifest), "--port", str(port), "--num-cpus", "2", *options],
         cwd=cwd,

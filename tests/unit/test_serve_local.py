@@ -27,7 +27,7 @@ def test_only_the_listening_address_changes_on_a_machine_that_fits_the_replicas(
     assert config == original, "the operator's config must not be modified in place"
     assert notes == []
     # Ray's ports are unauthenticated: locally the proxy listens on the loopback interface only.
-    assert local["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    assert local["http_options"] == {**original["http_options"], "host": "127.0.0.1", "port": 8123}
     assert base_url(local) == "http://127.0.0.1:8123"
     assert {key: value for key, value in local.items() if key != "http_options"} == {
         key: value for key, value in original.items() if key != "http_options"

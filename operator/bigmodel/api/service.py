@@ -167,6 +167,69 @@ class NetworkPeer(Model):
         return self
 
 
+class ServiceAuth(Model):
+    """API-key authentication of the model endpoints; the health endpoints stay open for probes."""
+
+    secret_name: str = Field(
+        ...,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description=(
+            "A Secret in the service's namespace whose value holds the accepted keys, one a line. Clients send "
+            "`Authorization: Bearer <key>`. The keys reach the Ray pods when they start: a changed key applies to the "
+            "next cluster of the service."
+        ),
+    )
+    key: str = Field(
+        "api-keys",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The data key in that Secret that holds the API keys.",
+    )
+
+
+# A request body is JSON of a few instances; 16 MiB is thousands of 64-value rows or a long prompt, while a body this
+# size is still cheap to hold for each request the proxy has in flight.
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class ServiceLimits(Model):
+    """Bounds on each request and on the queue, so that overload is answered with errors instead of crashes."""
+
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        ge=1024,
+        le=1024**3,
+        description=(
+            "Largest request body in bytes; a larger one is answered 413 before it is read (chunked bodies when they "
+            "pass it). The default, 16 MiB, holds thousands of instances; the Serve proxy on the head holds each body "
+            "in memory while its request is in flight, so this times the requests it lets in (maxQueuedRequests "
+            "plus the room of replicas.max replicas) bounds that memory."
+        ),
+    )
+    timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest a request may take, counted from the Serve proxy receiving it, queueing included; a longer one "
+            "is answered 504 and its request cancelled."
+        ),
+    )
+    max_queued_requests: int = Field(
+        100,
+        ge=1,
+        le=100000,
+        description=(
+            "Requests of the whole service that may wait for a free replica (beyond those the replicas are already "
+            "running); more are answered 503 with Retry-After at once. Per service: its one Serve proxy, on the "
+            "head, holds the queue."
+        ),
+    )
+
+
 class BigModelServiceSpec(RayClusterSpec):
     """The desired inference service."""
 
@@ -187,6 +250,12 @@ class BigModelServiceSpec(RayClusterSpec):
             "namespace; [{namespaceSelector: {}}] opens it to the whole cluster. Ray's own ports are never opened "
             "by it."
         ),
+    )
+    auth: ServiceAuth | None = Field(
+        None, description="API keys the model endpoints require; without it they answer anyone who reaches them."
+    )
+    limits: ServiceLimits = Field(
+        default_factory=ServiceLimits, description="Request size, time and queue bounds of the endpoint."
     )
 
     def uses_gpu(self) -> bool:

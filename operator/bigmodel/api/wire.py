@@ -113,3 +113,23 @@ RAY_JOB_METADATA_KEYS = (JOB_LABEL, f"{GROUP}/namespace", GENERATION_LABEL)
 # The Serve application of a BigModelService.
 SERVE_APP_IMPORT_PATH = "bigmodel.runtime.serving.app:build"
 SERVE_DEPLOYMENT_NAME = "Model"
+API_KEYS_ENV = "BIGMODEL_API_KEYS"
+"""The API keys of a service with spec.auth, one a line, in every Ray container's environment (from its Secret)."""
+MAX_BODY_BYTES_ENV = "BIGMODEL_MAX_BODY_BYTES"
+"""spec.limits.maxBodyBytes, for the Serve proxy's guard, which refuses larger bodies before reading them."""
+MAX_IN_FLIGHT_ENV = "BIGMODEL_MAX_IN_FLIGHT"
+"""Requests the Serve proxy's guard lets in at once (the service's queue and its replicas' room at most); more are
+answered 503 before Serve's routing spends any time on them."""
+RETRY_AFTER_SECONDS = 1
+"""What a 503 for a full queue tells the client to wait: about one batch's time on a busy replica, rounded up to the
+whole second the header can say."""
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+"""Ray Serve's hook that wraps its HTTP proxy in middlewares; read when the proxy starts."""
+ROUTER_MAX_BACKOFF_ENV = "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S"
+ROUTER_MAX_BACKOFF_S = 0.05
+"""How long Serve's router waits at most before it looks again for a replica with room for a queued request. Ray's
+0.5 s left a replica idle for up to that long after each batch whenever requests queued (bench.serve_overload: the
+replica 40% busy and a third of the throughput at 10x load); a look costs the proxy next to nothing."""
+PROXY_GUARD_IMPORT_PATH = "bigmodel.runtime.serving.proxy_guard:middlewares"
+HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+"""Open without an API key: Kubernetes probes and load balancers carry none."""

@@ -27,6 +27,7 @@ from bigmodel.builders.pod import (
 )
 from bigmodel.builders.ray_token import token_env
 from bigmodel.builders.resources import requirements
+from bigmodel.builders.serving_env import serving_env
 
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
@@ -71,6 +72,7 @@ def _env(owner: ClusterOwner, generation: int) -> list[dict[str, Any]]:
         {"name": wire.OWNER_ENV[owner.kind], "value": owner.metadata.name},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         *token_env(owner, generation),
+        *serving_env(owner),
         *(variable.to_wire() for variable in owner.spec.env),
     ]
 

@@ -32,16 +32,29 @@ def app_args(service_name: str, spec: BigModelServiceSpec, model_uri: str, versi
         model_version=version,
         max_batch_size=spec.batching.max_batch_size,
         batch_wait_timeout_s=spec.batching.wait_timeout_ms / 1000,
+        auth_required=spec.auth is not None,
+        max_body_bytes=spec.limits.max_body_bytes,
+        timeout_s=spec.limits.timeout_seconds,
     )
+
+
+def max_ongoing_requests(spec: BigModelServiceSpec) -> int:
+    """Requests one replica takes at once."""
+    # A replica fills its next batch while the current one runs only if it may hold two batches of requests;
+    # past this limit Serve's router holds requests back with a backoff of up to 0.5 s (bench.serve_load showed
+    # throughput collapsing there). The autoscaler still aims for the target, so load beyond it adds replicas.
+    return max(2 * spec.batching.max_batch_size, math.ceil(spec.replicas.target_ongoing_requests * 2))
+
+
+def proxy_in_flight_limit(spec: BigModelServiceSpec) -> int:
+    """Requests the service can hold at once: its queue, and the room of as many replicas as it may have."""
+    return spec.limits.max_queued_requests + spec.replicas.max * max_ongoing_requests(spec)
 
 
 def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
     """Serve's options for the one deployment: replica autoscaling and the Ray resources of each replica."""
     replicas = spec.replicas
-    # A replica fills its next batch while the current one runs only if it may hold two batches of requests;
-    # past this limit Serve's router holds requests back with a backoff of up to 0.5 s (bench.serve_load showed
-    # throughput collapsing there). The autoscaler still aims for the target, so load beyond it adds replicas.
-    max_ongoing = max(2 * spec.batching.max_batch_size, math.ceil(replicas.target_ongoing_requests * 2))
+    max_ongoing = max_ongoing_requests(spec)
     actor_options: dict[str, Any] = {"num_cpus": spec.replica_resources.cpu}
     if spec.replica_resources.gpu:
         actor_options["num_gpus"] = spec.replica_resources.gpu
@@ -52,6 +65,10 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
         # would drop requests. Surging starts replacements first (the operator adds up to workers.maxSurge pods
         # above maxReplicas for them), and old replicas drain their requests before they stop.
         "max_surge_percent": 100 if spec.workers.max_surge > 0 else 0,
+        # The proxy's router queues requests no replica has room for; past this it answers 503 with Retry-After
+        # itself, without reading their bodies further or troubling a replica.
+        "max_queued_requests": spec.limits.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": wire.RETRY_AFTER_SECONDS},
         "autoscaling_config": {
             "min_replicas": replicas.min,
             "initial_replicas": max(replicas.min, 1),
@@ -75,9 +92,16 @@ def serve_application(service_name: str, spec: BigModelServiceSpec, args: ServeA
 
 
 def serve_deploy_config(service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs) -> dict[str, Any]:
-    """The whole declarative config (Ray's ServeDeploySchema). One proxy, on the head, behind one Service."""
+    """The whole declarative config (Ray's ServeDeploySchema). One proxy, on the head, behind one Service, so that
+    the deployment's max_queued_requests is the service's."""
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": "0.0.0.0", "port": wire.SERVE_PORT},
+        # The proxy's own timeout covers the time a request waits in its queue too; Serve reads http_options when it
+        # starts only, so the replicas also time the model call (runtime/serving/app.py) with the current value.
+        "http_options": {
+            "host": "0.0.0.0",
+            "port": wire.SERVE_PORT,
+            "request_timeout_s": spec.limits.timeout_seconds,
+        },
         "applications": [serve_application(service_name, spec, args)],
     }

@@ -7,6 +7,7 @@ and resources are not set here: they come from that config (builders/serve_app.p
 # No `from __future__ import annotations`: FastAPI reads the route parameters' types (Request) from the methods that
 # serve.ingress rebinds, where string annotations would no longer resolve.
 import asyncio
+import os
 import uuid
 from typing import Any
 
@@ -20,6 +21,8 @@ from starlette.exceptions import HTTPException
 from bigmodel.api.serve_app import ServeAppArgs
 from bigmodel.api.wire import SERVE_DEPLOYMENT_NAME
 from bigmodel.runtime.artifacts import load_model
+from bigmodel.runtime.serving.asgi_guard import ReplicaGuard
+from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT, Policy, api_keys_from_env
 from bigmodel.runtime.serving.predictor import build_predictor
 from bigmodel.runtime.serving.protocol import (
     ProtocolError,
@@ -37,6 +40,14 @@ from bigmodel.runtime.serving.protocol import (
 from bigmodel.version import VERSION
 
 api = FastAPI(title="bigmodel model server", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _replica_policy() -> Policy:
+    return serve.get_replica_context().servable_object.policy
+
+
+# Around the whole app: API keys and body size are checked for every path, including any added later.
+api.add_middleware(ReplicaGuard, policy=_replica_policy)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -69,6 +80,12 @@ class ModelServer:
 
     def __init__(self, args: ServeAppArgs) -> None:
         self.args = args
+        # Before the model loads: a replica that requires keys and has none fails at once, saying so in one line.
+        self.policy = Policy(
+            max_body_bytes=args.max_body_bytes,
+            api_keys=api_keys_from_env(os.environ, args.auth_required),
+            auth_required=args.auth_required,
+        )
         model, config = load_model(args.model_uri)
         self.predictor = build_predictor(model, config)
         self._run_batch.set_max_batch_size(args.max_batch_size)
@@ -85,6 +102,20 @@ class ModelServer:
             split.append(results[start : start + len(request)])
             start += len(request)
         return split
+
+    async def _predict(self, instances: list[Any]) -> list[Any]:
+        """The model's results for one request's instances, or a 504 once it has taken longer than the limit.
+
+        The proxy times the whole request too, but it reads its timeout only when it starts; this one follows the
+        service's current spec. A request still waiting for its batch leaves it; one in a running batch is answered
+        504 while the forward pass, which a thread cannot be stopped in, runs to its end."""
+        try:
+            return await asyncio.wait_for(self._run_batch(instances), self.args.timeout_s)
+        except TimeoutError:
+            raise ProtocolError(
+                GATEWAY_TIMEOUT,
+                f"the model did not answer within {self.args.timeout_s:g} s (spec.limits.timeoutSeconds)",
+            ) from None
 
     @api.get("/v2/health/live")
     async def live(self) -> dict[str, Any]:
@@ -117,7 +148,7 @@ class ModelServer:
             parse_json(await request.body()), predictor.input, predictor.outputs, predictor.max_instances
         )
         instances = predictor.checked(parsed.instances, parsed.parameters, v2_location)
-        results = await self._run_batch(instances)
+        results = await self._predict(instances)
         outputs = select_outputs(predictor.output_tensors(results), parsed.requested_outputs)
         # The protocol makes the id optional; one is made up so that responses can still be told apart in logs.
         request_id = parsed.id if parsed.id is not None else str(uuid.uuid4())
@@ -133,7 +164,7 @@ class ModelServer:
         check_model_name(name, self.args.model_name)
         predictor = self.predictor
         raw = parse_v1_request(parse_json(await request.body()), predictor.max_instances)
-        results = await self._run_batch(predictor.checked(raw, {}, v1_location))
+        results = await self._predict(predictor.checked(raw, {}, v1_location))
         return v1_response([predictor.prediction(result) for result in results])
 
 

@@ -1,0 +1,126 @@
+"""The Serve HTTP proxy's guard: Ray loads middlewares() into every proxy it starts (wire.PROXY_CALLBACK_ENV).
+
+Serve's proxy reads a request's whole body into memory as fast as the client sends it, whether or not a replica
+has taken the request yet (a 100 MB body grew the proxy by 150 MB), so a limit enforced only in the replicas would
+come too late for the head. Here a body announced too large is refused before a byte of it is read, and a chunked
+one is cut off once it passes the limit.
+
+Under overload, Serve's own refusal of a request its queue has no room for (max_queued_requests) costs the proxy a
+trip through its router (and a logged warning) for each; at ten times what one replica sustains on a small machine,
+that saturated the proxy's core and requests waited in its socket backlog, outside any bound. So the guard counts
+the requests in flight through it and refuses those beyond the service's capacity itself, for a fraction of that.
+The proxy's own error answers are also put into the app's JSON form.
+"""
+
+from __future__ import annotations
+
+import os
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bigmodel.api.wire import MAX_BODY_BYTES_ENV, MAX_IN_FLIGHT_ENV
+from bigmodel.runtime.serving.asgi_guard import BodyCap, header, send_refusal
+from bigmodel.runtime.serving.guard import (
+    Refusal,
+    admit_load,
+    check_content_length,
+    counts_toward_capacity,
+    serve_error_status,
+    too_large,
+)
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+_KEPT_HEADERS = frozenset({b"retry-after", b"x-request-id"})
+
+
+class ServeErrors:
+    """A send that rewrites Serve's own plain-text errors (serve_error_status) as JSON; the rest passes as it is."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+        self._held: Message | None = None
+        self._body = b""
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = dict(message.get("headers", []))
+            if serve_error_status(message["status"], headers.get(b"content-type")) is not None:
+                self._held = message
+                return
+        if self._held is not None and message["type"] == "http.response.body":
+            # Serve's error bodies are one short sentence.
+            self._body += message.get("body", b"")
+            if not message.get("more_body", False):
+                held, self._held = self._held, None
+                headers = dict(held.get("headers", []))
+                status = serve_error_status(held["status"], headers.get(b"content-type"))
+                kept = tuple((key, value) for key, value in held.get("headers", []) if key in _KEPT_HEADERS)
+                text = self._body.decode("utf-8", errors="replace").strip()
+                await send_refusal(self.send, Refusal(status or held["status"], text, kept))
+            return
+        await self.send(message)
+
+
+class ProxyGuard:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_in_flight: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        # One event loop runs the proxy's HTTP server, so a plain count is exact.
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Every path's body is limited (a POST to a probe's path is read as much as any); probes take no capacity.
+        counted = counts_toward_capacity(scope["path"])
+        refusal = check_content_length(header(scope, b"content-length"), self.max_body_bytes)
+        if refusal is None and counted:
+            refusal = admit_load(self.in_flight, self.max_in_flight)
+        if refusal is not None:
+            await send_refusal(send, refusal)
+            return
+        self.in_flight += counted
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.in_flight -= counted
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cap = BodyCap(self.max_body_bytes)
+        passed = False
+
+        async def capped_receive() -> Message:
+            nonlocal passed
+            if passed:
+                return _DISCONNECT
+            message = await receive()
+            if cap.passed_by(message):
+                # To Serve this is a client gone: it stops reading, cancels the request and answers nothing.
+                passed = True
+                return _DISCONNECT
+            return message
+
+        answer = ServeErrors(send)
+
+        async def guarded_send(message: Message) -> None:
+            # Whatever comes after the body was cut off answers a request the client did not make; 413 says why.
+            if not (passed and not answer.started):
+                await answer(message)
+
+        await self.app(scope, capped_receive, guarded_send)
+        if passed and not answer.started:
+            await send_refusal(send, too_large(self.max_body_bytes))
+
+
+def middlewares() -> list[Middleware]:
+    """What Ray's proxy callback returns: the guard with the service's limits from the head pod's environment."""
+    limits = {
+        "max_body_bytes": int(os.environ[MAX_BODY_BYTES_ENV]),
+        "max_in_flight": int(os.environ[MAX_IN_FLIGHT_ENV]),
+    }
+    return [Middleware(ProxyGuard, **limits)]
