@@ -6,6 +6,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+import pytest
+
 from bigmodel.api.service import BigModelService, BigModelServiceSpec, BigModelServiceStatus
 from bigmodel.api.wire import CLUSTER_SPEC_ANNOTATION
 from bigmodel.builders.network_policy import OperatorPeer
@@ -411,3 +413,28 @@ def test_a_rebuilt_cluster_whose_status_write_was_lost_is_kept_not_built_again()
     plan = decide_service(make_service(stored), seen([*draining, *rebuilt], serving=1))
     assert plan.create == [] and not any(name.startswith("digits-s1") for name in plan.delete_pods)
     assert plan.status.serving is not None and plan.status.serving.generation == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"auth": {"secretName": "keys"}},
+        {"servingFrom": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]},
+        {"limits": {"maxBodyBytes": 2048}},
+    ],
+    ids=["auth", "servingFrom", "limits"],
+)
+def test_protection_of_a_running_service_takes_a_new_cluster_and_its_default_changes_none(
+    change: dict[str, Any],
+) -> None:
+    """Keys and proxy limits are in the pods' environment and callers in the cluster's policy: a service that turns
+    them on must not keep serving from pods made without them; one that never set them keeps its digest."""
+    plain = make_service()
+    protected = BigModelService.model_validate(
+        {**plain.model_dump(by_alias=True, mode="json"), "spec": {**plain.spec.to_wire(), **change}}, by_alias=True
+    )
+    assert cluster_digest(protected.spec, None) != cluster_digest(plain.spec, None)
+    defaults = BigModelService.model_validate(
+        {**plain.model_dump(by_alias=True, mode="json"), "spec": {**plain.spec.to_wire(), "limits": {}}}, by_alias=True
+    )
+    assert cluster_digest(defaults.spec, None) == cluster_digest(plain.spec, None)

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bigmodel.api.service import BigModelService, BigModelServiceSpec, BigModelServiceStatus, ServiceCluster
+from bigmodel.api.service import (
+    BigModelService,
+    BigModelServiceSpec,
+    BigModelServiceStatus,
+    ServiceCluster,
+    ServiceLimits,
+)
 from bigmodel.api.wire import CLUSTER_SPEC_ANNOTATION, SERVICE_KIND
 from bigmodel.builders.naming import cluster_name
 from bigmodel.builders.network_policy import OperatorPeer
@@ -30,14 +36,23 @@ ServicePlan = Plan[BigModelServiceStatus]
 
 
 def cluster_digest(spec: BigModelServiceSpec, claim: ClaimMount | None) -> str:
-    """What only a new cluster can change: the pods' image, environment, sizes, identity and volumes."""
+    """What only a new cluster can change: the pods' image, environment, sizes, identity, volumes and network
+    policy."""
     wire = spec.to_wire()
     workers = {
         k: v for k, v in wire["workers"].items() if k not in ("minReplicas", "maxReplicas", "idleTimeoutSeconds")
     }
     shape = {key: wire.get(key) for key in ("image", "env", "serviceAccountName", "imagePullSecrets", "head")}
-    if spec.env_from:  # only when set, so that services from before envFrom keep their digest
-        shape["envFrom"] = wire["envFrom"]
+    # The API keys and the proxy's limits are in the pods' environment, and who may call the inference port is in the
+    # cluster's NetworkPolicy. Each counts only when set (limits: when not the defaults), so that services made
+    # before these fields keep their digest and are not rebuilt by an operator upgrade.
+    optional = {
+        "envFrom": bool(spec.env_from),
+        "auth": spec.auth is not None,
+        "servingFrom": spec.serving_from is not None,
+        "limits": spec.limits != ServiceLimits(),
+    }
+    shape |= {key: wire[key] for key, is_set in optional.items() if is_set}
     return digest(shape | {"workers": workers, "claim": claim})
 
 
