@@ -11,6 +11,7 @@ README's Security section.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -68,13 +69,11 @@ def http(method: str, url: str, token: str | None, body: bytes | None = None) ->
         return error.code
 
 
-def joins_gcs(port: int, token: str) -> bool:
-    """Whether a Ray driver with this token gets into the cluster whose GCS listens on `port` (Ray's own client,
-    as code in another cluster's pod would use it)."""
+def joins_gcs(address: str, token: str) -> bool:
+    """Whether a Ray driver with this token gets into the cluster whose GCS is at `address` (Ray's own client, as
+    code in another cluster's pod would use it)."""
     script = (
-        "import ray\n"
-        f"ray.init(address='127.0.0.1:{port}', logging_level='ERROR')\n"
-        "print('JOINED', ray.cluster_resources())\n"
+        f"import ray\nray.init(address='{address}', logging_level='ERROR')\nprint('JOINED', ray.cluster_resources())\n"
     )
     env = {"PATH": str(Path(sys.executable).parent), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     done = subprocess.run(
@@ -88,6 +87,7 @@ async def test_a_cluster_answers_only_its_own_token(cluster: LocalCluster, tmp_p
     async with KubeClient(emulator.url) as kube:
         alpha = two_worker_gpt_job("alpha", tmp_path / "alpha", max_steps=100_000, every_steps=1000, max_restarts=0)
         alpha["spec"]["workers"]["replicas"] = 1
+        alpha["spec"]["workload"]["builtin"]["epochs"] = 1000  # runs until the test ends
         await kube.create(*JOBS, alpha)
         await kube.create(*JOBS, waiting_job("beta", tmp_path / "beta"), namespace=ELSEWHERE)
 
@@ -119,9 +119,16 @@ async def test_a_cluster_answers_only_its_own_token(cluster: LocalCluster, tmp_p
     assert not accepted, f"requests without alpha's token were served: {accepted}"
     assert {status for _, status in attacks} <= {401, 403}
 
-    gcs = kubelet.host_port("alpha-g1-head", RAY_GCS_PORT)
+    gcs = f"127.0.0.1:{kubelet.host_port('alpha-g1-head', RAY_GCS_PORT)}"
     assert not joins_gcs(gcs, beta_token), "a driver with beta's token joined alpha's cluster"
     # The control: the same requests with alpha's own token are served, so what refused them was the token.
     assert http("GET", f"{dashboard}/api/jobs/", alpha_token) == 200
     assert http("GET", progress, alpha_token) == 200
     assert joins_gcs(gcs, alpha_token), "a driver with alpha's own token could not join alpha's cluster"
+
+
+def test_the_embedded_ray_of_the_commands_takes_only_its_own_token(ray_cluster: str) -> None:
+    """`bigmodel train` and `bigmodel serve` start their Ray as this fixture does (runtime/embedded.py)."""
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert not joins_gcs(ray_cluster, "0" * 64), "a driver with a made-up token joined the embedded Ray"
+    assert joins_gcs(ray_cluster, os.environ["RAY_AUTH_TOKEN"])

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import torch
 
-from bigmodel.api.wire import SERVE_PORT
+from bigmodel.api.wire import RAY_DASHBOARD_PORT, SERVE_PORT
 from bigmodel.runtime.artifacts import load_model
 from tests.support.emulator import KubeClient, wait_for
 from tests.support.local_cluster import LocalCluster, local_cluster
@@ -148,6 +148,14 @@ async def test_service_serves_scales_and_updates_without_failed_requests(cluster
             assert outputs["predictions"]["data"] == labels
             served = torch.tensor(outputs["probabilities"]["data"]).view(16, -1)
             assert torch.allclose(served, probabilities, atol=1e-5)
+            # Serve answers the operator's deploys on the head's dashboard; nobody else may take over its traffic.
+            dashboard = f"http://127.0.0.1:{cluster.kubelet.host_port(head, RAY_DASHBOARD_PORT)}"
+            takeover = {"applications": [{"name": "x", "import_path": "os:system", "route_prefix": "/"}]}
+            for headers in ({}, {"Authorization": "Bearer " + "0" * 64}):
+                async with session.put(
+                    f"{dashboard}/api/serve/applications/", json=takeover, headers=headers
+                ) as answer:
+                    assert answer.status in (401, 403), f"an unauthenticated Serve deploy was answered {answer.status}"
 
         url = f"{base}/v1/models/{NAME}:predict"
         async with load(url, CLIENTS) as traffic:

@@ -36,6 +36,13 @@ def require_token() -> None:
     reads once and keeps."""
     os.environ[wire.RAY_AUTH_MODE_ENV] = "token"
     os.environ.setdefault(wire.RAY_AUTH_TOKEN_ENV, secrets.token_hex(32))
+    # The processes Ray starts read the environment; this one may have read its auth settings already (anything that
+    # imports parts of Ray can), and would then start the cluster with token auth while itself sending no token.
+    # Ray's own `ray start` path refreshes them the same way (authentication_token_setup._enable_token_auth).
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager
