@@ -41,7 +41,7 @@ from typing import Any
 from bench import bench_parser
 from bench.serving.baselines import in_process, plain_http
 from bench.serving.harness import Bench
-from bench.serving.model import export_bench_model, forward_cost
+from bench.serving.model import add_model_arguments, export_bench_model, forward_cost
 from bench.serving.ray_serve import serve_series
 from bench.serving.report import load_average, report
 
@@ -93,13 +93,7 @@ def _concurrency(text: str) -> list[int]:
 
 def main() -> None:
     parser = bench_parser("bench.serve_load", __doc__)
-    parser.add_argument("--task", choices=["digits", "gpt"], default="digits")
-    parser.add_argument("--hidden-size", type=int, default=2048, help="digits MLP width (default 2048)")
-    parser.add_argument("--gpt-layers", type=int, default=2)
-    parser.add_argument("--gpt-heads", type=int, default=4)
-    parser.add_argument("--gpt-embed-dim", type=int, default=128)
-    parser.add_argument("--gpt-context", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=8, help="bytes a GPT request generates (default 8)")
+    add_model_arguments(parser, task="digits", new_tokens=8)
     parser.add_argument("--concurrency", type=_concurrency, default=[1, 4, 8, 16, 32, 64])
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per load point (default 8)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each point (default 2)")

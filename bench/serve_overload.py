@@ -36,7 +36,7 @@ from typing import Any
 
 from bench import bench_parser
 from bench.serving.harness import MODEL_NAME, START_TIMEOUT_S, Bench, free_port, wait_ready
-from bench.serving.model import export_bench_model
+from bench.serving.model import add_model_arguments, export_bench_model
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT_S = 60.0
@@ -174,13 +174,7 @@ def _answers(bench: Bench, url: str) -> bool:
 
 def main() -> None:
     parser = bench_parser("bench.serve_overload", __doc__)
-    parser.add_argument("--task", choices=["digits", "gpt"], default="gpt")
-    parser.add_argument("--hidden-size", type=int, default=2048, help="digits MLP width (default 2048)")
-    parser.add_argument("--gpt-layers", type=int, default=2)
-    parser.add_argument("--gpt-heads", type=int, default=4)
-    parser.add_argument("--gpt-embed-dim", type=int, default=128)
-    parser.add_argument("--gpt-context", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=32, help="bytes a GPT request generates (default 32)")
+    add_model_arguments(parser, task="gpt", new_tokens=32)
     parser.add_argument("--factor", type=float, default=10.0, help="overload as a multiple of the sustained rate")
     parser.add_argument("--concurrency", type=int, default=64, help="closed-loop clients measuring the rate")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per point (default 10)")

@@ -9,6 +9,19 @@ from typing import Any
 from bench.serving.loadgen import percentile
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, *, task: str, new_tokens: int) -> None:
+    """The flags that choose the model export_bench_model makes, shared by the serving benches."""
+    parser.add_argument("--task", choices=["digits", "gpt"], default=task)
+    parser.add_argument("--hidden-size", type=int, default=2048, help="digits MLP width (default 2048)")
+    parser.add_argument("--gpt-layers", type=int, default=2)
+    parser.add_argument("--gpt-heads", type=int, default=4)
+    parser.add_argument("--gpt-embed-dim", type=int, default=128)
+    parser.add_argument("--gpt-context", type=int, default=128)
+    parser.add_argument(
+        "--new-tokens", type=int, default=new_tokens, help=f"bytes a GPT request generates (default {new_tokens})"
+    )
+
+
 def export_bench_model(args: argparse.Namespace, storage: str) -> tuple[str, Any, str]:
     """An untrained model of the chosen architecture, exported as a job exports one: (uri, instance, description).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -162,6 +162,16 @@ _OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 _ONE_KEY_REF = "set exactly one of secretKeyRef or configMapKeyRef"
 _ONE_OBJECT_REF = "set exactly one of secretRef or configMapRef"
 _VALUE_OR_SOURCE = "set value or valueFrom, not both"
+_RefT = TypeVar("_RefT")
+
+
+def _secret_or_config_map(secret: _RefT | None, config_map: _RefT | None, message: str) -> tuple[_RefT, str]:
+    """The one reference that is set, and the kind of object it names; ValueError(message) unless exactly one is."""
+    if secret is not None and config_map is None:
+        return secret, "Secret"
+    if config_map is not None and secret is None:
+        return config_map, "ConfigMap"
+    raise ValueError(message)
 
 
 class KeySelector(Model):
@@ -192,14 +202,12 @@ class EnvVarSource(Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> EnvVarSource:
-        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError(_ONE_KEY_REF)
+        _secret_or_config_map(self.secret_key_ref, self.config_map_key_ref, _ONE_KEY_REF)
         return self
 
     def describe(self) -> str:
         """`Secret 'db' key 'password'`, for messages."""
-        ref, kind = (self.secret_key_ref, "Secret") if self.secret_key_ref else (self.config_map_key_ref, "ConfigMap")
-        assert ref is not None  # exactly one is set
+        ref, kind = _secret_or_config_map(self.secret_key_ref, self.config_map_key_ref, _ONE_KEY_REF)
         return f"{kind} {ref.name!r} key {ref.key!r}"
 
 
@@ -271,14 +279,12 @@ class EnvFromSource(Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> EnvFromSource:
-        if (self.secret_ref is None) == (self.config_map_ref is None):
-            raise ValueError(_ONE_OBJECT_REF)
+        _secret_or_config_map(self.secret_ref, self.config_map_ref, _ONE_OBJECT_REF)
         return self
 
     def describe(self) -> str:
         """`Secret 'db'`, for messages."""
-        ref, kind = (self.secret_ref, "Secret") if self.secret_ref else (self.config_map_ref, "ConfigMap")
-        assert ref is not None  # exactly one is set
+        ref, kind = _secret_or_config_map(self.secret_ref, self.config_map_ref, _ONE_OBJECT_REF)
         return f"{kind} {ref.name!r}"
 
 
