@@ -18,6 +18,7 @@ from bigmodel.api import wire
 from bigmodel.api.common import EnvFromSource, EnvVar, ObjectMeta, Toleration
 from bigmodel.api.job import BigModelJob, BigModelJobStatus, WorkerGroup
 from bigmodel.api.manifests import load_manifest
+from bigmodel.api.service import BigModelService
 from bigmodel.api.wire import OWNER_UID_LABEL, PROGRESS_PORT, RAY_DASHBOARD_PORT
 from bigmodel.builders import naming, ray_cluster
 from bigmodel.builders.network_policy import OperatorPeer, network_policy
@@ -288,7 +289,20 @@ def test_every_variable_the_operator_sets_is_reserved(digits: BigModelJob) -> No
     settings come after the spec's env, so they win anyway.)"""
     assert not digits.spec.env
     after_the_spec = {entry["name"] for entry in ray_cluster._NODE_FAILURE_DETECTION}
-    for pod in (job_head_pod(digits, 1), job_worker_pod(digits, 1, 0)):
+    service = BigModelService.model_validate(
+        {
+            "metadata": {"name": "svc", "namespace": NAMESPACE, "uid": UID},
+            "spec": {"model": {"uri": "/models/x"}, "auth": {"secretName": "keys"}},
+        },
+        by_alias=True,
+    )
+    pods = (
+        job_head_pod(digits, 1),
+        job_worker_pod(digits, 1, 0),
+        head_pod(service, 0, None),
+        worker_pod(service, 0, 0, None),
+    )
+    for pod in pods:
         ours = {entry["name"] for entry in container(pod)["env"]} - after_the_spec
         assert ours <= wire.RESERVED_ENV, ours - wire.RESERVED_ENV
 

@@ -77,21 +77,6 @@ RAY_USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 RAY_AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
-RESERVED_ENV = frozenset(
-    {
-        POD_IP_ENV,
-        POD_NAME_ENV,
-        RAY_HEAD_ADDRESS_ENV,
-        *OWNER_ENV.values(),
-        RAY_USAGE_STATS_ENV,
-        RAY_AUTH_MODE_ENV,
-        RAY_AUTH_TOKEN_ENV,
-        RAY_AUTH_TOKEN_PATH_ENV,
-    }
-)
-"""What the operator sets in every Ray container; a spec's env may not name them (it would override them, Ray's
-token auth included: every Ray process of a cluster reads the cluster's token from its Secret in RAY_AUTH_TOKEN)."""
-
 # A cluster's Ray token: one Secret per cluster generation, owned by the resource.
 TOKEN_SECRET_KEY = "token"
 BEARER_PREFIX = "Bearer "
@@ -133,3 +118,25 @@ replica 40% busy and a third of the throughput at 10x load); a look costs the pr
 PROXY_GUARD_IMPORT_PATH = "bigmodel.runtime.serving.proxy_guard:middlewares"
 HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 """Open without an API key: Kubernetes probes and load balancers carry none."""
+
+# Set by the operator itself.
+RESERVED_ENV = frozenset(
+    {
+        POD_IP_ENV,
+        POD_NAME_ENV,
+        RAY_HEAD_ADDRESS_ENV,
+        *OWNER_ENV.values(),
+        RAY_USAGE_STATS_ENV,
+        RAY_AUTH_MODE_ENV,
+        RAY_AUTH_TOKEN_ENV,
+        RAY_AUTH_TOKEN_PATH_ENV,
+        API_KEYS_ENV,
+        MAX_BODY_BYTES_ENV,
+        MAX_IN_FLIGHT_ENV,
+        PROXY_CALLBACK_ENV,
+        ROUTER_MAX_BACKOFF_ENV,
+    }
+)
+"""What the operator sets in Ray containers; a spec's env may not name them (it would override them: Ray's token
+auth, every Ray process of a cluster reading the cluster's token from its Secret in RAY_AUTH_TOKEN, and a service's
+API keys and the guard of its Serve proxy included)."""
