@@ -45,6 +45,8 @@ async def running_job(emulator: Emulator, kube: KubeClient) -> AsyncIterator[tup
         created = await kube.create(*JOBS, job_manifest())
         uid = created["metadata"]["uid"]
         await start_running(kube, ray, uid)
+        # Running is written once the head is ready; a worker's readiness may reach the status a pass later.
+        await wait_status(kube, lambda s: s.get("workersReady") == "2/2", "the workers were never counted ready")
         yield ray, uid
 
 
