@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bigmodel.api.wire import API_KEYS_ENV
+from bigmodel.api.wire import API_KEYS_ENV, MAX_BODY_BYTES_ENV, MAX_IN_FLIGHT_ENV, PROXY_REQUIRES_KEYS_ENV
 from bigmodel.runtime.serving.asgi_guard import ReplicaGuard
 from bigmodel.runtime.serving.guard import (
     MissingApiKeys,
@@ -24,7 +24,7 @@ from bigmodel.runtime.serving.guard import (
     parse_api_keys,
     serve_error_status,
 )
-from bigmodel.runtime.serving.proxy_guard import ProxyGuard
+from bigmodel.runtime.serving.proxy_guard import ProxyGuard, middlewares
 
 Message = dict[str, Any]
 LIMIT = 1000
@@ -286,3 +286,33 @@ def test_a_probe_path_still_has_its_body_limited() -> None:
         ProxyGuard(reading_app([]), LIMIT, CAPACITY), Client([b""], [(b"content-length", b"5000")], "/v2/health/live")
     )
     assert (client.status(), client.read) == (413, 0)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [(None, 401), (b"Bearer wrong", 401), (b"Bearer k1", 200)],
+)
+def test_the_proxy_of_a_service_with_keys_reads_no_strangers_body(authorization: bytes | None, status: int) -> None:
+    """A stranger's body, within the limit or not, costs the head nothing: it is refused before a byte is read."""
+    seen: list[Message] = []
+    headers = [(b"content-length", b"500")] + ([(b"authorization", authorization)] if authorization else [])
+    client = run(ProxyGuard(reading_app(seen), LIMIT, CAPACITY, api_keys=(b"k1",)), Client([b"x" * 500], headers))
+    assert client.status() == status
+    assert (client.read > 0) == (status == 200)
+    probe = run(ProxyGuard(reading_app([]), LIMIT, CAPACITY, api_keys=(b"k1",)), Client([b""], [], "/v2/health/ready"))
+    assert probe.status() == 200, "probes carry no key"
+
+
+def test_the_proxy_takes_its_keys_from_the_pods_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MAX_BODY_BYTES_ENV, "1024")
+    monkeypatch.setenv(MAX_IN_FLIGHT_ENV, "4")
+    monkeypatch.setenv(API_KEYS_ENV, "k1\nk2\n")
+    monkeypatch.setenv(PROXY_REQUIRES_KEYS_ENV, "1")
+    (middleware,) = middlewares()
+    assert middleware.kwargs["api_keys"] == (b"k1", b"k2")
+    monkeypatch.setenv(API_KEYS_ENV, "")
+    (middleware,) = middlewares()
+    assert middleware.kwargs["api_keys"] == (), "keys required and none given: no one is let in"
+    monkeypatch.setenv(PROXY_REQUIRES_KEYS_ENV, "0")
+    (middleware,) = middlewares()
+    assert middleware.kwargs["api_keys"] is None

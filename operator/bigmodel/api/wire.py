@@ -108,6 +108,9 @@ answered 503 before Serve's routing spends any time on them."""
 RETRY_AFTER_SECONDS = 1
 """What a 503 for a full queue tells the client to wait: about one batch's time on a busy replica, rounded up to the
 whole second the header can say."""
+PROXY_REQUIRES_KEYS_ENV = "BIGMODEL_PROXY_REQUIRES_KEYS"
+"""1 for a service with spec.auth: the Serve proxy's guard refuses a request without a valid key before it reads a
+byte of its body, so that strangers cannot fill the head's memory with bodies the replicas would refuse anyway."""
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 """Ray Serve's hook that wraps its HTTP proxy in middlewares; read when the proxy starts."""
 ROUTER_MAX_BACKOFF_ENV = "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S"
@@ -133,6 +136,7 @@ RESERVED_ENV = frozenset(
         API_KEYS_ENV,
         MAX_BODY_BYTES_ENV,
         MAX_IN_FLIGHT_ENV,
+        PROXY_REQUIRES_KEYS_ENV,
         PROXY_CALLBACK_ENV,
         ROUTER_MAX_BACKOFF_ENV,
     }

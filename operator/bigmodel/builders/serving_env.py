@@ -19,6 +19,7 @@ def proxy_env(spec: BigModelServiceSpec) -> dict[str, str]:
         wire.PROXY_CALLBACK_ENV: wire.PROXY_GUARD_IMPORT_PATH,
         wire.MAX_BODY_BYTES_ENV: str(spec.limits.max_body_bytes),
         wire.MAX_IN_FLIGHT_ENV: str(proxy_in_flight_limit(spec)),
+        wire.PROXY_REQUIRES_KEYS_ENV: "1" if spec.auth is not None else "0",
     }
 
 

@@ -1,5 +1,8 @@
 """The Serve HTTP proxy's guard: Ray loads middlewares() into every proxy it starts (wire.PROXY_CALLBACK_ENV).
 
+For a service with API keys, a request without a valid one is refused here, before its body is read: the replicas
+check keys too, but a body the proxy has already read has cost the head its memory by then.
+
 Serve's proxy reads a request's whole body into memory as fast as the client sends it, whether or not a replica
 has taken the request yet (a 100 MB body grew the proxy by 150 MB), so a limit enforced only in the replicas would
 come too late for the head. Here a body announced too large is refused before a byte of it is read, and a chunked
@@ -19,13 +22,15 @@ import os
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bigmodel.api.wire import MAX_BODY_BYTES_ENV, MAX_IN_FLIGHT_ENV
+from bigmodel.api.wire import API_KEYS_ENV, MAX_BODY_BYTES_ENV, MAX_IN_FLIGHT_ENV, PROXY_REQUIRES_KEYS_ENV
 from bigmodel.runtime.serving.asgi_guard import BodyCap, header, send_refusal
 from bigmodel.runtime.serving.guard import (
+    Policy,
     Refusal,
+    admit,
     admit_load,
-    check_content_length,
     counts_toward_capacity,
+    parse_api_keys,
     serve_error_status,
     too_large,
 )
@@ -65,10 +70,14 @@ class ServeErrors:
 
 
 class ProxyGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_in_flight: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, max_in_flight: int, api_keys: tuple[bytes, ...] | None = None
+    ) -> None:
+        """api_keys: those accepted, when the service requires one (an empty tuple then lets no one in)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
+        self.policy = Policy(max_body_bytes, api_keys or (), auth_required=api_keys is not None)
         # One event loop runs the proxy's HTTP server, so a plain count is exact.
         self.in_flight = 0
 
@@ -78,7 +87,7 @@ class ProxyGuard:
             return
         # Every path's body is limited (a POST to a probe's path is read as much as any); probes take no capacity.
         counted = counts_toward_capacity(scope["path"])
-        refusal = check_content_length(header(scope, b"content-length"), self.max_body_bytes)
+        refusal = admit(self.policy, scope["path"], header(scope, b"authorization"), header(scope, b"content-length"))
         if refusal is None and counted:
             refusal = admit_load(self.in_flight, self.max_in_flight)
         if refusal is not None:
@@ -123,4 +132,5 @@ def middlewares() -> list[Middleware]:
         "max_body_bytes": int(os.environ[MAX_BODY_BYTES_ENV]),
         "max_in_flight": int(os.environ[MAX_IN_FLIGHT_ENV]),
     }
-    return [Middleware(ProxyGuard, **limits)]
+    keys = parse_api_keys(os.environ.get(API_KEYS_ENV, "")) if os.environ.get(PROXY_REQUIRES_KEYS_ENV) == "1" else None
+    return [Middleware(ProxyGuard, **limits, api_keys=keys)]
