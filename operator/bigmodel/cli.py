@@ -201,12 +201,15 @@ def _show_ready(console: Console, url: str, model: str, sample: object, *, auth:
 
 
 def _storage_for(job, override: str | None) -> str:
+    """The run's storage, written to once: storage that cannot take a checkpoint is one line now, not a failure an
+    interval into the run."""
+    from bigmodel.runtime.storage import StorageUnwritable, probe_writable
+
     storage = override or job.spec.checkpoint.storage or f"bigmodel-runs/{job.metadata.name}"
-    if "://" not in storage:
-        try:
-            Path(storage).expanduser().mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise CliError(f"checkpoint storage {storage!r} cannot be created: {error.strerror}") from error
+    try:
+        probe_writable(storage)
+    except StorageUnwritable as error:
+        raise CliError(str(error)) from None
     return storage
 
 

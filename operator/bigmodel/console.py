@@ -88,6 +88,8 @@ def summary_table(name: str, result: TrainingResult) -> Table:
         table.add_row("resumed from", f"step {resumed}")
     if result.progress.worker_restarts:
         table.add_row("worker restarts", str(result.progress.worker_restarts))
+    for uri, why in result.progress.skipped.items():
+        table.add_row("skipped checkpoint", f"{uri}: would not load ({why})")
     if result.checkpoint is not None:
         table.add_row("checkpoint", f"{result.checkpoint.uri} (step {result.checkpoint.step})")
     if result.model_uri:

@@ -15,7 +15,7 @@ import pytest
 
 from bigmodel.api.manifests import load_manifest
 from bigmodel.runtime.artifacts import load_model
-from bigmodel.runtime.checkpoints import CheckpointStore
+from bigmodel.runtime.checkpoints import STATE_FILE, CheckpointStore
 from bigmodel.runtime.tasks import make_task
 
 pytestmark = pytest.mark.e2e
@@ -45,11 +45,18 @@ def test_train_example_end_to_end_then_resume(tmp_path: Path) -> None:
     accuracy = make_task(job.spec.workload.builtin).evaluate(model)["val_accuracy"]
     assert accuracy > 0.9, f"the exported digits model is only {accuracy:.2%} accurate on held-out digits"
 
+    # The newest checkpoint's state cut short, as a disk that filled up mid-write leaves it: the run goes on from the
+    # one before, and says which it passed over.
+    newest = Path(checkpoints[-1].uri) / STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:100])
     again = _train("examples/digits.yaml", "--storage", str(storage), "--num-cpus", "2")
     assert again.returncode == 0, f"second run failed:\n{again.stdout}\n{again.stderr}"
-    final_step = checkpoints[-1].step
-    assert re.search(rf"resumed from\W+step {final_step}\b", again.stdout), (
-        f"the second run did not resume from step {final_step}:\n{again.stdout}"
+    previous_step = checkpoints[-2].step
+    assert re.search(rf"resumed from\W+step {previous_step}\b", again.stdout), (
+        f"the second run did not resume from step {previous_step}:\n{again.stdout}"
+    )
+    assert re.search(rf"skipped checkpoint\W+{re.escape(checkpoints[-1].uri)}: would not load", again.stdout), (
+        again.stdout
     )
 
 
@@ -100,10 +107,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, content: str | None, e
         manifest.write_text(content)
     # A narrow terminal: the error must stay one line, not wrap.
     result = _train(str(manifest), timeout=60, columns=40)
+    assert_one_line(result, str(manifest), expected)
+
+
+def test_storage_that_cannot_be_written_is_one_line_before_training(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("storage must be a directory")
+    result = _train("examples/digits.yaml", "--storage", str(blocker / "runs"), timeout=60, columns=40)
+    assert_one_line(result, str(blocker / "runs"), "cannot be written")
+    assert "Training" not in result.stdout, "training started on storage that takes no checkpoint"
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], subject: str, expected: str) -> None:
     assert result.returncode == 2, result
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line of error, got:\n{result.stderr}"
-    assert str(manifest) in lines[0] and expected.lower() in lines[0].lower(), lines[0]
+    assert subject in lines[0] and expected.lower() in lines[0].lower(), lines[0]
     assert "Traceback" not in result.stdout + result.stderr
 
 

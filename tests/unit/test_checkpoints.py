@@ -10,7 +10,7 @@ import torch
 
 from bigmodel.runtime import checkpoints
 from bigmodel.runtime.checkpoints import CheckpointStore
-from bigmodel.runtime.storage import Location
+from bigmodel.runtime.storage import Location, StorageUnwritable, probe_writable
 
 
 def state(value: float) -> dict[str, object]:
@@ -123,3 +123,58 @@ def test_object_store_without_rename() -> None:
 def test_keep_last_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         CheckpointStore(str(tmp_path), keep_last=0)
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / "checkpoints" / f"step-{step:010d}"
+
+
+def test_a_truncated_newest_checkpoint_is_passed_over_for_the_one_before(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path), keep_last=3)
+    for step in (10, 20):
+        store.save(state(step), step=step, epoch=0)
+    newest = step_dir(tmp_path, 20) / checkpoints.STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:40])  # a disk that filled up mid-write
+    resume = store.resume()
+    assert resume.checkpoint is not None and resume.checkpoint.step == 10
+    assert resume.state is not None and torch.equal(resume.state["model"]["weight"], torch.full((3,), 10.0))
+    (skipped,) = resume.skipped
+    assert skipped.uri == str(step_dir(tmp_path, 20)) and "\n" not in skipped.reason and skipped.reason
+
+
+@pytest.mark.parametrize(
+    "meta", ["{not json", '{"step": 20}', "[]", '{"step": "x", "epoch": 0, "time": "", "metrics": {}}']
+)
+def test_an_unreadable_meta_is_no_checkpoint_to_list_and_is_passed_over(tmp_path: Path, meta: str) -> None:
+    store = CheckpointStore(str(tmp_path), keep_last=3)
+    for step in (10, 20):
+        store.save(state(step), step=step, epoch=0)
+    (step_dir(tmp_path, 20) / checkpoints.META_FILE).write_text(meta)
+    assert [info.step for info in store.list()] == [10]
+    latest = store.latest()
+    assert latest is not None and latest.step == 10
+    resume = store.resume()
+    assert resume.checkpoint is not None and resume.checkpoint.step == 10
+    assert [s.uri for s in resume.skipped] == [str(step_dir(tmp_path, 20))]
+    assert resume.skipped[0].reason.startswith("CorruptCheckpoint: meta.json")
+
+
+def test_with_no_checkpoint_that_loads_the_run_starts_over_saying_why(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path), keep_last=3)
+    store.save(state(10), step=10, epoch=0)
+    (step_dir(tmp_path, 10) / checkpoints.STATE_FILE).write_bytes(b"")
+    resume = store.resume()
+    assert (resume.checkpoint, resume.state, len(resume.skipped)) == (None, None, 1)
+    assert CheckpointStore(str(tmp_path / "empty")).resume() == checkpoints.Resume(None, None, ())
+
+
+def test_storage_that_cannot_be_written_is_found_before_training(tmp_path: Path) -> None:
+    probe_writable(str(tmp_path / "fine"))
+    assert list((tmp_path / "fine").iterdir()) == [], "the probe leaves nothing behind"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageUnwritable) as refused:
+        probe_writable(str(blocker / "checkpoints"))
+    message = str(refused.value)
+    assert message.startswith(f"checkpoint storage {blocker / 'checkpoints'} cannot be written: ")
+    assert "\n" not in message

@@ -480,3 +480,16 @@ def test_changing_the_operators_default_storage_does_not_move_or_rebuild_a_runni
     assert spec_digests(later) == spec_digests(first), "the run digest did not move: no rebuild onto empty storage"
     plan = decide_job(later, running_observation(pods, [ServiceView("demo-g1-head", 1)], 1))
     assert plan.delete_pods == [] and plan.status.cluster_generation == 1
+
+
+def test_a_checkpoint_that_would_not_load_is_in_the_status_with_one_event() -> None:
+    job = make_job(running())
+    broken = "s3://bucket/demo/checkpoints/step-0000000040"
+    report = TrainingReport(step=31, total_steps=100, skipped_checkpoints={broken: "EOFError: Ran out of input"})
+    plan = decide_job(job, observe(job, report=report))
+    assert plan.status.skipped_checkpoints == [broken]
+    (event,) = [event for event in plan.events if event.reason == "CheckpointSkipped"]
+    assert event.type == "Warning" and broken in event.message and "EOFError" in event.message
+    job.status = plan.status
+    again = decide_job(job, observe(job, report=report))
+    assert "CheckpointSkipped" not in reasons(again) and again.status.skipped_checkpoints == [broken]

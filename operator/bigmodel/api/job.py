@@ -61,9 +61,7 @@ class BuiltinWorkload(Model):
     batch_size: int = Field(64, ge=1, le=1048576, description="Samples (sequences for gpt) per worker per step.")
     learning_rate: float = Field(1e-3, gt=0, le=10, description="Peak learning rate of the AdamW optimizer.")
     seed: int = Field(0, ge=0, description="Seed for initialisation and data order; runs with the same seed match.")
-    precision: Precision = Field(
-        "auto", description="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16."
-    )
+    precision: Precision = Field("auto", description="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")
     digits: DigitsOptions | None = Field(None, description="Options of the digits task.")
     gpt: GptOptions | None = Field(None, description="Options of the gpt task.")
 
@@ -262,7 +260,9 @@ class Progress(Model):
 class BigModelJobStatus(ObservedStatus):
     """Where the job is, computed by the operator."""
 
-    phase: JobPhase = Field("Pending", description="Pending, Starting, Running, Restarting, Succeeded, Failed, Suspended.")
+    phase: JobPhase = Field(
+        "Pending", description="Pending, Starting, Running, Restarting, Succeeded, Failed, Suspended."
+    )
     workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pod counts.")
     workers_ready: str = Field("0/0", description="ready/desired workers, for kubectl get.")
     restarts: int = Field(0, description="Cluster rebuilds after a failure so far (counted against maxRestarts).")
@@ -283,6 +283,11 @@ class BigModelJobStatus(ObservedStatus):
     start_time: datetime | None = Field(None, description="When the job first ran.")
     completion_time: datetime | None = Field(None, description="When the job Succeeded or Failed.")
     last_checkpoint: CheckpointRef | None = Field(None, description="The latest completed checkpoint.")
+    skipped_checkpoints: list[str] = Field(
+        default_factory=list,
+        description="Checkpoints that would not load when the run resumed (corrupt or truncated), passed over for an "
+        "older one.",
+    )
     metrics: TrainingMetrics = Field(default_factory=TrainingMetrics, description="Latest training metrics.")
     progress: Progress = Field(default_factory=Progress, description="Steps done and time left.")
     model_uri: str | None = Field(None, description="The exported model, once the job Succeeded.")

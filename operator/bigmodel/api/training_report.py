@@ -25,3 +25,6 @@ class TrainingReport(BaseModel):
     checkpoint: CheckpointRef | None = None
     model_uri: str | None = None
     done: bool = False
+    skipped_checkpoints: dict[str, str] = Field(
+        default_factory=dict, description="Checkpoints that would not load when the run resumed: URI -> why."
+    )

@@ -316,6 +316,14 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         status.dashboard_url = dashboard_url(head.pod_ip)
         if self.seen.report is not None:
             absorb_report(status, self.seen.report)
+            for uri in status.skipped_checkpoints:
+                if uri not in self.before.skipped_checkpoints:
+                    why = self.seen.report.skipped_checkpoints.get(uri, "")
+                    self.event(
+                        "Warning",
+                        "CheckpointSkipped",
+                        f"checkpoint {uri} would not load ({why}): resumed from the one before it",
+                    )
             diverged = sorted(set(status.metrics.non_finite) - set(self.before.metrics.non_finite))
             if diverged:
                 self.event(

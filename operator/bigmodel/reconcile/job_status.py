@@ -31,6 +31,7 @@ def absorb_report(status: BigModelJobStatus, report: TrainingReport) -> None:
             status.last_checkpoint = CheckpointRef.model_validate(report.checkpoint.model_dump())
     if report.model_uri:
         status.model_uri = report.model_uri
+    status.skipped_checkpoints += [uri for uri in report.skipped_checkpoints if uri not in status.skipped_checkpoints]
 
 
 def running_message(status: BigModelJobStatus) -> str:

@@ -1,6 +1,8 @@
 """Training checkpoints under <storage>/checkpoints/step-<step>/, pruned to the newest few.
 
-A checkpoint is complete once its meta.json exists; see bigmodel.runtime.storage for why that is enough.
+A checkpoint is complete once its meta.json exists; see bigmodel.runtime.storage for why that is enough. A complete
+one can still be unreadable (a truncated state.pt on a full disk, a meta.json edited by hand): resuming passes over
+it to the newest checkpoint that loads, and says which it passed over and why.
 """
 
 from __future__ import annotations
@@ -39,6 +41,32 @@ class CheckpointInfo:
     metrics: dict[str, float]
 
 
+@dataclass(frozen=True)
+class SkippedCheckpoint:
+    """A checkpoint that could not be loaded, and why, in one line."""
+
+    uri: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a run resumes: the newest checkpoint that loaded (None: from the start) and those passed over."""
+
+    checkpoint: CheckpointInfo | None
+    state: dict[str, Any] | None
+    skipped: tuple[SkippedCheckpoint, ...] = ()
+
+
+class CorruptCheckpoint(ValueError):
+    """A complete checkpoint whose meta.json cannot be read as one."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def _step_dir_name(step: int) -> str:
     return f"step-{step:010d}"
 
@@ -72,16 +100,37 @@ class CheckpointStore:
         return CheckpointInfo(uri=directory.uri, step=step, epoch=epoch, time=time, metrics=metrics)
 
     def latest(self) -> CheckpointInfo | None:
-        for step in sorted(self._steps(), reverse=True):
-            info = self._read_info(step)
-            if info is not None:
-                return info
-        return None
+        """The newest complete checkpoint whose meta.json reads (its state is not loaded: see resume)."""
+        checkpoints = self.list()
+        return checkpoints[-1] if checkpoints else None
 
     def list(self) -> builtins.list[CheckpointInfo]:
-        """Completed checkpoints, oldest first."""
-        infos = (self._read_info(step) for step in sorted(self._steps()))
-        return [info for info in infos if info is not None]
+        """Completed checkpoints whose meta.json reads, oldest first."""
+        infos = []
+        for step in sorted(self._steps()):
+            try:
+                info = self._read_info(step)
+            except CorruptCheckpoint:
+                continue
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    def resume(self) -> Resume:
+        """The newest checkpoint that loads, with its state; newer complete ones that do not are passed over."""
+        skipped: builtins.list[SkippedCheckpoint] = []
+        for step in sorted(self._steps(), reverse=True):
+            uri = self._root.child(_step_dir_name(step)).uri
+            try:
+                info = self._read_info(step)
+                if info is None:
+                    continue
+                return Resume(info, self.load(info), tuple(skipped))
+            except FileNotFoundError:
+                continue  # pruned meanwhile by another writer
+            except Exception as error:  # noqa: BLE001 (torch.load and pyarrow raise anything a broken file makes)
+                skipped.append(SkippedCheckpoint(uri, _one_line(error)))
+        return Resume(None, None, tuple(skipped))
 
     def load(self, info: CheckpointInfo) -> dict[str, Any]:
         state: dict[str, Any] = read_torch(self._root.child(_step_dir_name(info.step)).child(STATE_FILE))
@@ -97,13 +146,18 @@ class CheckpointStore:
             meta = read_json(directory.child(META_FILE))
         except FileNotFoundError:
             return None
-        return CheckpointInfo(
-            uri=directory.uri,
-            step=int(meta["step"]),
-            epoch=int(meta["epoch"]),
-            time=datetime.fromisoformat(meta["time"]),
-            metrics={key: float(value) for key, value in meta["metrics"].items()},
-        )
+        except ValueError as error:  # not JSON
+            raise CorruptCheckpoint(f"{META_FILE}: {_one_line(error)}") from error
+        try:
+            return CheckpointInfo(
+                uri=directory.uri,
+                step=int(meta["step"]),
+                epoch=int(meta["epoch"]),
+                time=datetime.fromisoformat(meta["time"]),
+                metrics={key: float(value) for key, value in meta["metrics"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CorruptCheckpoint(f"{META_FILE}: {_one_line(error)}") from error
 
     def _prune(self) -> None:
         complete = [info.step for info in self.list()]

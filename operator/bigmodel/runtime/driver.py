@@ -24,6 +24,7 @@ from bigmodel.api.job import BigModelJobSpec
 from bigmodel.api.wire import STORAGE_ENV
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
 from bigmodel.runtime.progress import ProgressSnapshot, start_recorder
+from bigmodel.runtime.storage import StorageUnwritable, probe_writable
 from bigmodel.runtime.tasks import make_task
 from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop, plan_steps
 
@@ -180,6 +181,10 @@ def run_training(
     if workload.command is not None:
         raise ValueError("a command workload is not a Ray Train run: use run_command")
     storage = resolve_storage(storage)
+    try:
+        probe_writable(storage)
+    except StorageUnwritable as error:
+        raise TrainingFailed(str(error)) from None
     runtime_env = dict(spec.runtime_env or {})
     runtime_env["env_vars"] = runtime_env.get("env_vars", {}) | dict(env or {}) | {STORAGE_ENV: storage}
 

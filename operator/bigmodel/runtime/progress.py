@@ -33,6 +33,8 @@ class ProgressEvent:
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint_uri: str | None = None
     model_uri: str | None = None
+    skipped_checkpoints: tuple[tuple[str, str], ...] = ()
+    """On a resume: the checkpoints passed over because they would not load, as (uri, why)."""
     time: float = field(default_factory=time.time)
 
 
@@ -51,6 +53,8 @@ class ProgressSnapshot:
     latest: ProgressEvent | None
     attempts: list[Attempt]
     checkpoints: list[ProgressEvent]
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Checkpoints passed over on any resume of the run: URI -> why."""
 
     @property
     def worker_restarts(self) -> int:
@@ -81,6 +85,7 @@ class ProgressLog:
         self._latest: ProgressEvent | None = None
         self._attempts: list[Attempt] = []
         self._checkpoints: list[ProgressEvent] = []
+        self._skipped: dict[str, str] = {}
 
     def begin_attempt(self, resumed_from_step: int) -> int:
         number = len(self._attempts)
@@ -95,9 +100,10 @@ class ProgressLog:
                 self._attempts[-1] = Attempt(current.number, current.resumed_from_step, event.step, current.started_at)
         if event.kind == "checkpoint":
             self._checkpoints.append(event)
+        self._skipped.update(event.skipped_checkpoints)
 
     def snapshot(self) -> ProgressSnapshot:
-        return ProgressSnapshot(self._latest, list(self._attempts), list(self._checkpoints))
+        return ProgressSnapshot(self._latest, list(self._attempts), list(self._checkpoints), dict(self._skipped))
 
 
 ProgressRecorder = ray.remote(num_cpus=0, max_restarts=0)(ProgressLog)
@@ -120,6 +126,7 @@ def training_report(snapshot: ProgressSnapshot) -> TrainingReport:
         worker_restarts=snapshot.worker_restarts,
         resumed_from_step=snapshot.attempts[-1].resumed_from_step if snapshot.attempts else 0,
         steps_redone=snapshot.steps_trained_twice(),
+        skipped_checkpoints=dict(snapshot.skipped),
     )
     if latest is None:
         return report

@@ -103,7 +103,9 @@ def remove_directory(location: Location, marker: str | None = None) -> None:
 def subdirectories(parent: Location) -> list[str]:
     """Names of the directories directly under parent (none when parent does not exist)."""
     selector = pafs.FileSelector(parent.path, allow_not_found=True)
-    return [info.base_name for info in parent.filesystem.get_file_info(selector) if info.type == pafs.FileType.Directory]
+    return [
+        info.base_name for info in parent.filesystem.get_file_info(selector) if info.type == pafs.FileType.Directory
+    ]
 
 
 def staged_target(entry_name: str) -> str | None:
@@ -118,6 +120,25 @@ def torch_writer(obj: Any) -> Writer:
 
 def json_writer(document: dict[str, Any]) -> Writer:
     return lambda stream: stream.write(json.dumps(document, indent=2, sort_keys=True).encode())
+
+
+class StorageUnwritable(RuntimeError):
+    """The run's storage refused a write; str() is one line naming the storage and the reason."""
+
+
+def probe_writable(storage: str) -> None:
+    """Write and remove a small file under storage, so that storage which cannot take a checkpoint is found before
+    training starts rather than at the first save, an interval into each of the run's attempts."""
+    root = resolve(storage)
+    probe = root.child(f".write-probe-{uuid.uuid4().hex}")
+    try:
+        root.filesystem.create_dir(root.path, recursive=True)
+        with root.filesystem.open_output_stream(probe.path) as stream:
+            stream.write(b"bigmodel")
+        root.filesystem.delete_file(probe.path)
+    except OSError as error:  # pyarrow raises OSError subclasses: permission, read-only, no space, no bucket
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StorageUnwritable(f"checkpoint storage {root.uri} cannot be written: {reason}") from None
 
 
 def read_torch(location: Location) -> Any:

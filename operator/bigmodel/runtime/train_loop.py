@@ -164,8 +164,9 @@ class _Run:
         torch.manual_seed(workload.seed)
         model = self.task.build_model()
         self.store = CheckpointStore(settings.storage, keep_last=settings.keep_last)
-        latest = self.store.latest()
-        state = self.store.load(latest) if latest else None
+        resume = self.store.resume()
+        self.skipped = resume.skipped
+        latest, state = resume.checkpoint, resume.state
         if state:
             model.load_state_dict(state["model"])
         self.model = ray.train.torch.prepare_model(model)
@@ -188,7 +189,7 @@ class _Run:
             figures["eta_seconds"] = float(eta)
         return figures
 
-    def emit(self, kind: str, figures: dict[str, float], **uris: str | None) -> None:
+    def emit(self, kind: str, figures: dict[str, float], **extra: Any) -> None:
         if self.recorder is None:
             return
         event = ProgressEvent(
@@ -199,7 +200,7 @@ class _Run:
             epochs=self.settings.workload.epochs,
             attempt=self.attempt,
             metrics=figures | self.progress(),
-            **uris,
+            **extra,
         )
         self.recorder.record.remote(event)
 
@@ -238,7 +239,7 @@ class _Run:
 def builtin_train_loop(config: dict[str, Any]) -> None:
     settings = LoopSettings.model_validate(config["settings"])
     run = _Run(settings, config.get("recorder"))
-    run.emit("resume", {})
+    run.emit("resume", {}, skipped_checkpoints=tuple((s.uri, s.reason) for s in run.skipped))
     throughput = _Throughput(run.world)
     figures: dict[str, float] = {}
     last_emit = time.monotonic()
