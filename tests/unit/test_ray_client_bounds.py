@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import gzip
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
 
 from bigmodel.api.training_report import TrainingReport
-from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT
+from bigmodel.api.wire import CANNOT_RUN_MARKER, FAILURE_MARKER, PROGRESS_PORT, RAY_DASHBOARD_PORT
 from bigmodel.controller.cluster_tokens import ClusterTokens
 from bigmodel.controller.ray_client import MAX_ANSWER_BYTES, HttpRayClient, RayRefused, RayTokenRefused
 from bigmodel.reconcile.observed import RayHead
@@ -123,3 +123,21 @@ async def test_a_refused_token_says_so(head: dict[str, Handler], ray: HttpRayCli
     head["/api/jobs/bigmodel-x"] = refuse  # type: ignore[assignment]
     with pytest.raises(RayTokenRefused, match="refused its token"):
         await ray.job(HEAD, "bigmodel-x")
+
+
+async def test_a_run_that_cannot_run_is_told_from_one_that_failed(head: dict[str, Handler], ray: HttpRayClient) -> None:
+    log = "Job entrypoint command failed with exit code 1, last available logs:\n{marker}checkpoint storage /x cannot be written: Permission denied\n"
+
+    def answering(marker: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def job(_: web.Request) -> web.Response:
+            return web.json_response({"status": "FAILED", "message": log.format(marker=marker)})
+
+        return job
+
+    head["/api/jobs/bigmodel-x"] = answering(CANNOT_RUN_MARKER)  # type: ignore[assignment]
+    view = await ray.job(HEAD, "bigmodel-x")
+    assert view is not None and view.cannot_run
+    assert view.message.endswith(": checkpoint storage /x cannot be written: Permission denied")
+    head["/api/jobs/bigmodel-x"] = answering(FAILURE_MARKER)  # type: ignore[assignment]
+    view = await ray.job(HEAD, "bigmodel-x")
+    assert view is not None and not view.cannot_run and "Permission denied" in view.message

@@ -493,3 +493,14 @@ def test_a_checkpoint_that_would_not_load_is_in_the_status_with_one_event() -> N
     job.status = plan.status
     again = decide_job(job, observe(job, report=report))
     assert "CheckpointSkipped" not in reasons(again) and again.status.skipped_checkpoints == [broken]
+
+
+def test_a_run_that_cannot_run_fails_the_job_without_spending_restarts() -> None:
+    job = make_job(running())
+    seen = observe(job)
+    assert seen.ray_job is not None
+    message = "Job entrypoint command failed: checkpoint storage /x cannot be written: Permission denied"
+    seen = replace(seen, ray_job=replace(seen.ray_job, state="FAILED", message=message, cannot_run=True))
+    plan = decide_job(job, seen)
+    assert plan.status.phase == "Failed" and plan.status.restarts == 0 and plan.create == []
+    assert reasons(plan) == ["CannotRun"] and "cannot be written" in plan.status.message

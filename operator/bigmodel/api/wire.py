@@ -92,6 +92,10 @@ PROGRESS_LINGER_ENV = "BIGMODEL_PROGRESS_LINGER_S"
 PROGRESS_INTERVAL_ENV = "BIGMODEL_PROGRESS_INTERVAL_S"
 FAILURE_MARKER = "training failed: "
 """The driver starts the one line that says why training failed with this; the operator quotes that line."""
+CANNOT_RUN_MARKER = "training cannot run: "
+"""...or with this, when no rebuilt cluster could do better (storage that takes no write, a loop that cannot be
+imported, a workload that does not fit its data): the operator then fails the job at once instead of spending its
+restarts."""
 RAY_JOB_METADATA_KEYS = (JOB_LABEL, f"{GROUP}/namespace", GENERATION_LABEL)
 """Metadata of a Ray job submission: the job, its namespace and the cluster generation it runs on."""
 

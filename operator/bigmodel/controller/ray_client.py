@@ -14,7 +14,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from bigmodel.api.training_report import TrainingReport
-from bigmodel.api.wire import BEARER_PREFIX, FAILURE_MARKER
+from bigmodel.api.wire import BEARER_PREFIX, CANNOT_RUN_MARKER, FAILURE_MARKER
 from bigmodel.builders.ray_cluster import dashboard_url, progress_url
 from bigmodel.controller.cluster_tokens import ClusterTokens
 from bigmodel.reconcile.failure_text import failure_summary
@@ -108,9 +108,10 @@ class HttpRayClient:
             return None
         if status >= 400 or not isinstance(payload, dict):
             raise RayUnreachable(f"Ray job {submission_id}: HTTP {status}: {payload}")
-        return RayJobView(
-            submission_id, payload["status"], failure_summary(payload.get("message") or "", FAILURE_MARKER)
-        )
+        message = payload.get("message") or ""
+        cannot_run = CANNOT_RUN_MARKER in message
+        summary = failure_summary(message, CANNOT_RUN_MARKER if cannot_run else FAILURE_MARKER)
+        return RayJobView(submission_id, payload["status"], summary, cannot_run=cannot_run)
 
     async def stop(self, head: RayHead, submission_id: str) -> None:
         await self._request(head, "POST", f"{dashboard_url(head.ip)}/api/jobs/{submission_id}/stop")

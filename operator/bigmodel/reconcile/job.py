@@ -334,6 +334,8 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
                 )
         if ray_job.state == "SUCCEEDED":
             self.finish("Succeeded", "Succeeded", success_message(status))
+        elif ray_job.state == "FAILED" and ray_job.cannot_run:
+            self.finish("Failed", "CannotRun", f"Ray job {ray_job.submission_id} cannot run: {ray_job.message}")
         elif ray_job.state in ("FAILED", "STOPPED"):
             self.restart(f"Ray job {ray_job.submission_id} {ray_job.state.lower()}: {ray_job.message}".rstrip(": "))
         else:

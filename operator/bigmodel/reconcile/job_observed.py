@@ -16,6 +16,8 @@ class RayJobView:
     submission_id: str
     state: RayJobState
     message: str = ""
+    cannot_run: bool = False
+    """The driver said no rebuilt cluster could run it (wire.CANNOT_RUN_MARKER)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,6 +33,10 @@ class TrainingFailed(RuntimeError):
     """The run failed beyond its worker-failure budget, or the workload itself raised."""
 
 
+class TrainingCannotRun(TrainingFailed):
+    """The run could not start, and would not on any cluster: the storage, the loop or the workload is wrong."""
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     steps: int
@@ -60,9 +64,9 @@ def _import_function(reference: str) -> Callable[[dict[str, Any]], Any]:
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
-        raise TrainingFailed(f"workload.entrypoint.function {reference!r} cannot be imported: {error}") from error
+        raise TrainingCannotRun(f"workload.entrypoint.function {reference!r} cannot be imported: {error}") from error
     if not callable(function):
-        raise TrainingFailed(f"workload.entrypoint.function {reference!r} is not callable")
+        raise TrainingCannotRun(f"workload.entrypoint.function {reference!r} is not callable")
     return function
 
 
@@ -71,7 +75,7 @@ def _check_plan(settings: LoopSettings, workers: int) -> None:
     try:
         plan_steps(settings, len(make_task(settings.workload).dataset()), workers)  # type: ignore[arg-type]
     except ValueError as error:
-        raise TrainingFailed(f"spec.workload.builtin: {error}") from error
+        raise TrainingCannotRun(f"spec.workload.builtin: {error}") from error
 
 
 def _root_cause(error: BaseException) -> str:
@@ -184,7 +188,7 @@ def run_training(
     try:
         probe_writable(storage)
     except StorageUnwritable as error:
-        raise TrainingFailed(str(error)) from None
+        raise TrainingCannotRun(str(error)) from None
     runtime_env = dict(spec.runtime_env or {})
     runtime_env["env_vars"] = runtime_env.get("env_vars", {}) | dict(env or {}) | {STORAGE_ENV: storage}
 

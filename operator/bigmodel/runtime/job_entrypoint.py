@@ -20,7 +20,7 @@ import ray
 from bigmodel.api import wire
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.training_report import TrainingReport
-from bigmodel.runtime.driver import TrainingFailed, run_command, run_training
+from bigmodel.runtime.driver import TrainingCannotRun, TrainingFailed, run_command, run_training
 from bigmodel.runtime.progress import ProgressSnapshot, training_report
 
 # The operator polls every few seconds; the final report (model URI, last metrics) must outlive one poll.
@@ -106,7 +106,8 @@ def main() -> int:
                 progress_interval_s=float(os.environ.get(wire.PROGRESS_INTERVAL_ENV, DEFAULT_PROGRESS_INTERVAL_S)),
             )
         except TrainingFailed as error:
-            print(f"{wire.FAILURE_MARKER}{error}", file=sys.stderr)
+            marker = wire.CANNOT_RUN_MARKER if isinstance(error, TrainingCannotRun) else wire.FAILURE_MARKER
+            print(f"{marker}{error}", file=sys.stderr)
             return 1
         time.sleep(float(os.environ.get(wire.PROGRESS_LINGER_ENV, DEFAULT_LINGER_S)))
     print(json.dumps({"steps": result.steps, "model": result.model_uri, "metrics": result.metrics}))
