@@ -26,13 +26,15 @@ from bigmodel.api.wire import PROGRESS_PORT
 
 # The local cluster harness lives with the tests; the benchmark reuses it as is.
 from tests.support.emulator import KubeClient, wait_for
-from tests.support.local_cluster import local_cluster, two_worker_gpt_job
+from tests.support.local_cluster import cluster_token, local_cluster, two_worker_gpt_job
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
 
 
-def read_report(port: int) -> TrainingReport:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress", timeout=2) as response:
+def read_report(port: int, token: str) -> TrainingReport:
+    """The driver's report, read as the operator reads it: with the cluster's Ray token."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/progress", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=2) as response:
         return TrainingReport.model_validate(json.loads(response.read()))
 
 
@@ -52,10 +54,11 @@ async def measure(work: Path, every_steps: int) -> None:
 
             await wait_for(checkpointed, 300, "no second checkpoint within 300 s", 0.5)
             port = cluster.kubelet.host_port("recovery-g1-head", PROGRESS_PORT)
+            token = await cluster_token(kube, "recovery", 1)
             killed_at = time.monotonic()
             cluster.kubelet.kill("recovery-g1-w1", signal.SIGKILL)
             while True:
-                report = read_report(port)
+                report = read_report(port, token)
                 if report.worker_restarts >= 1 and report.step > report.resumed_from_step:
                     resumed_after = time.monotonic() - killed_at
                     break
