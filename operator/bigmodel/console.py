@@ -34,7 +34,9 @@ def progress_line(snapshot: ProgressSnapshot) -> str:
     if event is None:
         return "starting workers"
     eta = event.metrics.get("eta_seconds")
-    parts = [f"epoch {event.epoch + 1}/{event.epochs}", f"step {event.step}/{event.total_steps}"]
+    # A user loop may report no plan (`user_loop.report` without epochs or total_steps): show what is known.
+    parts = [f"epoch {event.epoch + 1}/{event.epochs}"] if event.epochs else []
+    parts.append(f"step {event.step}/{event.total_steps}" if event.total_steps else f"step {event.step}")
     if "loss" in event.metrics:
         parts.append(f"loss {event.metrics['loss']:.4f}")
     if _rate(event.metrics):
@@ -69,7 +71,7 @@ class LiveProgress:
 
     def update(self, snapshot: ProgressSnapshot) -> None:
         event = snapshot.latest
-        total = event.total_steps if event else None
+        total = event.total_steps if event and event.total_steps else None
         completed = event.step if event else 0
         self._progress.update(self._task, total=total, completed=completed, line=progress_line(snapshot))
 
@@ -78,7 +80,8 @@ def summary_table(name: str, result: TrainingResult) -> Table:
     table = Table(title=f"BigModelJob {name}: Succeeded", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("steps", f"{result.steps}/{result.total_steps} over {result.epochs} epoch(s)")
+    steps = f"{result.steps}/{result.total_steps}" if result.total_steps else str(result.steps)
+    table.add_row("steps", f"{steps} over {result.epochs} epoch(s)" if result.epochs else steps)
     for key, value in sorted(result.metrics.items()):
         if key in _PROGRESS_KEYS:
             continue

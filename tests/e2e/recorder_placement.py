@@ -25,9 +25,11 @@ def main(recorders: int) -> None:
             cluster.add_node(num_cpus=1)
         dashboard = ray.init(address=cluster.address, logging_level="ERROR").dashboard_url
         cluster.wait_for_nodes()
-        started = [start_recorder() for _ in range(recorders)]
+        started = [start_recorder()[0] for _ in range(recorders)]
         ray.get([recorder.snapshot.remote() for recorder in started])
-        nodes = [actor.node_id for actor in list_actors(f"http://{dashboard}", filters=[("class_name", "=", "ProgressLog")])]
+        nodes = [
+            actor.node_id for actor in list_actors(f"http://{dashboard}", filters=[("class_name", "=", "ProgressLog")])
+        ]
         print(json.dumps({"driver": ray.get_runtime_context().get_node_id(), "recorders": nodes}))
     finally:
         ray.shutdown()

@@ -6,6 +6,7 @@ submits in Kubernetes; only the resources each worker asks for differ.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import subprocess
@@ -13,17 +14,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from bigmodel.api.job import BigModelJobSpec
-from bigmodel.api.wire import STORAGE_ENV
+from bigmodel.api.wire import PROGRESS_RECORDER_ENV, STORAGE_ENV
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
 from bigmodel.runtime.progress import ProgressSnapshot, start_recorder
+from bigmodel.runtime.report_forwarding import ReportForwarder
 from bigmodel.runtime.storage import StorageUnwritable, probe_writable
 from bigmodel.runtime.tasks import make_task
 from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop, plan_steps
@@ -189,8 +192,11 @@ def run_training(
         probe_writable(storage)
     except StorageUnwritable as error:
         raise TrainingCannotRun(str(error)) from None
+    recorder, recorder_name = start_recorder()
     runtime_env = dict(spec.runtime_env or {})
-    runtime_env["env_vars"] = runtime_env.get("env_vars", {}) | dict(env or {}) | {STORAGE_ENV: storage}
+    runtime_env["env_vars"] = (
+        runtime_env.get("env_vars", {}) | dict(env or {}) | {STORAGE_ENV: storage, PROGRESS_RECORDER_ENV: recorder_name}
+    )
 
     if workload.builtin is not None:
         settings = LoopSettings(
@@ -203,16 +209,15 @@ def run_training(
         )
         _check_plan(settings, spec.workers.replicas)
         loop: Callable[[dict[str, Any]], Any] = builtin_train_loop
-        loop_config: dict[str, Any] = {"settings": settings.model_dump(mode="json")}
+        loop_config: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "recorder": recorder}
+        callbacks: list[ReportForwarder] = []
     else:
         assert workload.entrypoint is not None
         loop = _import_function(workload.entrypoint.function)
+        # The config is the user's own: the recorder reaches a user loop by name, through the environment
+        # (`user_loop.report`), and what it reports to Ray Train alone is forwarded by Ray Train's controller.
         loop_config = dict(workload.entrypoint.config)
-
-    # Only the built-in loop reports to it; a user loop reports to Ray Train alone.
-    recorder = start_recorder()
-    if workload.builtin is not None:
-        loop_config["recorder"] = recorder
+        callbacks = [ReportForwarder(recorder, storage)]
 
     trainer = TorchTrainer(
         loop,
@@ -226,6 +231,9 @@ def run_training(
             name=name,
             storage_path=f"{storage}/ray" if "://" in storage else os.path.join(storage, "ray"),
             failure_config=FailureConfig(max_failures=spec.failure_policy.max_worker_failures),
+            # The checkpoints a user loop hands to ray.train.report; the built-in loop keeps its own (CheckpointStore).
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
+            callbacks=callbacks,
             worker_runtime_env=runtime_env,
         ),
     )
@@ -236,6 +244,8 @@ def run_training(
         except Exception as error:  # Ray wraps worker errors in several layers; users need the innermost.
             raise TrainingFailed(_root_cause(error)) from error
     snapshot: ProgressSnapshot = ray.get(recorder.snapshot.remote())
+    if workload.entrypoint is not None:
+        snapshot = _finished(recorder, snapshot)
     if on_progress is not None:
         on_progress(snapshot)
     done = snapshot.latest if snapshot.latest is not None and snapshot.latest.kind == "done" else None
@@ -244,10 +254,40 @@ def run_training(
         total_steps=snapshot.latest.total_steps if snapshot.latest else 0,
         epochs=snapshot.latest.epochs if snapshot.latest else 0,
         metrics=dict(done.metrics) if done else {},
-        checkpoint=CheckpointStore(storage, keep_last=spec.checkpoint.keep_last).latest(),
+        checkpoint=(
+            CheckpointStore(storage, keep_last=spec.checkpoint.keep_last).latest()
+            if workload.builtin is not None
+            else _last_reported_checkpoint(snapshot)
+        ),
         model_uri=done.model_uri if done else None,
         progress=snapshot,
         elapsed_s=time.monotonic() - started,
+    )
+
+
+def _finished(recorder: Any, snapshot: ProgressSnapshot) -> ProgressSnapshot:
+    """A user loop's last report, marked done: the built-in loop says so itself once its model is exported.
+
+    Ray Train's controller forwards a report when it next polls the workers, possibly after the last snapshot: the
+    actor is asked again once fit() returned, when every report has been forwarded.
+    """
+    if snapshot.latest is None:
+        return snapshot
+    ray.get(recorder.record.remote(dataclasses.replace(snapshot.latest, kind="done")))
+    return ray.get(recorder.snapshot.remote())
+
+
+def _last_reported_checkpoint(snapshot: ProgressSnapshot) -> CheckpointInfo | None:
+    """The newest checkpoint a user loop reported to Ray Train, where Ray Train stored it."""
+    if not snapshot.checkpoints:
+        return None
+    saved = snapshot.checkpoints[-1]
+    return CheckpointInfo(
+        uri=saved.checkpoint_uri or "",
+        step=saved.step,
+        epoch=saved.epoch,
+        time=datetime.fromtimestamp(saved.time, tz=timezone.utc),
+        metrics=dict(saved.metrics),
     )
 
 

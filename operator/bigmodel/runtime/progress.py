@@ -7,15 +7,18 @@ run across failures: which step each attempt resumed from and how far each got.
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 import ray
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from bigmodel.api import wire
 from bigmodel.api.job import CheckpointRef
 from bigmodel.api.training_report import TrainingReport
 
@@ -36,6 +39,32 @@ class ProgressEvent:
     skipped_checkpoints: tuple[tuple[str, str], ...] = ()
     """On a resume: the checkpoints passed over because they would not load, as (uri, why)."""
     time: float = field(default_factory=time.time)
+
+
+_PLAN_KEYS = {wire.STEP_METRIC, wire.EPOCH_METRIC, wire.TOTAL_STEPS_METRIC, wire.EPOCHS_METRIC}
+
+
+def event_from_metrics(
+    kind: EventKind, metrics: Mapping[str, Any], reports: int, checkpoint_uri: str | None = None
+) -> ProgressEvent:
+    """Rank 0's reported metrics as a ProgressEvent; without a `step` metric the step is the number of reports.
+
+    Only numbers travel: the status and the summary show figures, and a user may report anything.
+    """
+    figures = {
+        key: float(value)
+        for key, value in metrics.items()
+        if key not in _PLAN_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    return ProgressEvent(
+        kind=kind,
+        step=int(metrics.get(wire.STEP_METRIC, reports)),
+        total_steps=int(metrics.get(wire.TOTAL_STEPS_METRIC, 0)),
+        epoch=int(metrics.get(wire.EPOCH_METRIC, 0)),
+        epochs=int(metrics.get(wire.EPOCHS_METRIC, 0)),
+        metrics=figures,
+        checkpoint_uri=checkpoint_uri,
+    )
 
 
 @dataclass(frozen=True)
@@ -93,7 +122,10 @@ class ProgressLog:
         return number
 
     def record(self, event: ProgressEvent) -> None:
-        self._latest = event
+        # A user loop's checkpoint events come from Ray Train's controller, which hears of a report only when it
+        # next polls the workers: rank 0 may have sent later steps already, and the line must not go back.
+        if not (event.kind == "checkpoint" and self._latest is not None and event.step < self._latest.step):
+            self._latest = event
         if self._attempts:
             current = self._attempts[-1]
             if event.step > current.last_step:
@@ -102,6 +134,17 @@ class ProgressLog:
             self._checkpoints.append(event)
         self._skipped.update(event.skipped_checkpoints)
 
+    def record_forwarded(self, event: ProgressEvent) -> None:
+        """A report of rank 0 as Ray Train's controller heard it (`report_forwarding`).
+
+        Its checkpoints always count: only the controller knows where Ray Train stored them. Its other reports count
+        only for a loop that does not report here itself (no attempt begun: a user loop without
+        `user_loop.report`), for which they are the only progress there is; a loop that does has sent the same step
+        sooner.
+        """
+        if event.kind == "checkpoint" or not self._attempts:
+            self.record(event)
+
     def snapshot(self) -> ProgressSnapshot:
         return ProgressSnapshot(self._latest, list(self._attempts), list(self._checkpoints), dict(self._skipped))
 
@@ -109,14 +152,20 @@ class ProgressLog:
 ProgressRecorder = ray.remote(num_cpus=0, max_restarts=0)(ProgressLog)
 
 
-def start_recorder() -> ActorHandle:
-    """The run's progress actor, on the driver's own node.
+def start_recorder() -> tuple[ActorHandle, str]:
+    """The run's progress actor, on the driver's own node, and the name a user loop finds it by
+    (`bigmodel.runtime.user_loop.report`).
 
     Its state lives exactly as long as the driver's. Left to Ray's scheduler it can land on a worker node, and the loss
-    of that node would then fail every retry of the run: each attempt begins by reporting to it.
+    of that node would then fail every retry of the run: each attempt begins by reporting to it. The name is unique
+    to the run: a later driver on the same cluster must not find an earlier run's actor.
     """
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ProgressRecorder.options(scheduling_strategy=here).remote()
+    name = f"progress-{uuid.uuid4().hex}"
+    recorder = ProgressRecorder.options(
+        scheduling_strategy=here, name=name, namespace=wire.PROGRESS_RECORDER_NAMESPACE
+    ).remote()
+    return recorder, name
 
 
 def training_report(snapshot: ProgressSnapshot) -> TrainingReport:
