@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bigmodel.api.manifests import load_manifest
 from bigmodel.runtime.artifacts import load_model
@@ -58,6 +59,41 @@ def test_train_example_end_to_end_then_resume(tmp_path: Path) -> None:
     assert re.search(rf"skipped checkpoint\W+{re.escape(checkpoints[-1].uri)}: would not load", again.stdout), (
         again.stdout
     )
+
+
+def test_user_loop_example_shows_progress_keeps_keep_last_and_resumes_on_a_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The example's module is found as a user's is: on PYTHONPATH, which the embedded Ray's workers inherit.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    example = yaml.safe_load((ROOT / "examples/user-loop.yaml").read_text())
+    config = example["spec"]["workload"]["entrypoint"]["config"]
+    keep_last = example["spec"]["checkpoint"]["keepLast"]
+    steps_per_epoch = config["samples"] // example["spec"]["workers"]["replicas"] // config["batchSize"]
+    epochs = config["epochs"]
+    config["epochs"] = 2  # a first run of two epochs, which the example's run resumes
+    half = tmp_path / "half.yaml"
+    half.write_text(yaml.safe_dump(example))
+    storage = tmp_path / "user-loop"
+
+    def kept() -> list[Path]:
+        return sorted(path for path in (storage / "ray" / "user-loop").glob("checkpoint_*") if path.is_dir())
+
+    first = _train(str(half), "--storage", str(storage), "--num-cpus", "2")
+    assert first.returncode == 0, f"bigmodel train failed:\n{first.stdout}\n{first.stderr}"
+    done = 2 * steps_per_epoch
+    assert re.search(rf"\b100%\s+epoch 2/2\s+step {done}/{done}\s+loss \d", first.stdout), first.stdout
+    assert re.search(rf"steps\W+{done}/{done} over 2 epoch\(s\)", first.stdout), first.stdout
+    assert re.search(r"loss\W+0\.\d{4}", first.stdout), first.stdout
+    assert len(kept()) == keep_last, f"keepLast {keep_last}, kept {kept()}"
+
+    again = _train("examples/user-loop.yaml", "--storage", str(storage), "--num-cpus", "2")
+    assert again.returncode == 0, f"second run failed:\n{again.stdout}\n{again.stderr}"
+    total = epochs * steps_per_epoch
+    assert re.search(rf"resumed from\W+step {done}\b", again.stdout), again.stdout
+    assert re.search(rf"steps\W+{total}/{total} over {epochs} epoch\(s\)", again.stdout), again.stdout
+    assert re.search(rf"checkpoint\W+{re.escape(str(storage))}\S+ \(step {total}\)", again.stdout), again.stdout
+    assert len(kept()) == keep_last, f"keepLast {keep_last}, kept {kept()}"
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path) -> None:
