@@ -7,6 +7,7 @@ from typing import Any
 
 from bigmodel.console import progress_line
 from bigmodel.runtime.progress import EventKind, ProgressEvent, ProgressLog, event_from_metrics, training_report
+from bigmodel.runtime.ray_checkpoints import unkept
 
 T = 1_700_000_000.0
 URI = "/runs/job/ray/job/checkpoint_2026-01-01_00-00-00.000000"
@@ -75,3 +76,9 @@ def test_the_line_shows_only_the_plan_a_user_loop_gave() -> None:
     log.record_forwarded(event_from_metrics("step", {"step": 7, "loss": 0.5}, 7))
     line = progress_line(log.snapshot())
     assert line.startswith("step 7  loss 0.5000"), line
+
+
+def test_checkpoints_ray_train_does_not_keep_are_the_ones_removed() -> None:
+    run = "bucket/runs/job/ray/job"
+    listed = [f"{run}/checkpoint_1", f"{run}/checkpoint_2", f"{run}/checkpoint_3", f"{run}/logs"]
+    assert unkept(listed, [f"{run}/checkpoint_3/", f"{run}/checkpoint_1"]) == [f"{run}/checkpoint_2"]

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from bigmodel.api.job import BigModelJobSpec
 from bigmodel.api.wire import PROGRESS_RECORDER_ENV, STORAGE_ENV
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
 from bigmodel.runtime.progress import ProgressSnapshot, start_recorder
+from bigmodel.runtime.ray_checkpoints import remove_unkept
 from bigmodel.runtime.report_forwarding import ReportForwarder
 from bigmodel.runtime.storage import StorageUnwritable, probe_writable
 from bigmodel.runtime.tasks import make_task
@@ -119,17 +120,18 @@ class _Poller:
             self._callback(ray.get(self._recorder.snapshot.remote()))
 
 
-def _fit_interruptibly(trainer: TorchTrainer) -> None:
+def _fit_interruptibly(trainer: TorchTrainer) -> Result:
     """trainer.fit() in a helper thread, so Ctrl-C in the main thread reaches the caller at once.
 
     In the main thread Ray Train would take SIGINT over with its own graceful abort, which ends the
     process with exit code 1 and no word of the checkpoint; the caller knows better what to say.
     """
     outcome: list[BaseException] = []
+    results: list[Result] = []
 
     def fit() -> None:
         try:
-            trainer.fit()
+            results.append(trainer.fit())
         except BaseException as error:  # handed to the main thread, which decides what it means
             outcome.append(error)
 
@@ -139,6 +141,7 @@ def _fit_interruptibly(trainer: TorchTrainer) -> None:
         thread.join(timeout=0.2)
     if outcome:
         raise outcome[0]
+    return results[0]
 
 
 def local_environment(spec: BigModelJobSpec, environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -231,7 +234,8 @@ def run_training(
             name=name,
             storage_path=f"{storage}/ray" if "://" in storage else os.path.join(storage, "ray"),
             failure_config=FailureConfig(max_failures=spec.failure_policy.max_worker_failures),
-            # The checkpoints a user loop hands to ray.train.report; the built-in loop keeps its own (CheckpointStore).
+            # The checkpoints a user loop hands to ray.train.report (ray_checkpoints removes those of failed reports
+            # after the run); the built-in loop keeps its own (CheckpointStore).
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
             callbacks=callbacks,
             worker_runtime_env=runtime_env,
@@ -240,12 +244,13 @@ def run_training(
     started = time.monotonic()
     with _Poller(recorder, on_progress, progress_interval_s):
         try:
-            _fit_interruptibly(trainer)
+            result = _fit_interruptibly(trainer)
         except Exception as error:  # Ray wraps worker errors in several layers; users need the innermost.
             raise TrainingFailed(_root_cause(error)) from error
     snapshot: ProgressSnapshot = ray.get(recorder.snapshot.remote())
     if workload.entrypoint is not None:
         snapshot = _finished(recorder, snapshot)
+        remove_unkept(result)
     if on_progress is not None:
         on_progress(snapshot)
     done = snapshot.latest if snapshot.latest is not None and snapshot.latest.kind == "done" else None
@@ -266,11 +271,9 @@ def run_training(
 
 
 def _finished(recorder: Any, snapshot: ProgressSnapshot) -> ProgressSnapshot:
-    """A user loop's last report, marked done: the built-in loop says so itself once its model is exported.
-
-    Ray Train's controller forwards a report when it next polls the workers, possibly after the last snapshot: the
-    actor is asked again once fit() returned, when every report has been forwarded.
-    """
+    """A user loop's last report, marked done: the built-in loop says so itself once its model is exported, and a user
+    loop that returned has no more to say. Taken after fit() returned: Ray Train's controller, which forwards the
+    loop's reports (`report_forwarding`), has forwarded its last by then."""
     if snapshot.latest is None:
         return snapshot
     ray.get(recorder.record.remote(dataclasses.replace(snapshot.latest, kind="done")))
