@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bigmodel.api.job import BigModelJobSpec
@@ -16,6 +21,13 @@ from bigmodel.runtime.driver import TrainingFailed, run_training
 pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def _python_path(directory: Path) -> dict[str, dict[str, str]]:
+    """A runtimeEnv that puts `directory` before the workers' own PYTHONPATH (Ray expands `${...}` there), which may
+    hold the bigmodel under test: a checkout run with PYTHONPATH rather than the installed package."""
+    return {"env_vars": {"PYTHONPATH": f"{directory}{os.pathsep}${{PYTHONPATH}}"}}
 
 
 def test_entrypoint_loop_runs_on_every_worker_with_its_config(ray_cluster: str, tmp_path: Path) -> None:
@@ -23,7 +35,7 @@ def test_entrypoint_loop_runs_on_every_worker_with_its_config(ray_cluster: str, 
         {
             "workload": {"entrypoint": {"function": "user_loop:train", "config": {"lr": 0.1}}},
             "workers": {"replicas": 2},
-            "runtimeEnv": {"env_vars": {"PYTHONPATH": str(HERE)}},
+            "runtimeEnv": _python_path(HERE),
         },
         by_alias=True,
     )
@@ -35,13 +47,68 @@ def test_entrypoint_loop_runs_on_every_worker_with_its_config(ray_cluster: str, 
     assert record["lr"] == 0.1, "entrypoint.config did not reach the loop"
 
 
+def _kill_a_train_worker_once_checkpointed(run: Path, done: threading.Event, kills: list[int]) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not done.is_set():
+        processes = psutil.process_iter(["pid", "cmdline"])  # info[...]: a process that exited meanwhile reads None
+        workers = [p.info["pid"] for p in processes if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        # Ray Train writes its checkpoint manager's state once it registered a checkpoint, which a restart resumes
+        # from; a checkpoint directory alone may be a report not yet taken.
+        if workers and (run / "checkpoint_manager_snapshot.json").exists():
+            os.kill(workers[-1], signal.SIGKILL)
+            kills.append(workers[-1])
+            return
+        time.sleep(0.05)
+
+
+def test_a_user_loop_with_the_helper_resumes_after_a_worker_kill_and_reports_it(
+    ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))  # the driver imports the example's loop too
+    spec = BigModelJobSpec.model_validate(
+        {
+            "workload": {
+                "entrypoint": {
+                    "function": "examples.user_loop:train",
+                    "config": {"epochs": 2, "samples": 1024, "checkpointEverySteps": 4},
+                }
+            },
+            "workers": {"replicas": 2},
+            "checkpoint": {"keepLast": 2},
+            "failurePolicy": {"maxWorkerFailures": 2},
+            "runtimeEnv": _python_path(ROOT),
+        },
+        by_alias=True,
+    )
+    done, kills = threading.Event(), []
+    killer = threading.Thread(
+        target=_kill_a_train_worker_once_checkpointed, args=(tmp_path / "ray" / "killed", done, kills), daemon=True
+    )
+    killer.start()
+    try:
+        result = run_training("killed", spec, str(tmp_path), resources_per_worker={"CPU": 1})
+    finally:
+        done.set()
+        killer.join(timeout=10)
+
+    assert kills, "no Ray Train worker was killed after the first checkpoint"
+    attempts = result.progress.attempts
+    assert len(attempts) == 2, f"expected one restart of the worker group, got attempts {attempts}"
+    resumed = attempts[1].resumed_from_step
+    assert resumed > 0 and resumed % 4 == 0, f"the restart began at step {resumed}, not at a checkpoint's"
+    assert result.steps == result.total_steps == 32, result
+    assert result.checkpoint is not None and result.checkpoint.step == 32, result.checkpoint
+    kept = [path for path in (tmp_path / "ray" / "killed").glob("checkpoint_*") if path.is_dir()]
+    assert len(kept) == 2, f"keepLast: 2, kept {kept}"
+
+
 def test_a_failing_user_loop_is_reported_with_its_rank_and_its_own_error(ray_cluster: str, tmp_path: Path) -> None:
     spec = BigModelJobSpec.model_validate(
         {
             "workload": {"entrypoint": {"function": "user_loop:broken", "config": {"lr": 0.1}}},
             "workers": {"replicas": 2},
             "failurePolicy": {"maxWorkerFailures": 0},
-            "runtimeEnv": {"env_vars": {"PYTHONPATH": str(HERE)}},
+            "runtimeEnv": _python_path(HERE),
         },
         by_alias=True,
     )
@@ -66,7 +133,7 @@ def test_command_workload_runs_against_the_embedded_cluster(tmp_path: Path) -> N
     manifest = tmp_path / "command.yaml"
     manifest.write_text(
         "apiVersion: bigmodel.dev/v1alpha1\nkind: BigModelJob\nmetadata: {name: command}\n"
-        "spec:\n  workload:\n    command: [python, -c, 'import os; print(\"address\", os.environ[\"RAY_ADDRESS\"])']\n"
+        'spec:\n  workload:\n    command: [python, -c, \'import os; print("address", os.environ["RAY_ADDRESS"])\']\n'
     )
     result = subprocess.run(
         [sys.executable, "-m", "bigmodel.cli", "train", str(manifest), "--storage", str(tmp_path / "runs")],
