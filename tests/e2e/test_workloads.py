@@ -39,7 +39,9 @@ def test_entrypoint_loop_runs_on_every_worker_with_its_config(ray_cluster: str, 
         },
         by_alias=True,
     )
-    run_training("user-loop", spec, str(tmp_path), resources_per_worker={"CPU": 1})
+    result = run_training("user-loop", spec, str(tmp_path), resources_per_worker={"CPU": 1})
+    # The loop reports to Ray Train alone, once, with no step: what Ray Train's controller heard reaches the result.
+    assert (result.steps, result.metrics.get("sum")) == (1, 3.0), result
     records = sorted(json.loads(path.read_text())["rank"] for path in tmp_path.glob("rank-*.json"))
     assert records == [0, 1], f"the user loop did not run once per worker: {records}"
     record = json.loads((tmp_path / "rank-1.json").read_text())

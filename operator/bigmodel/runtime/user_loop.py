@@ -50,6 +50,7 @@ def _resumed_from() -> int:
 
 
 def _begin(step: int) -> _Attempt | None:
+    """Rank 0's attempt, begun with the run's progress actor at its first call; None outside a bigmodel run."""
     global _attempt
     if _attempt is None:
         name = os.environ.get(wire.PROGRESS_RECORDER_ENV)
