@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
@@ -17,6 +12,7 @@ from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.checkpoints import CheckpointStore
 from bigmodel.runtime.driver import run_training
 from bigmodel.runtime.tasks import build_model_from_config
+from tests.support.train_workers import kill_a_train_worker_when
 
 pytestmark = pytest.mark.e2e
 
@@ -43,43 +39,18 @@ def _spec() -> BigModelJobSpec:
     )
 
 
-def _train_worker_pids() -> list[int]:
-    pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        command = " ".join(process.info["cmdline"] or [])
-        if "RayTrainWorker" in command:
-            pids.append(process.info["pid"])
-    return pids
-
-
-def _kill_one_worker_after_checkpoint(store: CheckpointStore, min_step: int, done: threading.Event, log: list) -> None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not done.is_set():
-        latest = store.latest()
-        pids = _train_worker_pids()
-        if latest is not None and latest.step >= min_step and pids:
-            os.kill(pids[-1], signal.SIGKILL)
-            log.append((latest.step, pids[-1]))
-            return
-        time.sleep(0.05)
-
-
 def test_killed_worker_resumes_from_latest_checkpoint(ray_cluster: str, tmp_path: Path) -> None:
     spec = _spec()
     store = CheckpointStore(str(tmp_path), keep_last=2)
-    done = threading.Event()
-    kills: list[tuple[int, int]] = []
-    killer = threading.Thread(
-        target=_kill_one_worker_after_checkpoint, args=(store, 2 * EVERY_STEPS, done, kills), daemon=True
-    )
-    killer.start()
-    try:
+
+    def second_checkpoint() -> int | None:
+        latest = store.latest()
+        return latest.step if latest is not None and latest.step >= 2 * EVERY_STEPS else None
+
+    with kill_a_train_worker_when(second_checkpoint) as kills:
         result = run_training(
             "resume-test", spec, str(tmp_path), resources_per_worker={"CPU": 1}, progress_interval_s=0.0
         )
-    finally:
-        done.set()
-        killer.join(timeout=10)
 
     assert kills, "no Ray Train worker process was found and killed after the second checkpoint"
     attempts = result.progress.attempts

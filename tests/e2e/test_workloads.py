@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from bigmodel.api.job import BigModelJobSpec
 from bigmodel.runtime.driver import TrainingFailed, run_training
+from tests.support.train_workers import kill_a_train_worker_when
 
 pytestmark = pytest.mark.e2e
 
@@ -49,20 +46,6 @@ def test_entrypoint_loop_runs_on_every_worker_with_its_config(ray_cluster: str, 
     assert record["lr"] == 0.1, "entrypoint.config did not reach the loop"
 
 
-def _kill_a_train_worker_once_checkpointed(run: Path, done: threading.Event, kills: list[int]) -> None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not done.is_set():
-        processes = psutil.process_iter(["pid", "cmdline"])  # info[...]: a process that exited meanwhile reads None
-        workers = [p.info["pid"] for p in processes if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
-        # Ray Train writes its checkpoint manager's state once it registered a checkpoint, which a restart resumes
-        # from; a checkpoint directory alone may be a report not yet taken.
-        if workers and (run / "checkpoint_manager_snapshot.json").exists():
-            os.kill(workers[-1], signal.SIGKILL)
-            kills.append(workers[-1])
-            return
-        time.sleep(0.05)
-
-
 def test_a_user_loop_with_the_helper_resumes_after_a_worker_kill_and_reports_it(
     ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,16 +65,11 @@ def test_a_user_loop_with_the_helper_resumes_after_a_worker_kill_and_reports_it(
         },
         by_alias=True,
     )
-    done, kills = threading.Event(), []
-    killer = threading.Thread(
-        target=_kill_a_train_worker_once_checkpointed, args=(tmp_path / "ray" / "killed", done, kills), daemon=True
-    )
-    killer.start()
-    try:
+    # Ray Train writes its checkpoint manager's state once it registered a checkpoint, which a restart resumes from;
+    # a checkpoint directory alone may be a report not yet taken.
+    snapshot = tmp_path / "ray" / "killed" / "checkpoint_manager_snapshot.json"
+    with kill_a_train_worker_when(snapshot.exists) as kills:
         result = run_training("killed", spec, str(tmp_path), resources_per_worker={"CPU": 1})
-    finally:
-        done.set()
-        killer.join(timeout=10)
 
     assert kills, "no Ray Train worker was killed after the first checkpoint"
     attempts = result.progress.attempts
