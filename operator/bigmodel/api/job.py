@@ -12,6 +12,9 @@ from bigmodel.api.wire import API_VERSION
 
 BuiltinTask = Literal["digits", "gpt"]
 Precision = Literal["auto", "fp32", "bf16"]
+Strategy = Literal["ddp", "fsdp"]
+LearningRateDecay = Literal["constant", "cosine"]
+_BUILTIN_ONLY = "applies to workload.builtin; a user loop shards and saves with bigmodel.runtime.sharding"
 
 
 class DigitsOptions(Model):
@@ -160,6 +163,11 @@ class CheckpointSpec(Model):
         None, ge=1, description="Save every N epochs. With neither set, a checkpoint is saved after every epoch."
     )
     keep_last: int = Field(3, ge=1, le=1000, description="Completed checkpoints kept; older ones are deleted.")
+    async_save: bool = Field(
+        False,
+        description="Built-in tasks: copy the state to host memory and write it while training goes on; a "
+        "checkpoint still counts only once every worker's shard is written.",
+    )
 
     model_config = Model.model_config | {
         "json_schema_extra": {
@@ -177,6 +185,38 @@ class CheckpointSpec(Model):
         if self.volume_claim_name and (not self.storage or not self.storage.startswith("/")):
             raise ValueError("volumeClaimName needs storage to be the absolute path where the volume is mounted")
         return self
+
+
+class TrainingSpec(Model):
+    """How the built-in tasks train: parallelism, the optimizer step and the learning-rate schedule."""
+
+    strategy: Strategy = Field(
+        "ddp",
+        description="ddp (every worker holds the whole model and optimizer) or fsdp (FSDP2: parameters, gradients "
+        "and optimizer state sharded over the workers, one unit per transformer block).",
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="Micro-batches of batchSize per optimizer step on each worker; the global batch is "
+        "batchSize x workers x this.",
+    )
+    max_grad_norm: float | None = Field(
+        None, gt=0, description="Clip the global gradient norm to this; null: no clipping."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up from 0 to learningRate.")
+    learning_rate_decay: LearningRateDecay = Field(
+        "constant", description="After warm-up: constant, or cosine decay to minLearningRateRatio x learningRate."
+    )
+    min_learning_rate_ratio: float = Field(
+        0.1, ge=0, le=1, description="Where cosine decay ends, as a fraction of learningRate."
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each transformer block's activations in the backward pass: less memory, ~30% more compute.",
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block (the first steps compile).")
 
 
 class FailurePolicy(Model):
@@ -197,6 +237,9 @@ class BigModelJobSpec(RayClusterSpec):
     workers: WorkerGroup = Field(default_factory=WorkerGroup, description="Ray worker pods, one trainer each.")
     head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (drives the run, no training).")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint storage and cadence.")
+    training: TrainingSpec | None = Field(
+        None, description="How the built-in tasks train (strategy, accumulation, clipping, schedule); defaults: DDP."
+    )
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Restart budgets.")
     active_deadline_seconds: int | None = Field(
         None, ge=1, description="Fail the job (DeadlineExceeded) when it runs longer than this."
@@ -220,8 +263,33 @@ class BigModelJobSpec(RayClusterSpec):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
+    model_config = RayClusterSpec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.training) || has(self.workload.builtin)", "message": f"training {_BUILTIN_ONLY}"},
+                {
+                    "rule": "!has(self.checkpoint) || !has(self.checkpoint.asyncSave) || !self.checkpoint.asyncSave "
+                    "|| has(self.workload.builtin)",
+                    "message": f"checkpoint.asyncSave {_BUILTIN_ONLY}",
+                },
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _builtin_only(self) -> BigModelJobSpec:
+        if self.workload.builtin is None:
+            if self.training is not None:
+                raise ValueError(f"training {_BUILTIN_ONLY}")
+            if self.checkpoint.async_save:
+                raise ValueError(f"checkpoint.asyncSave {_BUILTIN_ONLY}")
+        return self
+
     def uses_gpu(self) -> bool:
         return self.workers.resources.gpu > 0
+
+    def training_or_default(self) -> TrainingSpec:
+        return self.training or TrainingSpec()
 
 
 JobPhase = Literal["Pending", "Starting", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]

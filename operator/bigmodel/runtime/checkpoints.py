@@ -1,31 +1,30 @@
 """Training checkpoints under <storage>/checkpoints/step-<step>/, pruned to the newest few.
 
-A checkpoint is complete once its meta.json exists; see bigmodel.runtime.storage for why that is enough. A complete
-one can still be unreadable (a truncated state.pt on a full disk, a meta.json edited by hand): resuming passes over
-it to the newest checkpoint that loads, and says which it passed over and why.
+Every worker writes its part of a checkpoint into the step's directory (bigmodel.runtime.sharded_state); once all
+have, rank 0 writes meta.json, and only then does the checkpoint exist: one marker, written last, as in
+bigmodel.runtime.storage. A complete one can still be unreadable (a shard truncated on a full disk, a meta.json
+edited by hand): resuming passes over it to the newest checkpoint that loads, and says which it passed over and why.
 """
 
 from __future__ import annotations
 
 import builtins
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 from bigmodel.runtime.storage import (
+    Location,
     json_writer,
     read_json,
-    read_torch,
     remove_directory,
     resolve,
     staged_target,
     subdirectories,
-    torch_writer,
-    write_directory,
+    write_file,
 )
 
-STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 _STEP_DIR = re.compile(r"^step-(?P<step>\d{10})$")
 
@@ -54,7 +53,6 @@ class Resume:
     """Where a run resumes: the newest checkpoint that loaded (None: from the start) and those passed over."""
 
     checkpoint: CheckpointInfo | None
-    state: dict[str, Any] | None
     skipped: tuple[SkippedCheckpoint, ...] = ()
 
 
@@ -85,17 +83,24 @@ class CheckpointStore:
         self._root = resolve(storage).child("checkpoints")
         self._keep_last = keep_last
 
-    def save(
-        self, state: dict[str, Any], *, step: int, epoch: int, metrics: dict[str, float] | None = None
-    ) -> CheckpointInfo:
+    def directory(self, step: int) -> Location:
+        """Where the checkpoint of `step` is written, by every worker."""
+        return self._root.child(_step_dir_name(step))
+
+    def clear(self, step: int) -> Location:
+        """Remove what an earlier attempt left at `step` (marker first), before the workers write it anew; rank 0
+        calls it, and the workers start writing only after it returned."""
+        directory = self.directory(step)
+        remove_directory(directory, marker=META_FILE)
+        return directory
+
+    def complete(self, *, step: int, epoch: int, metrics: dict[str, float] | None = None) -> CheckpointInfo:
+        """Mark the checkpoint of `step` complete, once every worker has written its part, and prune older ones."""
         time = datetime.now(timezone.utc)
         metrics = dict(metrics or {})
         meta = {"step": step, "epoch": epoch, "time": time.isoformat(), "metrics": metrics}
-        directory = write_directory(
-            self._root,
-            _step_dir_name(step),
-            [(STATE_FILE, torch_writer(state)), (META_FILE, json_writer(meta))],
-        )
+        directory = self.directory(step)
+        write_file(directory.child(META_FILE), json_writer(meta))
         self._prune()
         return CheckpointInfo(uri=directory.uri, step=step, epoch=epoch, time=time, metrics=metrics)
 
@@ -116,32 +121,30 @@ class CheckpointStore:
                 infos.append(info)
         return infos
 
-    def resume(self) -> Resume:
-        """The newest checkpoint that loads, with its state; newer complete ones that do not are passed over."""
+    def resume(self, restore: Callable[[Location], None]) -> Resume:
+        """Restore the newest checkpoint that loads (`restore` reads a step directory into the live model); newer
+        complete ones that do not are passed over. Every worker calls it and sees the same checkpoints."""
         skipped: builtins.list[SkippedCheckpoint] = []
         for step in sorted(self._steps(), reverse=True):
-            uri = self._root.child(_step_dir_name(step)).uri
+            directory = self.directory(step)
             try:
                 info = self._read_info(step)
                 if info is None:
                     continue
-                return Resume(info, self.load(info), tuple(skipped))
+                restore(directory)
+                return Resume(info, tuple(skipped))
             except FileNotFoundError:
                 continue  # pruned meanwhile by another writer
-            except Exception as error:  # noqa: BLE001 (torch.load and pyarrow raise anything a broken file makes)
-                skipped.append(SkippedCheckpoint(uri, _one_line(error)))
-        return Resume(None, None, tuple(skipped))
-
-    def load(self, info: CheckpointInfo) -> dict[str, Any]:
-        state: dict[str, Any] = read_torch(self._root.child(_step_dir_name(info.step)).child(STATE_FILE))
-        return state
+            except Exception as error:  # noqa: BLE001 (torch.load, DCP and pyarrow raise anything a broken file makes)
+                skipped.append(SkippedCheckpoint(directory.uri, _one_line(error)))
+        return Resume(None, tuple(skipped))
 
     def _steps(self) -> builtins.list[int]:
         return [step for name in subdirectories(self._root) if (step := _step_of(name)) is not None]
 
     def _read_info(self, step: int) -> CheckpointInfo | None:
         """The checkpoint at step, or None while it is incomplete (or was pruned meanwhile)."""
-        directory = self._root.child(_step_dir_name(step))
+        directory = self.directory(step)
         try:
             meta = read_json(directory.child(META_FILE))
         except FileNotFoundError:

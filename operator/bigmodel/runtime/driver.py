@@ -204,10 +204,12 @@ def run_training(
     if workload.builtin is not None:
         settings = LoopSettings(
             workload=workload.builtin,
+            training=spec.training_or_default(),
             storage=storage,
             keep_last=spec.checkpoint.keep_last,
             every_steps=spec.checkpoint.every_steps,
             every_epochs=spec.checkpoint.every_epochs,
+            async_save=spec.checkpoint.async_save,
             progress_interval_s=progress_interval_s,
         )
         _check_plan(settings, spec.workers.replicas)

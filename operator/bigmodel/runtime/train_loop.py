@@ -1,7 +1,8 @@
 """The per-worker training loop of the built-in tasks, run by Ray Train on every worker.
 
 Every start of the loop (the first, and each restart of the worker group after a failure) resumes
-from the latest completed checkpoint in storage, so a failure costs at most one checkpoint interval.
+from the latest completed checkpoint in storage, so a failure costs at most one checkpoint interval,
+whatever the number of workers that wrote it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Dataset, DistributedSampler
 
-from bigmodel.api.job import BuiltinWorkload
+from bigmodel.api.job import BuiltinWorkload, TrainingSpec
+from bigmodel.runtime import sharded_state, sharding
 from bigmodel.runtime.artifacts import export_model
-from bigmodel.runtime.checkpoints import CheckpointStore
+from bigmodel.runtime.checkpointing import Checkpointing
+from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
 from bigmodel.runtime.progress import ProgressEvent, percent_and_eta
-from bigmodel.runtime.tasks import make_task, unwrap_model
+from bigmodel.runtime.schedule import learning_rate_at
+from bigmodel.runtime.tasks import TrainingTask, make_task
 
 
 class LoopSettings(BaseModel):
@@ -30,10 +34,12 @@ class LoopSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workload: BuiltinWorkload
+    training: TrainingSpec = TrainingSpec()
     storage: str
     keep_last: int
     every_steps: int | None
     every_epochs: int | None
+    async_save: bool = False
     progress_interval_s: float = 1.0
 
 
@@ -61,10 +67,13 @@ class StepPlan(BaseModel):
 
 def plan_steps(settings: LoopSettings, samples: int, world_size: int) -> StepPlan:
     workload = settings.workload
-    steps_per_epoch = samples // world_size // workload.batch_size
+    accumulation = settings.training.gradient_accumulation_steps
+    steps_per_epoch = samples // world_size // (workload.batch_size * accumulation)
     if steps_per_epoch < 1:
+        times = f" x {accumulation} accumulated" if accumulation > 1 else ""
         raise ValueError(
-            f"batchSize {workload.batch_size} x {world_size} workers is larger than the {samples} training samples"
+            f"batchSize {workload.batch_size} x {world_size} workers{times} is larger than the {samples} "
+            "training samples"
         )
     total = workload.epochs * steps_per_epoch
     if workload.max_steps:
@@ -77,11 +86,32 @@ def plan_steps(settings: LoopSettings, samples: int, world_size: int) -> StepPla
     )
 
 
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+def _uses_bf16(precision: str, device: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def _autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _distribute(
+    model: torch.nn.Module, task: TrainingTask, training: TrainingSpec, bf16: bool, device: torch.device
+) -> torch.nn.Module:
+    """The model as this worker trains it: wrapped in DDP, or sharded with FSDP2 (bf16 by its mixed-precision
+    policy, which then replaces autocast)."""
+    blocks = task.blocks(model)
+    if training.strategy == "fsdp":
+        return sharding.shard(
+            model.to(device),
+            blocks=blocks,
+            bf16=bf16,
+            activation_checkpointing=training.activation_checkpointing,
+            compile=training.compile,
+        )
+    sharding.prepare_blocks(
+        model, blocks, activation_checkpointing=training.activation_checkpointing, compile=training.compile
+    )
+    return ray.train.torch.prepare_model(model)
 
 
 def _epoch_batches(
@@ -143,7 +173,8 @@ def _steps(
         epoch = plan.epoch_of(step)
         skip = step - epoch * plan.steps_per_epoch
         last = min(plan.steps_per_epoch, plan.total_steps - epoch * plan.steps_per_epoch)
-        yield epoch, _epoch_batches(sampler, epoch, settings.workload.batch_size, last, skip)
+        step_batch = settings.workload.batch_size * settings.training.gradient_accumulation_steps
+        yield epoch, _epoch_batches(sampler, epoch, step_batch, last, skip)
         step = epoch * plan.steps_per_epoch + last
 
 
@@ -156,26 +187,24 @@ class _Run:
         self.settings = settings
         self.recorder = recorder if self.rank == 0 else None
         self.device = ray.train.torch.get_device()
-        workload = settings.workload
+        workload, training = settings.workload, settings.training
         self.task = make_task(workload)
         self.dataset = self.task.dataset()
         self.plan = plan_steps(settings, len(self.dataset), self.world)  # type: ignore[arg-type]
 
         torch.manual_seed(workload.seed)
-        model = self.task.build_model()
-        self.store = CheckpointStore(settings.storage, keep_last=settings.keep_last)
-        resume = self.store.resume()
-        self.skipped = resume.skipped
-        latest, state = resume.checkpoint, resume.state
-        if state:
-            model.load_state_dict(state["model"])
-        self.model = ray.train.torch.prepare_model(model)
+        bf16 = _uses_bf16(workload.precision, self.device)
+        self.autocast = bf16 and training.strategy == "ddp"
+        self.model = _distribute(self.task.build_model(), self.task, training, bf16, self.device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=workload.learning_rate, fused=self.device.type == "cuda"
         )
-        if state:
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.step = latest.step if latest else 0
+        store = CheckpointStore(settings.storage, keep_last=settings.keep_last)
+        resume = store.resume(lambda directory: sharded_state.restore(directory, self.model, self.optimizer))
+        self.skipped = resume.skipped
+        self.step = resume.checkpoint.step if resume.checkpoint else 0
+        self.checkpoints = Checkpointing(store, rank=self.rank, async_save=settings.async_save, on_complete=self._saved)
+        self.state_bytes: int | None = None
         self._first_step = self.step
         self._started = time.monotonic()
         self.attempt = ray.get(self.recorder.begin_attempt.remote(self.step)) if self.recorder else 0
@@ -187,16 +216,19 @@ class _Run:
         figures = {"progress": self.step / self.plan.total_steps}
         if eta is not None:
             figures["eta_seconds"] = float(eta)
+        if self.state_bytes is not None:
+            figures["state_bytes_per_worker"] = float(self.state_bytes)
         return figures
 
-    def emit(self, kind: str, figures: dict[str, float], **extra: Any) -> None:
+    def emit(self, kind: str, figures: dict[str, float], *, step: int | None = None, **extra: Any) -> None:
         if self.recorder is None:
             return
+        step = self.step if step is None else step
         event = ProgressEvent(
             kind=kind,  # type: ignore[arg-type]
-            step=self.step,
+            step=step,
             total_steps=self.plan.total_steps,
-            epoch=self.plan.epoch_of(self.step),
+            epoch=self.plan.epoch_of(step),
             epochs=self.settings.workload.epochs,
             attempt=self.attempt,
             metrics=figures | self.progress(),
@@ -204,33 +236,58 @@ class _Run:
         )
         self.recorder.record.remote(event)
 
-    def train_step(self, indices: list[int]) -> tuple[Any, float]:
-        batch = _to_device(torch.utils.data.default_collate([self.dataset[i] for i in indices]), self.device)
-        with _autocast(self.settings.workload.precision, self.device):
-            loss = self.task.loss(self.model, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    def train_step(self, indices: list[int]) -> tuple[int, int, float]:
+        """One optimizer step over this worker's indices, in micro-batches of batchSize; returns the samples and
+        tokens it trained on and its mean loss."""
+        training, micro = self.settings.training, self.settings.workload.batch_size
+        chunks = [indices[start : start + micro] for start in range(0, len(indices), micro)]
+        samples = tokens = 0
+        total_loss = torch.zeros((), device=self.device)
+        for number, chunk in enumerate(chunks, start=1):
+            batch = _to_device(torch.utils.data.default_collate([self.dataset[i] for i in chunk]), self.device)
+            with sharding.gradient_sync(self.model, enabled=number == len(chunks)):
+                with _autocast(self.autocast, self.device):
+                    loss = self.task.loss(self.model, batch) / len(chunks)
+                loss.backward()
+            total_loss += loss.detach()
+            samples += self.task.batch_size_of(batch)
+            tokens += self.task.tokens_in(batch)
+        if training.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.max_grad_norm)
+        rate = learning_rate_at(
+            self.step, peak=self.settings.workload.learning_rate, total_steps=self.plan.total_steps, training=training
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return batch, float(loss.detach())
+        if self.state_bytes is None:  # the optimizer's state exists from its first step
+            self.state_bytes = sharding.state_bytes(self.model, self.optimizer)
+        return samples, tokens, float(total_loss)
 
     def checkpoint(self, epoch: int, figures: dict[str, float]) -> None:
-        if self.rank == 0:
-            saved = self.store.save(
-                {"model": unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict()},
-                step=self.step,
-                epoch=epoch,
-                metrics=figures,
-            )
-            self.emit("checkpoint", figures, checkpoint_uri=saved.uri)
-        # A barrier too: no rank runs ahead of a checkpoint that is still being written.
-        ray.train.report({"step": self.step, "epoch": epoch, **figures, **self.progress()})
+        """Every worker writes its part; the checkpoint is announced once it is complete (`_saved`)."""
+        self.checkpoints.save(self.model, self.optimizer, step=self.step, epoch=epoch, metrics=figures)
+
+    def _saved(self, saved: CheckpointInfo, stall_s: float) -> None:
+        self.emit(
+            "checkpoint",
+            saved.metrics | {"checkpoint_stall_seconds": stall_s},
+            step=saved.step,
+            checkpoint_uri=saved.uri,
+        )
 
     def finish(self, figures: dict[str, float]) -> None:
-        """Rank 0 scores the model on held-out data and exports it for serving."""
+        """The last checkpoint is written; the whole model is gathered once, and rank 0 scores it on held-out data
+        and exports it for serving."""
+        self.checkpoints.wait()
+        state = sharded_state.full_model_state(self.model)
         if self.rank != 0:
             return
-        model = unwrap_model(self.model)
+        model = self.task.build_model()
+        model.load_state_dict(state)
+        model.to(self.device)
         final = figures | self.task.evaluate(model)
         uri = export_model(self.settings.storage, model, self.task.model_config(), final)
         self.emit("done", final, model_uri=uri)
@@ -246,8 +303,8 @@ def builtin_train_loop(config: dict[str, Any]) -> None:
     run.model.train()
     for epoch, batches in _steps(run.dataset, settings, run.plan, run.step, run.rank, run.world):
         for indices in batches:
-            batch, loss = run.train_step(indices)
-            throughput.add(run.task.batch_size_of(batch), run.task.tokens_in(batch), loss)
+            throughput.add(*run.train_step(indices))
+            run.checkpoints.poll()
             if run.plan.checkpoint_due(run.step):
                 figures = throughput.take()
                 run.checkpoint(epoch, figures)

@@ -51,6 +51,10 @@ class TrainingTask(ABC):
     def build_model(self) -> torch.nn.Module:
         """A freshly initialised model, the same for the same torch.manual_seed."""
 
+    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The model's repeated blocks, each its own FSDP unit and activation-checkpointing region; none by default."""
+        return []
+
     @abstractmethod
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         """The mean training loss of a batch already on the model's device; model may be DDP-wrapped."""

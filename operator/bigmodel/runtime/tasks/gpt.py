@@ -67,6 +67,10 @@ class GptTask(TrainingTask):
     def build_model(self) -> GPT:
         return build_gpt(self.model_config())
 
+    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        assert isinstance(model, GPT)
+        return list(model.blocks)
+
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         inputs, targets = batch
         logits = model(inputs)

@@ -1,0 +1,82 @@
+"""Saving a run's checkpoints from every worker, synchronously or while training goes on.
+
+Every worker writes its part (bigmodel.runtime.sharded_state); rank 0 marks the checkpoint complete once all have.
+With async saves a worker copies its state to host memory and trains on while a thread writes it; one save is in
+flight at a time, so a new save first waits for the previous one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bigmodel.runtime import sharded_state
+from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
+
+# Told of each checkpoint once it is complete, on rank 0, with the seconds its save held training up.
+OnComplete = Callable[[CheckpointInfo, float], None]
+
+
+@dataclass
+class _InFlight:
+    future: Future[Any]
+    step: int
+    epoch: int
+    metrics: dict[str, float]
+    stall_s: float
+
+
+class Checkpointing:
+    """The checkpoints of one start of the loop on one worker; every worker calls every method, in the same order."""
+
+    def __init__(self, store: CheckpointStore, *, rank: int, async_save: bool, on_complete: OnComplete) -> None:
+        self._store = store
+        self._rank = rank
+        self._on_complete = on_complete
+        # The writing thread's collectives need a group of their own: training's run on the default one meanwhile.
+        self._group = dist.new_group(backend="gloo") if async_save else None
+        self._in_flight: _InFlight | None = None
+
+    def save(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int, metrics: dict[str, float]
+    ) -> float:
+        """Save the state after `step`; returns the seconds training was held up by it."""
+        started = time.perf_counter()
+        self.wait()
+        if self._rank == 0:
+            self._store.clear(step)
+        dist.barrier()  # no worker writes into the step's directory before it is clear
+        directory = self._store.directory(step)
+        if self._group is None:
+            sharded_state.save(directory, model, optimizer)
+            stall = time.perf_counter() - started
+            self._complete(step, epoch, metrics, stall)
+            return stall
+        future = sharded_state.save_async(directory, model, optimizer, process_group=self._group)
+        stall = time.perf_counter() - started
+        self._in_flight = _InFlight(future, step, epoch, metrics, stall)
+        return stall
+
+    def poll(self) -> None:
+        """Complete the save in flight if it is written, without waiting."""
+        if self._in_flight is not None and self._in_flight.future.done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the save in flight and complete it; a failed write raises here."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.future.result()
+            self._complete(in_flight.step, in_flight.epoch, in_flight.metrics, in_flight.stall_s)
+
+    def _complete(self, step: int, epoch: int, metrics: dict[str, float], stall_s: float) -> None:
+        # On rank 0 the save is done once every worker's part is written and the checkpoint's metadata with them.
+        if self._rank == 0:
+            self._on_complete(self._store.complete(step=step, epoch=epoch, metrics=metrics), stall_s)
