@@ -16,7 +16,8 @@ import yaml
 
 from bigmodel.api.manifests import load_manifest
 from bigmodel.runtime.artifacts import load_model
-from bigmodel.runtime.checkpoints import STATE_FILE, CheckpointStore
+from bigmodel.runtime.checkpoints import CheckpointStore
+from bigmodel.runtime.sharded_state import SHARDS_DIR
 from bigmodel.runtime.tasks import make_task
 
 pytestmark = pytest.mark.e2e
@@ -46,9 +47,9 @@ def test_train_example_end_to_end_then_resume(tmp_path: Path) -> None:
     accuracy = make_task(job.spec.workload.builtin).evaluate(model)["val_accuracy"]
     assert accuracy > 0.9, f"the exported digits model is only {accuracy:.2%} accurate on held-out digits"
 
-    # The newest checkpoint's state cut short, as a disk that filled up mid-write leaves it: the run goes on from the
-    # one before, and says which it passed over.
-    newest = Path(checkpoints[-1].uri) / STATE_FILE
+    # A shard of the newest checkpoint cut short, as a disk that filled up mid-write leaves it: the run goes on from
+    # the one before, and says which it passed over.
+    newest = max((Path(checkpoints[-1].uri) / SHARDS_DIR).glob("*.distcp"), key=lambda path: path.stat().st_size)
     newest.write_bytes(newest.read_bytes()[:100])
     again = _train("examples/digits.yaml", "--storage", str(storage), "--num-cpus", "2")
     assert again.returncode == 0, f"second run failed:\n{again.stdout}\n{again.stderr}"

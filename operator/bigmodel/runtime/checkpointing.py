@@ -73,7 +73,8 @@ class Checkpointing:
         """Wait for the save in flight and complete it; a failed write raises here."""
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
-            in_flight.future.result()
+            with sharded_state.one_line_failures(f"saving step {in_flight.step}"):
+                in_flight.future.result()
             self._complete(in_flight.step, in_flight.epoch, in_flight.metrics, in_flight.stall_s)
 
     def _complete(self, step: int, epoch: int, metrics: dict[str, float], stall_s: float) -> None:

@@ -15,6 +15,8 @@ For a user's own loop, with shard() from bigmodel.runtime.sharding:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -36,6 +39,23 @@ SHARDS_DIR = "shards"
 # What rank 0 of earlier runtimes wrote: {"model": state_dict, "optimizer": optimizer.state_dict()}.
 LEGACY_STATE_FILE = "state.pt"
 _DCP_METADATA = ".metadata"
+
+
+class ShardedStateError(RuntimeError):
+    """A sharded save or load failed on some worker; str() names the first that failed, and why, in one line."""
+
+
+@contextlib.contextmanager
+def one_line_failures(action: str) -> Iterator[None]:
+    """DCP's CheckpointException (a BaseException, with every rank's traceback in its text) as a ShardedStateError."""
+    try:
+        yield
+    except CheckpointException as error:
+        rank = min(error.failures)
+        failure = error.failures[rank][0]
+        text = str(failure).strip()
+        reason = f"{type(failure).__name__}: {text.splitlines()[0]}" if text else type(failure).__name__
+        raise ShardedStateError(f"{action} failed on rank {rank}: {reason}") from None
 
 
 def _storage_writer(location: Location) -> dict[str, Any]:
@@ -64,9 +84,12 @@ def save(
     process_group: dist.ProcessGroup | None = None,
 ) -> None:
     """Every worker writes its part into directory/shards and returns once all have (a collective)."""
-    dcp.save(
-        training_state(model, optimizer), process_group=process_group, **_storage_writer(directory.child(SHARDS_DIR))
-    )
+    with one_line_failures(f"saving {directory.uri}"):
+        dcp.save(
+            training_state(model, optimizer),
+            process_group=process_group,
+            **_storage_writer(directory.child(SHARDS_DIR)),
+        )
 
 
 def save_async(
@@ -75,7 +98,8 @@ def save_async(
     """Copy this worker's part to host memory, then write it in a thread; training may change the model at once.
 
     The future is done on every worker once its files are written, and on rank 0 once the checkpoint's metadata is
-    too, which is after every worker's files. process_group must not be the one training uses: its collectives run
+    too, which is after every worker's files; a failed write raises from its result() (wrap that in
+    one_line_failures). process_group must not be the one training uses: its collectives run
     from the writing thread, while training's own run from the main one.
     """
     response = dcp.async_save(
@@ -93,7 +117,8 @@ def restore(directory: Location, model: nn.Module, optimizer: torch.optim.Optimi
     shards = directory.child(SHARDS_DIR)
     if exists(shards.child(_DCP_METADATA)):
         state = training_state(model, optimizer)
-        dcp.load(state, **_storage_reader(shards))
+        with one_line_failures(f"loading {directory.uri}"):
+            dcp.load(state, **_storage_reader(shards))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         return
     legacy = read_torch(directory.child(LEGACY_STATE_FILE))

@@ -83,13 +83,13 @@ def write_directory(parent: Location, name: str, files: Sequence[tuple[str, Writ
 def write_file(target: Location, write: Writer) -> None:
     """Write one file so that it is whole or absent: locally staged under a hidden name and renamed into place (an
     object store's single PUT is whole by itself)."""
+    parent, _, name = target.path.rpartition("/")
+    target.filesystem.create_dir(parent, recursive=True)
     if not target.is_local:
         with target.filesystem.open_output_stream(target.path) as stream:
             write(stream)
         return
-    parent, _, name = target.path.rpartition("/")
     staging = f"{parent}/.{name}.tmp-{uuid.uuid4().hex}"
-    target.filesystem.create_dir(parent, recursive=True)
     with target.filesystem.open_output_stream(staging) as stream:
         write(stream)
     target.filesystem.move(staging, target.path)
