@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from bigmodel.api.job import BuiltinWorkload
+from bigmodel.api.job import BuiltinWorkload, TrainingSpec
 from bigmodel.runtime.progress import ProgressEvent, ProgressLog, percent_and_eta
+from bigmodel.runtime.schedule import learning_rate_at
 from bigmodel.runtime.train_loop import LoopSettings, plan_steps
 
 
@@ -76,3 +79,29 @@ def test_progress_log_counts_restarts_and_work_redone() -> None:
     assert [a.resumed_from_step for a in snapshot.attempts] == [0, 20]
     assert snapshot.steps_trained_twice() == 7
     assert [c.step for c in snapshot.checkpoints] == [10, 20]
+
+
+def test_accumulated_micro_batches_make_each_step_larger_and_the_epoch_shorter() -> None:
+    settings = _settings(epochs=1, batchSize=10).model_copy(
+        update={"training": TrainingSpec(gradient_accumulation_steps=2)}
+    )
+    assert plan_steps(settings, samples=105, world_size=2).steps_per_epoch == 2
+    with pytest.raises(ValueError, match="batchSize 10 x 2 workers x 8 accumulated is larger than the 105"):
+        plan_steps(settings.model_copy(update={"training": TrainingSpec(gradient_accumulation_steps=8)}), 105, 2)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_along_a_cosine_to_its_floor() -> None:
+    training = TrainingSpec(warmup_steps=4, learning_rate_decay="cosine", min_learning_rate_ratio=0.1)
+    rates = [learning_rate_at(step, peak=1.0, total_steps=14, training=training) for step in range(14)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert (
+        rates[4] == 1.0
+        and rates[9] == pytest.approx(0.55)
+        and rates[13] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.9)))
+    )
+    assert all(later <= earlier for earlier, later in zip(rates[4:], rates[5:])), "the decay went up again"
+    assert learning_rate_at(20, peak=1.0, total_steps=14, training=training) == pytest.approx(0.1), "past the plan"
+
+
+def test_the_default_schedule_is_the_constant_learning_rate() -> None:
+    assert {learning_rate_at(step, peak=3e-4, total_steps=10, training=TrainingSpec()) for step in range(10)} == {3e-4}
