@@ -219,6 +219,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         from bigmodel.console import LiveProgress, summary_table
         from bigmodel.runtime.driver import (
             TrainingFailed,
+            latest_checkpoint,
             local_environment,
             resolve_storage,
             run_command,
@@ -255,9 +256,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
             console.print(f"[red]BigModelJob {name} failed:[/red] {error}")
             return EXIT_FAILED
         except KeyboardInterrupt:
-            from bigmodel.runtime.checkpoints import CheckpointStore
-
-            latest = CheckpointStore(resolve_storage(storage)).latest()
+            latest = latest_checkpoint(spec, storage, live.snapshot)
             kept = f"step {latest.step} at {latest.uri}" if latest else "none yet"
             console.print(f"\nStopped. Last checkpoint: {kept}. Run the same command to resume.")
             return EXIT_INTERRUPTED

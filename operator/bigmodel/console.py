@@ -61,6 +61,7 @@ class LiveProgress:
             transient=False,
         )
         self._task: TaskID = self._progress.add_task(title, total=None, line="starting workers")
+        self.snapshot: ProgressSnapshot | None = None
 
     def __enter__(self) -> LiveProgress:
         self._progress.start()
@@ -70,6 +71,7 @@ class LiveProgress:
         self._progress.stop()
 
     def update(self, snapshot: ProgressSnapshot) -> None:
+        self.snapshot = snapshot
         event = snapshot.latest
         total = event.total_steps if event and event.total_steps else None
         completed = event.step if event else 0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
+from bigmodel.api.job import BigModelJobSpec
 from bigmodel.console import progress_line
+from bigmodel.runtime.driver import latest_checkpoint
 from bigmodel.runtime.progress import EventKind, ProgressEvent, ProgressLog, event_from_metrics, training_report
 from bigmodel.runtime.ray_checkpoints import unkept
 
@@ -82,3 +85,10 @@ def test_checkpoints_ray_train_does_not_keep_are_the_ones_removed() -> None:
     run = "bucket/runs/job/ray/job"
     listed = [f"{run}/checkpoint_1", f"{run}/checkpoint_2", f"{run}/checkpoint_3", f"{run}/logs"]
     assert unkept(listed, [f"{run}/checkpoint_3/", f"{run}/checkpoint_1"]) == [f"{run}/checkpoint_2"]
+
+
+def test_ctrl_c_names_a_user_loops_last_checkpoint_as_it_reported_it(tmp_path: Path) -> None:
+    spec = BigModelJobSpec.model_validate({"workload": {"entrypoint": {"function": "loop:train"}}}, by_alias=True)
+    latest = latest_checkpoint(spec, str(tmp_path), _user_run().snapshot())
+    assert latest is not None and (latest.uri, latest.step, latest.epoch) == (URI, 10, 1)
+    assert latest_checkpoint(spec, str(tmp_path), None) is None, "interrupted before the first progress"

@@ -261,11 +261,7 @@ def run_training(
         total_steps=snapshot.latest.total_steps if snapshot.latest else 0,
         epochs=snapshot.latest.epochs if snapshot.latest else 0,
         metrics=dict(done.metrics) if done else {},
-        checkpoint=(
-            CheckpointStore(storage, keep_last=spec.checkpoint.keep_last).latest()
-            if workload.builtin is not None
-            else _last_reported_checkpoint(snapshot)
-        ),
+        checkpoint=latest_checkpoint(spec, storage, snapshot),
         model_uri=done.model_uri if done else None,
         progress=snapshot,
         elapsed_s=time.monotonic() - started,
@@ -280,6 +276,14 @@ def _finished(recorder: Any, snapshot: ProgressSnapshot) -> ProgressSnapshot:
         return snapshot
     ray.get(recorder.record.remote(dataclasses.replace(snapshot.latest, kind="done")))
     return ray.get(recorder.snapshot.remote())
+
+
+def latest_checkpoint(spec: BigModelJobSpec, storage: str, snapshot: ProgressSnapshot | None) -> CheckpointInfo | None:
+    """The run's newest complete checkpoint: the built-in loop's from its store, a user loop's as it reported it to
+    Ray Train (in `snapshot`, the run's progress as last seen)."""
+    if spec.workload.builtin is not None:
+        return CheckpointStore(resolve_storage(storage), keep_last=spec.checkpoint.keep_last).latest()
+    return _last_reported_checkpoint(snapshot) if snapshot is not None else None
 
 
 def _last_reported_checkpoint(snapshot: ProgressSnapshot) -> CheckpointInfo | None:
