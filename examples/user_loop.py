@@ -1,8 +1,14 @@
 """Your own Ray Train loop as a BigModelJob runs it (`examples/user-loop.yaml`): a small regression MLP.
 
 It shows what a loop needs to be as well looked after as a built-in task: it resumes from `ray.train.get_checkpoint()`
-and reports through `bigmodel.runtime.user_loop` (`progress` every step, `report` with each checkpoint), which gives `bigmodel train` and the job's status its
-progress, ETA, loss, throughput and checkpoints. The data is made up from a fixed seed: nothing to download.
+and reports through `bigmodel.runtime.user_loop` (`progress` every step, `report` with each checkpoint), which gives
+`bigmodel train` and the job's status its progress, ETA, loss, throughput and checkpoints. The data is made up from a
+fixed seed: nothing to download.
+
+`strategy: fsdp` in its config (`examples/user-loop-fsdp.yaml`) shards the model over the workers with
+`bigmodel.runtime.sharding.shard` instead of giving each a whole copy (`ray.train.torch.prepare_model`, DDP), and
+checkpoints it with `bigmodel.runtime.sharded_state`: every worker writes and reads only its own part, and a checkpoint
+written by N workers resumes on M.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from bigmodel.runtime import sharded_state
+from bigmodel.runtime.sharding import shard
+from bigmodel.runtime.storage import resolve
 from bigmodel.runtime.user_loop import progress, report
 
 FEATURES = 8
@@ -30,29 +39,72 @@ def _data(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def _model() -> nn.Module:
+    torch.manual_seed(0)  # the same initial weights on every rank
+    return nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
+
+
+def _whole(model: nn.Module) -> nn.Module:
+    """The model without its DDP wrapper (which prepare_model leaves out on one worker): what state.pt holds."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> int:
+    """Load the checkpoint Ray Train resumes from, if any, on every rank; returns its step (0: from the start)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        if sharded:
+            # Each rank reads the parts it holds now, however many workers wrote them.
+            sharded_state.restore(resolve(directory), model, optimizer)
+            return int(checkpoint.get_metadata()["step"])  # `report` keeps the step there
+        state = torch.load(Path(directory) / STATE_FILE)
+    _whole(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def _checkpoint(
+    directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, sharded: bool
+) -> ray.train.Checkpoint | None:
+    """This rank's part of the checkpoint at `step`, written into `directory` (its own, temporary); None: no part."""
+    if sharded:
+        # Every rank writes its own shards (rank 0 also the index of all of them), a collective; Ray Train copies
+        # every rank's files into the one checkpoint directory in storage.
+        sharded_state.save(resolve(directory), model, optimizer)
+    elif ray.train.get_context().get_world_rank() == 0:
+        # Under DDP every rank holds the same weights: one copy is enough.
+        state = {"model": _whole(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        torch.save(state, Path(directory) / STATE_FILE)
+    else:
+        return None
+    return ray.train.Checkpoint.from_directory(directory)
+
+
 def train(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     epochs, batch_size = int(config.get("epochs", 4)), int(config.get("batchSize", 32))
     every = int(config.get("checkpointEverySteps", 10))
-    x, y = _data(int(config.get("samples", 2048)), int(config.get("seed", 0)))
-    # Each rank trains on its own shard; the step plan is the same on all of them.
+    sharded = config.get("strategy", "ddp") == "fsdp"
+    samples = int(config.get("samples", 2048))
+    x, y = _data(samples, int(config.get("seed", 0)))
+    # Each rank trains on its own shard; the step plan is the same on all of them (the smallest shard's). It depends
+    # on the number of workers: a run resumed on more or fewer goes on from the checkpoint's step under the new plan.
     x, y = x[rank::world], y[rank::world]
-    steps_per_epoch = len(x) // batch_size
+    steps_per_epoch = samples // world // batch_size
     total_steps = epochs * steps_per_epoch
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
+    model = _model()
+    if sharded:
+        # Each Linear one FSDP unit: its weights are gathered just before its forward and freed after it.
+        model = shard(model, blocks=[model[0], model[2]])
+    else:
+        model = ray.train.torch.prepare_model(model)
+    # Made after shard(): the optimizer must see the parameters as this rank holds them.
     optimizer = torch.optim.Adam(model.parameters(), lr=float(config.get("learningRate", 0.01)))
-    step = 0
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-    model = ray.train.torch.prepare_model(model)
+    step = _resume(model, optimizer, sharded)
 
     while step < total_steps:
         epoch, index = divmod(step, steps_per_epoch)
@@ -68,9 +120,5 @@ def train(config: dict) -> None:
             progress({"loss": loss.item()}, **plan, samples=batch_size)
             continue
         with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if rank == 0:  # one copy of the weights: every rank holds the same
-                state = {"model": model.module.state_dict() if world > 1 else model.state_dict()}
-                torch.save(state | {"optimizer": optimizer.state_dict(), "step": step}, Path(directory) / STATE_FILE)
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            checkpoint = _checkpoint(directory, model, optimizer, step, sharded)
             report({"loss": loss.item()}, checkpoint, **plan, samples=batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -10,9 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from bigmodel.api.job import BigModelJobSpec
-from bigmodel.runtime.driver import TrainingFailed, run_training
+from bigmodel.runtime import sharded_state
+from bigmodel.runtime.driver import TrainingFailed, TrainingResult, run_training
+from bigmodel.runtime.storage import resolve
+from examples import user_loop as user_loop_example
 from tests.support.train_workers import kill_a_train_worker_when
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +86,58 @@ def test_a_user_loop_with_the_helper_resumes_after_a_worker_kill_and_reports_it(
     assert result.checkpoint is not None and result.checkpoint.step == 32, result.checkpoint
     kept = [path for path in (tmp_path / "ray" / "killed").glob("checkpoint_*") if path.is_dir()]
     assert len(kept) == 2, f"keepLast: 2, kept {kept}"
+
+
+# DCP warns that it loads into one process, as the end of this test means it to.
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_sharded_user_loop_resumes_its_checkpoint_on_more_workers(ray_cluster: str, tmp_path: Path) -> None:
+    manifest = yaml.safe_load((ROOT / "examples/user-loop-fsdp.yaml").read_text())
+    example = BigModelJobSpec.model_validate(manifest["spec"] | {"runtimeEnv": _python_path(ROOT)}, by_alias=True)
+    assert example.workload.entrypoint is not None and example.workload.entrypoint.config["strategy"] == "fsdp"
+    config = example.workload.entrypoint.config | {"samples": 512}  # 8 steps an epoch on 2 workers
+    keep_last = example.checkpoint.keep_last
+
+    def run(replicas: int, epochs: int) -> TrainingResult:
+        spec = example.model_copy(deep=True)
+        spec.workers.replicas = replicas
+        spec.workload.entrypoint.config = config | {"epochs": epochs}
+        # Half a CPU each: three workers fit the tests' 2-CPU cluster.
+        return run_training("fsdp", spec, str(tmp_path), resources_per_worker={"CPU": 0.5})
+
+    def kept() -> list[Path]:
+        return sorted(path for path in (tmp_path / "ray" / "fsdp").glob("checkpoint_*") if path.is_dir())
+
+    def shard_files(checkpoint: Path) -> list[str]:
+        return sorted(path.name for path in (checkpoint / "shards").glob("*.distcp"))
+
+    first = run(replicas=2, epochs=2)
+    assert first.steps == first.total_steps == 16, first
+    assert math.isfinite(first.metrics["loss"]), first.metrics
+    assert len(kept()) == keep_last, f"keepLast {keep_last}, kept {kept()}"
+    # Each worker wrote its own part, and Ray Train gathered them into the one checkpoint directory.
+    assert shard_files(kept()[-1]) == ["__0_0.distcp", "__1_0.distcp"], kept()[-1]
+
+    # On 3 workers an epoch is 5 steps (512 // 3 // 32): 5 epochs are 25, 9 of them after the checkpoint's 16.
+    again = run(replicas=3, epochs=5)
+    assert again.progress.attempts[0].resumed_from_step == 16, again.progress.attempts
+    assert again.steps == again.total_steps == 25, again
+    assert again.checkpoint is not None and again.checkpoint.step == 25, again.checkpoint
+    assert math.isfinite(again.metrics["loss"]), again.metrics
+    assert len(kept()) == keep_last, f"keepLast {keep_last}, kept {kept()}"
+    assert shard_files(kept()[-1]) == ["__0_0.distcp", "__1_0.distcp", "__2_0.distcp"], kept()[-1]
+
+    # The newest checkpoint holds the whole trained model: it loads into this one process too, and fits the data far
+    # better than the model the loop starts from.
+    model = user_loop_example._model()
+    x, y = user_loop_example._data(config["samples"], 0)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(model(x), y).item()
+
+    untrained = loss()
+    sharded_state.restore(resolve(str(kept()[-1])), model, torch.optim.Adam(model.parameters()))
+    assert loss() < untrained / 2, f"the restored model's loss is {loss():.4f}, the untrained one's {untrained:.4f}"
 
 
 def test_a_failing_user_loop_is_reported_with_its_rank_and_its_own_error(ray_cluster: str, tmp_path: Path) -> None:
