@@ -7,14 +7,13 @@ fixed seed: nothing to download.
 
 `strategy: fsdp` in its config (`examples/user-loop-fsdp.yaml`) shards the model over the workers with
 `bigmodel.runtime.sharding.shard` instead of giving each a whole copy (`ray.train.torch.prepare_model`, DDP), and
-checkpoints it with `bigmodel.runtime.sharded_state`: every worker writes and reads only its own part, and a checkpoint
-written by N workers resumes on M.
+either way it checkpoints with `bigmodel.runtime.sharded_state`: every worker writes and reads only its own part, and a
+checkpoint written by N workers resumes on M.
 """
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import ray.train
 import ray.train.torch
@@ -27,7 +26,6 @@ from bigmodel.runtime.storage import resolve
 from bigmodel.runtime.user_loop import progress, report
 
 FEATURES = 8
-STATE_FILE = "state.pt"
 
 
 def _data(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,41 +42,25 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
 
 
-def _whole(model: nn.Module) -> nn.Module:
-    """The model without its DDP wrapper (which prepare_model leaves out on one worker): what state.pt holds."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> int:
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Load the checkpoint Ray Train resumes from, if any, on every rank; returns its step (0: from the start)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
-        if sharded:
-            # Each rank reads the parts it holds now, however many workers wrote them.
-            sharded_state.restore(resolve(directory), model, optimizer)
-            return int(checkpoint.get_metadata()["step"])  # `report` keeps the step there
-        state = torch.load(Path(directory) / STATE_FILE)
-    _whole(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
+        # Each rank reads the parts it holds now, however many workers wrote them and under either strategy.
+        sharded_state.restore(resolve(directory), model, optimizer)
+    return int(checkpoint.get_metadata()["step"])  # `report` keeps the step there
 
 
-def _checkpoint(
-    directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, sharded: bool
-) -> ray.train.Checkpoint | None:
-    """This rank's part of the checkpoint at `step`, written into `directory` (its own, temporary); None: no part."""
-    if sharded:
-        # Every rank writes its own shards (rank 0 also the index of all of them), a collective; Ray Train copies
-        # every rank's files into the one checkpoint directory in storage.
-        sharded_state.save(resolve(directory), model, optimizer)
-    elif ray.train.get_context().get_world_rank() == 0:
-        # Under DDP every rank holds the same weights: one copy is enough.
-        state = {"model": _whole(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-        torch.save(state, Path(directory) / STATE_FILE)
-    else:
-        return None
+def _checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> ray.train.Checkpoint:
+    """This rank's part of a checkpoint, written into `directory` (its own, temporary).
+
+    Every rank writes its own part (rank 0 also the index of all of them), a collective: under FSDP its shards,
+    under DDP a share of the tensors every rank holds alike. Ray Train copies every rank's files into the one
+    checkpoint directory in storage.
+    """
+    sharded_state.save(resolve(directory), model, optimizer)
     return ray.train.Checkpoint.from_directory(directory)
 
 
@@ -104,7 +86,7 @@ def train(config: dict) -> None:
         model = ray.train.torch.prepare_model(model)
     # Made after shard(): the optimizer must see the parameters as this rank holds them.
     optimizer = torch.optim.Adam(model.parameters(), lr=float(config.get("learningRate", 0.01)))
-    step = _resume(model, optimizer, sharded)
+    step = _resume(model, optimizer)
 
     while step < total_steps:
         epoch, index = divmod(step, steps_per_epoch)
@@ -120,5 +102,5 @@ def train(config: dict) -> None:
             progress({"loss": loss.item()}, **plan, samples=batch_size)
             continue
         with tempfile.TemporaryDirectory() as directory:
-            checkpoint = _checkpoint(directory, model, optimizer, step, sharded)
+            checkpoint = _checkpoint(directory, model, optimizer)
             report({"loss": loss.item()}, checkpoint, **plan, samples=batch_size)
