@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,12 +41,20 @@ def _model(strategy: Strategy, config: dict[str, Any] = CONFIG, seed: int = 0) -
     return model
 
 
-def _train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int, steps: int, first: int = 0) -> None:
+def _train(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rank: int,
+    steps: int,
+    first: int = 0,
+    before_update: Callable[[], None] = lambda: None,
+) -> None:
     for step in range(first, first + steps):
         tokens = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(100 * rank + step))
         logits = model(tokens[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), tokens[:, 1:].reshape(-1))
         loss.backward()
+        before_update()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -132,11 +141,14 @@ def _async_save_then_change(rank: int, world: int, directory: str, out: str) -> 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     _train(model, optimizer, rank, steps=2)
     whole = _whole(model, optimizer)
-    future = sharded_state.save_async(
-        resolve(directory), model, optimizer, process_group=dist.new_group(backend="gloo")
+    stager = sharded_state.host_stager()
+    save = sharded_state.save_async(
+        resolve(directory), model, optimizer, process_group=dist.new_group(backend="gloo"), stager=stager
     )
-    _train(model, optimizer, rank, steps=2, first=2)  # training goes on while the save is written
-    future.result()
+    # Training goes on while the state is copied and written; only its optimizer steps wait for the copy.
+    _train(model, optimizer, rank, steps=2, first=2, before_update=save.staged.result)
+    save.written.result()
+    stager.close()
     if rank == 0:
         torch.save(whole, out)
 
@@ -158,12 +170,12 @@ def _checkpoint_twice(rank: int, world: int, storage: str, out: str, async_save:
         CheckpointStore(storage), rank=rank, async_save=async_save, on_complete=lambda info, _: completed.append(info)
     )
     for step in (1, 2):
-        _train(model, optimizer, rank, steps=1, first=step)
+        _train(model, optimizer, rank, steps=1, first=step, before_update=checkpoints.before_update)
         whole = _whole(model, optimizer)
         checkpoints.save(model, optimizer, step=step, epoch=0, metrics={"loss": float(step)})
         if rank == 0:
             torch.save(whole, f"{out}-{step}")
-    checkpoints.wait()
+    checkpoints.close()
     if rank == 0:
         assert [info.step for info in completed] == [1, 2], "each checkpoint is announced once it is complete"
 

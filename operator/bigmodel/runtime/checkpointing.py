@@ -1,17 +1,16 @@
 """Saving a run's checkpoints from every worker, synchronously or while training goes on.
 
 Every worker writes its part (bigmodel.runtime.sharded_state); rank 0 marks the checkpoint complete once all have.
-With async saves a worker copies its state to host memory and trains on while a thread writes it; one save is in
-flight at a time, so a new save first waits for the previous one.
+With async saves a worker trains on while threads copy its state to host memory and write it: only its next
+optimizer step waits for the copy, which overlaps the forward and backward passes. One save is in flight at a time,
+so a new save first waits for the previous one.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,7 +25,7 @@ OnComplete = Callable[[CheckpointInfo, float], None]
 
 @dataclass
 class _InFlight:
-    future: Future[Any]
+    save: sharded_state.AsyncSave
     step: int
     epoch: int
     metrics: dict[str, float]
@@ -42,6 +41,7 @@ class Checkpointing:
         self._on_complete = on_complete
         # The writing thread's collectives need a group of their own: training's run on the default one meanwhile.
         self._group = dist.new_group(backend="gloo") if async_save else None
+        self._stager = sharded_state.host_stager() if async_save else None
         self._in_flight: _InFlight | None = None
 
     def save(
@@ -54,19 +54,27 @@ class Checkpointing:
             self._store.clear(step)
         dist.barrier()  # no worker writes into the step's directory before it is clear
         directory = self._store.directory(step)
-        if self._group is None:
+        if self._group is None or self._stager is None:
             sharded_state.save(directory, model, optimizer)
             stall = time.perf_counter() - started
             self._complete(step, epoch, metrics, stall)
             return stall
-        future = sharded_state.save_async(directory, model, optimizer, process_group=self._group)
+        save = sharded_state.save_async(directory, model, optimizer, process_group=self._group, stager=self._stager)
         stall = time.perf_counter() - started
-        self._in_flight = _InFlight(future, step, epoch, metrics, stall)
+        self._in_flight = _InFlight(save, step, epoch, metrics, stall)
         return stall
+
+    def before_update(self) -> None:
+        """Call before the optimizer changes the model: waits until the save in flight has its copy of the state."""
+        if self._in_flight is not None and not self._in_flight.save.staged.done():
+            started = time.perf_counter()
+            with sharded_state.one_line_failures(f"saving step {self._in_flight.step}"):
+                self._in_flight.save.staged.result()
+            self._in_flight.stall_s += time.perf_counter() - started
 
     def poll(self) -> None:
         """Complete the save in flight if it is written, without waiting."""
-        if self._in_flight is not None and self._in_flight.future.done():
+        if self._in_flight is not None and self._in_flight.save.written.done():
             self.wait()
 
     def wait(self) -> None:
@@ -74,8 +82,14 @@ class Checkpointing:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
             with sharded_state.one_line_failures(f"saving step {in_flight.step}"):
-                in_flight.future.result()
+                in_flight.save.written.result()
             self._complete(in_flight.step, in_flight.epoch, in_flight.metrics, in_flight.stall_s)
+
+    def close(self) -> None:
+        """Wait for the save in flight, then stop the copying thread."""
+        self.wait()
+        if self._stager is not None:
+            self._stager.close()
 
     def _complete(self, step: int, epoch: int, metrics: dict[str, float], stall_s: float) -> None:
         # On rank 0 the save is done once every worker's part is written and the checkpoint's metadata with them.

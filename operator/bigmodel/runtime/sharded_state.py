@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,12 +27,14 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 from bigmodel.runtime.storage import Location, exists, read_torch
 
@@ -92,20 +95,50 @@ def save(
         )
 
 
-def save_async(
-    directory: Location, model: nn.Module, optimizer: torch.optim.Optimizer, *, process_group: dist.ProcessGroup
-) -> Future[Any]:
-    """Copy this worker's part to host memory, then write it in a thread; training may change the model at once.
+@dataclass(frozen=True)
+class AsyncSave:
+    """A save in flight. `staged`: this worker's state is copied to host memory, and the model and optimizer may
+    change again (until then an optimizer step must wait). `written`: done on every worker once its files are
+    written, and on rank 0 once the checkpoint's metadata is too, which is after every worker's files; a failed
+    write raises from its result() (wrap that in one_line_failures)."""
 
-    The future is done on every worker once its files are written, and on rank 0 once the checkpoint's metadata is
-    too, which is after every worker's files; a failed write raises from its result() (wrap that in
-    one_line_failures). process_group must not be the one training uses: its collectives run
-    from the writing thread, while training's own run from the main one.
+    staged: Future[None]
+    written: Future[Any]
+
+
+def host_stager() -> DefaultStager:
+    """Copies state to host memory in a thread of its own, into buffers it keeps from one save to the next; one per
+    run, closed at its end. On a GPU the copies go through pinned memory without blocking the compute stream."""
+    gpu = torch.cuda.is_available()
+    return DefaultStager(
+        StagingOptions(
+            use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=gpu
+        )
+    )
+
+
+def save_async(
+    directory: Location,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    process_group: dist.ProcessGroup,
+    stager: DefaultStager,
+) -> AsyncSave:
+    """Copy this worker's part to host memory and write it, both in threads: training goes on at once, and only its
+    next optimizer step waits for the copy (`AsyncSave.staged`).
+
+    process_group must not be the one training uses: its collectives run from the writing thread, while training's
+    own run from the main one.
     """
     response = dcp.async_save(
-        training_state(model, optimizer), process_group=process_group, **_storage_writer(directory.child(SHARDS_DIR))
+        training_state(model, optimizer),
+        process_group=process_group,
+        async_stager=stager,
+        **_storage_writer(directory.child(SHARDS_DIR)),
     )
-    return response if isinstance(response, Future) else response.upload_completion
+    assert isinstance(response, AsyncSaveResponse), "a stager that copies in a thread gives both futures"
+    return AsyncSave(staged=response.staging_completion, written=response.upload_completion)
 
 
 def restore(directory: Location, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -259,6 +259,7 @@ class _Run:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = rate
+        self.checkpoints.before_update()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -281,7 +282,7 @@ class _Run:
     def finish(self, figures: dict[str, float]) -> None:
         """The last checkpoint is written; the whole model is gathered once, and rank 0 scores it on held-out data
         and exports it for serving."""
-        self.checkpoints.wait()
+        self.checkpoints.close()
         state = sharded_state.full_model_state(self.model)
         if self.rank != 0:
             return
