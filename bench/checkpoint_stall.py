@@ -3,8 +3,9 @@
 The gpt task trains with FSDP on 2 workers twice, the real Ray Train run that `bigmodel train` does in an
 embedded Ray, alike but for checkpoint.asyncSave: false, then true. Each completed checkpoint reports
 `checkpoint_stall_seconds`, the time its save held the training loop up: a synchronous save, the whole
-torch.distributed.checkpoint write; an asynchronous one, the copy of the state to host memory plus any wait
-for the previous save still being written. The model is big enough for a save to take noticeable time on a
+torch.distributed.checkpoint write; an asynchronous one, starting the save, the wait of the next optimizer step
+for the copy of the state to host memory (made in a thread while forward and backward run), and any wait for the
+previous save still being written. The model is big enough for a save to take noticeable time on a
 CPU. Printed: mean and max stall over each run's saves, each run's wall time (start-up included), a
 checkpoint's size on disk, and the ratio of the mean stalls.
 

@@ -183,7 +183,8 @@ def _checkpoint_twice(rank: int, world: int, storage: str, out: str, async_save:
 def _resume(rank: int, world: int, storage: str, out: str) -> None:
     model = _model("fsdp", seed=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    resume = CheckpointStore(storage).resume(lambda directory: sharded_state.restore(directory, model, optimizer))
+    checkpoints = Checkpointing(CheckpointStore(storage), rank=rank, async_save=False, on_complete=lambda *_: None)
+    resume = checkpoints.resume(model, optimizer)  # as the built-in loop resumes
     whole = _whole(model, optimizer)
     if rank == 0:
         torch.save(

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bigmodel.runtime import sharded_state
-from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
+from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore, Resume
 
 # Told of each checkpoint once it is complete, on rank 0, with the seconds its save held training up.
 OnComplete = Callable[[CheckpointInfo, float], None]
@@ -39,10 +39,17 @@ class Checkpointing:
         self._store = store
         self._rank = rank
         self._on_complete = on_complete
-        # The writing thread's collectives need a group of their own: training's run on the default one meanwhile.
-        self._group = dist.new_group(backend="gloo") if async_save else None
+        # Checkpoint collectives exchange Python objects on the CPU, whatever backend training uses (NCCL on GPUs), and
+        # an async save's run from its writing thread while training's run on the default group meanwhile.
+        self._group = dist.new_group(backend="gloo")
         self._stager = sharded_state.host_stager() if async_save else None
         self._in_flight: _InFlight | None = None
+
+    def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> Resume:
+        """Restore the newest checkpoint that loads into model and optimizer (see CheckpointStore.resume)."""
+        return self._store.resume(
+            lambda directory: sharded_state.restore(directory, model, optimizer, process_group=self._group)
+        )
 
     def save(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int, metrics: dict[str, float]
@@ -52,10 +59,10 @@ class Checkpointing:
         self.wait()
         if self._rank == 0:
             self._store.clear(step)
-        dist.barrier()  # no worker writes into the step's directory before it is clear
+        dist.barrier(group=self._group)  # no worker writes into the step's directory before it is clear
         directory = self._store.directory(step)
-        if self._group is None or self._stager is None:
-            sharded_state.save(directory, model, optimizer)
+        if self._stager is None:
+            sharded_state.save(directory, model, optimizer, process_group=self._group)
             stall = time.perf_counter() - started
             self._complete(step, epoch, metrics, stall)
             return stall

@@ -141,7 +141,13 @@ def save_async(
     return AsyncSave(staged=response.staging_completion, written=response.upload_completion)
 
 
-def restore(directory: Location, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def restore(
+    directory: Location,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    process_group: dist.ProcessGroup | None = None,
+) -> None:
     """Load a checkpoint's state into model and optimizer, resharded to this run's workers; every worker calls it.
 
     A failure to read raises on every worker alike (DCP gathers each worker's outcome), so all pass over the same
@@ -151,7 +157,7 @@ def restore(directory: Location, model: nn.Module, optimizer: torch.optim.Optimi
     if exists(shards.child(_DCP_METADATA)):
         state = training_state(model, optimizer)
         with one_line_failures(f"loading {directory.uri}"):
-            dcp.load(state, **_storage_reader(shards))
+            dcp.load(state, process_group=process_group, **_storage_reader(shards))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         return
     legacy = read_torch(directory.child(LEGACY_STATE_FILE))

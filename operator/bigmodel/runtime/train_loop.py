@@ -199,11 +199,15 @@ class _Run:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=workload.learning_rate, fused=self.device.type == "cuda"
         )
-        store = CheckpointStore(settings.storage, keep_last=settings.keep_last)
-        resume = store.resume(lambda directory: sharded_state.restore(directory, self.model, self.optimizer))
+        self.checkpoints = Checkpointing(
+            CheckpointStore(settings.storage, keep_last=settings.keep_last),
+            rank=self.rank,
+            async_save=settings.async_save,
+            on_complete=self._saved,
+        )
+        resume = self.checkpoints.resume(self.model, self.optimizer)
         self.skipped = resume.skipped
         self.step = resume.checkpoint.step if resume.checkpoint else 0
-        self.checkpoints = Checkpointing(store, rank=self.rank, async_save=settings.async_save, on_complete=self._saved)
         self.state_bytes: int | None = None
         self._first_step = self.step
         self._started = time.monotonic()
