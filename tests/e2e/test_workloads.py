@@ -159,6 +159,27 @@ def test_a_failing_user_loop_is_reported_with_its_rank_and_its_own_error(ray_clu
     assert "KeyError: 'learning_rate'" in message, message
 
 
+def test_a_hung_collective_fails_its_run_within_the_collective_timeout(ray_cluster: str, tmp_path: Path) -> None:
+    timeout_s = 10
+    spec = BigModelJobSpec.model_validate(
+        {
+            # The stuck rank sleeps far longer than the timeout: only the timeout can end the run in time.
+            "workload": {
+                "entrypoint": {"function": "user_loop:hangs_in_a_collective", "config": {"sleepSeconds": 600}}
+            },
+            "workers": {"replicas": 2},
+            "failurePolicy": {"maxWorkerFailures": 0, "collectiveTimeoutSeconds": timeout_s},
+            "runtimeEnv": _python_path(HERE),
+        },
+        by_alias=True,
+    )
+    with pytest.raises(TrainingFailed) as failed:
+        run_training("hung-collective", spec, str(tmp_path), resources_per_worker={"CPU": 1})
+    message = str(failed.value)
+    assert re.match(r"WorkerGroupError on rank 0: ", message), message
+    assert "timed out" in message.lower() or "timeout" in message.lower(), message
+
+
 def test_batch_larger_than_the_data_fails_before_any_worker_starts(ray_cluster: str, tmp_path: Path) -> None:
     spec = BigModelJobSpec.model_validate(
         {"workload": {"builtin": {"task": "digits", "batchSize": 5000}}, "workers": {"replicas": 2}}, by_alias=True

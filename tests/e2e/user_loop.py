@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import ray.train
@@ -27,3 +28,11 @@ def train(config: dict) -> None:
 def broken(config: dict) -> None:
     """A loop with a bug a user would make: it reads a config key the job does not set."""
     print("learning rate", config["learning_rate"])
+
+
+def hangs_in_a_collective(config: dict) -> None:
+    """Rank 0 waits in an all-reduce that the other ranks never join: a hung collective, as a stuck peer makes it."""
+    if ray.train.get_context().get_world_rank() == 0:
+        dist.all_reduce(torch.ones(1))
+    else:
+        time.sleep(float(config["sleepSeconds"]))

@@ -504,3 +504,44 @@ def test_a_run_that_cannot_run_fails_the_job_without_spending_restarts() -> None
     plan = decide_job(job, seen)
     assert plan.status.phase == "Failed" and plan.status.restarts == 0 and plan.create == []
     assert reasons(plan) == ["CannotRun"] and "cannot be written" in plan.status.message
+
+
+def _passes(job: BigModelJob, steps: list[int], every: timedelta) -> list[JobPlan]:
+    """Passes over a Running job `every` apart, its run at the given steps; each pass sees the last one's status."""
+    plans = []
+    for index, step in enumerate(steps):
+        seen = replace(observe(job, report=TrainingReport(step=step, total_steps=100)), now=NOW + index * every)
+        plans.append(decide_job(job, seen))
+        job.status = plans[-1].status
+    return plans
+
+
+def test_a_run_whose_step_stops_moving_is_restarted_as_stalled_from_its_checkpoint() -> None:
+    checkpoint = CheckpointRef(path="s3://bucket/demo/checkpoints/step-0000000040", step=40, epoch=1, time=NOW)
+    job = make_job(running(lastCheckpoint=checkpoint.model_dump()), failurePolicy={"stallTimeoutSeconds": 600})
+    moving, *stuck, stalled = _passes(job, [41, 42, 42, 42, 42], timedelta(minutes=4))
+    assert moving.status.progress.moved_time == NOW
+    assert all(plan.status.phase == "Running" and plan.status.restarts == 0 for plan in stuck), "restarted early"
+    assert [plan.status.progress.moved_time for plan in stuck] == [NOW + timedelta(minutes=4)] * 3
+    status = stalled.status
+    assert status.phase == "Restarting" and status.restarts == 1 and status.cluster_generation == 2
+    assert reasons(stalled) == ["Stalled"]
+    assert "no progress for 720 s at step 42 (stallTimeoutSeconds: 600)" in status.message
+    assert "resuming from checkpoint step 40" in status.message
+    restarting = next(c for c in status.conditions if c.type == "Restarting")
+    assert (restarting.status, restarting.reason) == ("True", "Stalled")
+    assert stalled.ray == [StopJob(RayHead("10.0.0.7", UID, 1), submission_id(UID, 1))], "the hung run is stopped"
+
+
+def test_a_run_that_keeps_moving_or_has_no_stall_timeout_is_never_restarted_for_it() -> None:
+    slow = make_job(running(), failurePolicy={"stallTimeoutSeconds": 600})
+    assert {p.status.phase for p in _passes(slow, [41, 42, 43, 44, 45], timedelta(minutes=9))} == {"Running"}
+    unset = make_job(running())
+    assert {p.status.phase for p in _passes(unset, [41, 41, 41, 41], timedelta(hours=1))} == {"Running"}
+
+
+def test_the_stall_clock_starts_again_when_a_restarted_run_is_running() -> None:
+    job = make_job(running(phase="Restarting"), failurePolicy={"stallTimeoutSeconds": 600})
+    job.status.progress.moved_time = NOW - timedelta(hours=2)  # type: ignore[union-attr]
+    (plan,) = _passes(job, [42], timedelta(0))
+    assert plan.status.phase == "Running" and plan.status.progress.moved_time == NOW

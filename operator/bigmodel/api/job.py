@@ -228,6 +228,19 @@ class FailurePolicy(Model):
     max_worker_failures: int = Field(
         3, ge=0, le=1000, description="Worker failures absorbed inside one run by restarting the worker group."
     )
+    collective_timeout_seconds: int = Field(
+        600,
+        ge=10,
+        le=86400,
+        description="A collective (all-reduce, all-gather, barrier) that waits this long fails its worker, which Ray "
+        "Train restarts from the checkpoint, instead of hanging for torch's default 30 minutes.",
+    )
+    stall_timeout_seconds: int | None = Field(
+        None,
+        ge=60,
+        description="Restart the run from the latest checkpoint (reason Stalled, a restart) when its step has not "
+        "moved this long while Running; null: never. Set it above the longest gap between two reported steps.",
+    )
 
 
 class BigModelJobSpec(RayClusterSpec):
@@ -323,6 +336,9 @@ class Progress(Model):
     total_steps: int | None = Field(None, description="Optimizer steps planned.")
     epoch: int = Field(0, description="Current epoch (0-based).")
     eta_seconds: int | None = Field(None, description="Estimated seconds left at the current speed.")
+    moved_time: datetime | None = Field(
+        None, description="When the step last moved (or the run began running): the stall clock's start."
+    )
 
 
 class BigModelJobStatus(ObservedStatus):

@@ -127,7 +127,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             else:
                 self.plan.requeue_after = left
 
-    def restart(self, cause: str) -> None:
+    def restart(self, cause: str, reason: str = "Restarting") -> None:
         """Rebuild the Ray cluster after a failure, within the budget; the new run resumes from the checkpoint."""
         budget = self.spec.failure_policy.max_restarts
         if self.status.restarts >= budget:
@@ -141,7 +141,8 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             f"{cause}; rebuilding the Ray cluster (restart {self.status.restarts}/{budget}), "
             f"{resume_point(self.status)}"
         )
-        self.event("Warning", "Restarting", self.status.message)
+        self.event("Warning", reason, self.status.message)
+        self.condition("Restarting", True, reason, self.status.message)
 
     def suspend(self) -> None:
         self.stop_current_ray_job()
@@ -342,6 +343,28 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             status.phase = "Running"
             status.starting_since = None
             status.message = running_message(status)
+            self.watch_for_stall()
+
+    def watch_for_stall(self) -> None:
+        """Restart a run whose step has not moved for failurePolicy.stallTimeoutSeconds while Running: a hung
+        collective, data loader or storage, which Ray sees as a healthy job. The clock is in the status, so an operator
+        restart does not reset it."""
+        status, before = self.status, self.before
+        if (
+            status.progress.moved_time is None
+            or before.phase != "Running"
+            or status.progress.step != before.progress.step
+        ):
+            status.progress.moved_time = self.now
+            return
+        limit = self.spec.failure_policy.stall_timeout_seconds
+        idle = (self.now - status.progress.moved_time).total_seconds()
+        if limit is not None and idle > limit:
+            self.stop_current_ray_job()
+            self.restart(
+                f"no progress for {idle:.0f} s at step {status.progress.step} (stallTimeoutSeconds: {limit})",
+                reason="Stalled",
+            )
 
     def summarize(self) -> None:
         """Worker counts and the phase conditions, derived from everything above."""

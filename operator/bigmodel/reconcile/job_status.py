@@ -25,6 +25,7 @@ def absorb_report(status: BigModelJobStatus, report: TrainingReport) -> None:
         total_steps=report.total_steps or None,
         epoch=report.epoch,
         eta_seconds=int(eta) if eta is not None else None,
+        moved_time=status.progress.moved_time,  # the job decision's to move
     )
     if report.checkpoint is not None:
         if status.last_checkpoint is None or report.checkpoint.step != status.last_checkpoint.step:

@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from bigmodel.api.job import BigModelJobSpec
 from bigmodel.api.wire import PROGRESS_RECORDER_ENV, STORAGE_ENV
@@ -227,6 +227,8 @@ def run_training(
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
+        # A hung collective fails its worker in minutes (Ray Train then restarts the group from the checkpoint).
+        torch_config=TorchConfig(timeout_s=spec.failure_policy.collective_timeout_seconds),
         scaling_config=ScalingConfig(
             num_workers=spec.workers.replicas,
             use_gpu=spec.uses_gpu(),
