@@ -32,7 +32,7 @@ def shard(
     activation_checkpointing: bool = False,
     compile: bool = False,
 ) -> nn.Module:
-    """The model sharded with FSDP2 over the default process group, on the device its parameters are on.
+    """The model sharded with FSDP2 over the default process group, on this worker's GPU (or the CPU without one).
 
     bf16: parameters are gathered and computed in bfloat16 while the sharded master copy, the gradients' reduction
     and the optimizer stay in float32 (the usual policy for training on GPUs).
