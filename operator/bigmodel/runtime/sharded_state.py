@@ -5,7 +5,7 @@ over the workers. The files record each tensor's global shape, so a checkpoint w
 either strategy. The files are written into <step directory>/shards/; the step directory's completion marker is the
 caller's (bigmodel.runtime.checkpoints). Checkpoints of earlier runtimes (one state.pt written by rank 0) load too.
 
-Object-store URIs go through fsspec (s3fs, gcsfs in the image), whose credentials come from the environment.
+Object-store URIs go through fsspec (s3fs and gcsfs are in the runtime image), with credentials from the environment.
 
 For a user's own loop, with shard() from bigmodel.runtime.sharding:
 
