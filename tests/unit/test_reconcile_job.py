@@ -279,6 +279,8 @@ def test_changed_worker_count_is_applied_by_a_rebuild_that_is_not_a_restart() ->
     assert plan.status.cluster_generation == 2 and plan.status.restarts == 0
     assert reasons(plan) == ["SpecApplied"]
     assert len([o for o in plan.create if o["kind"] == "Pod"]) == 4
+    # Through Ray first, before its pods go: the old run must not write the storage the new one resumes from.
+    assert plan.ray == [StopJob(RayHead("10.0.0.7", UID, 1), submission_id(UID, 1))]
 
 
 def test_a_change_of_model_under_a_running_job_is_refused_in_a_condition() -> None:

@@ -259,6 +259,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             self.condition("SpecChangeRejected", False, "SpecApplied")
         if self.built_from_this_spec(head, RUN_SPEC_ANNOTATION):
             return False
+        self.stop_current_ray_job()
         self.build_cluster()
         self.status.phase = "Restarting"
         self.status.message = f"spec changed: rebuilding the Ray cluster with it, {resume_point(self.status)}"
