@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -140,19 +141,24 @@ def test_a_sharded_user_loop_resumes_its_checkpoint_on_more_workers(ray_cluster:
     assert loss() < untrained / 2, f"the restored model's loss is {loss():.4f}, the untrained one's {untrained:.4f}"
 
 
-def test_a_failing_user_loop_is_reported_with_its_rank_and_its_own_error(ray_cluster: str, tmp_path: Path) -> None:
+def _failure_of_user_loop(function: str, config: dict[str, Any], tmp_path: Path, **failure_policy: int) -> str:
+    """The one-line failure of a 2-worker run of a loop in tests/e2e/user_loop.py that no worker restart may absorb."""
     spec = BigModelJobSpec.model_validate(
         {
-            "workload": {"entrypoint": {"function": "user_loop:broken", "config": {"lr": 0.1}}},
+            "workload": {"entrypoint": {"function": f"user_loop:{function}", "config": config}},
             "workers": {"replicas": 2},
-            "failurePolicy": {"maxWorkerFailures": 0},
+            "failurePolicy": {"maxWorkerFailures": 0} | failure_policy,
             "runtimeEnv": _python_path(HERE),
         },
         by_alias=True,
     )
     with pytest.raises(TrainingFailed) as failed:
-        run_training("broken-loop", spec, str(tmp_path), resources_per_worker={"CPU": 1})
-    message = str(failed.value)
+        run_training(function, spec, str(tmp_path), resources_per_worker={"CPU": 1})
+    return str(failed.value)
+
+
+def test_a_failing_user_loop_is_reported_with_its_rank_and_its_own_error(ray_cluster: str, tmp_path: Path) -> None:
+    message = _failure_of_user_loop("broken", {"lr": 0.1}, tmp_path)
     # Every rank fails the same way; which one Ray Train hears from first depends on timing (rank 1 when rank 0 is
     # slower to start), and the lowest rank it heard from is reported.
     assert re.match(r"WorkerGroupError on rank [01]: ", message), message
@@ -160,22 +166,10 @@ def test_a_failing_user_loop_is_reported_with_its_rank_and_its_own_error(ray_clu
 
 
 def test_a_hung_collective_fails_its_run_within_the_collective_timeout(ray_cluster: str, tmp_path: Path) -> None:
-    timeout_s = 10
-    spec = BigModelJobSpec.model_validate(
-        {
-            # The stuck rank sleeps far longer than the timeout: only the timeout can end the run in time.
-            "workload": {
-                "entrypoint": {"function": "user_loop:hangs_in_a_collective", "config": {"sleepSeconds": 600}}
-            },
-            "workers": {"replicas": 2},
-            "failurePolicy": {"maxWorkerFailures": 0, "collectiveTimeoutSeconds": timeout_s},
-            "runtimeEnv": _python_path(HERE),
-        },
-        by_alias=True,
+    # The stuck rank sleeps far longer than the timeout: only the timeout can end the run in time.
+    message = _failure_of_user_loop(
+        "hangs_in_a_collective", {"sleepSeconds": 600}, tmp_path, collectiveTimeoutSeconds=10
     )
-    with pytest.raises(TrainingFailed) as failed:
-        run_training("hung-collective", spec, str(tmp_path), resources_per_worker={"CPU": 1})
-    message = str(failed.value)
     assert re.match(r"WorkerGroupError on rank 0: ", message), message
     assert "timed out" in message.lower() or "timeout" in message.lower(), message
 
