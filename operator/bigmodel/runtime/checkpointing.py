@@ -53,8 +53,8 @@ class Checkpointing:
 
     def save(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, epoch: int, metrics: dict[str, float]
-    ) -> float:
-        """Save the state after `step`; returns the seconds training was held up by it."""
+    ) -> None:
+        """Save the state after `step`; the seconds it held training up reach on_complete with the checkpoint."""
         started = time.perf_counter()
         self.wait()
         if self._rank == 0:
@@ -63,13 +63,10 @@ class Checkpointing:
         directory = self._store.directory(step)
         if self._stager is None:
             sharded_state.save(directory, model, optimizer, process_group=self._group)
-            stall = time.perf_counter() - started
-            self._complete(step, epoch, metrics, stall)
-            return stall
+            self._complete(step, epoch, metrics, time.perf_counter() - started)
+            return
         save = sharded_state.save_async(directory, model, optimizer, process_group=self._group, stager=self._stager)
-        stall = time.perf_counter() - started
-        self._in_flight = _InFlight(save, step, epoch, metrics, stall)
-        return stall
+        self._in_flight = _InFlight(save, step, epoch, metrics, time.perf_counter() - started)
 
     def before_update(self) -> None:
         """Call before the optimizer changes the model: waits until the save in flight has its copy of the state."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from bigmodel.runtime.errors import one_line
 from bigmodel.runtime.storage import (
     Location,
     json_writer,
@@ -58,11 +59,6 @@ class Resume:
 
 class CorruptCheckpoint(ValueError):
     """A complete checkpoint whose meta.json cannot be read as one."""
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _step_dir_name(step: int) -> str:
@@ -136,7 +132,7 @@ class CheckpointStore:
             except FileNotFoundError:
                 continue  # pruned meanwhile by another writer
             except Exception as error:  # noqa: BLE001 (torch.load, DCP and pyarrow raise anything a broken file makes)
-                skipped.append(SkippedCheckpoint(directory.uri, _one_line(error)))
+                skipped.append(SkippedCheckpoint(directory.uri, one_line(error)))
         return Resume(None, tuple(skipped))
 
     def _steps(self) -> builtins.list[int]:
@@ -150,7 +146,7 @@ class CheckpointStore:
         except FileNotFoundError:
             return None
         except ValueError as error:  # not JSON
-            raise CorruptCheckpoint(f"{META_FILE}: {_one_line(error)}") from error
+            raise CorruptCheckpoint(f"{META_FILE}: {one_line(error)}") from error
         try:
             return CheckpointInfo(
                 uri=directory.uri,
@@ -160,7 +156,7 @@ class CheckpointStore:
                 metrics={key: float(value) for key, value in meta["metrics"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise CorruptCheckpoint(f"{META_FILE}: {_one_line(error)}") from error
+            raise CorruptCheckpoint(f"{META_FILE}: {one_line(error)}") from error
 
     def _prune(self) -> None:
         complete = [info.step for info in self.list()]

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
+from bigmodel.runtime.errors import one_line
 from bigmodel.runtime.storage import Location, exists, read_torch
 
 SHARDS_DIR = "shards"
@@ -55,10 +56,7 @@ def one_line_failures(action: str) -> Iterator[None]:
         yield
     except CheckpointException as error:
         rank = min(error.failures)
-        failure = error.failures[rank][0]
-        text = str(failure).strip()
-        reason = f"{type(failure).__name__}: {text.splitlines()[0]}" if text else type(failure).__name__
-        raise ShardedStateError(f"{action} failed on rank {rank}: {reason}") from None
+        raise ShardedStateError(f"{action} failed on rank {rank}: {one_line(error.failures[rank][0])}") from None
 
 
 def _storage_writer(location: Location) -> dict[str, Any]:
