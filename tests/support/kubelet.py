@@ -196,6 +196,7 @@ class LocalKubelet:
         self._probe_period_s = probe_period_s
         self._termination_grace_s = termination_grace_s
         self._pods: dict[str, _Pod] = {}
+        self._cordoned = False
         self._thread = threading.Thread(target=self._run, name="local-kubelet", daemon=True)
         self._watching = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -232,6 +233,14 @@ class LocalKubelet:
             raise TimeoutError(f"the local kubelet did not stop within {timeout} s")
         if self._volume_root is not None:
             shutil.move(self._volume_root, self._log_dir / self._volume_root.name)
+
+    def cordon(self) -> None:
+        """Place no new pod (as `kubectl cordon` of the only node): they stay Pending, Unschedulable, until uncordon;
+        what runs goes on running."""
+        self._cordoned = True
+
+    def uncordon(self) -> None:
+        self._cordoned = False
 
     def pid_of(self, pod_name: str) -> int | None:
         """The pid of the pod's main process while it runs."""
@@ -350,6 +359,8 @@ class LocalKubelet:
             previous.gone = previous.deleted = True
             await self._terminate(previous)
         try:
+            if not bound and not await self._schedulable(pod):
+                return
             if not bound and not await self._bind(pod):
                 return
             await self._patch_status(pod, self._status(pod, "Pending", {"waiting": {"reason": "ContainerCreating"}}))
@@ -386,6 +397,17 @@ class LocalKubelet:
         except aiohttp.ClientError as exc:
             # Nobody awaits this task, so an API failure would otherwise vanish without a trace.
             print(f"local kubelet: reporting the status of pod {pod.name} failed: {exc!r}", file=sys.stderr)
+
+    async def _schedulable(self, pod: _Pod) -> bool:
+        """Wait while the node is cordoned, the pod Pending as a scheduler leaves it; False if it is deleted."""
+        if self._cordoned:
+            unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                             "message": "0/1 nodes are available: 1 node(s) were unschedulable.",
+                             "lastTransitionTime": _now()}
+            await self._patch_status(pod, {"phase": "Pending", "conditions": [unschedulable]})
+        while self._cordoned and not pod.deleted:
+            await asyncio.sleep(self._probe_period_s)
+        return not pod.deleted
 
     async def _bind(self, pod: _Pod) -> bool:
         """Bind the pod to this node, as the scheduler would; False when the server refuses (bound elsewhere, being
@@ -605,7 +627,9 @@ class LocalKubelet:
                                                            {"running": {"startedAt": pod.started_at}}))
 
     async def _terminate(self, pod: _Pod) -> None:
-        """SIGTERM, then SIGKILL after the grace period; done when every process the pod started has exited.
+        """SIGTERM to the main process, as a container runtime sends it to PID 1; once that has exited, or the grace
+        period is over, SIGKILL to what is left, as the kernel kills a PID namespace whose init ends. Done when every
+        process the pod started has exited.
 
         A real pod's processes die with its network namespace; here a daemon the container started (Ray's GCS) may
         outlive the container's main process, and would hold its port for the next pod.
@@ -617,12 +641,13 @@ class LocalKubelet:
         descendants: list[psutil.Process] = []
         with contextlib.suppress(psutil.Error):
             descendants = psutil.Process(process.pid).children(recursive=True)
-        self._kill_group(pod, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), self._termination_grace_s if pod.grace_s is None else pod.grace_s)
-        except asyncio.TimeoutError:
-            self._kill_group(pod, signal.SIGKILL)
-            await process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        grace_s = self._termination_grace_s if pod.grace_s is None else min(pod.grace_s, self._termination_grace_s)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(process.wait(), grace_s)
+        self._kill_group(pod, signal.SIGKILL)
+        await process.wait()
         _, alive = await asyncio.to_thread(psutil.wait_procs, descendants, timeout=self._termination_grace_s)
         for leftover in alive:
             with contextlib.suppress(psutil.Error):

@@ -427,8 +427,19 @@ def test_security_and_lifecycle(digits: BigModelJob, role: str) -> None:
         "readOnlyRootFilesystem": False,
     }
     assert spec["restartPolicy"] == "Never"
-    assert spec["terminationGracePeriodSeconds"] == 60
+    assert spec["terminationGracePeriodSeconds"] == 120
     assert spec["enableServiceLinks"] is False
+
+
+def test_a_jobs_grace_period_is_its_own_and_ray_drains_its_nodes_for_most_of_it(digits: BigModelJob) -> None:
+    """On SIGTERM Ray marks the node draining for this long: the run checkpoints within it, and Ray still has the
+    rest of the grace period to stop before the kubelet's SIGKILL."""
+    job = digits.model_copy(update={"spec": digits.spec.model_copy(update={"termination_grace_period_seconds": 300})})
+    for pod in (job_head_pod(job, 1), job_worker_pod(job, 1, 0)):
+        assert pod["spec"]["terminationGracePeriodSeconds"] == 300
+        env = {entry["name"]: entry.get("value") for entry in container(pod)["env"]}
+        assert env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == "290"
+        assert env["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] == "1"
 
 
 @pytest.mark.parametrize(("role", "path", "port"), [

@@ -258,29 +258,50 @@ def test_active_deadline_fails_the_job_and_stops_the_run() -> None:
     assert len(cleanup(job, plan, observe(job)).delete_pods) == 3
 
 
-def test_suspend_deletes_pods_keeps_status_and_resume_builds_a_new_cluster() -> None:
+def stopping(pods: list[PodView]) -> list[PodView]:
+    """The pods as a pass after their deletion sees them: Terminating, their run checkpointing."""
+    return [replace(p, deleting=True) for p in pods]
+
+
+def test_suspend_deletes_pods_keeps_status_and_resume_builds_a_new_cluster_once_the_old_pods_are_gone() -> None:
     checkpoint = CheckpointRef(path="p", step=40, epoch=1, time=NOW)
     job = make_job(running(restarts=1, lastCheckpoint=checkpoint.model_dump()), suspend=True)
-    plan = decide_job(job, observe(job))
+    seen = observe(job)
+    plan = decide_job(job, seen)
     assert plan.status.phase == "Suspended" and reasons(plan) == ["Suspended"]
-    assert plan.ray_calls(StopJob) and len(plan.delete_pods) == 3 and plan.status.restarts == 1
+    assert len(plan.delete_pods) == 3 and plan.status.restarts == 1
+    # Not through Ray: that would end the run at once, where the pods' SIGTERM has it checkpoint first.
+    assert not plan.ray_calls(StopJob)
     resumed = make_job(plan.status, suspend=False)
-    again = decide_job(resumed, JobObservation(now=NOW))
-    assert again.status.phase == "Starting" and again.status.cluster_generation == 2
-    assert again.status.restarts == 1, "a suspension is not a failure"
-    assert reasons(again) == ["Resumed"] and again.status.start_time == NOW
+    waiting = decide_job(resumed, JobObservation(now=NOW, pods=stopping(seen.pods)))
+    assert waiting.status.phase == "Starting" and waiting.status.cluster_generation == 2
+    assert waiting.status.restarts == 1, "a suspension is not a failure"
+    assert reasons(waiting) == ["Resumed"] and waiting.status.start_time == NOW
+    assert waiting.create == [], "the new cluster must not start before the old run stopped with its checkpoint"
+    resumed.status = waiting.status
+    still = decide_job(resumed, JobObservation(now=NOW + timedelta(seconds=5), pods=stopping(seen.pods)))
+    assert still.create == [] and "checkpoint and stop" in still.status.message
+    gone = decide_job(resumed, JobObservation(now=NOW + timedelta(seconds=10)))
+    assert len([o for o in gone.create if o["kind"] == "Pod"]) == 3 and gone.status.restarts == 1
+    # A lost node's pods stay Terminating for ever: the wait ends with the grace period and its margin.
+    late = NOW + timedelta(seconds=job.spec.termination_grace_period_seconds + 31)
+    stuck = decide_job(resumed, JobObservation(now=late, pods=stopping(seen.pods)))
+    assert len([o for o in stuck.create if o["kind"] == "Pod"]) == 3
 
 
-def test_changed_worker_count_is_applied_by_a_rebuild_that_is_not_a_restart() -> None:
+def test_changed_worker_count_is_applied_by_a_rebuild_after_the_old_run_checkpointed() -> None:
     job = make_job(running())
     pods, services = cluster(job)
     rescaled = make_job(running(), workers={"replicas": 3})
     plan = decide_job(rescaled, running_observation(pods, services, 1))
     assert plan.status.cluster_generation == 2 and plan.status.restarts == 0
-    assert reasons(plan) == ["SpecApplied"]
-    assert len([o for o in plan.create if o["kind"] == "Pod"]) == 4
-    # Through Ray first, before its pods go: the old run must not write the storage the new one resumes from.
-    assert plan.ray == [StopJob(RayHead("10.0.0.7", UID, 1), submission_id(UID, 1))]
+    assert reasons(plan) == ["SpecApplied"] and sorted(plan.delete_pods) == ["demo-g1-head", "demo-g1-w0", "demo-g1-w1"]
+    # The old run is not stopped through Ray, and the new cluster waits until its pods are gone: the old run
+    # checkpoints as they stop, and writes nothing after the new run resumed from that checkpoint.
+    assert plan.ray == [] and plan.create == []
+    rescaled.status = plan.status
+    built = decide_job(rescaled, JobObservation(now=NOW + timedelta(seconds=3)))
+    assert len([o for o in built.create if o["kind"] == "Pod"]) == 4
 
 
 def test_a_change_of_model_under_a_running_job_is_refused_in_a_condition() -> None:

@@ -139,10 +139,39 @@ class Workload(Model):
         return self
 
 
+_MIN_REPLICAS = "minReplicas must be at most replicas"
+
+
 class WorkerGroup(NodeGroup):
     """The Ray worker pods; one Ray Train worker runs on each."""
 
     replicas: int = Field(1, ge=1, le=1024, description="Number of worker pods, and of data-parallel workers.")
+    min_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Elastic training: when workers are lost, the run goes on with as few as this (resharded from the "
+        "latest checkpoint, the global batch kept by gradient accumulation) and grows back to replicas at a "
+        "checkpoint when their pods return; null: always replicas.",
+    )
+
+    model_config = NodeGroup.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.minReplicas) || self.minReplicas <= self.replicas", "message": _MIN_REPLICAS}
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _min_within_replicas(self) -> WorkerGroup:
+        if self.min_replicas is not None and self.min_replicas > self.replicas:
+            raise ValueError(_MIN_REPLICAS)
+        return self
+
+    def worker_range(self) -> tuple[int, int]:
+        """The fewest and the most data-parallel workers a run may have."""
+        return (self.min_replicas or self.replicas, self.replicas)
 
 
 class CheckpointSpec(Model):
@@ -263,7 +292,17 @@ class BigModelJobSpec(RayClusterSpec):
         description="Fail the job (StartupDeadlineExceeded) when a new Ray cluster has not started its run this long "
         "after it was created (unschedulable pods, image pull or config errors); null waits for ever.",
     )
-    suspend: bool = Field(False, description="Delete the pods but keep checkpoints and status; false resumes.")
+    suspend: bool = Field(
+        False,
+        description="Delete the pods, after the run checkpoints, and keep checkpoints and status; false resumes.",
+    )
+    termination_grace_period_seconds: int = Field(
+        120,
+        ge=10,
+        le=86400,
+        description="The pods' grace period: on SIGTERM (node drain, spot reclaim, suspend, rebuild) the run saves a "
+        "checkpoint at its next step before Ray stops. Set it above a step plus a checkpoint save.",
+    )
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the job this long after it Succeeded or Failed."
     )
@@ -312,6 +351,9 @@ class WorkerCounts(Model):
     desired: int = Field(0, description="Worker pods the spec asks for.")
     ready: int = Field(0, description="Worker pods running and ready.")
     replaced: int = Field(0, description="Worker pods recreated after a failure, over the job's life.")
+    training: int = Field(
+        0, description="Workers the run trains on now; an elastic run (minReplicas) may have fewer than desired."
+    )
 
 
 class CheckpointRef(Model):
@@ -336,6 +378,9 @@ class Progress(Model):
     total_steps: int | None = Field(None, description="Optimizer steps planned.")
     epoch: int = Field(0, description="Current epoch (0-based).")
     eta_seconds: int | None = Field(None, description="Estimated seconds left at the current speed.")
+    steps_redone: int = Field(
+        0, description="Steps of this run trained twice: those since the last checkpoint when a worker was lost."
+    )
     moved_time: datetime | None = Field(
         None, description="When the step last moved (or the run began running): the stall clock's start."
     )

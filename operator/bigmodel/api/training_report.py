@@ -22,6 +22,7 @@ class TrainingReport(BaseModel):
     worker_restarts: int = Field(0, description="Restarts of the worker group inside this run.")
     resumed_from_step: int = Field(0, description="The checkpoint step the current attempt started from.")
     steps_redone: int = Field(0, description="Steps trained again after failures: work lost since the checkpoints.")
+    world_size: int = Field(0, description="Workers of the current attempt; an elastic run may have fewer than asked.")
     checkpoint: CheckpointRef | None = None
     model_uri: str | None = None
     done: bool = False

@@ -77,6 +77,10 @@ RAY_USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 RAY_AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+RAY_DRAIN_TIMEOUT_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
+"""How long `ray start` keeps its node draining on SIGTERM before it kills the node's processes."""
+RAY_TRAIN_PREEMPTION_POLL_ENV = "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"
+"""How often Ray Train looks for draining nodes under its workers."""
 # A cluster's Ray token: one Secret per cluster generation, owned by the resource.
 TOKEN_SECRET_KEY = "token"
 BEARER_PREFIX = "Bearer "
@@ -147,6 +151,8 @@ RESERVED_ENV = frozenset(
         RAY_AUTH_MODE_ENV,
         RAY_AUTH_TOKEN_ENV,
         RAY_AUTH_TOKEN_PATH_ENV,
+        RAY_DRAIN_TIMEOUT_ENV,
+        RAY_TRAIN_PREEMPTION_POLL_ENV,
         API_KEYS_ENV,
         MAX_BODY_BYTES_ENV,
         MAX_IN_FLIGHT_ENV,

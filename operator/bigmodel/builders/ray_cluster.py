@@ -31,8 +31,11 @@ from bigmodel.builders.serving_env import serving_env
 
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
-# Long enough for a checkpoint that is being written when the pod is deleted to complete.
+# A service's pods: long enough for Ray to drain a node's Serve replicas. A job's say in its spec how long a
+# checkpoint may take (terminationGracePeriodSeconds).
 TERMINATION_GRACE_SECONDS = 60
+# What Ray needs of a grace period to stop a node's processes once its drain is over.
+RAY_STOP_SECONDS = 10
 
 _RAY_PORTS = {"gcs": RAY_GCS_PORT, "dashboard": RAY_DASHBOARD_PORT, "client": RAY_CLIENT_PORT}
 # Jobs' drivers report progress on the head; services' Serve proxy listens there (proxy_location HeadOnly).
@@ -73,6 +76,7 @@ def _env(owner: ClusterOwner, generation: int) -> list[dict[str, Any]]:
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         *token_env(owner, generation),
         *serving_env(owner),
+        *_preemption_env(owner),
         *(variable.to_wire() for variable in owner.spec.env),
     ]
 
@@ -128,7 +132,7 @@ def _pod(
         "volumes": volumes(group.resources.memory, claim),
         # The operator replaces failed pods itself, so it can count replacements against the failure budget.
         "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": _grace_seconds(owner),
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         **scheduling(group),
@@ -141,6 +145,24 @@ def _pod(
     if owner.spec.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": secret} for secret in owner.spec.image_pull_secrets]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": object_metadata(owner, name, pod_labels), "spec": spec}
+
+
+def _grace_seconds(owner: ClusterOwner) -> int:
+    return owner.spec.termination_grace_period_seconds if isinstance(owner, BigModelJob) else TERMINATION_GRACE_SECONDS
+
+
+def _preemption_env(owner: ClusterOwner) -> list[dict[str, str]]:
+    """On SIGTERM `ray start` marks its node draining, with a deadline, before it stops the node: the run sees the
+    drain, checkpoints at its next step and lets Ray Train restart it from there (`runtime/interruptions`). The
+    drain lasts the grace period less what Ray needs to stop its processes afterwards."""
+    if not isinstance(owner, BigModelJob):
+        return []
+    grace = _grace_seconds(owner)
+    drain = max(grace - RAY_STOP_SECONDS, grace * 3 // 4)
+    return [
+        {"name": wire.RAY_DRAIN_TIMEOUT_ENV, "value": str(drain)},
+        {"name": wire.RAY_TRAIN_PREEMPTION_POLL_ENV, "value": "1"},
+    ]
 
 
 # A worker pod that dies takes its raylet with it. With Ray's defaults the GCS needs several missed 3 s health checks

@@ -19,7 +19,13 @@ from bigmodel.builders.ray_job import ray_job_submission
 from bigmodel.reconcile.decision import Decision, digest
 from bigmodel.reconcile.job_ledger import catch_up, stamp
 from bigmodel.reconcile.job_observed import JobObservation
-from bigmodel.reconcile.job_status import absorb_report, resume_point, running_message, success_message
+from bigmodel.reconcile.job_status import (
+    absorb_report,
+    resize_message,
+    resume_point,
+    running_message,
+    success_message,
+)
 from bigmodel.reconcile.observed import ClusterObservation, PodView
 from bigmodel.reconcile.plans import Outcome, Plan, StopJob, SubmitJob
 
@@ -34,6 +40,8 @@ CONDITION_OF_PHASE = {
 PODS_READY = "PodsReady"
 POLL_RUNNING_S = 3.0
 POLL_STARTING_S = 2.0
+# Beyond the pods' grace period, how long a new cluster waits for the old one's pods to be gone.
+OLD_CLUSTER_MARGIN_S = 30.0
 
 JobPlan = Plan[BigModelJobStatus]
 
@@ -91,15 +99,30 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         if head is not None and head.pod_ip and ray_job is not None and ray_job.state in ("PENDING", "RUNNING"):
             self.plan.ray.append(StopJob(head.ray_head, ray_job.submission_id))
 
-    def build_cluster(self) -> None:
-        """A new generation of the cluster, replacing every other; its run resumes from the latest checkpoint."""
+    def build_cluster(self, *, after_old_stopped: bool = False) -> None:
+        """A new generation of the cluster, replacing every other; its run resumes from the latest checkpoint.
+
+        The old generation's pods are deleted with their grace period, in which their run checkpoints. With
+        `after_old_stopped` the new pods are made only once the old ones are gone (a later pass, `converge`), so
+        that the new run resumes from that checkpoint and the old one writes nothing after it.
+        """
         generation = self.clusters.next_generation(self.status.cluster_generation)
         self.status.cluster_generation = generation
-        self.clusters.keep_only(generation)
-        self.clusters.build(generation, self.spec.workers.replicas)
-        self.status.ray_job_id = None
         self.status.starting_since = self.now
+        self.clusters.keep_only(generation)
+        if not (after_old_stopped and self.old_clusters_stopping(generation)):
+            self.clusters.build(generation, self.spec.workers.replicas)
+        self.status.ray_job_id = None
+        self.status.workers.training = 0
         self.status.checkpoint_storage = self.spec.checkpoint.storage
+
+    def old_clusters_stopping(self, generation: int) -> bool:
+        """Whether pods of another generation are still there, within their grace period and a margin: a lost
+        node's pods may stay Terminating for ever."""
+        since = self.status.starting_since or self.now
+        waited = (self.now - since).total_seconds()
+        limit = self.spec.termination_grace_period_seconds + OLD_CLUSTER_MARGIN_S
+        return waited < limit and any(pod.generation != generation for pod in self.seen.pods)
 
     # Outcomes.
 
@@ -145,7 +168,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         self.condition("Restarting", True, reason, self.status.message)
 
     def suspend(self) -> None:
-        self.stop_current_ray_job()
+        # The pods' SIGTERM makes the run checkpoint before Ray stops: the resumed run loses no step.
         self.clusters.remove_all()
         self.status.starting_since = None
         if self.status.phase != "Suspended":
@@ -182,7 +205,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         if status.phase == "Suspended" or status.cluster_generation == 0:
             resumed = status.phase == "Suspended"
             status.start_time = self.now if resumed or status.start_time is None else status.start_time
-            self.build_cluster()
+            self.build_cluster(after_old_stopped=resumed)
             status.phase = "Starting"
             status.message = (
                 f"creating Ray cluster {self.job.metadata.name}-g{status.cluster_generation}: "
@@ -198,10 +221,16 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             return
         health = self.clusters.health(generation)
         if health.state == "absent" and status.starting_since is not None:
-            # Never seen running: its creation failed part-way (a quota, a webhook, a lost status write). Making what
-            # is missing is a retry, not a restart.
-            self.clusters.build(generation, self.spec.workers.replicas)
             self.plan.requeue_after = POLL_STARTING_S
+            if self.old_clusters_stopping(generation):
+                status.message = (
+                    f"waiting for the previous Ray cluster's pods to checkpoint and stop before creating "
+                    f"{self.job.metadata.name}-g{generation}"
+                )
+                return
+            # Never seen running: its creation failed part-way (a quota, a webhook, a lost status write), or it waited
+            # for the old cluster to stop. Making what is missing is a retry, not a restart.
+            self.clusters.build(generation, self.spec.workers.replicas)
             return
         if health.head is None or health.state != "up":
             self.restart(health.why)
@@ -240,9 +269,16 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         if not any(c.type == PODS_READY and c.message == message for c in self.before.conditions):
             self.event("Warning", reason, message)
         self.condition(PODS_READY, False, reason, message)
+        if self.status.phase == "Running" and self.enough_workers_for_elastic_run(generation):
+            return  # it trains on the workers it has, and grows when the stuck ones start
         self.status.phase = "Pending"
         self.status.message = f"pods cannot start: {message}"
         self.plan.requeue_after = POLL_STARTING_S
+
+    def enough_workers_for_elastic_run(self, generation: int) -> bool:
+        fewest = self.spec.workers.min_replicas
+        ready = sum(1 for pod in self.seen.workers(generation) if pod.ready and not pod.failed)
+        return fewest is not None and ready >= fewest
 
     def spec_changed(self, head: PodView) -> bool:
         """A spec edit under a running job: rebuild to apply it, or refuse it when it would change the model."""
@@ -259,10 +295,12 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             self.condition("SpecChangeRejected", False, "SpecApplied")
         if self.built_from_this_spec(head, RUN_SPEC_ANNOTATION):
             return False
-        self.stop_current_ray_job()
-        self.build_cluster()
+        self.build_cluster(after_old_stopped=True)
         self.status.phase = "Restarting"
-        self.status.message = f"spec changed: rebuilding the Ray cluster with it, {resume_point(self.status)}"
+        self.status.message = (
+            f"spec changed: rebuilding the Ray cluster with it once the run checkpointed and stopped, "
+            f"{resume_point(self.status)}"
+        )
         self.event("Normal", "SpecApplied", self.status.message)
         return True
 
@@ -318,6 +356,12 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         status.dashboard_url = dashboard_url(head.pod_ip)
         if self.seen.report is not None:
             absorb_report(status, self.seen.report)
+            resized = resize_message(
+                self.before.workers.training, status.workers.training, self.spec.workers.replicas, status
+            )
+            if resized is not None:
+                self.event("Normal" if status.workers.training > self.before.workers.training else "Warning",
+                           "WorkersResized", resized)
             for uri in status.skipped_checkpoints:
                 if uri not in self.before.skipped_checkpoints:
                     why = self.seen.report.skipped_checkpoints.get(uri, "")
@@ -374,6 +418,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         desired = 0 if status.phase in (*TERMINAL, "Suspended") else self.spec.workers.replicas
         ready = min(desired, sum(1 for pod in live if pod.ready and not pod.failed))
         status.workers.desired, status.workers.ready = desired, ready
+        status.workers.training = min(status.workers.training, desired)
         status.workers_ready = f"{ready}/{desired}"
         self.condition("Created", status.cluster_generation > 0, "ClusterCreated" if status.cluster_generation else "")
         for phase, type_ in CONDITION_OF_PHASE.items():

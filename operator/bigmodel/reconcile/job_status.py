@@ -11,6 +11,7 @@ from bigmodel.api.training_report import TrainingReport
 def absorb_report(status: BigModelJobStatus, report: TrainingReport) -> None:
     """The driver's latest report, as the status's progress, metrics, last checkpoint and model."""
     status.worker_failures = max(status.worker_failures, report.worker_restarts)
+    status.workers.training = report.world_size or status.workers.training
     metrics = {name: value for name, value in report.metrics.items() if value is not None and math.isfinite(value)}
     status.metrics = TrainingMetrics(
         loss=metrics.get("loss"),
@@ -25,6 +26,7 @@ def absorb_report(status: BigModelJobStatus, report: TrainingReport) -> None:
         total_steps=report.total_steps or None,
         epoch=report.epoch,
         eta_seconds=int(eta) if eta is not None else None,
+        steps_redone=report.steps_redone,
         moved_time=status.progress.moved_time,  # the job decision's to move
     )
     if report.checkpoint is not None:
@@ -51,3 +53,14 @@ def success_message(status: BigModelJobStatus) -> str:
 def resume_point(status: BigModelJobStatus) -> str:
     checkpoint = status.last_checkpoint
     return f"resuming from checkpoint step {checkpoint.step}" if checkpoint else "starting over: no checkpoint yet"
+
+
+def resize_message(before: int, now: int, desired: int, status: BigModelJobStatus) -> str | None:
+    """Why the run's world size changed, once it trains on another number of workers than before."""
+    if not before or not now or before == now:
+        return None
+    checkpoint = status.last_checkpoint
+    since = f", from checkpoint step {checkpoint.step}" if checkpoint else ""
+    if now < before:
+        return f"training goes on with {now} of {desired} workers{since}: workers were lost and none replaced them yet"
+    return f"training grew to {now} of {desired} workers{since}: capacity came back"

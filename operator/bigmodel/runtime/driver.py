@@ -32,6 +32,11 @@ from bigmodel.runtime.storage import StorageUnwritable, probe_writable
 from bigmodel.runtime.tasks import make_task
 from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop, plan_steps
 
+# How long an elastic run waits for all its workers before it starts with those there are, and how often Ray Train
+# looks for room to grow it.
+ELASTIC_START_WAIT_S = 60.0
+ELASTIC_RESIZE_CHECK_S = 10.0
+
 
 class TrainingFailed(RuntimeError):
     """The run failed beyond its worker-failure budget, or the workload itself raised."""
@@ -74,12 +79,34 @@ def _import_function(reference: str) -> Callable[[dict[str, Any]], Any]:
     return function
 
 
-def _check_plan(settings: LoopSettings, workers: int) -> None:
+def _check_plan(settings: LoopSettings) -> None:
     """Refuse a run whose data cannot fill one step before any worker starts, rather than fail on every retry."""
     try:
-        plan_steps(settings, len(make_task(settings.workload).dataset()), workers)  # type: ignore[arg-type]
+        plan_steps(settings, len(make_task(settings.workload).dataset()))  # type: ignore[arg-type]
     except ValueError as error:
         raise TrainingCannotRun(f"spec.workload.builtin: {error}") from error
+
+
+def _room_for(workers: int, resources_per_worker: Mapping[str, float]) -> int:
+    """How many workers the cluster's nodes could hold, busy or not."""
+    fits = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            fits += min(int(have.get(name, 0.0) // amount) for name, amount in resources_per_worker.items() if amount)
+    return min(fits, workers)
+
+
+def wait_for_room(workers: int, resources_per_worker: Mapping[str, float], timeout_s: float) -> int:
+    """Wait, up to timeout_s, until the cluster's nodes can hold `workers`; returns how many they can.
+
+    An elastic run starts with the workers there are: without this wait, one started while the last worker pods
+    are still joining would start small and restart to grow moments later.
+    """
+    deadline = time.monotonic() + timeout_s
+    while (room := _room_for(workers, resources_per_worker)) < workers and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return room
 
 
 def _root_cause(error: BaseException) -> str:
@@ -201,6 +228,10 @@ def run_training(
         runtime_env.get("env_vars", {}) | dict(env or {}) | {STORAGE_ENV: storage, PROGRESS_RECORDER_ENV: recorder_name}
     )
 
+    fewest, most = spec.workers.worker_range()
+    elastic = fewest < most
+    if elastic:
+        wait_for_room(most, resources_per_worker, ELASTIC_START_WAIT_S)
     if workload.builtin is not None:
         settings = LoopSettings(
             workload=workload.builtin,
@@ -211,8 +242,11 @@ def run_training(
             every_epochs=spec.checkpoint.every_epochs,
             async_save=spec.checkpoint.async_save,
             progress_interval_s=progress_interval_s,
+            replicas=spec.workers.replicas,
+            head_node=ray.get_runtime_context().get_node_id(),
+            worker_resources=dict(resources_per_worker) if elastic else None,
         )
-        _check_plan(settings, spec.workers.replicas)
+        _check_plan(settings)
         loop: Callable[[dict[str, Any]], Any] = builtin_train_loop
         loop_config: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "recorder": recorder}
         callbacks: list[ReportForwarder] = []
@@ -230,7 +264,9 @@ def run_training(
         # A hung collective fails its worker in minutes (Ray Train then restarts the group from the checkpoint).
         torch_config=TorchConfig(timeout_s=spec.failure_policy.collective_timeout_seconds),
         scaling_config=ScalingConfig(
-            num_workers=spec.workers.replicas,
+            # An elastic run goes on with as few as minReplicas workers and grows back when there is room again.
+            num_workers=(fewest, most) if elastic else most,
+            elastic_resize_monitor_interval_s=ELASTIC_RESIZE_CHECK_S,
             use_gpu=spec.uses_gpu(),
             resources_per_worker=resources_per_worker,
         ),

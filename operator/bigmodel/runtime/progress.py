@@ -6,6 +6,7 @@ run across failures: which step each attempt resumed from and how far each got.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Mapping
@@ -75,6 +76,8 @@ class Attempt:
     resumed_from_step: int
     last_step: int
     started_at: float
+    world_size: int = 0
+    """Workers of the attempt (0: not told, as with a user loop)."""
 
 
 @dataclass
@@ -116,9 +119,9 @@ class ProgressLog:
         self._checkpoints: list[ProgressEvent] = []
         self._skipped: dict[str, str] = {}
 
-    def begin_attempt(self, resumed_from_step: int) -> int:
+    def begin_attempt(self, resumed_from_step: int, world_size: int = 0) -> int:
         number = len(self._attempts)
-        self._attempts.append(Attempt(number, resumed_from_step, resumed_from_step, time.time()))
+        self._attempts.append(Attempt(number, resumed_from_step, resumed_from_step, time.time(), world_size))
         return number
 
     def record(self, event: ProgressEvent) -> None:
@@ -129,7 +132,7 @@ class ProgressLog:
         if self._attempts:
             current = self._attempts[-1]
             if event.step > current.last_step:
-                self._attempts[-1] = Attempt(current.number, current.resumed_from_step, event.step, current.started_at)
+                self._attempts[-1] = dataclasses.replace(current, last_step=event.step)
         if event.kind == "checkpoint":
             self._checkpoints.append(event)
         self._skipped.update(event.skipped_checkpoints)
@@ -175,6 +178,7 @@ def training_report(snapshot: ProgressSnapshot) -> TrainingReport:
         worker_restarts=snapshot.worker_restarts,
         resumed_from_step=snapshot.attempts[-1].resumed_from_step if snapshot.attempts else 0,
         steps_redone=snapshot.steps_trained_twice(),
+        world_size=snapshot.attempts[-1].world_size if snapshot.attempts else 0,
         skipped_checkpoints=dict(snapshot.skipped),
     )
     if latest is None:

@@ -2,12 +2,18 @@
 
 Every start of the loop (the first, and each restart of the worker group after a failure) resumes
 from the latest completed checkpoint in storage, so a failure costs at most one checkpoint interval,
-whatever the number of workers that wrote it.
+whatever the number of workers that wrote it; a preemption costs none (`interruptions`).
+
+A step is the same whatever the number of workers that take it: `replicas` x `gradientAccumulationSteps`
+micro-batches of `batchSize`, in an order fixed by the seed and the epoch alone, dealt out to the workers in turn. An
+elastic run on fewer workers than replicas gives each more micro-batches to accumulate, so its global batch, its
+data order and its learning-rate schedule stay those of the full run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,13 +22,13 @@ import ray.train
 import ray.train.torch
 import torch
 from pydantic import BaseModel, ConfigDict
-from torch.utils.data import Dataset, DistributedSampler
 
 from bigmodel.api.job import BuiltinWorkload, TrainingSpec
 from bigmodel.runtime import sharded_state, sharding
 from bigmodel.runtime.artifacts import export_model
 from bigmodel.runtime.checkpointing import Checkpointing
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
+from bigmodel.runtime.interruptions import Interruptions
 from bigmodel.runtime.progress import ProgressEvent, percent_and_eta
 from bigmodel.runtime.schedule import learning_rate_at
 from bigmodel.runtime.tasks import TrainingTask, make_task
@@ -36,6 +42,12 @@ class LoopSettings(BaseModel):
     workload: BuiltinWorkload
     training: TrainingSpec = TrainingSpec()
     storage: str
+    replicas: int = 1
+    """The workers the global batch is made for (spec.workers.replicas); an elastic run may have fewer."""
+    head_node: str | None = None
+    """The driver's Ray node: when it is being drained, the run checkpoints too."""
+    worker_resources: dict[str, float] | None = None
+    """What one worker takes of a Ray node, for an elastic run to see room for one more; None: not elastic."""
     keep_last: int
     every_steps: int | None
     every_epochs: int | None
@@ -65,14 +77,18 @@ class StepPlan(BaseModel):
         return bool(epoch_done and every_epochs and (step // self.steps_per_epoch) % every_epochs == 0)
 
 
-def plan_steps(settings: LoopSettings, samples: int, world_size: int) -> StepPlan:
+def micro_batches_per_step(settings: LoopSettings) -> int:
+    return settings.replicas * settings.training.gradient_accumulation_steps
+
+
+def plan_steps(settings: LoopSettings, samples: int) -> StepPlan:
     workload = settings.workload
     accumulation = settings.training.gradient_accumulation_steps
-    steps_per_epoch = samples // world_size // (workload.batch_size * accumulation)
+    steps_per_epoch = samples // (workload.batch_size * micro_batches_per_step(settings))
     if steps_per_epoch < 1:
         times = f" x {accumulation} accumulated" if accumulation > 1 else ""
         raise ValueError(
-            f"batchSize {workload.batch_size} x {world_size} workers{times} is larger than the {samples} "
+            f"batchSize {workload.batch_size} x {settings.replicas} workers{times} is larger than the {samples} "
             "training samples"
         )
     total = workload.epochs * steps_per_epoch
@@ -114,15 +130,6 @@ def _distribute(
     return ray.train.torch.prepare_model(model)
 
 
-def _epoch_batches(
-    sampler: DistributedSampler[Any], epoch: int, batch_size: int, steps: int, skip: int
-) -> list[list[int]]:
-    """This rank's batches of one epoch, the first `skip` left out: the order is fixed by seed and epoch."""
-    sampler.set_epoch(epoch)
-    indices = list(sampler)
-    return [indices[i * batch_size : (i + 1) * batch_size] for i in range(skip, steps)]
-
-
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -161,21 +168,27 @@ class _Throughput:
         return figures
 
 
-def _steps(
-    dataset: Dataset[Any], settings: LoopSettings, plan: StepPlan, start: int, rank: int, world: int
-) -> Iterator[tuple[int, list[list[int]]]]:
-    """(epoch, batches) for each epoch left, starting mid-epoch when resuming."""
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=settings.workload.seed, drop_last=True
-    )
+def steps(samples: int, settings: LoopSettings, plan: StepPlan, start: int) -> Iterator[tuple[int, list[list[int]]]]:
+    """(epoch, the micro-batches of the whole step) for each step left, from `start`: the same on every rank, and
+    for any number of workers."""
+    micro, per_step = settings.workload.batch_size, micro_batches_per_step(settings)
     step = start
     while step < plan.total_steps:
         epoch = plan.epoch_of(step)
-        skip = step - epoch * plan.steps_per_epoch
-        last = min(plan.steps_per_epoch, plan.total_steps - epoch * plan.steps_per_epoch)
-        step_batch = settings.workload.batch_size * settings.training.gradient_accumulation_steps
-        yield epoch, _epoch_batches(sampler, epoch, step_batch, last, skip)
-        step = epoch * plan.steps_per_epoch + last
+        first = epoch * plan.steps_per_epoch
+        last = min(plan.steps_per_epoch, plan.total_steps - first)
+        order = torch.randperm(samples, generator=torch.Generator().manual_seed(settings.workload.seed + epoch))
+        for index in range(step - first, last):
+            taken = order[index * per_step * micro : (index + 1) * per_step * micro].tolist()
+            yield epoch, [taken[j * micro : (j + 1) * micro] for j in range(per_step)]
+        step = first + last
+
+
+def dealt(micro_batches: list[list[int]], rank: int, world: int) -> list[list[int] | None]:
+    """This rank's share of a step's micro-batches, dealt out in turn, padded with None to as many as any rank
+    gets: every rank runs the same number of forward and backward passes, which sharded training requires."""
+    mine: list[list[int] | None] = list(micro_batches[rank::world])
+    return mine + [None] * (math.ceil(len(micro_batches) / world) - len(mine))
 
 
 class _Run:
@@ -190,7 +203,7 @@ class _Run:
         workload, training = settings.workload, settings.training
         self.task = make_task(workload)
         self.dataset = self.task.dataset()
-        self.plan = plan_steps(settings, len(self.dataset), self.world)  # type: ignore[arg-type]
+        self.plan = plan_steps(settings, len(self.dataset))  # type: ignore[arg-type]
 
         torch.manual_seed(workload.seed)
         bf16 = _uses_bf16(workload.precision, self.device)
@@ -205,19 +218,30 @@ class _Run:
             async_save=settings.async_save,
             on_complete=self._saved,
         )
+        self.interruptions = Interruptions(
+            self.checkpoints.group,
+            {ray.get_runtime_context().get_node_id(), *([settings.head_node] if settings.head_node else [])},
+            self._room_for_another_worker if self.rank == 0 and settings.worker_resources else None,
+        )
         resume = self.checkpoints.resume(self.model, self.optimizer)
         self.skipped = resume.skipped
         self.step = resume.checkpoint.step if resume.checkpoint else 0
         self.state_bytes: int | None = None
         self._first_step = self.step
         self._started = time.monotonic()
-        self.attempt = ray.get(self.recorder.begin_attempt.remote(self.step)) if self.recorder else 0
+        self.attempt = ray.get(self.recorder.begin_attempt.remote(self.step, self.world)) if self.recorder else 0
+
+    def _room_for_another_worker(self) -> bool:
+        if self.world >= self.settings.replicas or not self.settings.worker_resources:
+            return False
+        free = ray.available_resources()
+        return all(free.get(name, 0.0) >= amount for name, amount in self.settings.worker_resources.items())
 
     def progress(self) -> dict[str, float]:
         """Fraction of the planned steps done and, once this attempt has a speed, the seconds left."""
         done, elapsed = self.step - self._first_step, time.monotonic() - self._started
         _, eta = percent_and_eta(self.step, self.plan.total_steps, done / elapsed if done > 0 else None)
-        figures = {"progress": self.step / self.plan.total_steps}
+        figures = {"progress": self.step / self.plan.total_steps, "world_size": float(self.world)}
         if eta is not None:
             figures["eta_seconds"] = float(eta)
         if self.state_bytes is not None:
@@ -240,20 +264,28 @@ class _Run:
         )
         self.recorder.record.remote(event)
 
-    def train_step(self, indices: list[int]) -> tuple[int, int, float]:
-        """One optimizer step over this worker's indices, in micro-batches of batchSize; returns the samples and
-        tokens it trained on and its mean loss."""
-        training, micro = self.settings.training, self.settings.workload.batch_size
-        chunks = [indices[start : start + micro] for start in range(0, len(indices), micro)]
-        samples = tokens = 0
+    def train_step(self, micro_batches: list[list[int]]) -> tuple[int, int, float]:
+        """One optimizer step over the step's micro-batches, this worker's share of them accumulated; returns the
+        samples and tokens it trained on and its mean loss."""
+        training = self.settings.training
+        share = dealt(micro_batches, self.rank, self.world)
+        # The gradient reduction averages over the workers: each micro-batch's loss counts 1/len(micro_batches) of
+        # the step's. A padding pass (None) repeats one of this worker's own micro-batches with no weight.
+        weight = self.world / len(micro_batches)
+        samples = tokens = real = 0
         total_loss = torch.zeros((), device=self.device)
-        for number, chunk in enumerate(chunks, start=1):
-            batch = _to_device(torch.utils.data.default_collate([self.dataset[i] for i in chunk]), self.device)
-            with sharding.gradient_sync(self.model, enabled=number == len(chunks)):
+        for number, chunk in enumerate(share, start=1):
+            indices = chunk if chunk is not None else share[0]
+            assert indices is not None
+            batch = _to_device(torch.utils.data.default_collate([self.dataset[i] for i in indices]), self.device)
+            with sharding.gradient_sync(self.model, enabled=number == len(share)):
                 with _autocast(self.autocast, self.device):
-                    loss = self.task.loss(self.model, batch) / len(chunks)
-                loss.backward()
+                    loss = self.task.loss(self.model, batch)
+                (loss * (weight if chunk is not None else 0.0)).backward()
+            if chunk is None:
+                continue
             total_loss += loss.detach()
+            real += 1
             samples += self.task.batch_size_of(batch)
             tokens += self.task.tokens_in(batch)
         if training.max_grad_norm is not None:
@@ -269,7 +301,7 @@ class _Run:
         self.step += 1
         if self.state_bytes is None:  # the optimizer's state exists from its first step
             self.state_bytes = sharding.state_bytes(self.model, self.optimizer)
-        return samples, tokens, float(total_loss)
+        return samples, tokens, float(total_loss) / real
 
     def checkpoint(self, epoch: int, figures: dict[str, float]) -> None:
         """Every worker writes its part; the checkpoint is announced once it is complete (`_saved`)."""
@@ -287,6 +319,7 @@ class _Run:
         """The last checkpoint is written; the whole model is gathered once, and rank 0 scores it on held-out data
         and exports it for serving."""
         self.checkpoints.close()
+        self.interruptions.close()
         state = sharded_state.full_model_state(self.model)
         if self.rank != 0:
             return
@@ -306,16 +339,19 @@ def builtin_train_loop(config: dict[str, Any]) -> None:
     figures: dict[str, float] = {}
     last_emit = time.monotonic()
     run.model.train()
-    for epoch, batches in _steps(run.dataset, settings, run.plan, run.step, run.rank, run.world):
-        for indices in batches:
-            throughput.add(*run.train_step(indices))
-            run.checkpoints.poll()
-            if run.plan.checkpoint_due(run.step):
-                figures = throughput.take()
-                run.checkpoint(epoch, figures)
-                last_emit = time.monotonic()
-            elif time.monotonic() - last_emit >= settings.progress_interval_s:
-                figures = throughput.take()
-                run.emit("step", figures)
-                last_emit = time.monotonic()
+    for epoch, micro_batches in steps(len(run.dataset), settings, run.plan, run.step):  # type: ignore[arg-type]
+        throughput.add(*run.train_step(micro_batches))
+        run.checkpoints.poll()
+        interruption = run.interruptions.agreed() if run.step < run.plan.total_steps else None
+        if run.plan.checkpoint_due(run.step) or interruption is not None:
+            figures = throughput.take()
+            run.checkpoint(epoch, figures)
+            last_emit = time.monotonic()
+            if interruption is not None:
+                run.checkpoints.wait()
+                run.interruptions.wait_out(interruption)
+        elif time.monotonic() - last_emit >= settings.progress_interval_s:
+            figures = throughput.take()
+            run.emit("step", figures)
+            last_emit = time.monotonic()
     run.finish(figures)

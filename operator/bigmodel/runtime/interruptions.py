@@ -1,0 +1,119 @@
+"""Checkpoints a run takes because its cluster is about to change, so that the change costs no step.
+
+- **Preemption.** A pod's SIGTERM (a node drain, a spot reclaim, a suspend, a rebuild) reaches `ray start`, which marks
+  its Ray node draining with a deadline (the pod's grace period less what Ray needs to stop) before it stops the node.
+  When the node of any rank, or the head's, is draining, the run saves a checkpoint at its next step and trains no
+  further: Ray Train restarts it from that checkpoint once the node is gone (a preemption, which Ray Train does not
+  count against maxWorkerFailures), or the operator rebuilds the cluster around it.
+- **Growth** (elastic runs). When the cluster has room for one more worker than the run has, the run saves a
+  checkpoint and waits for Ray Train's elastic policy to restart it on more workers, instead of losing the steps since
+  its last checkpoint to that restart.
+
+Every rank looks in a thread; once a step the ranks agree, with one all-reduce on the checkpoint group, so that they
+all save after the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import ray
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.5
+# How long a run that saved for growth waits for Ray Train to restart it on more workers, and how long it then trains
+# before it offers again: Ray Train hears of new capacity through its autoscaling coordinator, seconds later than this.
+GROWTH_WAIT_S = 60.0
+GROWTH_RETRY_S = 120.0
+
+
+@dataclass(frozen=True)
+class Interruption:
+    kind: Literal["preemption", "growth"]
+    until: float
+    """time.time() by which it is over: the drain's deadline, or the end of the wait for growth."""
+
+
+def draining_deadlines() -> dict[str, float]:
+    """Ray nodes being drained -> their deadline (time.time(); inf where none was given).
+
+    Ray has no public call for this: the one Ray Train's own preemption watcher makes is used, confined here.
+    """
+    draining: dict[str, int] = ray._private.state.state.get_draining_nodes()
+    return {node: deadline_ms / 1000 if deadline_ms else float("inf") for node, deadline_ms in draining.items()}
+
+
+class Interruptions:
+    """One rank's watch for preemption (of `nodes`) and, where `room_to_grow` is given, for growth."""
+
+    def __init__(
+        self,
+        group: dist.ProcessGroup,
+        nodes: Iterable[str],
+        room_to_grow: Callable[[], bool] | None = None,
+        poll_s: float = POLL_S,
+    ) -> None:
+        self._group = group
+        self._nodes = set(nodes)
+        self._room_to_grow = room_to_grow
+        self._poll_s = poll_s
+        self._preempted_until = 0.0
+        self._grow = False
+        self._growth_offered_at = float("-inf")
+        self._seen: set[str] = set()
+        """Drains already answered with a checkpoint: a rank that outlives one trains on."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bigmodel-interruptions", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        warned = False
+        while not self._stop.wait(self._poll_s):
+            try:
+                draining = {n: d for n, d in draining_deadlines().items() if n in self._nodes and n not in self._seen}
+                self._preempted_until = min(draining.values(), default=0.0)
+                if self._room_to_grow is not None:
+                    retry_at = self._growth_offered_at + GROWTH_WAIT_S + GROWTH_RETRY_S
+                    self._grow = time.time() >= retry_at and self._room_to_grow()
+            except Exception as error:  # a Ray hiccup must not end the run; the next poll tries again
+                if not warned:
+                    logger.warning("cannot watch for preemption: %s", error)
+                    warned = True
+
+    def agreed(self) -> Interruption | None:
+        """Whether this step ends with a checkpoint, as every rank agrees; call once a step on every rank."""
+        local = torch.tensor([self._preempted_until, 1.0 if self._grow else 0.0], dtype=torch.float64)
+        dist.all_reduce(local, op=dist.ReduceOp.MAX, group=self._group)
+        preempted_until, grow = float(local[0]), bool(local[1])
+        if preempted_until > 0:
+            return Interruption("preemption", preempted_until)
+        if grow:
+            self._growth_offered_at = time.time()
+            self._grow = False
+            return Interruption("growth", self._growth_offered_at + GROWTH_WAIT_S)
+        return None
+
+    def wait_out(self, interruption: Interruption) -> None:
+        """After the checkpoint: train no further until the cluster changes under the run (this process then ends)
+        or the interruption is over; all ranks leave together."""
+        while True:
+            over = torch.tensor([1.0 if time.time() >= interruption.until else 0.0], dtype=torch.float64)
+            dist.all_reduce(over, op=dist.ReduceOp.MAX, group=self._group)
+            if over.item():
+                break
+            time.sleep(self._poll_s)
+        if interruption.kind == "preemption":
+            self._seen |= {n for n, d in draining_deadlines().items() if n in self._nodes}
+            self._preempted_until = 0.0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
