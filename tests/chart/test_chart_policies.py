@@ -28,6 +28,9 @@ OPERATOR_RULES = {
     *(("", "secrets", verb) for verb in ("create", "delete")),
     *(("networking.k8s.io", "networkpolicies", verb) for verb in ("create", "delete")),
 }
+# Volcano's PodGroups, with gangScheduling.volcano only: made before a cluster's pods, read when a create finds the name
+# taken, deleted with the cluster. Kueue needs nothing: pods join its groups by labels.
+VOLCANO_RULES = {("scheduling.volcano.sh", "podgroups", verb) for verb in ("create", "get", "delete")}
 TOKEN_KEY = f"{RELEASE}-bigmodel-operator-token-key"
 # What Kopf's peering was recorded doing (tests/integration/test_rbac.py): no get, no create.
 PEERING_VERBS = ("list", "watch", "patch")
@@ -195,6 +198,16 @@ def test_namespaced_rbac_grants_the_same_rules_in_each_watched_namespace_only() 
     # The operator turns Kopf's namespace and CRD scanning off, so it needs nothing cluster-wide.
     assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
     assert rendered_rbac_rules(values) == OPERATOR_RULES | rules_of(key_role)
+
+
+@pytest.mark.parametrize("mode", [{}, {"watchNamespaces": NAMESPACES}], ids=["cluster-wide", "namespaced"])
+def test_volcano_adds_exactly_its_podgroups_and_tells_the_operator(mode: dict[str, Any]) -> None:
+    values = {**mode, "gangScheduling": {"volcano": True}}
+    assert rendered_rbac_rules(values) == rendered_rbac_rules(mode) | VOLCANO_RULES
+    assert not {rule for rule in rendered_rbac_rules(mode) if rule[0] == "scheduling.volcano.sh"}
+    assert env(values)["BIGMODEL_VOLCANO"] == "true"
+    assert OperatorSettings.from_env(env(values)).volcano is True
+    assert OperatorSettings.from_env(env(mode)).volcano is False
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ chart renders must allow each of them (a Role only in its namespace, a rule with
 and must not grant anything that no call used. Secrets in particular: the operator creates and deletes its
 clusters' token Secrets but reads only its own key's, by name, in its own namespace. With several replicas (Kopf peering), the
 emulator also serves the chart's peering CRD and holds the chart's peering object, as a cluster would
-after `helm install`.
+after `helm install`. With gangScheduling.volcano, Volcano jobs' PodGroups (Volcano's CRD served by the emulator) are
+exactly what the chart adds, and Kueue jobs need nothing more.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
 from tests.chart.rendering import FULLNAME, RELEASE, RELEASE_NAMESPACE, Grant, of_kind, render, rendered_grants
+from tests.integration.test_gang_scheduling import PODGROUPS, VOLCANO_CRD
 from tests.integration.test_job_operator import (
     GENERATION_1,
     GENERATION_2,
@@ -91,6 +93,29 @@ async def whole_life_of_jobs(kube: KubeClient, ray: FakeRay) -> None:
     await wait_conflict(kube, "squat-pod", "creating Pod squat-pod-g1-head")
 
 
+async def whole_life_of_gang_jobs(kube: KubeClient, ray: FakeRay) -> None:
+    """A Volcano job whose run fails once (its rebuilt cluster gets a new PodGroup, the old one is deleted) and which
+    is deleted; a Kueue job, created and deleted; a Volcano job whose PodGroup name is taken (the operator reads
+    who holds it)."""
+    await kube.create(*PODGROUPS, {"metadata": {"name": "squat-pg-g1"}, "spec": {"minMember": 1}})
+    await kube.create(*JOBS, job_manifest("squat-pg", schedulerName="volcano"))
+    created = await kube.create(*JOBS, job_manifest(schedulerName="volcano", queueName="research"))
+    uid = created["metadata"]["uid"]
+    await start_running(kube, ray, uid)
+    ray.fail(submission_id(uid, 1), "lost")
+    await all_pods(kube, GENERATION_2)
+    await wait_for(lambda: _absent(kube, "demo-g1"), WAIT_S, "the old cluster's PodGroup was not deleted")
+    await kube.delete(*JOBS, "demo")
+    await wait_for(lambda: _gone(kube), WAIT_S, "the deleted volcano job was not released")
+
+    await kube.create(*JOBS, job_manifest(queueName="team-a"))
+    await all_pods(kube, GENERATION_1)
+    await kube.delete(*JOBS, "demo")
+    await wait_for(lambda: _gone(kube), WAIT_S, "the deleted kueue job was not released")
+
+    await wait_conflict(kube, "squat-pg", "creating PodGroup squat-pg-g1")
+
+
 async def whole_life_of_services(kube: KubeClient, ray: FakeRay) -> None:
     """A service that serves, is upgraded to a new cluster and is deleted; an invalid one."""
     await kube.create(*SERVICES, service_manifest())
@@ -141,6 +166,25 @@ async def test_namespaced_rbac_is_exactly_what_the_operator_uses(emulator: Emula
     with running_operator(emulator, ray, namespaces=["default"], **AS_INSTALLED):
         await whole_life(kube, ray)
     _compare(used_permissions(emulator), rendered_grants({"watchNamespaces": ["default"]}))
+
+
+@pytest.mark.parametrize("mode", [{}, {"watchNamespaces": ["default"]}], ids=["cluster-wide", "namespaced"])
+async def test_gang_scheduling_rbac_is_exactly_what_the_operator_uses(mode: dict[str, Any]) -> None:
+    """With gangScheduling.volcano, the chart grants exactly the PodGroup calls Volcano jobs make; Kueue jobs, whose
+    pods join their group by labels, make no call that the chart's rules without it do not already allow."""
+    ray = FakeRay()
+    with running_emulator([*PROJECT_CRDS, VOLCANO_CRD]) as emulator:
+        async with KubeClient(emulator.url) as kube:
+            with running_operator(emulator, ray, volcano=True, namespaces=mode.get("watchNamespaces", []),
+                                  **AS_INSTALLED):  # fmt: skip
+                await whole_life(kube, ray)
+                await whole_life_of_gang_jobs(kube, ray)
+        used = used_permissions(emulator)
+    _compare(used, rendered_grants({**mode, "gangScheduling": {"volcano": True}}))
+
+
+async def _absent(kube: KubeClient, name: str) -> bool:
+    return await kube.get(*PODGROUPS, name) is None
 
 
 # Kopf names a replica by $POD_ID in the peering object, which the chart sets to the pod's name.

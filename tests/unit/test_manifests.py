@@ -98,6 +98,9 @@ BAD: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("env-from-two-sources", edit(JOB, {"spec.envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]}), "spec.envFrom[0]", "set exactly one of secretRef or configMapRef", "schema"),
     ("env-from-prefix-only", edit(SERVICE, {"spec.envFrom": [{"prefix": "DB_"}]}), "spec.envFrom[0]", "set exactly one of secretRef or configMapRef", "schema"),
     ("env-from-unknown-field", edit(JOB, {"spec.envFrom": [{"secret": {"name": "a"}}]}), "spec.envFrom[0].secret", "unknown field", "schema"),
+    ("unknown-scheduler", edit(JOB, {"spec.schedulerName": "kube-batch"}), "spec.schedulerName", "must be 'volcano', not 'kube-batch'", "schema"),
+    ("queue-name-not-a-name", edit(JOB, {"spec.queueName": "Team_A"}), "spec.queueName", "'Team_A' does not match the pattern", "schema"),
+    ("queue-name-too-long", edit(JOB, {"spec.queueName": "q" * 64}), "spec.queueName", "must be at most 63 characters", "schema"),
     ("wrong-api-version", edit(JOB, {"apiVersion": "bigmodel.dev/v1"}), "apiVersion", "unsupported apiVersion 'bigmodel.dev/v1'; expected bigmodel.dev/v1alpha1", "routing"),
     ("wrong-kind", edit(JOB, {"kind": "BigModelJobs"}), "kind", "unknown kind 'BigModelJobs'; expected BigModelJob or BigModelService", "routing"),
     ("missing-kind", edit(SERVICE, {"kind": _DELETE}), "kind", "required field is missing", "routing"),
@@ -213,6 +216,8 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
         ],
         "spec.envFrom": [{"secretRef": {"name": "db"}, "prefix": "DB_"}, {"configMapRef": {"name": "tuning", "optional": True}}],
     })),
+    ("job-kueue-queue", edit(JOB, {"spec.queueName": "team-a.gpu"})),
+    ("job-volcano", edit(JOB, {"spec.schedulerName": "volcano", "spec.queueName": "research"})),
     ("service-minimal", SERVICE),
     ("service-uri", edit(SERVICE, {"spec.model": {"uri": "gs://bucket/model", "name": "m"}, "spec.replicas.min": 0})),
 ] + [(path.name, yaml.safe_load(path.read_text(encoding="utf-8"))) for path in sorted(EXAMPLES_DIR.glob("*.yaml"))]

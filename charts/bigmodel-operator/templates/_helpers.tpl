@@ -83,6 +83,13 @@ key (its own Secret, readable by name only: token-key-role.yaml), so no Secret o
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [create, delete]
+{{- if .root.Values.gangScheduling.volcano }}
+{{- /* Each Volcano job cluster's PodGroup: made before its pods, deleted with them; get: a create that finds the
+name taken reads who holds it. Kueue needs no rule: a job's pods join their Kueue pod group by labels alone. */}}
+- apiGroups: [scheduling.volcano.sh]
+  resources: [podgroups]
+  verbs: [create, get, delete]
+{{- end }}
 {{- if include "bigmodel-operator.peering" .root }}
 {{- /* Kopf lists and watches the peering objects and patches its keep-alive into the status of the one it is
 told; it never reads one alone, nor creates it (the chart does: kopf-peering.yaml). */}}

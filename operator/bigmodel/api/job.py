@@ -15,6 +15,9 @@ Precision = Literal["auto", "fp32", "bf16"]
 Strategy = Literal["ddp", "fsdp"]
 LearningRateDecay = Literal["constant", "cosine"]
 _BUILTIN_ONLY = "applies to workload.builtin; a user loop shards and saves with bigmodel.runtime.sharding"
+# A queue name is a label value for Kueue (at most 63 characters) and, for Volcano, PodGroup.spec.queue's pattern.
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SchedulerName = Literal["volcano"]
 
 
 class DigitsOptions(Model):
@@ -313,6 +316,18 @@ class BigModelJobSpec(RayClusterSpec):
         None,
         description="A Ray runtime environment (pip, working_dir, env_vars, ...) for the training processes.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    queue_name: str | None = Field(
+        None,
+        max_length=63,
+        pattern=QUEUE_NAME_PATTERN,
+        description="Gang scheduling: the Kueue LocalQueue that admits all of the job's pods together (a Kueue pod "
+        "group), or with schedulerName volcano, the Volcano queue of its PodGroup. A change rebuilds the cluster.",
+    )
+    scheduler_name: SchedulerName | None = Field(
+        None,
+        description="volcano: Volcano schedules the pods as one PodGroup (all of them or none); the operator must "
+        "have it enabled (Helm value gangScheduling.volcano). Unset: the cluster's default scheduler.",
     )
 
     model_config = RayClusterSpec.model_config | {

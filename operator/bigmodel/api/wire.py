@@ -58,6 +58,26 @@ WORKERS_REPLACED_ANNOTATION = f"{GROUP}/workers-replaced"
 REPLACES_ANNOTATION = f"{GROUP}/replaces"
 """A job's replacement worker pod: the failed pod it replaces, which is deleted only once its replacement exists."""
 
+# Gang schedulers: what a job's pods and PodGroup say to Kueue or Volcano (README, "Gang scheduling").
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""Kueue: the LocalQueue a pod is admitted through."""
+KUEUE_POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+"""Kueue: the pod group (and the name of its Workload) a pod belongs to; admitted all together or not at all."""
+KUEUE_POD_GROUP_TOTAL_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+"""Kueue: how many pods the group has; Kueue creates its Workload only once that many exist."""
+KUEUE_RETRIABLE_IN_GROUP_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"
+"""Kueue: "false" ends the group (quota and the pods' finalizers released) once none of its pods runs or waits."""
+KUEUE_ADMISSION_GATE = "kueue.x-k8s.io/admission"
+"""Kueue's webhook puts this scheduling gate on each pod of a queue; Kueue removes it when the group is admitted."""
+VOLCANO_SCHEDULER = "volcano"
+"""schedulerName of the pods Volcano schedules."""
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+"""Volcano: the PodGroup a pod belongs to; its pods are scheduled once the group's minMember fit."""
+VOLCANO_GROUP = "scheduling.volcano.sh"
+VOLCANO_VERSION = "v1beta1"
+VOLCANO_API_VERSION = f"{VOLCANO_GROUP}/{VOLCANO_VERSION}"
+"""Volcano's PodGroup API."""
+
 # Ports of a Ray pod.
 RAY_GCS_PORT = 6379
 RAY_DASHBOARD_PORT = 8265

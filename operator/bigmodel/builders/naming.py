@@ -58,6 +58,12 @@ def network_policy_name(owner: str, generation: int, kind: OwnerKind = "BigModel
     return cluster_name(owner, generation, kind)
 
 
+def pod_group_name(job: str, generation: int) -> str:
+    """The gang of one job cluster: Kueue's pod group (and the Workload Kueue names after it) or Volcano's PodGroup.
+    Per generation, so that a rebuilt cluster is a new group, admitted anew."""
+    return cluster_name(job, generation)
+
+
 def serving_service_name(service: str) -> str:
     """The Kubernetes Service clients call; it ends in neither -head nor -w<i>, so no cluster name can take it."""
     return f"{service}-serve"

@@ -13,7 +13,7 @@ from bigmodel.api.wire import (
     RAY_DASHBOARD_PORT,
     RAY_GCS_PORT,
 )
-from bigmodel.builders import naming
+from bigmodel.builders import gang, naming
 from bigmodel.builders.owned import ClusterOwner, namespace_and_uid, object_metadata
 from bigmodel.builders.pod import (
     RAY_TMP_DIR,
@@ -121,6 +121,7 @@ def _container(
 
 def _pod(
     owner: ClusterOwner,
+    generation: int,
     name: str,
     pod_labels: dict[str, str],
     group: NodeGroup,
@@ -136,6 +137,7 @@ def _pod(
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         **scheduling(group),
+        **gang.pod_spec(owner),
     }
     if owner.spec.service_account_name:
         spec["serviceAccountName"] = owner.spec.service_account_name
@@ -144,7 +146,10 @@ def _pod(
         spec["automountServiceAccountToken"] = False
     if owner.spec.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": secret} for secret in owner.spec.image_pull_secrets]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": object_metadata(owner, name, pod_labels), "spec": spec}
+    metadata = object_metadata(owner, name, pod_labels | gang.pod_labels(owner, generation))
+    if annotations := gang.pod_annotations(owner, generation):
+        metadata.setdefault("annotations", {}).update(annotations)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
 def _grace_seconds(owner: ClusterOwner) -> int:
@@ -199,7 +204,9 @@ def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None) -> 
     container["env"] = [*container["env"], *_NODE_FAILURE_DETECTION]
     owner_name, kind = owner.metadata.name, owner.kind
     name = naming.head_pod_name(owner_name, generation, kind)
-    return _pod(owner, name, naming.labels(owner_name, generation, "head", kind=kind), group, container, claim)
+    return _pod(
+        owner, generation, name, naming.labels(owner_name, generation, "head", kind=kind), group, container, claim
+    )
 
 
 def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMount | None) -> dict[str, Any]:
@@ -223,7 +230,7 @@ def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMou
     owner_name, kind = owner.metadata.name, owner.kind
     name = naming.worker_pod_name(owner_name, generation, index, kind)
     pod_labels = naming.labels(owner_name, generation, "worker", index, kind=kind)
-    return _pod(owner, name, pod_labels, group, container, claim)
+    return _pod(owner, generation, name, pod_labels, group, container, claim)
 
 
 def head_service(owner: ClusterOwner, generation: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from bigmodel.api.job import BigModelJob, BigModelJobStatus
+from bigmodel.api.wire import VOLCANO_SCHEDULER
 from bigmodel.builders.naming import submission_id
 from bigmodel.controller.clients import Clients
 from bigmodel.controller.kind import Kind
@@ -25,6 +26,10 @@ STORAGE_REQUIRED = (
     "spec.checkpoint.storage: required in a cluster: a path on a shared volume (with volumeClaimName) or an "
     "object-store URI, unless the operator has a default storage"
 )
+VOLCANO_DISABLED = (
+    "spec.schedulerName: volcano is not enabled in this operator (Helm value gangScheduling.volcano), which may not "
+    "make the job's PodGroup"
+)
 
 
 class JobKind(Kind[BigModelJob, JobObservation, BigModelJobStatus]):
@@ -38,7 +43,10 @@ class JobKind(Kind[BigModelJob, JobObservation, BigModelJobStatus]):
         checkpoint.storage = settings.storage_for(
             job.metadata.namespace or "", job.metadata.name, checkpoint.storage or pinned
         )
-        return [STORAGE_REQUIRED] if checkpoint.storage is None else []
+        errors = [STORAGE_REQUIRED] if checkpoint.storage is None else []
+        if job.spec.scheduler_name == VOLCANO_SCHEDULER and not settings.volcano:
+            errors.append(VOLCANO_DISABLED)
+        return errors
 
     async def observe(self, job: BigModelJob, clients: Clients, now: datetime, children: Children) -> JobObservation:
         seen = JobObservation(

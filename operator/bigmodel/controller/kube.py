@@ -22,7 +22,7 @@ import aiohttp
 import kubernetes.client
 import kubernetes.config
 
-from bigmodel.api.wire import GROUP, PLURALS, VERSION, OwnerKind
+from bigmodel.api.wire import GROUP, PLURALS, VERSION, VOLCANO_GROUP, VOLCANO_VERSION, OwnerKind
 from bigmodel.controller.cache import ObjectCache
 
 
@@ -47,7 +47,14 @@ PODS = Resource("", "v1", "pods")
 SERVICES = Resource("", "v1", "services")
 SECRETS = Resource("", "v1", "secrets")
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
-RESOURCES_BY_KIND = {"Pod": PODS, "Service": SERVICES, "Secret": SECRETS, "NetworkPolicy": NETWORK_POLICIES}
+POD_GROUPS = Resource(VOLCANO_GROUP, VOLCANO_VERSION, "podgroups")
+RESOURCES_BY_KIND = {
+    "Pod": PODS,
+    "Service": SERVICES,
+    "Secret": SECRETS,
+    "NetworkPolicy": NETWORK_POLICIES,
+    "PodGroup": POD_GROUPS,
+}
 """The resource of each kind of child the operator creates."""
 OWNERS: dict[OwnerKind, Resource] = {kind: Resource(GROUP, VERSION, plural) for kind, plural in PLURALS.items()}
 

@@ -29,6 +29,12 @@ class OperatorSettings(BaseModel):
         "job gets its account's permissions (and cloud credentials) in the Ray pods.",
     )
 
+    volcano: bool = Field(
+        False,
+        description="Whether jobs may set schedulerName volcano: the chart grants the operator Volcano's PodGroups "
+        "only with gangScheduling.volcano, and a job refused here is better than one that fails on a 403.",
+    )
+
     def service_account_errors(self, name: str | None) -> list[str]:
         """Why a spec may not run under ServiceAccount `name` here; [] when it may (or names none: no token)."""
         if name is None or not self.allowed_service_accounts or name in self.allowed_service_accounts:
@@ -89,6 +95,8 @@ class OperatorSettings(BaseModel):
             values["token_key_secret"] = env["BIGMODEL_TOKEN_KEY_SECRET"]
         if env.get("BIGMODEL_PEERING_PRIORITY"):
             values["peering_priority"] = int(env["BIGMODEL_PEERING_PRIORITY"])
+        if env.get("BIGMODEL_VOLCANO"):
+            values["volcano"] = env["BIGMODEL_VOLCANO"].lower() in ("true", "1")
         if env.get("BIGMODEL_ALLOWED_SERVICE_ACCOUNTS"):
             accounts = env["BIGMODEL_ALLOWED_SERVICE_ACCOUNTS"].split(",")
             values["allowed_service_accounts"] = [a.strip() for a in accounts if a.strip()]

@@ -12,7 +12,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bigmodel.api.wire import VOLCANO_GROUP_ANNOTATION
 from bigmodel.builders import naming
+from bigmodel.builders.gang import gang, pod_group
 from bigmodel.builders.network_policy import OperatorPeer, network_policy
 from bigmodel.builders.owned import ClusterOwner
 from bigmodel.builders.pod import ClaimMount
@@ -76,16 +78,21 @@ class Clusters:
         return max(used, default=0) + 1
 
     def build(self, generation: int, workers: int) -> None:
-        """A new cluster: its NetworkPolicy and token Secret before anything that listens, then its head Service,
-        head pod and `workers` worker pods. Run again on a generation whose creation failed part-way, it makes only
-        what is missing; the policy and the Secret, which the operator does not watch, are made again (replacing
-        what holds their names: their contents follow from the owner and the generation alone)."""
+        """A new cluster: its NetworkPolicy and token Secret before anything that listens, and its Volcano PodGroup
+        (if it has one) before any pod, then its head Service, head pod and `workers` worker pods. Run again on a
+        generation whose creation failed part-way, it makes only what is missing; the policy and the Secret, which
+        the operator does not watch, are made again (replacing what holds their names: their contents follow from
+        the owner and the generation alone), and so is the PodGroup (found already there and the owner's, it is
+        kept as it is)."""
         owner = self._owner
         existing = {("Pod", pod.name) for pod in self._seen.pods_of(generation)}
         existing |= {("Service", s.name) for s in self._seen.services if s.generation == generation}
         if ("Pod", naming.head_pod_name(owner.metadata.name, generation, owner.kind)) not in existing:
             self._create(network_policy(owner, generation, self._operator))
             self._create(token_secret(owner, generation))
+            group = pod_group(owner, generation)
+            if group is not None:
+                self._create(group)
         for obj in (head_service(owner, generation), head_pod(owner, generation, self._claim)):
             if (obj["kind"], obj["metadata"]["name"]) not in existing:
                 self._create(obj)
@@ -140,6 +147,15 @@ class Clusters:
             ("NetworkPolicy", naming.network_policy_name(name, generation, kind)),
             ("Secret", naming.token_secret_name(name, generation, kind)),
         ]
+        if self._had_pod_group(generation):
+            self._plan.delete_access.append(("PodGroup", naming.pod_group_name(name, generation)))
+
+    def _had_pod_group(self, generation: int) -> bool:
+        """Whether the generation was built with a Volcano PodGroup: the spec says so, or (when an edit moved the
+        job off Volcano, which rebuilds it) its pods still name one."""
+        if gang(self._owner) == "volcano":
+            return True
+        return any(VOLCANO_GROUP_ANNOTATION in pod.annotations for pod in self._seen.pods_of(generation))
 
     def keep_only(self, *generations: int | None) -> None:
         """Remove every generation but these."""

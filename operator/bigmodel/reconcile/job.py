@@ -12,7 +12,7 @@ from typing import Literal
 
 from bigmodel.api.job import BigModelJob, BigModelJobStatus
 from bigmodel.api.wire import MODEL_SPEC_ANNOTATION, REPLACES_ANNOTATION, RUN_SPEC_ANNOTATION
-from bigmodel.builders.naming import submission_id
+from bigmodel.builders.naming import cluster_name, submission_id
 from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.builders.ray_cluster import checkpoint_claim, dashboard_url
 from bigmodel.builders.ray_job import ray_job_submission
@@ -38,6 +38,7 @@ CONDITION_OF_PHASE = {
     "Suspended": "Suspended",
 }
 PODS_READY = "PodsReady"
+ADMITTED = "Admitted"
 POLL_RUNNING_S = 3.0
 POLL_STARTING_S = 2.0
 # Beyond the pods' grace period, how long a new cluster waits for the old one's pods to be gone.
@@ -217,6 +218,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
 
         generation = status.cluster_generation
         self.clusters.keep_only(generation)
+        queued = self.waiting_for_admission(generation)
         if self.startup_overdue(generation):
             return
         health = self.clusters.health(generation)
@@ -235,11 +237,37 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         if health.head is None or health.state != "up":
             self.restart(health.why)
             return
-        if self.spec_changed(health.head):
+        if self.spec_changed(health.head) or queued:
             return
         self.replace_workers(generation)
         self.follow_ray_job(health.head)
         self.report_stuck_pods(generation)
+
+    def waiting_for_admission(self, generation: int) -> bool:
+        """Whether the cluster's pods wait in a queue (a scheduling gate holds them, Kueue's until it admits the whole
+        group). A queued cluster has not started: its startup clock (startupDeadlineSeconds, the stuck-starting
+        alert) runs from admission, not from creation, and nothing needs polling until a gate is lifted (a pod
+        update wakes the loop)."""
+        gated = self.seen.gated(generation)
+        if not gated:
+            if any(c.type == ADMITTED and c.status == "False" for c in self.status.conditions):
+                self.status.starting_since = self.now
+                self.condition(ADMITTED, True, "Admitted", "the scheduler admitted every pod of the cluster")
+                cluster = cluster_name(self.job.metadata.name, generation)
+                self.event("Normal", "Admitted", f"Ray cluster {cluster} admitted: its pods may now be scheduled")
+            return False
+        pod = gated[0]
+        queue = f" in queue {self.spec.queue_name}" if self.spec.queue_name else ""
+        message = f"waiting for admission{queue}: pod {pod.name} is held by scheduling gate {', '.join(pod.gates)}"
+        if not any(c.type == ADMITTED and c.status == "False" for c in self.before.conditions):
+            self.event("Normal", "Queued", message)
+        self.condition(ADMITTED, False, "Queued", message)
+        self.status.starting_since = None
+        # A restart keeps saying why it restarts, and from where, until the new run is up.
+        if self.status.phase != "Restarting":
+            self.status.phase = "Pending"
+            self.status.message = message
+        return True
 
     def startup_overdue(self, generation: int) -> bool:
         """Fail the job when its cluster has not started its run within spec.startupDeadlineSeconds."""

@@ -53,6 +53,8 @@ class PodView:
     created: datetime | None = None
     owner_uid: str = ""
     """The uid of the resource that controls the pod (its owner reference)."""
+    gates: tuple[str, ...] = ()
+    """The scheduling gates holding the pod back (Kueue's until its group is admitted): no scheduler looks at it yet."""
 
     @property
     def failed(self) -> bool:
@@ -82,6 +84,7 @@ class PodView:
             owner_uid=next(
                 (ref.get("uid", "") for ref in meta.get("ownerReferences") or [] if ref.get("controller")), ""
             ),
+            gates=tuple(gate.get("name", "") for gate in (pod.get("spec") or {}).get("schedulingGates") or []),
         )
 
     @property
@@ -169,6 +172,10 @@ class ClusterObservation:
         leaving out `skip`; `after` itself when there is none."""
         built = [g for g in self.generations() if g > after and g not in skip and self.head(g) is not None]
         return max(built, default=after)
+
+    def gated(self, generation: int) -> list[PodView]:
+        """The generation's pods still held by a scheduling gate: waiting for admission by a queue."""
+        return [pod for pod in self.pods_of(generation) if pod.gates and not pod.deleting]
 
     def stuck(self, generation: int) -> list[PodView]:
         """The generation's pods that cannot start, and will not without someone's help."""

@@ -74,8 +74,8 @@ class Plan(Generic[StatusT]):
     delete_pods: list[str] = field(default_factory=list)
     delete_services: list[str] = field(default_factory=list)
     delete_access: list[tuple[str, str]] = field(default_factory=list)
-    """A removed cluster's NetworkPolicy and token Secret, as (kind, name): the operator does not watch them, so
-    they are deleted by name (a 404 is fine)."""
+    """A removed cluster's NetworkPolicy, token Secret and Volcano PodGroup, as (kind, name): the operator does not
+    watch them, so they are deleted by name (a 404 is fine)."""
     create: list[dict[str, Any]] = field(default_factory=list)
     ray: list[RayAction] = field(default_factory=list)
     patch_services: dict[str, dict[str, Any]] = field(default_factory=dict)
