@@ -221,6 +221,15 @@ def test_min_member_and_min_resources_are_the_whole_cluster() -> None:
     assert group["spec"]["minResources"] == {"cpu": "5", "memory": str(26 * 2**30), "nvidia.com/gpu": "6"}
 
 
+def test_an_elastic_runs_group_starts_with_its_minimum() -> None:
+    """Volcano gangs the head and minReplicas workers; the rest of the pods join as they fit."""
+    job = volcano_job(workers={"replicas": 3, "minReplicas": 1, "resources": {"cpu": "2", "memory": "4Gi"}})
+    group = pod_group(job, 1)
+    assert group is not None and group["spec"]["minMember"] == 2
+    assert parse_quantity(group["spec"]["minResources"]["cpu"]) == parse_quantity(job.spec.head.resources.cpu) + 2
+    assert admitted(group)["spec"]["minMember"] == 2
+
+
 def test_min_resources_keeps_fractional_cores_in_millicores() -> None:
     job = volcano_job(workers={"replicas": 2, "resources": {"cpu": "250m", "memory": "1.5Gi"}})
     assert min_resources(job) == {"cpu": "1", "memory": str(2 * 2**30 + 3 * 2**30)}

@@ -39,8 +39,13 @@ def gang(owner: ClusterOwner) -> Gang | None:
 
 
 def group_size(job: BigModelJob) -> int:
-    """Every pod of one cluster: the head and the workers. Ray Train needs them all, so fewer is no use."""
+    """Every pod of one cluster: the head and the workers."""
     return 1 + job.spec.workers.replicas
+
+
+def fewest_workers(job: BigModelJob) -> int:
+    """The workers the run cannot start without: all of them, or an elastic run's minReplicas."""
+    return job.spec.workers.worker_range()[0]
 
 
 def pod_labels(owner: ClusterOwner, generation: int) -> dict[str, str]:
@@ -82,7 +87,8 @@ def pod_group(owner: ClusterOwner, generation: int) -> dict[str, Any] | None:
         return None
     assert isinstance(owner, BigModelJob)
     name = naming.pod_group_name(owner.metadata.name, generation)
-    spec: dict[str, Any] = {"minMember": group_size(owner), "minResources": min_resources(owner)}
+    # Volcano starts the group once its minimum fits: an elastic run's minReplicas, the rest joining as they can.
+    spec: dict[str, Any] = {"minMember": 1 + fewest_workers(owner), "minResources": min_resources(owner)}
     if owner.spec.queue_name:
         spec["queue"] = owner.spec.queue_name
     return {
@@ -94,11 +100,11 @@ def pod_group(owner: ClusterOwner, generation: int) -> dict[str, Any] | None:
 
 
 def min_resources(job: BigModelJob) -> dict[str, str]:
-    """What the whole cluster requests (requests equal limits in its pods): Volcano admits the group into its queue
-    only when this much fits."""
+    """What the group's minimum requests (requests equal limits in its pods): Volcano admits the group into its
+    queue only when this much fits."""
     members: list[tuple[Resources, int]] = [
         (job.spec.head.resources, 1),
-        (job.spec.workers.resources, job.spec.workers.replicas),
+        (job.spec.workers.resources, fewest_workers(job)),
     ]
     cpu = sum((quantity_value(resources.cpu) * count for resources, count in members), Decimal(0))
     memory = sum((quantity_value(resources.memory) * count for resources, count in members), Decimal(0))
