@@ -132,6 +132,8 @@ class _Pod:
     grace_s: float | None = None
     """The grace period its deletion gives (``deletionGracePeriodSeconds``), when it is Terminating."""
     task: asyncio.Task[None] | None = None
+    stopper: asyncio.Task[None] | None = None
+    """Its termination, once it is deleted: the deletion is finished only when every process of it has exited."""
 
 
 def _now() -> str:
@@ -346,12 +348,15 @@ class LocalKubelet:
         if pod.task is None or pod.task.done():
             loop.create_task(self._finish_deletion(pod))  # it ran to its end before: nothing left to stop
         else:
-            loop.create_task(self._terminate(pod))
+            pod.stopper = loop.create_task(self._terminate(pod))
 
     async def _run_pod(self, pod: _Pod, body: JsonObject, previous: _Pod | None, bound: bool) -> None:
         """Run the pod to its end, then finish its deletion if it was deleted meanwhile."""
         await self._run_until_exit(pod, body, previous, bound)
         if pod.deleted:
+            if pod.stopper is not None:
+                # As a kubelet removes a pod only once its containers are gone: nothing of it holds a port then.
+                await pod.stopper
             await self._finish_deletion(pod)
 
     async def _run_until_exit(self, pod: _Pod, body: JsonObject, previous: _Pod | None, bound: bool) -> None:

@@ -1,0 +1,185 @@
+"""Runs that survive the cluster, on the whole product: the operator, the API emulator, the local kubelet, real Ray.
+
+A pod deleted with its grace period gets SIGTERM on its main process (`ray start`), as a node drain, a spot reclaim,
+a suspend or a rebuild gives it: Ray marks the node draining, the run checkpoints at its next step and trains no
+further, and the run that follows resumes from exactly that step. An elastic job (minReplicas) that loses a worker
+for good goes on with the one it has, and grows back when the node takes pods again.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.api.wire import PROGRESS_PORT
+from bigmodel.runtime.checkpoints import CheckpointStore
+from tests.support.emulator import KubeClient, wait_for
+from tests.support.local_cluster import LocalCluster, cluster_token, local_cluster, two_worker_gpt_job
+
+pytestmark = pytest.mark.e2e
+
+JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
+# No checkpoint falls due by the cadence while the test interrupts the run: each one it finds is one a SIGTERM made.
+EVERY_STEPS = 5000
+EVERY_STEP = [{"name": "BIGMODEL_PROGRESS_INTERVAL_S", "value": "0"}]
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path) as running:
+        yield running
+
+
+async def _status(kube: KubeClient, name: str) -> dict[str, Any]:
+    return ((await kube.get(*JOBS, name)) or {}).get("status") or {}
+
+
+async def _events(kube: KubeClient, name: str) -> list[tuple[str, str]]:
+    return [(e["reason"], e.get("message", "")) for e in await kube.events(involved_name=name)]
+
+
+class Progress:
+    """The driver's own progress endpoint on the head, read as the operator reads it, at the test's own pace."""
+
+    def __init__(self, cluster: LocalCluster, head: str, token: str) -> None:
+        self._url = f"http://127.0.0.1:{cluster.kubelet.host_port(head, PROGRESS_PORT)}/progress"
+        self._token = token
+
+    def read(self) -> TrainingReport | None:
+        request = urllib.request.Request(self._url, headers={"Authorization": f"Bearer {self._token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return TrainingReport.model_validate(json.loads(response.read()))
+        except (urllib.error.URLError, OSError):
+            return None
+
+
+async def _progress(cluster: LocalCluster, kube: KubeClient, job: str, generation: int) -> Progress:
+    head = f"{job}-g{generation}-head"
+    return Progress(cluster, head, await cluster_token(kube, job, generation))
+
+
+async def _training_past(progress: Progress, step: int, what: str, timeout_s: float = 240) -> TrainingReport:
+    async def past() -> TrainingReport | None:
+        report = progress.read()
+        return report if report is not None and report.step >= step else None
+
+    return await wait_for(past, timeout_s, f"{what}: training did not reach step {step} within {timeout_s} s", 0.1)
+
+
+async def test_sigterm_to_a_worker_pod_and_a_suspend_cost_no_step(cluster: LocalCluster, tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    store = CheckpointStore(str(storage))
+    async with KubeClient(cluster.emulator.url) as kube:
+        job = two_worker_gpt_job("pre", storage, max_steps=900, every_steps=EVERY_STEPS, max_restarts=0, env=EVERY_STEP)
+        await kube.create(*JOBS, job)
+        await wait_for(lambda: cluster.kubelet.pid_of("pre-g1-head"), 60, "the head pod did not start", 0.2)
+        progress = await _progress(cluster, kube, "pre", 1)
+        await _training_past(progress, 40, "before the first SIGTERM")
+
+        # A worker pod deleted as a node drain deletes it: SIGTERM, then SIGKILL once its grace period is over.
+        await kube.delete("v1", "pods", "pre-g1-w1")
+
+        async def resumed() -> TrainingReport | None:
+            report = progress.read()
+            return report if report is not None and report.worker_restarts >= 1 and report.step > 0 else None
+
+        report = await wait_for(resumed, 120, "the run did not resume within 120 s of the worker's SIGTERM", 0.2)
+        saved = store.latest()
+        assert saved is not None, "the SIGTERM left no checkpoint"
+        assert report.resumed_from_step == saved.step, f"resumed from {report.resumed_from_step}, saved {saved.step}"
+        assert report.steps_redone == 0, f"{report.steps_redone} steps were trained twice after a graceful SIGTERM"
+
+        # A suspend in the middle of an interval: every pod gets SIGTERM at once, the head's too.
+        before = await _training_past(progress, saved.step + 40, "before the suspend")
+        await kube.patch(*JOBS, "pre", {"spec": {"suspend": True}})
+        steps_seen = [before.step]
+
+        def head_gone() -> bool:
+            latest = progress.read()
+            steps_seen.append(latest.step if latest is not None else 0)
+            return cluster.kubelet.pid_of("pre-g1-head") is None
+
+        await wait_for(head_gone, 60, "the suspended job's head pod did not stop within 60 s", 0.05)
+        reached = max(steps_seen)
+        await wait_for(lambda: _suspended(kube), 60, "the job was not Suspended with its pods gone within 60 s", 0.5)
+        suspended = store.latest()
+        assert suspended is not None and suspended.step >= reached > saved.step, (
+            f"the run reached step {reached}, and its last checkpoint is {suspended}: a suspend lost steps"
+        )
+
+        await kube.patch(*JOBS, "pre", {"spec": {"suspend": False}})
+
+        async def succeeded() -> dict[str, Any] | None:
+            status = await _status(kube, "pre")
+            assert status.get("phase") != "Failed", f"the job failed: {status.get('message')}"
+            return status if status.get("phase") == "Succeeded" else None
+
+        try:
+            final = await wait_for(succeeded, 300, "the resumed job did not Succeed within 300 s", 1.0)
+        except AssertionError as missed:
+            raise AssertionError(
+                f"{missed}; status {await _status(kube, 'pre')}; {await _events(kube, 'pre')}"
+            ) from None
+        assert final["restarts"] == 0, "neither a worker's SIGTERM nor a suspend is a failure of the job"
+        assert final["progress"]["step"] == final["progress"]["totalSteps"]
+        reasons = [reason for reason, _ in await _events(kube, "pre")]
+        assert "Suspended" in reasons and "Resumed" in reasons, reasons
+
+
+async def _suspended(kube: KubeClient) -> bool:
+    pods = await kube.list("v1", "pods")
+    return (await _status(kube, "pre")).get("phase") == "Suspended" and not pods
+
+
+async def test_an_elastic_run_goes_on_without_a_lost_worker_and_grows_back(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    storage = tmp_path / "storage"
+    async with KubeClient(cluster.emulator.url) as kube:
+        job = two_worker_gpt_job("ela", storage, max_steps=100000, every_steps=20, max_restarts=0, env=EVERY_STEP)
+        job["spec"]["workers"]["minReplicas"] = 1
+        await kube.create(*JOBS, job)
+        await wait_for(lambda: cluster.kubelet.pid_of("ela-g1-head"), 60, "the head pod did not start", 0.2)
+        progress = await _progress(cluster, kube, "ela", 1)
+        first = await _training_past(progress, 30, "before the worker was lost")
+        assert first.world_size == 2, f"the run started on {first.world_size} workers, not both"
+
+        # The worker is lost for good: no node takes its replacement.
+        cluster.kubelet.cordon()
+        cluster.kubelet.kill("ela-g1-w1", signal.SIGKILL)
+
+        async def shrunk() -> TrainingReport | None:
+            report = progress.read()
+            return report if report is not None and report.world_size == 1 and report.step > first.step else None
+
+        alone = await wait_for(shrunk, 90, "training did not go on with the one worker left within 90 s", 0.2)
+        await _training_past(progress, alone.step + 20, "on one worker")
+        status = await _status(kube, "ela")
+        assert status["phase"] == "Running", f"an elastic run on its minimum is {status['phase']}: {status['message']}"
+
+        cluster.kubelet.uncordon()
+
+        async def grown() -> TrainingReport | None:
+            report = progress.read()
+            return report if report is not None and report.world_size == 2 and report.step > alone.step else None
+
+        back = await wait_for(grown, 150, "training did not grow back to 2 workers within 150 s", 0.5)
+        assert back.worker_restarts >= 2
+
+        async def told() -> list[tuple[str, str]] | None:
+            events = [(r, m) for r, m in await _events(kube, "ela") if r == "WorkersResized"]
+            return events if len(events) >= 2 else None
+
+        resized = await wait_for(told, 30, "the operator did not say twice why the run changed size", 1.0)
+        messages = " | ".join(message for _, message in resized)
+        assert "goes on with 1 of 2 workers" in messages and "grew to 2 of 2 workers" in messages, messages
+        await kube.delete(*JOBS, "ela")
