@@ -3,12 +3,14 @@
 A pod deleted with its grace period gets SIGTERM on its main process (`ray start`), as a node drain, a spot reclaim,
 a suspend or a rebuild gives it: Ray marks the node draining, the run checkpoints at its next step and trains no
 further, and the run that follows resumes from exactly that step. An elastic job (minReplicas) that loses a worker
-for good goes on with the one it has, and grows back when the node takes pods again.
+for good goes on with the one it has, and grows back when the node takes pods again. A run whose step stops moving is
+restarted by the operator's watchdog as Stalled.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import urllib.error
 import urllib.request
@@ -183,3 +185,30 @@ async def test_an_elastic_run_goes_on_without_a_lost_worker_and_grows_back(
         messages = " | ".join(message for _, message in resized)
         assert "goes on with 1 of 2 workers" in messages and "grew to 2 of 2 workers" in messages, messages
         await kube.delete(*JOBS, "ela")
+
+
+async def test_a_run_that_stops_making_progress_is_restarted_as_stalled(cluster: LocalCluster, tmp_path: Path) -> None:
+    stall_s = 10
+    async with KubeClient(cluster.emulator.url) as kube:
+        job = two_worker_gpt_job("stl", tmp_path / "storage", max_steps=10, every_steps=5, max_restarts=1)
+        job["spec"]["workload"] = {"entrypoint": {"function": "user_loop:stalls", "config": {"sleepSeconds": 600}}}
+        job["spec"]["workers"]["replicas"] = 1
+        job["spec"]["failurePolicy"]["stallTimeoutSeconds"] = stall_s
+        # The pods' processes (the driver imports the loop, the workers run it) find it beside this file.
+        here = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+        job["spec"]["env"] = [{"name": "PYTHONPATH", "value": here}]
+        await kube.create(*JOBS, job)
+
+        async def stalled() -> list[str] | None:
+            events = [message for reason, message in await _events(kube, "stl") if reason == "Stalled"]
+            return events or None
+
+        try:
+            (message,) = await wait_for(stalled, 180, "the stalled run was not restarted as Stalled within 180 s", 1.0)
+        except AssertionError as missed:
+            raise AssertionError(f"{missed}; status {await _status(kube, 'stl')}") from None
+        assert "no progress for" in message and f"stallTimeoutSeconds: {stall_s}" in message, message
+        status = await _status(kube, "stl")
+        restarting = [c for c in status["conditions"] if c["type"] == "Restarting"]
+        assert status["restarts"] == 1 and restarting and restarting[0]["reason"] == "Stalled", status
+        await kube.delete(*JOBS, "stl")

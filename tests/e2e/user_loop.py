@@ -36,3 +36,12 @@ def hangs_in_a_collective(config: dict) -> None:
         dist.all_reduce(torch.ones(1))
     else:
         time.sleep(float(config["sleepSeconds"]))
+
+
+def stalls(config: dict) -> None:
+    """Reports a few steps, then makes no more progress and never fails: a loop stuck on its data or its storage."""
+    from bigmodel.runtime import user_loop
+
+    for step in range(1, 4):
+        user_loop.report({"loss": 1.0 / step}, step=step, total_steps=100)
+    time.sleep(float(config["sleepSeconds"]))

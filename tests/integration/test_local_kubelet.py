@@ -283,3 +283,55 @@ async def test_a_pod_deleted_while_it_waits_for_a_secret_goes(kube: KubeClient, 
 
 async def _gone(kube: KubeClient, name: str) -> bool:
     return await kube.get("v1", "pods", name) is None
+
+
+# A main process that, on SIGTERM, writes which of its children saw a signal, then exits; its child ignores nothing.
+SIGTERM_TO_PID_1 = """
+import pathlib, signal, subprocess, sys, time
+out = pathlib.Path(sys.argv[1])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+def on_term(*_):
+    time.sleep(0.3)
+    out.write_text("child alive" if child.poll() is None else "child signalled")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+(out.parent / (out.name + ".child")).write_text(str(child.pid))
+time.sleep(600)
+"""
+
+
+async def test_a_deleted_pod_gets_sigterm_on_its_main_process_only_and_the_rest_dies_with_it(
+    kube: KubeClient, kubelet: LocalKubelet, tmp_path: Path
+) -> None:
+    """As a container runtime signals PID 1: the main process decides what its children hear (`ray start` drains its
+    node first); once it has exited, whatever it left is killed, and only then is the pod gone."""
+    out = tmp_path / "seen"
+    await kube.create("v1", "pods", pod("pid1", [sys.executable, "-c", SIGTERM_TO_PID_1, str(out)]))
+    child_file = tmp_path / "seen.child"
+    await wait_for(child_file.exists, WAIT_S, "the pod's main process did not start its child")
+    child = int(child_file.read_text())
+    await kube.delete("v1", "pods", "pid1")
+    await wait_for(lambda: _no_pod(kube, "pid1"), WAIT_S, "the deleted pod was not removed")
+    assert out.read_text() == "child alive", "the SIGTERM reached the main process's child too"
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, (
+        "the pod is gone while a process of it still runs"
+    )
+
+
+async def _no_pod(kube: KubeClient, name: str) -> bool:
+    return await kube.get("v1", "pods", name) is None
+
+
+async def test_a_cordoned_node_leaves_new_pods_pending_unschedulable(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    kubelet.cordon()
+    await kube.create("v1", "pods", server_pod("waiting", 18931))
+
+    async def unschedulable() -> dict[str, Any] | None:
+        body = await kube.get("v1", "pods", "waiting")
+        conditions = (body or {}).get("status", {}).get("conditions", [])
+        return body if any(c.get("reason") == "Unschedulable" for c in conditions) else None
+
+    await wait_for(unschedulable, WAIT_S, "a pod on a cordoned node was not reported Unschedulable")
+    assert kubelet.pid_of("waiting") is None, "a pod ran on a cordoned node"
+    kubelet.uncordon()
+    await wait_for(lambda: ready(kube, "waiting"), WAIT_S, "the pod did not start once the node was uncordoned")

@@ -269,7 +269,7 @@ class FailurePolicy(Model):
     )
     stall_timeout_seconds: int | None = Field(
         None,
-        ge=60,
+        ge=10,
         description="Restart the run from the latest checkpoint (reason Stalled, a restart) when its step has not "
         "moved this long while Running; null: never. Set it above the longest gap between two reported steps.",
     )

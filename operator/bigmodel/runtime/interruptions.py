@@ -60,8 +60,10 @@ class Interruptions:
         nodes: Iterable[str],
         room_to_grow: Callable[[], bool] | None = None,
         poll_s: float = POLL_S,
+        draining: Callable[[], dict[str, float]] = draining_deadlines,
     ) -> None:
         self._group = group
+        self._draining = draining
         self._nodes = set(nodes)
         self._room_to_grow = room_to_grow
         self._poll_s = poll_s
@@ -78,7 +80,7 @@ class Interruptions:
         warned = False
         while not self._stop.wait(self._poll_s):
             try:
-                draining = {n: d for n, d in draining_deadlines().items() if n in self._nodes and n not in self._seen}
+                draining = {n: d for n, d in self._draining().items() if n in self._nodes and n not in self._seen}
                 self._preempted_until = min(draining.values(), default=0.0)
                 if self._room_to_grow is not None:
                     retry_at = self._growth_offered_at + GROWTH_WAIT_S + GROWTH_RETRY_S
@@ -111,7 +113,7 @@ class Interruptions:
                 break
             time.sleep(self._poll_s)
         if interruption.kind == "preemption":
-            self._seen |= {n for n, d in draining_deadlines().items() if n in self._nodes}
+            self._seen |= {n for n in self._draining() if n in self._nodes}
             self._preempted_until = 0.0
 
     def close(self) -> None:
