@@ -71,6 +71,7 @@ async def interrupt(cluster: LocalCluster, kube: KubeClient, way: Way, work: Pat
     job = two_worker_gpt_job(
         "recovery", work / "storage", max_steps=100000, every_steps=every_steps, max_restarts=0, env=every_step
     )
+    job["spec"]["workload"]["builtin"]["epochs"] = 50  # still training when the figure is taken
     if way == "elastic":
         job["spec"]["workers"]["minReplicas"] = 1
     await kube.create(*JOBS, job)

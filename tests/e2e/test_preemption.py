@@ -149,6 +149,7 @@ async def test_an_elastic_run_goes_on_without_a_lost_worker_and_grows_back(
     async with KubeClient(cluster.emulator.url) as kube:
         job = two_worker_gpt_job("ela", storage, max_steps=100000, every_steps=20, max_restarts=0, env=EVERY_STEP)
         job["spec"]["workers"]["minReplicas"] = 1
+        job["spec"]["workload"]["builtin"]["epochs"] = 50  # long enough to shrink and grow back before its end
         await kube.create(*JOBS, job)
         await wait_for(lambda: cluster.kubelet.pid_of("ela-g1-head"), 60, "the head pod did not start", 0.2)
         progress = await _progress(cluster, kube, "ela", 1)

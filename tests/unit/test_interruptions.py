@@ -47,22 +47,24 @@ def _a_drained_node(rank: int, world: int, out: str) -> None:
 
 
 def _room_to_grow(rank: int, world: int, out: str) -> None:
-    room_from = time.time() + 0.3
+    started = time.time()
     watch = Interruptions(
         dist.group.WORLD,
         {f"node-{rank}"},
-        room_to_grow=(lambda: time.time() >= room_from) if rank == 0 else None,
+        room_to_grow=(lambda: True) if rank == 0 else None,
         draining=dict,
         poll_s=POLL_S,
+        grow_after_s=0.3,
     )
     record: dict[str, object] = {}
     for step in range(1, 400):
         time.sleep(0.01)
         interruption = watch.agreed()
         if interruption is not None:
-            record.update(step=step, kind=interruption.kind)
+            record.update(step=step, kind=interruption.kind, at=time.time())
             break
     watch.close()
+    record["after"] = record.get("at", started) - started
     Path(out, f"{rank}.json").write_text(json.dumps(record))
 
 
@@ -85,3 +87,6 @@ def test_room_for_another_worker_seen_by_rank_zero_is_agreed_by_all(tmp_path: Pa
     records = _records(tmp_path, 2)
     assert [r.get("kind") for r in records] == ["growth", "growth"], records
     assert records[0]["step"] == records[1]["step"], records
+    assert all(r["after"] >= 0.3 for r in records), (
+        f"an attempt offered to grow before it had trained a while: {records}"
+    )

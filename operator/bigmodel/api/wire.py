@@ -97,6 +97,10 @@ RAY_USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 RAY_AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+# How the GCS of a cluster the operator makes notices a lost node: a health check every second, and five misses (a
+# busy node may lag a few) in a row.
+RAY_HEALTH_CHECK_PERIOD_MS = 1000
+RAY_HEALTH_CHECK_FAILURES = 5
 RAY_DRAIN_TIMEOUT_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
 """How long `ray start` keeps its node draining on SIGTERM before it kills the node's processes."""
 RAY_TRAIN_PREEMPTION_POLL_ENV = "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"

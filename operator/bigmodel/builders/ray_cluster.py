@@ -174,8 +174,8 @@ def _preemption_env(owner: ClusterOwner) -> list[dict[str, str]]:
 # to notice, and until then Ray Train keeps placing the restarted worker group on the dead node, each try spending
 # one of the job's maxWorkerFailures. Checking every second, five misses (a busy node may lag a few), take ~5 s.
 _NODE_FAILURE_DETECTION = [
-    {"name": "RAY_health_check_period_ms", "value": "1000"},
-    {"name": "RAY_health_check_failure_threshold", "value": "5"},
+    {"name": "RAY_health_check_period_ms", "value": str(wire.RAY_HEALTH_CHECK_PERIOD_MS)},
+    {"name": "RAY_health_check_failure_threshold", "value": str(wire.RAY_HEALTH_CHECK_FAILURES)},
 ]
 
 

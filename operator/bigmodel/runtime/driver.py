@@ -25,17 +25,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from bigmodel.api.job import BigModelJobSpec
 from bigmodel.api.wire import PROGRESS_RECORDER_ENV, STORAGE_ENV
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
+from bigmodel.runtime.elastic import fit_elastically
 from bigmodel.runtime.progress import ProgressSnapshot, start_recorder
 from bigmodel.runtime.ray_checkpoints import remove_unkept
 from bigmodel.runtime.report_forwarding import ReportForwarder
 from bigmodel.runtime.storage import StorageUnwritable, probe_writable
 from bigmodel.runtime.tasks import make_task
 from bigmodel.runtime.train_loop import LoopSettings, builtin_train_loop, plan_steps
-
-# How long an elastic run waits for all its workers before it starts with those there are, and how often Ray Train
-# looks for room to grow it.
-ELASTIC_START_WAIT_S = 60.0
-ELASTIC_RESIZE_CHECK_S = 10.0
 
 
 class TrainingFailed(RuntimeError):
@@ -85,28 +81,6 @@ def _check_plan(settings: LoopSettings) -> None:
         plan_steps(settings, len(make_task(settings.workload).dataset()))  # type: ignore[arg-type]
     except ValueError as error:
         raise TrainingCannotRun(f"spec.workload.builtin: {error}") from error
-
-
-def _room_for(workers: int, resources_per_worker: Mapping[str, float]) -> int:
-    """How many workers the cluster's nodes could hold, busy or not."""
-    fits = 0
-    for node in ray.nodes():
-        if node.get("Alive"):
-            have = node.get("Resources", {})
-            fits += min(int(have.get(name, 0.0) // amount) for name, amount in resources_per_worker.items() if amount)
-    return min(fits, workers)
-
-
-def wait_for_room(workers: int, resources_per_worker: Mapping[str, float], timeout_s: float) -> int:
-    """Wait, up to timeout_s, until the cluster's nodes can hold `workers`; returns how many they can.
-
-    An elastic run starts with the workers there are: without this wait, one started while the last worker pods
-    are still joining would start small and restart to grow moments later.
-    """
-    deadline = time.monotonic() + timeout_s
-    while (room := _room_for(workers, resources_per_worker)) < workers and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return room
 
 
 def _root_cause(error: BaseException) -> str:
@@ -230,8 +204,6 @@ def run_training(
 
     fewest, most = spec.workers.worker_range()
     elastic = fewest < most
-    if elastic:
-        wait_for_room(most, resources_per_worker, ELASTIC_START_WAIT_S)
     if workload.builtin is not None:
         settings = LoopSettings(
             workload=workload.builtin,
@@ -258,33 +230,49 @@ def run_training(
         loop_config = dict(workload.entrypoint.config)
         callbacks = [ReportForwarder(recorder, storage)]
 
-    trainer = TorchTrainer(
-        loop,
-        train_loop_config=loop_config,
-        # A hung collective fails its worker in minutes (Ray Train then restarts the group from the checkpoint).
-        torch_config=TorchConfig(timeout_s=spec.failure_policy.collective_timeout_seconds),
-        scaling_config=ScalingConfig(
-            # An elastic run goes on with as few as minReplicas workers and grows back when there is room again.
-            num_workers=(fewest, most) if elastic else most,
-            elastic_resize_monitor_interval_s=ELASTIC_RESIZE_CHECK_S,
-            use_gpu=spec.uses_gpu(),
-            resources_per_worker=resources_per_worker,
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=f"{storage}/ray" if "://" in storage else os.path.join(storage, "ray"),
-            failure_config=FailureConfig(max_failures=spec.failure_policy.max_worker_failures),
-            # The checkpoints a user loop hands to ray.train.report (ray_checkpoints removes those of failed reports
-            # after the run); the built-in loop keeps its own (CheckpointStore).
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
-            callbacks=callbacks,
-            worker_runtime_env=runtime_env,
-        ),
+    # An elastic run's attempts are sized by the driver (`elastic`), each without retries of Ray Train's own.
+    retries = (
+        FailureConfig(max_failures=0, max_preemption_failures=0)
+        if elastic
+        else FailureConfig(max_failures=spec.failure_policy.max_worker_failures)
     )
+
+    def fit_on(workers: int) -> Result:
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config=loop_config,
+            # A hung collective fails its worker in minutes (the run then restarts from the checkpoint).
+            torch_config=TorchConfig(timeout_s=spec.failure_policy.collective_timeout_seconds),
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=spec.uses_gpu(), resources_per_worker=resources_per_worker
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=f"{storage}/ray" if "://" in storage else os.path.join(storage, "ray"),
+                failure_config=retries,
+                # The checkpoints a user loop hands to ray.train.report (ray_checkpoints removes those of failed
+                # reports after the run); the built-in loop keeps its own (CheckpointStore).
+                checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep_last),
+                callbacks=callbacks,
+                worker_runtime_env=runtime_env,
+            ),
+        )
+        return _fit_interruptibly(trainer)
+
     started = time.monotonic()
     with _Poller(recorder, on_progress, progress_interval_s):
         try:
-            result = _fit_interruptibly(trainer)
+            if elastic:
+                result = fit_elastically(
+                    fit_on,
+                    fewest=fewest,
+                    most=most,
+                    resources_per_worker=resources_per_worker,
+                    max_failures=spec.failure_policy.max_worker_failures,
+                    asked_to_grow=lambda: bool(ray.get(recorder.growth_asked.remote())),
+                )
+            else:
+                result = fit_on(most)
         except Exception as error:  # Ray wraps worker errors in several layers; users need the innermost.
             raise TrainingFailed(_root_cause(error)) from error
     snapshot: ProgressSnapshot = ray.get(recorder.snapshot.remote())

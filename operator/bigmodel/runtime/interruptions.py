@@ -6,8 +6,7 @@
   further: Ray Train restarts it from that checkpoint once the node is gone (a preemption, which Ray Train does not
   count against maxWorkerFailures), or the operator rebuilds the cluster around it.
 - **Growth** (elastic runs). When the cluster has room for one more worker than the run has, the run saves a
-  checkpoint and waits for Ray Train's elastic policy to restart it on more workers, instead of losing the steps since
-  its last checkpoint to that restart.
+  checkpoint and ends its attempt, for the driver to start it again on more workers (`driver`).
 
 Every rank looks in a thread; once a step the ranks agree, with one all-reduce on the checkpoint group, so that they
 all save after the same step.
@@ -29,17 +28,16 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.5
-# How long a run that saved for growth waits for Ray Train to restart it on more workers, and how long it then trains
-# before it offers again: Ray Train hears of new capacity through its autoscaling coordinator, seconds later than this.
-GROWTH_WAIT_S = 60.0
-GROWTH_RETRY_S = 120.0
+# How long an attempt trains before it grows: room that another user takes between the driver's count and the new
+# attempt's start leaves the run on as many workers as before, and it must not restart over and over for it.
+GROWTH_AFTER_S = 10.0
 
 
 @dataclass(frozen=True)
 class Interruption:
     kind: Literal["preemption", "growth"]
-    until: float
-    """time.time() by which it is over: the drain's deadline, or the end of the wait for growth."""
+    until: float = 0.0
+    """For a preemption, the drain's deadline (time.time())."""
 
 
 def draining_deadlines() -> dict[str, float]:
@@ -61,6 +59,7 @@ class Interruptions:
         room_to_grow: Callable[[], bool] | None = None,
         poll_s: float = POLL_S,
         draining: Callable[[], dict[str, float]] = draining_deadlines,
+        grow_after_s: float = GROWTH_AFTER_S,
     ) -> None:
         self._group = group
         self._draining = draining
@@ -69,7 +68,7 @@ class Interruptions:
         self._poll_s = poll_s
         self._preempted_until = 0.0
         self._grow = False
-        self._growth_offered_at = float("-inf")
+        self._grow_from = time.time() + grow_after_s
         self._seen: set[str] = set()
         """Drains already answered with a checkpoint: a rank that outlives one trains on."""
         self._stop = threading.Event()
@@ -83,8 +82,7 @@ class Interruptions:
                 draining = {n: d for n, d in self._draining().items() if n in self._nodes and n not in self._seen}
                 self._preempted_until = min(draining.values(), default=0.0)
                 if self._room_to_grow is not None:
-                    retry_at = self._growth_offered_at + GROWTH_WAIT_S + GROWTH_RETRY_S
-                    self._grow = time.time() >= retry_at and self._room_to_grow()
+                    self._grow = time.time() >= self._grow_from and self._room_to_grow()
             except Exception as error:  # a Ray hiccup must not end the run; the next poll tries again
                 if not warned:
                     logger.warning("cannot watch for preemption: %s", error)
@@ -98,23 +96,20 @@ class Interruptions:
         if preempted_until > 0:
             return Interruption("preemption", preempted_until)
         if grow:
-            self._growth_offered_at = time.time()
-            self._grow = False
-            return Interruption("growth", self._growth_offered_at + GROWTH_WAIT_S)
+            return Interruption("growth")
         return None
 
     def wait_out(self, interruption: Interruption) -> None:
-        """After the checkpoint: train no further until the cluster changes under the run (this process then ends)
-        or the interruption is over; all ranks leave together."""
+        """After a preemption's checkpoint: train no further until the node is gone (this process with it, or Ray
+        Train restarts the run) or the drain's deadline has passed; all ranks leave together."""
         while True:
             over = torch.tensor([1.0 if time.time() >= interruption.until else 0.0], dtype=torch.float64)
             dist.all_reduce(over, op=dist.ReduceOp.MAX, group=self._group)
             if over.item():
                 break
             time.sleep(self._poll_s)
-        if interruption.kind == "preemption":
-            self._seen |= {n for n in self._draining() if n in self._nodes}
-            self._preempted_until = 0.0
+        self._seen |= {n for n in self._draining() if n in self._nodes}
+        self._preempted_until = 0.0
 
     def close(self) -> None:
         self._stop.set()

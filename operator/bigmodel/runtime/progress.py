@@ -118,6 +118,7 @@ class ProgressLog:
         self._attempts: list[Attempt] = []
         self._checkpoints: list[ProgressEvent] = []
         self._skipped: dict[str, str] = {}
+        self._grow = False
 
     def begin_attempt(self, resumed_from_step: int, world_size: int = 0) -> int:
         number = len(self._attempts)
@@ -136,6 +137,15 @@ class ProgressLog:
         if event.kind == "checkpoint":
             self._checkpoints.append(event)
         self._skipped.update(event.skipped_checkpoints)
+
+    def ask_to_grow(self) -> None:
+        """Rank 0: the run checkpointed and ended its attempt, for the driver to start it again on more workers."""
+        self._grow = True
+
+    def growth_asked(self) -> bool:
+        """The driver, once an attempt ended: whether it ended to grow (and no longer asks it)."""
+        asked, self._grow = self._grow, False
+        return asked
 
     def record_forwarded(self, event: ProgressEvent) -> None:
         """A report of rank 0 as Ray Train's controller heard it (`report_forwarding`).

@@ -315,6 +315,13 @@ class _Run:
             checkpoint_uri=saved.uri,
         )
 
+    def end_to_grow(self) -> None:
+        """The checkpoint is written: this attempt ends, for the driver to start the run on more workers."""
+        self.checkpoints.close()
+        self.interruptions.close()
+        if self.recorder is not None:
+            ray.get(self.recorder.ask_to_grow.remote())
+
     def finish(self, figures: dict[str, float]) -> None:
         """The last checkpoint is written; the whole model is gathered once, and rank 0 scores it on held-out data
         and exports it for serving."""
@@ -349,6 +356,9 @@ def builtin_train_loop(config: dict[str, Any]) -> None:
             last_emit = time.monotonic()
             if interruption is not None:
                 run.checkpoints.wait()
+                if interruption.kind == "growth":
+                    run.end_to_grow()
+                    return
                 run.interruptions.wait_out(interruption)
         elif time.monotonic() - last_emit >= settings.progress_interval_s:
             figures = throughput.take()
