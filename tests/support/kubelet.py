@@ -12,10 +12,12 @@ It plays the scheduler too: it binds each pod it runs to its node, :data:`NODE_N
 ``pods/<name>/binding`` subresource, and runs only pods it bound or that were bound to that node already (a pod bound
 to another node is not its business; one it cannot bind, because its node is lost, stays Pending). A bound pod's
 deletion leaves it Terminating (see :mod:`tests.support.apiserver`): on seeing ``deletionTimestamp`` the kubelet sends
-SIGTERM to the process group, SIGKILL after the pod's ``deletionGracePeriodSeconds`` (at most
-``termination_grace_s``, so that tests stay quick), reports how the container ended, and then finishes the deletion
-with a DELETE of grace period 0 and the pod's uid as precondition; a Terminating pod of its node that it never ran is
-finished at once. A pod deleted outright (a force delete) is stopped the same way. On a lost node
+SIGTERM to the main process (as a container runtime signals PID 1: `ray start` drains its node first), SIGKILL to all
+that is left once the main process has exited or after the pod's ``deletionGracePeriodSeconds`` (at most
+``termination_grace_s``, so that tests stay quick), reports how the container ended, and once every process of the pod
+has exited finishes the deletion with a DELETE of grace period 0 and the pod's uid as precondition; a Terminating pod
+of its node that it never ran is finished at once. :meth:`LocalKubelet.cordon` leaves new pods Pending, Unschedulable,
+as a cordoned node does, until :meth:`LocalKubelet.uncordon`. A pod deleted outright (a force delete) is stopped the same way. On a lost node
 (``Emulator.lose_node``) the server hears none of that: the processes stop, the pod stays Terminating.
 
 How the environment is resolved, as Kubernetes does:
