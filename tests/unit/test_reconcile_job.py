@@ -289,6 +289,36 @@ def test_suspend_deletes_pods_keeps_status_and_resume_builds_a_new_cluster_once_
     assert len([o for o in stuck.create if o["kind"] == "Pod"]) == 3
 
 
+def test_a_head_the_cluster_takes_away_is_rebuilt_after_its_checkpoint_without_spending_a_restart() -> None:
+    """A drain evicts the head (DisruptionTarget, EvictionByEvictionAPI): a preemption, not a failure of the job."""
+    job = make_job(running(restarts=3), failurePolicy={"maxRestarts": 3})
+    pods, services = cluster(job)
+    head = next(p for p in pods if p.role == "head")
+    evicted = replace(head, deleting=True, disruption="EvictionByEvictionAPI")
+    seen = running_observation([evicted, *(p for p in pods if p is not head)], services, 1)
+    plan = decide_job(job, seen)
+    assert plan.status.phase == "Restarting" and plan.status.restarts == 3, "a preemption spent a restart"
+    assert reasons(plan) == ["Preempted"] and condition(plan, "Restarting") == "True"
+    assert "EvictionByEvictionAPI" in plan.status.message and plan.status.cluster_generation == 2
+    assert plan.create == [], "the new cluster must wait for the old pods, whose run is checkpointing"
+    job.status = plan.status
+    built = decide_job(job, JobObservation(now=NOW + timedelta(seconds=5)))
+    assert len([o for o in built.create if o["kind"] == "Pod"]) == 3 and built.status.restarts == 3
+    # Without the cluster's word for it, a lost head is a failure, counted against maxRestarts.
+    lost = running_observation([replace(head, deleting=True), *(p for p in pods if p is not head)], services, 1)
+    failed = decide_job(make_job(running(restarts=3), failurePolicy={"maxRestarts": 3}), lost)
+    assert failed.status.phase == "Failed" and reasons(failed) == ["RestartLimitExceeded"]
+
+
+def test_the_disruption_target_condition_is_read_from_the_pod() -> None:
+    job = make_job(running())
+    obj = head_pod(job, 1, None)
+    obj["status"] = {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]}
+    assert PodView.from_object(obj).disruption == "PreemptionByScheduler"
+    obj["status"]["conditions"][0]["status"] = "False"
+    assert PodView.from_object(obj).disruption == ""
+
+
 def test_changed_worker_count_is_applied_by_a_rebuild_after_the_old_run_checkpointed() -> None:
     job = make_job(running())
     pods, services = cluster(job)

@@ -168,6 +168,23 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         self.event("Warning", reason, self.status.message)
         self.condition("Restarting", True, reason, self.status.message)
 
+    def head_disruption(self, generation: int) -> str:
+        """Why the cluster took the generation's head pod away, when it said so (its DisruptionTarget condition)."""
+        return next((p.disruption for p in self.seen.pods_of(generation) if p.role == "head" and p.disruption), "")
+
+    def rebuild_after_preemption(self, disruption: str) -> None:
+        """The cluster took the head away (a drain, an eviction, a preemption, a spot reclaim): its run checkpointed
+        on the SIGTERM, and the rebuild resumes from there without spending maxRestarts, as Ray Train does not count a
+        preemption against a run's failures."""
+        self.build_cluster(after_old_stopped=True)
+        self.status.phase = "Restarting"
+        self.status.message = (
+            f"the head pod was taken away ({disruption}): rebuilding the Ray cluster once its pods stopped, "
+            f"{resume_point(self.status)}"
+        )
+        self.event("Warning", "Preempted", self.status.message)
+        self.condition("Restarting", True, "Preempted", self.status.message)
+
     def suspend(self) -> None:
         # The pods' SIGTERM makes the run checkpoint before Ray stops: the resumed run loses no step.
         self.clusters.remove_all()
@@ -235,7 +252,11 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             self.clusters.build(generation, self.spec.workers.replicas)
             return
         if health.head is None or health.state != "up":
-            self.restart(health.why)
+            disruption = self.head_disruption(generation)
+            if disruption:
+                self.rebuild_after_preemption(disruption)
+            else:
+                self.restart(health.why)
             return
         if self.spec_changed(health.head) or queued:
             return
@@ -388,8 +409,11 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
                 self.before.workers.training, status.workers.training, self.spec.workers.replicas, status
             )
             if resized is not None:
-                self.event("Normal" if status.workers.training > self.before.workers.training else "Warning",
-                           "WorkersResized", resized)
+                self.event(
+                    "Normal" if status.workers.training > self.before.workers.training else "Warning",
+                    "WorkersResized",
+                    resized,
+                )
             for uri in status.skipped_checkpoints:
                 if uri not in self.before.skipped_checkpoints:
                     why = self.seen.report.skipped_checkpoints.get(uri, "")

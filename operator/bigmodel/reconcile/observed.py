@@ -51,6 +51,9 @@ class PodView:
     stuck: str = ""
     """Why the pod cannot start, in the scheduler's or the kubelet's words (`Unschedulable: 0/3 nodes ...`)."""
     created: datetime | None = None
+    disruption: str = ""
+    """Why the cluster is taking the pod away, when it says so in the DisruptionTarget condition (its reason:
+    EvictionByEvictionAPI for a drain, PreemptionByScheduler, DeletionByTaintManager, TerminationByKubelet)."""
     owner_uid: str = ""
     """The uid of the resource that controls the pod (its owner reference)."""
     gates: tuple[str, ...] = ()
@@ -81,6 +84,14 @@ class PodView:
             annotations=dict(meta.get("annotations") or {}),
             stuck=_stuck(status),
             created=datetime.fromisoformat(meta["creationTimestamp"]) if meta.get("creationTimestamp") else None,
+            disruption=next(
+                (
+                    c.get("reason") or "DisruptionTarget"
+                    for c in conditions
+                    if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+                ),
+                "",
+            ),
             owner_uid=next(
                 (ref.get("uid", "") for ref in meta.get("ownerReferences") or [] if ref.get("controller")), ""
             ),
