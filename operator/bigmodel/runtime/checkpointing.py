@@ -41,15 +41,14 @@ class Checkpointing:
         self._on_complete = on_complete
         # Checkpoint collectives exchange Python objects on the CPU, whatever backend training uses (NCCL on GPUs), and
         # an async save's run from its writing thread while training's run on the default group meanwhile.
-        self.group = dist.new_group(backend="gloo")
-        """The workers' CPU group, for the run's other small agreements too (`interruptions`)."""
+        self._group = dist.new_group(backend="gloo")
         self._stager = sharded_state.host_stager() if async_save else None
         self._in_flight: _InFlight | None = None
 
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> Resume:
         """Restore the newest checkpoint that loads into model and optimizer (see CheckpointStore.resume)."""
         return self._store.resume(
-            lambda directory: sharded_state.restore(directory, model, optimizer, process_group=self.group)
+            lambda directory: sharded_state.restore(directory, model, optimizer, process_group=self._group)
         )
 
     def save(
@@ -60,13 +59,13 @@ class Checkpointing:
         self.wait()
         if self._rank == 0:
             self._store.clear(step)
-        dist.barrier(group=self.group)  # no worker writes into the step's directory before it is clear
+        dist.barrier(group=self._group)  # no worker writes into the step's directory before it is clear
         directory = self._store.directory(step)
         if self._stager is None:
-            sharded_state.save(directory, model, optimizer, process_group=self.group)
+            sharded_state.save(directory, model, optimizer, process_group=self._group)
             self._complete(step, epoch, metrics, time.perf_counter() - started)
             return
-        save = sharded_state.save_async(directory, model, optimizer, process_group=self.group, stager=self._stager)
+        save = sharded_state.save_async(directory, model, optimizer, process_group=self._group, stager=self._stager)
         self._in_flight = _InFlight(save, step, epoch, metrics, time.perf_counter() - started)
 
     def before_update(self) -> None:

@@ -8,9 +8,9 @@
 - **Growth** (elastic runs). When the cluster has room for one more worker than the run has, the run saves a
   checkpoint and ends its attempt, for the driver to start it again on more workers (`driver`).
 
-Every rank looks in a thread; the ranks agree with one all-reduce on the checkpoint group, so that they all save after
-the same step. Not after every step: an all-reduce costs about half a millisecond here, a seventh of a small model's
-step, so after a few steps the ranks settle on agreeing about every AGREE_EVERY_S, counted in steps.
+Every rank looks in a thread; the ranks agree with one all-reduce on a gloo group of their own, so that they all save
+after the same step. Not after every step: an all-reduce costs about half a millisecond here, a seventh of a small
+model's step, so after a few steps the ranks settle on agreeing about every AGREE_EVERY_S, counted in steps.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import Any
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
 from bigmodel.api.job import BuiltinWorkload, TrainingSpec
@@ -218,8 +219,10 @@ class _Run:
             async_save=settings.async_save,
             on_complete=self._saved,
         )
+        # A group of its own: an async save runs the checkpoint group's collectives from its writing thread, and two
+        # threads' collectives on one group would pair up differently on different ranks.
         self.interruptions = Interruptions(
-            self.checkpoints.group,
+            dist.new_group(backend="gloo"),
             {ray.get_runtime_context().get_node_id(), *([settings.head_node] if settings.head_node else [])},
             self._room_for_another_worker if self.rank == 0 and settings.worker_resources else None,
         )
