@@ -176,14 +176,16 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
         """The cluster took the head away (a drain, an eviction, a preemption, a spot reclaim): its run checkpointed
         on the SIGTERM, and the rebuild resumes from there without spending maxRestarts, as Ray Train does not count a
         preemption against a run's failures."""
+        why = f"the head pod was taken away ({disruption}): rebuilding the Ray cluster once its pods stopped"
+        self.rebuild_after_stop(why, "Warning", "Preempted")
+        self.condition("Restarting", True, "Preempted", self.status.message)
+
+    def rebuild_after_stop(self, why: str, type_: str, reason: str) -> None:
+        """A new cluster, made once the old one's pods are gone (their run checkpoints as they stop); no restart."""
         self.build_cluster(after_old_stopped=True)
         self.status.phase = "Restarting"
-        self.status.message = (
-            f"the head pod was taken away ({disruption}): rebuilding the Ray cluster once its pods stopped, "
-            f"{resume_point(self.status)}"
-        )
-        self.event("Warning", "Preempted", self.status.message)
-        self.condition("Restarting", True, "Preempted", self.status.message)
+        self.status.message = f"{why}, {resume_point(self.status)}"
+        self.event(type_, reason, self.status.message)
 
     def suspend(self) -> None:
         # The pods' SIGTERM makes the run checkpoint before Ray stops: the resumed run loses no step.
@@ -344,13 +346,8 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             self.condition("SpecChangeRejected", False, "SpecApplied")
         if self.built_from_this_spec(head, RUN_SPEC_ANNOTATION):
             return False
-        self.build_cluster(after_old_stopped=True)
-        self.status.phase = "Restarting"
-        self.status.message = (
-            f"spec changed: rebuilding the Ray cluster with it once the run checkpointed and stopped, "
-            f"{resume_point(self.status)}"
-        )
-        self.event("Normal", "SpecApplied", self.status.message)
+        why = "spec changed: rebuilding the Ray cluster with it once the run checkpointed and stopped"
+        self.rebuild_after_stop(why, "Normal", "SpecApplied")
         return True
 
     def built_from_this_spec(self, head: PodView, key: str) -> bool:
