@@ -21,22 +21,18 @@ figures come from the driver's own progress endpoint, polled every 0.1 s; the jo
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from bench import bench_parser
-from bigmodel.api.training_report import TrainingReport
-from bigmodel.api.wire import PROGRESS_PORT
 
 # The local cluster harness lives with the tests; the benchmark reuses it as is.
 from tests.support.emulator import KubeClient, wait_for
-from tests.support.local_cluster import LocalCluster, cluster_token, local_cluster, two_worker_gpt_job
+from tests.support.local_cluster import DriverProgress, LocalCluster, cluster_token, local_cluster, two_worker_gpt_job
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
 Way = Literal["replacement", "elastic", "sigterm"]
@@ -55,16 +51,6 @@ class Recovery:
     workers_after: int
 
 
-def read_report(port: int, token: str) -> TrainingReport | None:
-    """The driver's report, read as the operator reads it: with the cluster's Ray token."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/progress", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return TrainingReport.model_validate(json.loads(response.read()))
-    except OSError:
-        return None
-
-
 async def interrupt(cluster: LocalCluster, kube: KubeClient, way: Way, work: Path, every_steps: int) -> Recovery:
     # Every step reported, so the step the failure interrupted is known exactly.
     every_step = [{"name": "BIGMODEL_PROGRESS_INTERVAL_S", "value": "0"}]
@@ -81,8 +67,7 @@ async def interrupt(cluster: LocalCluster, kube: KubeClient, way: Way, work: Pat
         return (status.get("lastCheckpoint") or {}).get("step", 0) >= 2 * every_steps
 
     await wait_for(checkpointed, 300, "no second checkpoint within 300 s", 0.5)
-    port = cluster.kubelet.host_port("recovery-g1-head", PROGRESS_PORT)
-    token = await cluster_token(kube, "recovery", 1)
+    progress = DriverProgress(cluster.kubelet, "recovery-g1-head", await cluster_token(kube, "recovery", 1))
     started = time.monotonic()
     if way == "sigterm":
         await kube.delete("v1", "pods", "recovery-g1-w1")
@@ -91,7 +76,7 @@ async def interrupt(cluster: LocalCluster, kube: KubeClient, way: Way, work: Pat
             cluster.kubelet.cordon()
         cluster.kubelet.kill("recovery-g1-w1", signal.SIGKILL)
     while True:
-        report = read_report(port, token)
+        report = progress.read()
         if report is not None and report.worker_restarts >= 1 and report.step > report.resumed_from_step:
             seconds = time.monotonic() - started
             break

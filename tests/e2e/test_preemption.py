@@ -9,11 +9,8 @@ restarted by the operator's watchdog as Stalled.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +18,15 @@ from typing import Any
 import pytest
 
 from bigmodel.api.training_report import TrainingReport
-from bigmodel.api.wire import PROGRESS_PORT
 from bigmodel.runtime.checkpoints import CheckpointStore
 from tests.support.emulator import KubeClient, wait_for
-from tests.support.local_cluster import LocalCluster, cluster_token, local_cluster, two_worker_gpt_job
+from tests.support.local_cluster import (
+    DriverProgress,
+    LocalCluster,
+    cluster_token,
+    local_cluster,
+    two_worker_gpt_job,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -48,28 +50,12 @@ async def _events(kube: KubeClient, name: str) -> list[tuple[str, str]]:
     return [(e["reason"], e.get("message", "")) for e in await kube.events(involved_name=name)]
 
 
-class Progress:
-    """The driver's own progress endpoint on the head, read as the operator reads it, at the test's own pace."""
-
-    def __init__(self, cluster: LocalCluster, head: str, token: str) -> None:
-        self._url = f"http://127.0.0.1:{cluster.kubelet.host_port(head, PROGRESS_PORT)}/progress"
-        self._token = token
-
-    def read(self) -> TrainingReport | None:
-        request = urllib.request.Request(self._url, headers={"Authorization": f"Bearer {self._token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                return TrainingReport.model_validate(json.loads(response.read()))
-        except (urllib.error.URLError, OSError):
-            return None
-
-
-async def _progress(cluster: LocalCluster, kube: KubeClient, job: str, generation: int) -> Progress:
+async def _progress(cluster: LocalCluster, kube: KubeClient, job: str, generation: int) -> DriverProgress:
     head = f"{job}-g{generation}-head"
-    return Progress(cluster, head, await cluster_token(kube, job, generation))
+    return DriverProgress(cluster.kubelet, head, await cluster_token(kube, job, generation))
 
 
-async def _training_past(progress: Progress, step: int, what: str, timeout_s: float = 240) -> TrainingReport:
+async def _training_past(progress: DriverProgress, step: int, what: str, timeout_s: float = 240) -> TrainingReport:
     async def past() -> TrainingReport | None:
         report = progress.read()
         return report if report is not None and report.step >= step else None

@@ -6,8 +6,10 @@ Shared by the end-to-end tests and bench.recovery.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ from unittest import mock
 
 import aiohttp
 
-from bigmodel.api.wire import RAY_DASHBOARD_PORT, TOKEN_SECRET_KEY
+from bigmodel.api.training_report import TrainingReport
+from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT, TOKEN_SECRET_KEY
 from bigmodel.builders.naming import token_secret_name
 from tests.support.emulator import PROJECT_CRDS, Emulator, KubeClient, running_emulator
 from tests.support.kubelet import LocalKubelet
@@ -46,6 +49,24 @@ async def cluster_token(kube: KubeClient, job: str, generation: int, namespace: 
     secret = await kube.get("v1", "secrets", token_secret_name(job, generation), namespace=namespace)
     assert secret is not None, f"cluster {generation} of {job} has no token Secret"
     return base64.b64decode(secret["data"][TOKEN_SECRET_KEY]).decode()
+
+
+class DriverProgress:
+    """A run's driver's progress endpoint on its head pod, read as the operator reads it (with the cluster's Ray
+    token), at the caller's own pace."""
+
+    def __init__(self, kubelet: LocalKubelet, head_pod: str, token: str) -> None:
+        self._url = f"http://127.0.0.1:{kubelet.host_port(head_pod, PROGRESS_PORT)}/progress"
+        self._token = token
+
+    def read(self) -> TrainingReport | None:
+        """The driver's latest report; None while the endpoint does not answer."""
+        request = urllib.request.Request(self._url, headers={"Authorization": f"Bearer {self._token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return TrainingReport.model_validate(json.loads(response.read()))
+        except OSError:  # urllib's URLError included
+            return None
 
 
 async def ray_dashboard_get(kubelet: LocalKubelet, head_pod: str, path: str, token: str) -> Any:

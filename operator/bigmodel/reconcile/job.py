@@ -228,7 +228,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             self.build_cluster(after_old_stopped=resumed)
             status.phase = "Starting"
             status.message = (
-                f"creating Ray cluster {self.job.metadata.name}-g{status.cluster_generation}: "
+                f"creating Ray cluster {cluster_name(self.job.metadata.name, status.cluster_generation)}: "
                 f"1 head, {self.spec.workers.replicas} workers"
             )
             self.event("Normal", "Resumed" if resumed else "Created", status.message)
@@ -246,7 +246,7 @@ class JobDecision(Decision[BigModelJob, JobObservation, BigModelJobStatus]):
             if self.old_clusters_stopping(generation):
                 status.message = (
                     f"waiting for the previous Ray cluster's pods to checkpoint and stop before creating "
-                    f"{self.job.metadata.name}-g{generation}"
+                    f"{cluster_name(self.job.metadata.name, generation)}"
                 )
                 return
             # Never seen running: its creation failed part-way (a quota, a webhook, a lost status write), or it waited

@@ -244,7 +244,7 @@ class _Run:
         """Fraction of the planned steps done and, once this attempt has a speed, the seconds left."""
         done, elapsed = self.step - self._first_step, time.monotonic() - self._started
         _, eta = percent_and_eta(self.step, self.plan.total_steps, done / elapsed if done > 0 else None)
-        figures = {"progress": self.step / self.plan.total_steps, "world_size": float(self.world)}
+        figures = {"progress": self.step / self.plan.total_steps}
         if eta is not None:
             figures["eta_seconds"] = float(eta)
         if self.state_bytes is not None:
