@@ -14,7 +14,7 @@ from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.serving.predictor import (
     DEFAULT_NEW_TOKENS,
     DigitsPredictor,
-    GptPredictor,
+    TextPredictor,
     build_predictor,
     predictor_class,
 )
@@ -50,9 +50,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsPredictor:
 
 
 @pytest.fixture(scope="module")
-def gpt(tmp_path_factory: pytest.TempPathFactory) -> GptPredictor:
+def gpt(tmp_path_factory: pytest.TempPathFactory) -> TextPredictor:
     predictor = build_predictor(*exported(tmp_path_factory.mktemp("gpt"), GPT_CONFIG), CPU)
-    assert isinstance(predictor, GptPredictor)
+    assert isinstance(predictor, TextPredictor)
     return predictor
 
 
@@ -113,7 +113,7 @@ def test_digits_take_no_parameters(digits: DigitsPredictor) -> None:
     assert caught.value.message == 'parameters: unknown parameter "temperature"; this model takes none'
 
 
-def test_gpt_batch_of_mixed_prompts_equals_greedy_generation_one_at_a_time(gpt: GptPredictor) -> None:
+def test_gpt_batch_of_mixed_prompts_equals_greedy_generation_one_at_a_time(gpt: TextPredictor) -> None:
     # Equal and different lengths, longer than the context, multi-byte text, and different lengths to generate.
     instances: list[Any] = [
         {"prompt": "def f(x):", "max_new_tokens": 9},
@@ -129,18 +129,18 @@ def test_gpt_batch_of_mixed_prompts_equals_greedy_generation_one_at_a_time(gpt: 
     assert batched == [gpt.predict([instance])[0] for instance in instances]
     for instance, text in zip(instances, batched, strict=True):
         prompt, count = (instance, DEFAULT_NEW_TOKENS) if isinstance(instance, str) else instance.values()
-        assert text == generate(gpt.model, prompt.encode(), count).decode("utf-8", errors="replace")
+        assert text == generate(gpt.generator.model.model, prompt.encode(), count).decode("utf-8", errors="replace")
     assert len({*batched}) > 3, "the test model should continue different prompts differently"
 
 
-def test_gpt_parameters_set_the_default_length(gpt: GptPredictor) -> None:
+def test_gpt_parameters_set_the_default_length(gpt: TextPredictor) -> None:
     checked = gpt.checked(["ab", {"prompt": "cd", "max_new_tokens": 2}], {"max_new_tokens": 5}, v2_location)
-    assert [request.max_new_tokens for request in checked] == [5, 2]
+    assert [prepared.request.max_tokens for prepared in checked] == [5, 2]
     (tensor,) = gpt.output_tensors(gpt.run(checked))
     assert (tensor.name, tensor.datatype, tensor.shape) == ("text_output", "BYTES", (2,))
     assert tensor.data == [
-        generate(gpt.model, b"ab", 5).decode("utf-8", errors="replace"),
-        generate(gpt.model, b"cd", 2).decode("utf-8", errors="replace"),
+        generate(gpt.generator.model.model, b"ab", 5).decode("utf-8", errors="replace"),
+        generate(gpt.generator.model.model, b"cd", 2).decode("utf-8", errors="replace"),
     ]
 
 
@@ -172,7 +172,7 @@ def test_gpt_parameters_set_the_default_length(gpt: GptPredictor) -> None:
     ],
 )
 def test_bad_gpt_instances_are_400_with_the_reason(
-    gpt: GptPredictor, instance: Any, parameters: dict[str, Any], expected: str
+    gpt: TextPredictor, instance: Any, parameters: dict[str, Any], expected: str
 ) -> None:
     with pytest.raises(ProtocolError) as caught:
         gpt.checked([instance], parameters, v1_location)

@@ -15,6 +15,8 @@ class ServeAppArgs(BaseModel):
     model_version: str = Field(..., min_length=1, description="Changes with every update of the served model.")
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    # Generative models' KV cache bound per replica (spec.batching.maxCachedTokens, whose default lives there).
+    max_cached_tokens: int = Field(..., ge=1)
     # Whether the replicas require an API key; the keys themselves come from the pod environment (wire.API_KEYS_ENV),
     # since this config is readable through Ray's Serve REST API.
     auth_required: bool

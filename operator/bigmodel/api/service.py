@@ -136,9 +136,33 @@ class ServiceWorkerGroup(NodeGroup):
 class Batching(Model):
     """Requests grouped into one forward pass, trading a little latency for throughput."""
 
-    max_batch_size: int = Field(32, ge=1, le=65536, description="Most requests in one batch.")
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=65536,
+        description=(
+            "Most requests in one batch. For a generative model, the most sequences one replica generates together: "
+            "requests join its running batch at the next token and leave it when done (continuous batching)."
+        ),
+    )
     wait_timeout_ms: int = Field(
-        10, ge=0, le=60000, description="Longest wait for a batch to fill, in milliseconds; 0 disables waiting."
+        10,
+        ge=0,
+        le=60000,
+        description=(
+            "Longest wait for a batch to fill, in milliseconds; 0 disables waiting. Generative models never wait: a "
+            "request joins the running batch at once."
+        ),
+    )
+    max_cached_tokens: int = Field(
+        65536,
+        ge=64,
+        le=1 << 24,
+        description=(
+            "Generative models: tokens the KV cache of one replica may hold. A request reserves its prompt and "
+            "max_tokens when it joins the batch and waits while they do not fit; one that could never fit is "
+            "answered 400."
+        ),
     )
 
 

@@ -32,6 +32,7 @@ def app_args(service_name: str, spec: BigModelServiceSpec, model_uri: str, versi
         model_version=version,
         max_batch_size=spec.batching.max_batch_size,
         batch_wait_timeout_s=spec.batching.wait_timeout_ms / 1000,
+        max_cached_tokens=spec.batching.max_cached_tokens,
         auth_required=spec.auth is not None,
         max_body_bytes=spec.limits.max_body_bytes,
         timeout_s=spec.limits.timeout_seconds,

@@ -8,23 +8,33 @@ and resources are not set here: they come from that config (builders/serve_app.p
 # serve.ingress rebinds, where string annotations would no longer resolve.
 import asyncio
 import os
+import time
 import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException
 
 from bigmodel.api.serve_app import ServeAppArgs
 from bigmodel.api.wire import SERVE_DEPLOYMENT_NAME
-from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.serving.asgi_guard import ReplicaGuard
 from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT, Policy, api_keys_from_env
-from bigmodel.runtime.serving.predictor import build_predictor
+from bigmodel.runtime.serving.openai_api import OPENAI_PATHS, Answer, OpenAIEndpoints
+from bigmodel.runtime.serving.openai_protocol import (
+    SSE_MEDIA_TYPE,
+    OpenAIError,
+    error_document,
+    error_document_for,
+    model_card,
+    model_list,
+)
+from bigmodel.runtime.serving.predictor import TextPredictor, load_predictor
 from bigmodel.runtime.serving.protocol import (
+    NOT_FOUND,
     ProtocolError,
     check_model_name,
     model_metadata,
@@ -50,13 +60,21 @@ def _replica_policy() -> Policy:
 api.add_middleware(ReplicaGuard, policy=_replica_policy)
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def _error(request: Request, status: int, message: str) -> JSONResponse:
+    """An error in the shape the path's protocol has: OpenAI's on its endpoints, KServe's elsewhere."""
+    if request.url.path in OPENAI_PATHS:
+        return JSONResponse(error_document_for(status, message), status_code=status)
     return JSONResponse({"error": message}, status_code=status)
 
 
 @api.exception_handler(ProtocolError)
 async def _protocol_error(request: Request, error: ProtocolError) -> JSONResponse:
-    return _error(error.status, error.message)
+    return _error(request, error.status, error.message)
+
+
+@api.exception_handler(OpenAIError)
+async def _openai_error(request: Request, error: OpenAIError) -> JSONResponse:
+    return JSONResponse(error_document(error), status_code=error.status)
 
 
 @api.exception_handler(RequestValidationError)
@@ -64,12 +82,12 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     # FastAPI's own checks (path parameters) answer in the same one-line form as ours, not its nested detail list.
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
-    return _error(422, f"{where}: {first['msg']}")
+    return _error(request, 422, f"{where}: {first['msg']}")
 
 
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
-    return _error(error.status_code, f"{request.method} {request.url.path}: {error.detail}")
+    return _error(request, error.status_code, f"{request.method} {request.url.path}: {error.detail}")
 
 
 @serve.deployment(name=SERVE_DEPLOYMENT_NAME)
@@ -80,16 +98,24 @@ class ModelServer:
 
     def __init__(self, args: ServeAppArgs) -> None:
         self.args = args
+        # OpenAI's `created` of the model: when this replica loaded it.
+        self._created = int(time.time())
         # Before the model loads: a replica that requires keys and has none fails at once, saying so in one line.
         self.policy = Policy(
             max_body_bytes=args.max_body_bytes,
             api_keys=api_keys_from_env(os.environ, args.auth_required),
             auth_required=args.auth_required,
         )
-        model, config = load_model(args.model_uri)
-        self.predictor = build_predictor(model, config)
+        self.predictor = load_predictor(
+            args.model_uri, max_sequences=args.max_batch_size, max_cached_tokens=args.max_cached_tokens
+        )
         self._run_batch.set_max_batch_size(args.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        self.openai = (
+            OpenAIEndpoints(self.predictor.generator, args.model_name, self._created, args.timeout_s)
+            if isinstance(self.predictor, TextPredictor)
+            else None
+        )
 
     @serve.batch
     async def _run_batch(self, requests: list[list[Any]]) -> list[list[Any]]:
@@ -109,8 +135,14 @@ class ModelServer:
         The proxy times the whole request too, but it reads its timeout only when it starts; this one follows the
         service's current spec. A request still waiting for its batch leaves it; one in a running batch is answered
         504 while the forward pass, which a thread cannot be stopped in, runs to its end."""
+        # A generative model's instances join its engine's running batch one by one: no batch to wait for.
+        run = (
+            self.predictor.run_async(instances)
+            if isinstance(self.predictor, TextPredictor)
+            else self._run_batch(instances)
+        )
         try:
-            return await asyncio.wait_for(self._run_batch(instances), self.args.timeout_s)
+            return await asyncio.wait_for(run, self.args.timeout_s)
         except TimeoutError:
             raise ProtocolError(
                 GATEWAY_TIMEOUT,
@@ -156,8 +188,31 @@ class ModelServer:
 
     @api.get("/v1/models/{name}")
     async def v1_model_ready(self, name: str) -> dict[str, Any]:
+        """KServe v1's model readiness, which is also OpenAI's retrieve-model path: one answer holds both."""
         check_model_name(name, self.args.model_name)
-        return {"name": name, "ready": True}
+        return {**model_card(name, self._created), "name": name, "ready": True}
+
+    @api.get("/v1/models")
+    async def openai_models(self) -> dict[str, Any]:
+        return model_list(self.args.model_name, self._created)
+
+    @api.post("/v1/completions")
+    async def openai_completions(self, request: Request) -> Response:
+        return _response(await self._openai().completions(await request.body()))
+
+    @api.post("/v1/chat/completions")
+    async def openai_chat(self, request: Request) -> Response:
+        return _response(await self._openai().chat(await request.body()))
+
+    def _openai(self) -> OpenAIEndpoints:
+        if self.openai is None:
+            raise OpenAIError(
+                NOT_FOUND,
+                f"model {self.args.model_name} does not generate text; ask it at /v2/models/{self.args.model_name}/infer",
+                "model",
+                "model_not_found",
+            )
+        return self.openai
 
     @api.post("/v1/models/{name}:predict")
     async def predict(self, name: str, request: Request) -> dict[str, Any]:
@@ -166,6 +221,13 @@ class ModelServer:
         raw = parse_v1_request(parse_json(await request.body()), predictor.max_instances)
         results = await self._predict(predictor.checked(raw, {}, v1_location))
         return v1_response([predictor.prediction(result) for result in results])
+
+
+def _response(answer: Answer) -> Response:
+    if answer.events is not None:
+        # No buffering by proxies in between (nginx honours the header), so each event reaches the client as made.
+        return StreamingResponse(answer.events, media_type=SSE_MEDIA_TYPE, headers={"X-Accel-Buffering": "no"})
+    return JSONResponse(answer.document)
 
 
 def build(args: dict[str, Any]) -> Application:

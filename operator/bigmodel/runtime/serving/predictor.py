@@ -6,6 +6,7 @@ digits take 64 pixel values and a GPT takes a prompt.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,13 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 import torch.nn.functional as F
 
+from bigmodel.api.service import Batching
+from bigmodel.runtime.artifacts import describe_model, load_model
+from bigmodel.runtime.generation.engine import RequestRefused
+from bigmodel.runtime.generation.huggingface import HuggingFaceCausalModel, HuggingFaceTokenizer
+from bigmodel.runtime.huggingface import load_causal_lm
+from bigmodel.runtime.generation.models import BuiltinGpt
+from bigmodel.runtime.generation.tokenizers import ByteTokenizer
 from bigmodel.runtime.serving.protocol import (
     BAD_REQUEST,
     InvalidInstance,
@@ -24,6 +32,7 @@ from bigmodel.runtime.serving.protocol import (
     shown,
     v1_location,
 )
+from bigmodel.runtime.serving.text_generation import Prepared, TextGenerator, TextRequest
 from bigmodel.runtime.tasks.digits import CLASSES, INPUTS
 from bigmodel.runtime.tasks.gpt_model import GPT
 
@@ -151,54 +160,17 @@ class DigitsPredictor(Predictor[tuple[float, ...], DigitsResult]):
         ]
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt: bytes
-    max_new_tokens: int
+class TextPredictor(Predictor[Prepared, str]):
+    """A generative model on the KServe protocols: greedy continuations, generated on the replica's one engine."""
 
-
-@torch.no_grad()
-def generate_batch(model: GPT, requests: Sequence[GenerationRequest], device: torch.device) -> list[bytes]:
-    """Greedy continuations, each equal to tasks.generate() of its prompt alone.
-
-    The model has no attention mask and absolute positions, so padding would change what a short prompt sees; instead
-    prompts whose windows (the last context_length bytes) have equal length share every forward pass, since they stay
-    equal in length step after step. Within a group, rows wanting the most tokens come first, so the rows still
-    generating are always a prefix and finished ones leave the pass.
-    """
-    context = model.context_length
-    groups: dict[int, list[int]] = {}
-    for index, request in enumerate(requests):
-        groups.setdefault(min(len(request.prompt), context), []).append(index)
-    continuations: list[bytes] = [b""] * len(requests)
-    for indices in groups.values():
-        indices.sort(key=lambda index: -requests[index].max_new_tokens)
-        wanted = [requests[index].max_new_tokens for index in indices]
-        # Only the last context_length bytes are ever attended to, so older ones need not travel to the device.
-        tokens = torch.tensor([list(requests[index].prompt[-context:]) for index in indices], device=device)
-        generated = torch.zeros((len(indices), wanted[0]), dtype=torch.int64, device=device)
-        for step in range(wanted[0]):
-            active = sum(1 for count in wanted if count > step)
-            next_tokens = model(tokens[:active])[:, -1].float().argmax(dim=-1)
-            generated[:active, step] = next_tokens
-            tokens = torch.cat([tokens[:active], next_tokens.unsqueeze(1)], dim=1)[:, -context:]
-        for row, index in enumerate(indices):
-            continuations[index] = bytes(generated[row, : wanted[row]].tolist())
-    return continuations
-
-
-class GptPredictor(Predictor[GenerationRequest, str]):
     task = "gpt"
     max_instances = 64
     input = TensorSpec("text_input", "BYTES", (-1,))
     outputs = (TensorSpec("text_output", "BYTES", (-1,)),)
     sample = SAMPLE_PROMPT
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        if not isinstance(model, GPT):
-            raise TypeError(f"a gpt model config built a {type(model).__name__}, not a GPT")
-        self.model = model.to(device).eval()
-        self.device = device
+    def __init__(self, generator: TextGenerator) -> None:
+        self.generator = generator
 
     def parse_parameters(self, parameters: Mapping[str, Any]) -> Mapping[str, Any]:
         for key, value in parameters.items():
@@ -215,7 +187,7 @@ class GptPredictor(Predictor[GenerationRequest, str]):
             )
         return int(value)
 
-    def parse_instance(self, value: Any, parameters: Mapping[str, Any]) -> GenerationRequest:
+    def parse_instance(self, value: Any, parameters: Mapping[str, Any]) -> Prepared:
         max_new_tokens = parameters.get("max_new_tokens", DEFAULT_NEW_TOKENS)
         if isinstance(value, dict):
             unknown = sorted(set(value) - {"prompt", "max_new_tokens"})
@@ -231,11 +203,19 @@ class GptPredictor(Predictor[GenerationRequest, str]):
             )
         if not value:
             raise InvalidInstance("the prompt must not be empty")
-        return GenerationRequest(value.encode("utf-8"), max_new_tokens)
+        try:
+            # Greedy, as the KServe endpoints have always answered.
+            return self.generator.prepare(TextRequest(value, max_new_tokens))
+        except RequestRefused as error:
+            raise InvalidInstance(str(error)) from error
 
-    def run(self, instances: Sequence[GenerationRequest]) -> list[str]:
-        # A continuation may stop inside a multi-byte character; "replace" keeps the response valid JSON text.
-        return [raw.decode("utf-8", errors="replace") for raw in generate_batch(self.model, instances, self.device)]
+    def run(self, instances: Sequence[Prepared]) -> list[str]:
+        return self.generator.complete_blocking(instances)
+
+    async def run_async(self, instances: Sequence[Prepared]) -> list[str]:
+        """run() for a server's event loop: each instance joins the engine's batch on its own."""
+        completions = await asyncio.gather(*(self.generator.complete(instance) for instance in instances))
+        return [completion.text for completion in completions]
 
     def prediction(self, result: str) -> str:
         return result
@@ -244,19 +224,66 @@ class GptPredictor(Predictor[GenerationRequest, str]):
         return [OutputTensor("text_output", "BYTES", (len(results),), list(results))]
 
 
-_PREDICTORS: dict[str, type[DigitsPredictor] | type[GptPredictor]] = {
-    predictor.task: predictor for predictor in (DigitsPredictor, GptPredictor)
+class CausalLmPredictor(TextPredictor):
+    """A Hugging Face causal LM: the same endpoints; only the tokens differ."""
+
+    task = "causal-lm"
+    sample = "Once upon a time"
+
+
+_PREDICTORS: dict[str, type[Predictor[Any, Any]]] = {
+    predictor.task: predictor for predictor in (DigitsPredictor, TextPredictor, CausalLmPredictor)
 }
+# Generation bounds of a replica when the caller names none (tests, benches): the service spec's defaults.
+_BATCHING = Batching()
 
 
 def build_predictor(
-    model: torch.nn.Module, config: Mapping[str, Any], device: torch.device | None = None
-) -> DigitsPredictor | GptPredictor:
-    """The predictor of an exported model, as runtime.artifacts.load_model returns it."""
-    return predictor_class(config.get("task"))(model, device or default_device())
+    model: torch.nn.Module,
+    config: Mapping[str, Any],
+    device: torch.device | None = None,
+    *,
+    max_sequences: int = _BATCHING.max_batch_size,
+    max_cached_tokens: int = _BATCHING.max_cached_tokens,
+) -> Predictor[Any, Any]:
+    """The predictor of an exported built-in model, as runtime.artifacts.load_model returns it."""
+    device = device or default_device()
+    cls = predictor_class(config.get("task"))
+    if cls is DigitsPredictor:
+        return DigitsPredictor(model, device)
+    if not isinstance(model, GPT):
+        raise TypeError(f"a gpt model config built a {type(model).__name__}, not a GPT")
+    generator = TextGenerator(
+        BuiltinGpt(model, device), ByteTokenizer(), max_sequences=max_sequences, max_cached_tokens=max_cached_tokens
+    )
+    return TextPredictor(generator)
 
 
-def predictor_class(task: Any) -> type[DigitsPredictor] | type[GptPredictor]:
+def predictor_class(task: Any) -> type[Predictor[Any, Any]]:
     if task not in _PREDICTORS:
         raise ValueError(f"cannot serve a model of task {task!r}; expected one of {sorted(_PREDICTORS)}")
     return _PREDICTORS[task]
+
+
+def load_predictor(
+    uri: str,
+    device: torch.device | None = None,
+    *,
+    max_sequences: int = _BATCHING.max_batch_size,
+    max_cached_tokens: int = _BATCHING.max_cached_tokens,
+) -> Predictor[Any, Any]:
+    """The predictor of the model directory at uri: one a job exported, or a Hugging Face causal LM."""
+    device = device or default_device()
+    if describe_model(uri).task == CausalLmPredictor.task:
+        model, tokenizer = load_causal_lm(uri, device)
+        generator = TextGenerator(
+            HuggingFaceCausalModel(model, tokenizer, device),
+            HuggingFaceTokenizer(tokenizer),
+            max_sequences=max_sequences,
+            max_cached_tokens=max_cached_tokens,
+        )
+        return CausalLmPredictor(generator)
+    model, config = load_model(uri)
+    return build_predictor(
+        model, config, device, max_sequences=max_sequences, max_cached_tokens=max_cached_tokens
+    )

@@ -1,4 +1,8 @@
-"""A GPT-2 style causal transformer over bytes: pre-LN blocks, learned positions, weight-tied output head."""
+"""A GPT-2 style causal transformer over bytes: pre-LN blocks, learned positions, weight-tied output head.
+
+forward() is the training pass over whole windows; forward_cached() is the serving pass that reuses the keys and values
+of earlier tokens (a KV cache) and lets rows of different lengths share a batch, left-padded, with a key mask.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigmodel.runtime.tasks.base import device_of
+
+# One attention layer's cached keys and values, each (batch, heads, tokens, head width).
+KeyValue = tuple[torch.Tensor, torch.Tensor]
 
 
 class CausalSelfAttention(nn.Module):
@@ -23,16 +30,37 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.residual_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, length, width = x.shape
         q, k, v = (
             part.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
             for part in self.qkv(x).split(width, dim=2)
         )
+        return q, k, v
+
+    def _merged(self, attended: torch.Tensor) -> torch.Tensor:
+        batch, _, length, _ = attended.shape
+        return self.residual_dropout(self.proj(attended.transpose(1, 2).reshape(batch, length, -1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(x)
         attended = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )
-        return self.residual_dropout(self.proj(attended.transpose(1, 2).reshape(batch, length, width)))
+        return self._merged(attended)
+
+    def forward_cached(
+        self, x: torch.Tensor, past: KeyValue | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, KeyValue]:
+        """Attention of x's tokens over past's and their own; returns the output and the keys and values so far.
+
+        mask (batch, 1, new, past + new), True where a query may attend, is None for one unpadded row with no past,
+        which takes exactly forward()'s causal path."""
+        q, k, v = self._heads(x)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self._merged(attended), (k, v)
 
 
 class FeedForward(nn.Module):
@@ -57,6 +85,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x))
         return x + self.feed_forward(self.feed_forward_norm(x))
+
+    def forward_cached(
+        self, x: torch.Tensor, past: KeyValue | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, KeyValue]:
+        attended, present = self.attention.forward_cached(self.attention_norm(x), past, mask)
+        x = x + attended
+        return x + self.feed_forward(self.feed_forward_norm(x)), present
 
 
 class GPT(nn.Module):
@@ -89,6 +124,26 @@ class GPT(nn.Module):
             x = block(x)
         logits: torch.Tensor = self.head(self.final_norm(x))
         return logits
+
+    def forward_cached(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        past: list[KeyValue] | None,
+    ) -> tuple[torch.Tensor, list[KeyValue]]:
+        """Next-token logits of each row's last token, shape (batch, vocab), and every block's keys and values.
+
+        tokens and positions are (batch, new); positions must stay below context_length, since a window that slides
+        moves every position and so invalidates the cache (the caller then recomputes the window with no past)."""
+        x = self.token_embedding(tokens) + self.position_embedding(positions)
+        present: list[KeyValue] = []
+        for index, block in enumerate(self.blocks):
+            x, kv = block.forward_cached(x, past[index] if past is not None else None, mask)
+            present.append(kv)
+        # Only the last position's logits are needed: the head is the largest matrix of a small model.
+        logits: torch.Tensor = self.head(self.final_norm(x[:, -1]))
+        return logits, present
 
     def num_parameters(self, *, include_position_embedding: bool = True) -> int:
         """Distinct parameters (the tied head counts once); works on the meta device."""

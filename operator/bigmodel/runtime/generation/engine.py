@@ -1,0 +1,271 @@
+"""Continuous batching: sequences join the running batch at the next step and leave it when done.
+
+Every step the engine (1) drops cancelled sequences, freeing their cache at once, (2) admits waiting ones while the
+bounds allow, running each prompt through the model alone (its prefill) to get its first token and its cache, and
+(3) decodes one token for every running sequence in one pass over the batch cache. A sequence of the built-in GPT that
+has outgrown its context is recomputed over its last window each step, exactly as generate() does.
+
+submit() and cancel() may be called from any thread; step() runs on one thread (EngineLoop's, or a test's).
+Outputs go to each request's sink, called on the stepping thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from bigmodel.runtime.generation.batch_cache import BatchCache
+from bigmodel.runtime.generation.models import CausalModel
+from bigmodel.runtime.generation.sampling import Sampling, sample
+
+# Finish reasons, as OpenAI names them.
+LENGTH = "length"
+STOP = "stop"
+ERROR = "error"
+# Prompt tokens prefilled in one step beyond the first prompt: more joiners wait a step, so that a burst of new
+# requests does not stall the tokens of the running ones for long.
+PREFILL_TOKENS_PER_STEP = 2048
+
+
+class RequestRefused(ValueError):
+    """A request the engine can never run (too long for the model or the cache); str() says which bound."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: tuple[int, ...]
+    max_tokens: int
+    sampling: Sampling = Sampling()
+
+
+@dataclass(frozen=True)
+class Output:
+    """New tokens of one request; finish is set on its last output."""
+
+    tokens: tuple[int, ...]
+    finish: str | None = None
+    # Set (with finish ERROR) when the model failed; the request ends there.
+    error: str | None = None
+
+
+Sink = Callable[[Output], None]
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: GenerationRequest
+    sink: Sink
+    tokens: list[int]
+    # Tokens of this sequence whose keys and values are in the batch cache.
+    reserved: int
+    generator: torch.Generator | None
+    generated: int = 0
+    cancelled: bool = False
+    finished: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Handle:
+    """A submitted request; cancel() frees its place and cache at the engine's next step."""
+
+    def __init__(self, sequence: _Sequence, wake: Callable[[], None]) -> None:
+        self._sequence = sequence
+        self._wake = wake
+
+    def cancel(self) -> None:
+        self._sequence.cancel()
+        self._wake()
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    cached_tokens: int
+    reserved_tokens: int
+
+
+@dataclass
+class Engine:
+    model: CausalModel
+    max_sequences: int
+    max_cached_tokens: int
+    _inbox: deque[_Sequence] = field(default_factory=deque)
+    _waiting: deque[_Sequence] = field(default_factory=deque)
+    # Rows of the batch cache, in order; windowed sequences (past a sliding model's context) are kept apart.
+    _cached: list[_Sequence] = field(default_factory=list)
+    _windowed: list[_Sequence] = field(default_factory=list)
+    # Admitted this step and not yet in either list (a failing prefill must still end them).
+    _prefilling: list[_Sequence] = field(default_factory=list)
+    _cache: BatchCache = field(default_factory=BatchCache)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    wake: Callable[[], None] = lambda: None
+
+    def reservation(self, request: GenerationRequest) -> int:
+        """Cache tokens a request may come to hold: its prompt and new tokens, at most a context of a sliding model."""
+        return min(len(request.prompt) + request.max_tokens, self.model.max_positions)
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raises RequestRefused for a request that no amount of waiting would let run."""
+        if not request.prompt:
+            raise RequestRefused("the prompt must hold at least one token")
+        if request.max_tokens < 1:
+            raise RequestRefused("max_tokens must be at least 1")
+        total = len(request.prompt) + request.max_tokens
+        if not self.model.slides and total > self.model.max_positions:
+            raise RequestRefused(
+                f"this model's maximum context length is {self.model.max_positions} tokens; the prompt "
+                f"({len(request.prompt)} tokens) and max_tokens ({request.max_tokens}) come to {total}"
+            )
+        if self.reservation(request) > self.max_cached_tokens:
+            raise RequestRefused(
+                f"the prompt ({len(request.prompt)} tokens) and max_tokens ({request.max_tokens}) need "
+                f"{self.reservation(request)} cache tokens; this server holds {self.max_cached_tokens} per replica"
+            )
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> Handle:
+        self.check(request)
+        sequence = _Sequence(
+            request, sink, list(request.prompt), self.reservation(request), request.sampling.generator(self.model.device)
+        )
+        with self._lock:
+            self._inbox.append(sequence)
+        self.wake()
+        return Handle(sequence, self.wake)
+
+    def stats(self) -> EngineStats:
+        running = self._cached + self._windowed
+        return EngineStats(
+            running=len(running),
+            waiting=len(self._waiting) + len(self._inbox),
+            cached_tokens=self._cache.tokens,
+            reserved_tokens=sum(sequence.reserved for sequence in running),
+        )
+
+    @property
+    def idle(self) -> bool:
+        return not (self._inbox or self._waiting or self._cached or self._windowed)
+
+    def step(self) -> None:
+        """One iteration: drop the cancelled, admit and prefill, then decode a token for every running sequence.
+
+        A sequence admitted now decodes in this step's pass too, so its second token is not a step behind."""
+        with self._lock:
+            self._waiting.extend(self._inbox)
+            self._inbox.clear()
+        self._drop_cancelled()
+        self._prefilling = self._admit()
+        for sequence in self._prefilling:
+            self._prefill(sequence)
+        self._prefilling = []
+        if self._cached:
+            self._decode()
+        for sequence in self._windowed:
+            self._recompute(sequence)
+        self._windowed = [sequence for sequence in self._windowed if not sequence.finished]
+
+    def _admit(self) -> list[_Sequence]:
+        admitted: list[_Sequence] = []
+        reserved = sum(sequence.reserved for sequence in self._cached + self._windowed)
+        prefill = 0
+        while self._waiting:
+            head = self._waiting[0]
+            if head.cancelled:
+                self._waiting.popleft()
+                continue
+            running = len(self._cached) + len(self._windowed) + len(admitted)
+            # First come, first served: a long request at the head is not overtaken, so it cannot starve.
+            if running >= self.max_sequences or reserved + head.reserved > self.max_cached_tokens:
+                break
+            if admitted and prefill + len(head.tokens) > PREFILL_TOKENS_PER_STEP:
+                break
+            self._waiting.popleft()
+            admitted.append(head)
+            reserved += head.reserved
+            prefill += len(head.tokens)
+        return admitted
+
+    def _prefill(self, sequence: _Sequence) -> None:
+        if len(sequence.tokens) > self.model.max_positions:
+            # Only a sliding model takes such a prompt (check() refuses it otherwise); its window is recomputed.
+            self._windowed.append(sequence)
+            return
+        tokens = torch.tensor([sequence.tokens], device=self.model.device)
+        positions = torch.arange(len(sequence.tokens), device=self.model.device)[None, :]
+        logits, cache = self.model.forward(tokens, positions, None, None)
+        if self._emit(sequence, logits[0]):
+            return
+        if len(sequence.tokens) > self.model.max_positions:
+            self._windowed.append(sequence)
+        else:
+            self._cache.add(cache, len(sequence.tokens) - 1)
+            self._cached.append(sequence)
+
+    def _decode(self) -> None:
+        """One token for each cached row: its newest token (not yet cached) goes through the model with the cache."""
+        device = self.model.device
+        tokens = torch.tensor([[sequence.tokens[-1]] for sequence in self._cached], device=device)
+        positions = torch.tensor([[length] for length in self._cache.lengths], device=device)
+        logits, cache = self.model.forward(tokens, positions, self._cache.key_mask(1), self._cache.layers)
+        self._cache.replace(cache, 1)
+        keep: list[int] = []
+        for row, sequence in enumerate(self._cached):
+            if self._emit(sequence, logits[row]):
+                continue
+            if len(sequence.tokens) > self.model.max_positions:
+                # The next token's position would be past the context: from here on the window slides.
+                self._windowed.append(sequence)
+            else:
+                keep.append(row)
+        if len(keep) < len(self._cached):
+            self._cache.keep(keep)
+            self._cached = [self._cached[row] for row in keep]
+
+    def _recompute(self, sequence: _Sequence) -> None:
+        window = sequence.tokens[-self.model.max_positions :]
+        tokens = torch.tensor([window], device=self.model.device)
+        positions = torch.arange(len(window), device=self.model.device)[None, :]
+        logits, _ = self.model.forward(tokens, positions, None, None)
+        self._emit(sequence, logits[0])
+
+    def _emit(self, sequence: _Sequence, logits: torch.Tensor) -> bool:
+        """Samples the sequence's next token and hands it to its sink; True when the sequence is done."""
+        if sequence.cancelled:
+            return True
+        token = sample(logits, sequence.request.sampling, sequence.generator)
+        sequence.tokens.append(token)
+        sequence.generated += 1
+        finish = None
+        if token in self.model.end_tokens:
+            finish = STOP
+        elif sequence.generated >= sequence.request.max_tokens:
+            finish = LENGTH
+        sequence.finished = finish is not None
+        sequence.sink(Output((token,), finish))
+        return sequence.finished
+
+    def fail(self, reason: str) -> None:
+        """Ends every request with reason (the model raised): each gets an error output, and the cache is freed."""
+        with self._lock:
+            self._waiting.extend(self._inbox)
+            self._inbox.clear()
+        for sequence in [*self._prefilling, *self._cached, *self._windowed, *self._waiting]:
+            if not (sequence.finished or sequence.cancelled):
+                sequence.finished = True
+                sequence.sink(Output((), ERROR, reason))
+        self._prefilling, self._cached, self._windowed, self._waiting = [], [], [], deque()
+        self._cache = BatchCache()
+
+    def _drop_cancelled(self) -> None:
+        keep = [row for row, sequence in enumerate(self._cached) if not sequence.cancelled]
+        if len(keep) < len(self._cached):
+            self._cache.keep(keep)
+            self._cached = [self._cached[row] for row in keep]
+        self._windowed = [sequence for sequence in self._windowed if not sequence.cancelled]

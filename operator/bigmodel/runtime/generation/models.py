@@ -1,0 +1,64 @@
+"""What the generation engine needs of a causal language model, and the built-in byte-level GPT behind it.
+
+A model takes a batch of rows, each a few new tokens after the keys and values of its earlier ones (left-padded to a
+common length, with a mask saying which keys are real), and returns each row's next-token logits and the keys and
+values with the new tokens appended. The engine owns the cache; models only compute.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from bigmodel.runtime.tasks.gpt_model import GPT, KeyValue
+
+# Per layer, the keys and values of every row of a batch.
+Cache = list[KeyValue]
+
+
+class CausalModel(ABC):
+    """A decoder the engine drives, on its device."""
+
+    device: torch.device
+    # Positions the model has; how a longer sequence is treated is slides.
+    max_positions: int
+    # True: past max_positions the model sees the last max_positions tokens (the built-in GPT, as generate() does);
+    # False: a prompt and its new tokens must fit in max_positions.
+    slides: bool
+    # Tokens that end a sequence (a Hugging Face model's end of sequence); the byte-level GPT has none.
+    end_tokens: frozenset[int]
+
+    @abstractmethod
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None, past: Cache | None
+    ) -> tuple[torch.Tensor, Cache]:
+        """Logits (batch, vocab) of each row's last token, and the cache with tokens (batch, new) appended.
+
+        key_mask (batch, past + new) is True for real keys, False for padding; None means one row, no padding."""
+
+
+def attention_mask(key_mask: torch.Tensor, new: int) -> torch.Tensor:
+    """(batch, 1, new, keys) for scaled_dot_product_attention: a query sees real keys up to its own position."""
+    keys = key_mask.shape[1]
+    causal = torch.ones(new, keys, dtype=torch.bool, device=key_mask.device).tril(keys - new)
+    return (key_mask[:, None, None, :] & causal).contiguous()
+
+
+class BuiltinGpt(CausalModel):
+    """The byte-level GPT of the gpt task. Past its context it slides, so a cache holds at most context tokens."""
+
+    slides = True
+    end_tokens = frozenset()
+
+    def __init__(self, model: GPT, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.max_positions = model.context_length
+
+    @torch.no_grad()
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None, past: Cache | None
+    ) -> tuple[torch.Tensor, Cache]:
+        mask = None if key_mask is None else attention_mask(key_mask, tokens.shape[1])
+        return self.model.forward_cached(tokens, positions, mask, past)

@@ -1,0 +1,211 @@
+"""The continuous-batching engine: what it generates equals generate() one prompt at a time, whatever the batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigmodel.runtime.artifacts import load_model
+from bigmodel.runtime.generation.engine import (
+    ERROR,
+    LENGTH,
+    Engine,
+    GenerationRequest,
+    Output,
+    RequestRefused,
+)
+from bigmodel.runtime.generation.loop import EngineLoop
+from bigmodel.runtime.generation.models import BuiltinGpt
+from bigmodel.runtime.generation.sampling import Sampling
+from bigmodel.runtime.tasks import GPT, generate
+from tests.support.models import export_decisive, tiny_gpt_config
+
+CPU = torch.device("cpu")
+CONTEXT = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory: pytest.TempPathFactory) -> GPT:
+    model, _ = load_model(export_decisive(tmp_path_factory.mktemp("gpt"), tiny_gpt_config(context_length=CONTEXT)))
+    assert isinstance(model, GPT)
+    return model
+
+
+def engine_of(model: GPT, *, max_sequences: int = 64, max_cached_tokens: int = 4096) -> Engine:
+    return Engine(BuiltinGpt(model, CPU), max_sequences=max_sequences, max_cached_tokens=max_cached_tokens)
+
+
+class Collected:
+    """What a request's sink received."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.finish: str | None = None
+        self.outputs = 0
+
+    def __call__(self, output: Output) -> None:
+        self.tokens.extend(output.tokens)
+        self.finish = output.finish
+        self.outputs += 1
+
+    @property
+    def text(self) -> bytes:
+        return bytes(self.tokens)
+
+
+def request(prompt: bytes, max_tokens: int, sampling: Sampling = Sampling()) -> GenerationRequest:
+    return GenerationRequest(tuple(prompt), max_tokens, sampling)
+
+
+def run_all(engine: Engine, steps: int = 1000) -> None:
+    for _ in range(steps):
+        if engine.idle:
+            return
+        engine.step()
+    raise AssertionError(f"the engine still had work after {steps} steps: {engine.stats()}")
+
+
+# Prompt lengths below, at and past the context (which slides), and lengths that cross the context while generating.
+PROMPTS = [(b"a", 5), (b"def f(x):", 12), (b"0123456789abcdef", 4), (b"x" * 23, 6), (b"import os\n", 9), (b"q", 30)]
+
+
+def test_a_mixed_batch_generates_what_generate_gives_one_prompt_at_a_time(gpt: GPT) -> None:
+    engine = engine_of(gpt)
+    sinks = [Collected() for _ in PROMPTS]
+    for (prompt, count), sink in zip(PROMPTS, sinks, strict=True):
+        engine.submit(request(prompt, count), sink)
+    run_all(engine)
+    for (prompt, count), sink in zip(PROMPTS, sinks, strict=True):
+        assert sink.text == generate(gpt, prompt, count), prompt
+        assert sink.finish == LENGTH
+    assert engine.stats().cached_tokens == 0
+
+
+def test_a_request_that_joins_mid_batch_finishes_without_waiting_for_the_batch(gpt: GPT) -> None:
+    engine = engine_of(gpt)
+    long = Collected()
+    engine.submit(request(b"abc", 12), long)
+    for _ in range(3):
+        engine.step()
+    short = Collected()
+    engine.submit(request(b"hello", 3), short)
+    steps = 0
+    while short.finish is None:
+        engine.step()
+        steps += 1
+    assert steps <= 2, "a 3-token request took more than two steps: it waited for the batch"
+    assert long.finish is None, "the long request finished first: the short one did not join the running batch"
+    assert short.text == generate(gpt, b"hello", 3)
+    run_all(engine)
+    assert long.text == generate(gpt, b"abc", 12)
+
+
+def test_a_cancelled_request_frees_its_cache_at_the_next_step(gpt: GPT) -> None:
+    engine = engine_of(gpt)
+    first, second = Collected(), Collected()
+    handle = engine.submit(request(b"abcdef", 8), first)
+    engine.submit(request(b"xy", 8), second)
+    engine.step()
+    engine.step()
+    assert engine.stats().running == 2
+    handle.cancel()
+    engine.step()
+    stats = engine.stats()
+    assert stats.running == 1 and stats.cached_tokens == len(b"xy") + second.tokens.__len__() - 1
+    run_all(engine)
+    assert engine.stats().cached_tokens == 0 and engine.idle
+    assert first.finish is None, "a cancelled request went on receiving tokens"
+    assert second.text == generate(gpt, b"xy", 8)
+
+
+def test_requests_past_the_sequence_bound_wait_their_turn(gpt: GPT) -> None:
+    engine = engine_of(gpt, max_sequences=2)
+    sinks = [Collected() for _ in range(3)]
+    for sink in sinks:
+        engine.submit(request(b"ab", 4), sink)
+    engine.step()
+    assert engine.stats().running == 2 and engine.stats().waiting == 1
+    run_all(engine)
+    assert all(sink.text == generate(gpt, b"ab", 4) for sink in sinks)
+
+
+def test_the_cache_bound_holds_requests_back_and_refuses_what_can_never_fit(gpt: GPT) -> None:
+    engine = engine_of(gpt, max_cached_tokens=12)
+    first, second = Collected(), Collected()
+    engine.submit(request(b"abcd", 4), first)  # reserves 8 of the 12 tokens
+    engine.submit(request(b"abcd", 4), second)
+    engine.step()
+    assert engine.stats().running == 1 and engine.stats().reserved_tokens <= 12
+    run_all(engine)
+    assert first.text == second.text == generate(gpt, b"abcd", 4)
+    with pytest.raises(RequestRefused, match="need 13 cache tokens; this server holds 12"):
+        engine.submit(request(b"abcdefghi", 4), Collected())
+
+
+def test_a_seeded_sample_is_the_same_alone_and_in_a_batch(gpt: GPT) -> None:
+    sampling = Sampling(temperature=1.0, top_p=0.9, seed=7)
+    alone = Collected()
+    engine = engine_of(gpt)
+    engine.submit(request(b"seed", 10, sampling), alone)
+    run_all(engine)
+    batched = Collected()
+    for prompt, count in PROMPTS:
+        engine.submit(request(prompt, count, Sampling(temperature=0.8, seed=1)), Collected())
+    engine.submit(request(b"seed", 10, sampling), batched)
+    run_all(engine)
+    assert batched.tokens == alone.tokens
+    assert alone.text != generate(gpt, b"seed", 10), "sampling at temperature 1 gave the greedy text"
+
+
+def test_a_vanishing_top_p_keeps_only_the_most_likely_token(gpt: GPT) -> None:
+    sink = Collected()
+    engine = engine_of(gpt)
+    engine.submit(request(b"top", 8, Sampling(temperature=1.5, top_p=1e-9)), sink)
+    run_all(engine)
+    assert sink.text == generate(gpt, b"top", 8)
+
+
+class Broken(BuiltinGpt):
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("out of memory")
+
+
+def test_a_model_that_fails_ends_its_requests_with_the_reason_and_the_loop_goes_on(gpt: GPT) -> None:
+    engine = Engine(Broken(gpt, CPU), max_sequences=4, max_cached_tokens=256)
+    loop = EngineLoop(engine)
+    with pytest.raises(RuntimeError, match="the model failed: RuntimeError: out of memory"):
+        loop.run([request(b"a", 3), request(b"b", 3)], timeout_s=30)
+    engine.model = BuiltinGpt(gpt, CPU)
+    assert loop.run([request(b"a", 3)], timeout_s=30) == [list(generate(gpt, b"a", 3))]
+
+
+
+
+async def test_a_stream_is_incremental_and_a_reader_that_leaves_frees_its_place(gpt: GPT) -> None:
+    engine = engine_of(gpt)
+    loop = EngineLoop(engine)
+    outputs = [output async for output in loop.stream(request(b"stream", 20))]
+    assert len(outputs) > 1, "all tokens came in one output: the stream was not incremental"
+    assert bytes(token for output in outputs for token in output.tokens) == generate(gpt, b"stream", 20)
+    assert outputs[-1].finish == LENGTH
+    stream = loop.stream(request(b"leave", 200))
+    await anext(stream)
+    await stream.aclose()
+    for _ in range(100):
+        if engine.idle:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.idle and engine.stats().cached_tokens == 0, "a stream left early kept its place in the batch"
+    assert ERROR not in {output.finish for output in outputs}
