@@ -75,7 +75,8 @@ def shown(value: Any) -> str:
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The kind of a JSON value as a message names it ("a list", "null"), where quoting the value would say too little."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number"
     )
@@ -108,7 +109,7 @@ def check_model_name(requested: str, served: str) -> None:
 
 def _object(document: Any, what: str) -> dict[str, Any]:
     if not isinstance(document, dict):
-        raise ProtocolError(BAD_REQUEST, f"{what}: must be a JSON object, not {_type_name(document)}")
+        raise ProtocolError(BAD_REQUEST, f"{what}: must be a JSON object, not {type_name(document)}")
     return document
 
 
@@ -154,7 +155,7 @@ def parse_v1_request(document: Any, max_instances: int) -> list[Any]:
     _unknown_fields(body, ["instances"], "")
     instances = body["instances"]
     if not isinstance(instances, list):
-        raise ProtocolError(BAD_REQUEST, f"instances: must be a list, not {_type_name(instances)}")
+        raise ProtocolError(BAD_REQUEST, f"instances: must be a list, not {type_name(instances)}")
     _check_count(len(instances), "instances", max_instances)
     return instances
 
@@ -220,7 +221,7 @@ def _instances_of_tensor(tensor: Any, expected: TensorSpec, max_instances: int) 
     _check_datatype(tensor["datatype"], f"{field}.datatype", expected)
     shape = _shape(tensor["shape"], f"{field}.shape", expected)
     if not isinstance(tensor["data"], list):
-        raise ProtocolError(BAD_REQUEST, f"{field}.data: must be a list, not {_type_name(tensor['data'])}")
+        raise ProtocolError(BAD_REQUEST, f"{field}.data: must be a list, not {type_name(tensor['data'])}")
     data = _flatten(tensor["data"])
     if len(data) != math.prod(shape):
         raise ProtocolError(
@@ -244,12 +245,12 @@ def parse_v2_request(
         raise ProtocolError(BAD_REQUEST, f"id: must be a string, not {shown(request_id)}")
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise ProtocolError(BAD_REQUEST, f"parameters: must be a JSON object, not {_type_name(parameters)}")
+        raise ProtocolError(BAD_REQUEST, f"parameters: must be a JSON object, not {type_name(parameters)}")
     if "inputs" not in body:
         raise ProtocolError(BAD_REQUEST, "inputs: required field is missing")
     inputs = body["inputs"]
     if not isinstance(inputs, list) or len(inputs) != 1:
-        got = f"{len(inputs)} tensors" if isinstance(inputs, list) else _type_name(inputs)
+        got = f"{len(inputs)} tensors" if isinstance(inputs, list) else type_name(inputs)
         raise ProtocolError(
             BAD_REQUEST, f"inputs: this model takes exactly one input tensor, {shown(expected.name)}; got {got}"
         )
