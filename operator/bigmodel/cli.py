@@ -147,13 +147,13 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
         from bigmodel.runtime.embedded import embedded_ray
         from bigmodel.runtime.serving import local
-        from bigmodel.runtime.serving.predictor import predictor_class
+        from bigmodel.runtime.serving.predictor import TextPredictor, predictor_class
 
     name, spec = service.metadata.name, service.spec
     # The export time stands in for the run revision the operator uses: every new export is a new version.
     version = model_version(model_uri, str(exported.get("exported", "")))
     try:
-        sample = predictor_class(exported.get("model", {}).get("task")).sample
+        predictor = predictor_class(exported.get("model", {}).get("task"))
     except ValueError as error:
         raise CliError(f"{uri}: {error}") from error
     config = serve_deploy_config(name, spec, app_args(name, spec, model_uri, version))
@@ -175,7 +175,14 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
             except local.DeployFailed as error:
                 console.print(f"[red]BigModelService {name} failed:[/red] {error}", soft_wrap=True)
                 return EXIT_FAILED
-            _show_ready(console, local.base_url(config), model_name(name, spec), sample, auth=spec.auth is not None)
+            _show_ready(
+                console,
+                local.base_url(config),
+                model_name(name, spec),
+                predictor.sample,
+                auth=spec.auth is not None,
+                generative=issubclass(predictor, TextPredictor),
+            )
             # Until Ctrl-C; leaving the block stops the embedded Ray, and with it every replica and the proxy. Short
             # sleeps: the kernel may hand the SIGINT to one of Ray's threads, and Python acts on it only when this
             # thread wakes.
@@ -186,7 +193,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         return EXIT_INTERRUPTED
 
 
-def _show_ready(console: Console, url: str, model: str, sample: object, *, auth: bool) -> None:
+def _show_ready(console: Console, url: str, model: str, sample: object, *, auth: bool, generative: bool) -> None:
     import json
     import shlex
 
@@ -197,6 +204,23 @@ def _show_ready(console: Console, url: str, model: str, sample: object, *, auth:
     )
     console.print("Try:", markup=False)
     console.print(f"  curl -s{key} {url}/v1/models/{model}:predict -d {body}", markup=False, soft_wrap=True)
+    if generative:
+        completion = shlex.quote(json.dumps({"model": model, "prompt": sample, "max_tokens": 32, "stream": True}))
+        console.print(
+            f"OpenAI-compatible at {url}/v1 (completions, chat/completions, models):", markup=False, soft_wrap=True
+        )
+        console.print(
+            f"  curl -sN{key} {url}/v1/completions -H 'Content-Type: application/json' -d {completion}",
+            markup=False,
+            soft_wrap=True,
+        )
+        api_key = "<one of your API keys>" if auth else "unused"
+        console.print(
+            f"  python -c \"import openai; print(openai.OpenAI(base_url='{url}/v1', api_key='{api_key}')"
+            f".completions.create(model='{model}', prompt={sample!r}, max_tokens=32).choices[0].text)\"",
+            markup=False,
+            soft_wrap=True,
+        )
     console.print("Ctrl-C stops the server.", markup=False)
 
 

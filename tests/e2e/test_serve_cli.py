@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -143,7 +144,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     gpt_manifest.write_text(
         "apiVersion: bigmodel.dev/v1alpha1\nkind: BigModelService\nmetadata: {name: tiny-gpt}\n"
         f"spec:\n  model: {{uri: {json.dumps(gpt_model)}, name: coder}}\n"
-        "  replicaResources: {cpu: 0.5}\n  batching: {maxBatchSize: 8, waitTimeoutMs: 20}\n"
+        # One sequence at a time: a stream a client leaves must free the only place for the next request to run.
+        "  replicaResources: {cpu: 0.5}\n  batching: {maxBatchSize: 1}\n"
     )
     digits = start_server(ROOT / "examples/service-digits.yaml", workdir)
     gpt = start_server(gpt_manifest, workdir)
@@ -200,7 +202,13 @@ def test_health_metadata_and_readiness(servers: Servers) -> None:
     assert call(f"{url}/v2/health/live") == (200, {"live": True})
     assert call(f"{url}/v2/health/ready") == (200, {"ready": True})
     assert call(f"{url}/v2/models/digits/ready") == (200, {"name": "digits", "ready": True})
-    assert call(f"{url}/v1/models/digits") == (200, {"name": "digits", "ready": True})
+    status, model = call(f"{url}/v1/models/digits")
+    assert status == 200 and (model["name"], model["ready"], model["id"], model["object"]) == (
+        "digits",
+        True,
+        "digits",
+        "model",
+    ), model
     status, metadata = call(f"{url}/v2/models/digits")
     assert status == 200
     assert metadata["name"] == "digits" and metadata["platform"] == "pytorch"
@@ -258,6 +266,92 @@ def test_malformed_requests_are_4xx_with_a_message_and_the_server_keeps_serving(
     got_status, got = call(f"{url}{path}", raw=body)
     assert got_status == status and set(got) == {"error"} and got["error"].startswith(message), (got_status, got)
     assert call(f"{url}/v1/models/digits:predict", {"instances": digit_images(1)})[0] == 200
+
+
+def openai_client(server: Server) -> openai.OpenAI:
+    # No proxies from the environment, a bounded wait, and no retries that would hide a failed request.
+    http = openai.DefaultHttpxClient(trust_env=False, timeout=60)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, http_client=http)
+
+
+def greedy(model_dir: str, prompt: str, count: int) -> str:
+    return generate(load_model(model_dir)[0], prompt.encode(), count).decode("utf-8", errors="replace")
+
+
+def test_the_openai_client_completes_and_chats_as_greedy_generate_would(servers: Servers) -> None:
+    client = openai_client(servers.gpt)
+    assert f"curl -sN {servers.gpt.url}/v1/completions" in "".join(servers.gpt.stdout), "no OpenAI sample was shown"
+    assert [model.id for model in client.models.list()] == ["coder"]
+    completion = client.completions.create(model="coder", prompt="def fibonacci(n):", max_tokens=12, temperature=0)
+    assert completion.choices[0].text == greedy(servers.gpt_model, "def fibonacci(n):", 12)
+    assert completion.choices[0].finish_reason == "length"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (len("def fibonacci(n):"), 12)
+
+    chat = client.chat.completions.create(
+        model="coder", messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0
+    )
+    # The built-in GPT has no chat template: the conversation is a plain transcript ending in the assistant's turn.
+    assert chat.choices[0].message.content == greedy(servers.gpt_model, "user: hi\nassistant:", 6)
+
+    seeded = [
+        client.completions.create(model="coder", prompt="import", max_tokens=10, temperature=1.0, seed=3)
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1], "the same seed sampled different texts"
+
+
+def test_openai_streams_arrive_piece_by_piece_and_equal_the_whole_answer(servers: Servers) -> None:
+    client = openai_client(servers.gpt)
+    whole = client.completions.create(model="coder", prompt="class A:", max_tokens=300, temperature=0)
+    arrivals, pieces = [], []
+    stream = client.completions.create(
+        model="coder",
+        prompt="class A:",
+        max_tokens=300,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = None
+    for chunk in stream:
+        arrivals.append(time.monotonic())
+        if chunk.choices:
+            pieces.append(chunk.choices[0].text)
+        usage = chunk.usage or usage
+    assert "".join(pieces) == whole.choices[0].text
+    assert usage is not None and usage.completion_tokens == 300
+    # Generated a token at a time, sent as made: the first piece came well before the last one was made.
+    assert len(pieces) > 10 and arrivals[0] < arrivals[-1], f"{len(pieces)} pieces: the answer came all at once"
+
+    chat = client.chat.completions.create(
+        model="coder", messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0, stream=True
+    )
+    deltas = [chunk.choices[0].delta for chunk in chat]
+    assert deltas[0].role == "assistant"
+    assert "".join(delta.content or "" for delta in deltas) == greedy(servers.gpt_model, "user: hi\nassistant:", 6)
+
+
+def test_a_client_that_leaves_a_stream_frees_its_place_at_once(servers: Servers) -> None:
+    client = openai_client(servers.gpt)
+    # Tens of thousands of tokens: minutes of generation if the stream's sequence stayed in the batch of one.
+    stream = client.completions.create(model="coder", prompt="x", max_tokens=60000, temperature=0, stream=True)
+    next(iter(stream))
+    stream.close()
+    answer = client.completions.create(model="coder", prompt="import", max_tokens=4, temperature=0)
+    assert answer.choices[0].text == greedy(servers.gpt_model, "import", 4), "the next request found no place"
+
+
+def test_openai_errors_are_in_openai_shape_with_the_field(servers: Servers) -> None:
+    client = openai_client(servers.gpt)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="coder", prompt="hi", max_tokens=2, temperature=3)
+    assert caught.value.body["param"] == "temperature", caught.value.body
+    with pytest.raises(openai.NotFoundError, match="does not generate text"):
+        openai_client(servers.digits).completions.create(model="digits", prompt="hi", max_tokens=2)
 
 
 def test_gpt_generation_equals_greedy_generate_and_ctrl_c_exits_130(servers: Servers) -> None:

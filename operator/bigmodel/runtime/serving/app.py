@@ -90,6 +90,13 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     return _error(request, error.status_code, f"{request.method} {request.url.path}: {error.detail}")
 
 
+def _response(answer: Answer) -> Response:
+    if answer.events is not None:
+        # No buffering by proxies in between (nginx honours the header), so each event reaches the client as made.
+        return StreamingResponse(answer.events, media_type=SSE_MEDIA_TYPE, headers={"X-Accel-Buffering": "no"})
+    return JSONResponse(answer.document)
+
+
 @serve.deployment(name=SERVE_DEPLOYMENT_NAME)
 @serve.ingress(api)
 class ModelServer:
@@ -221,13 +228,6 @@ class ModelServer:
         raw = parse_v1_request(parse_json(await request.body()), predictor.max_instances)
         results = await self._predict(predictor.checked(raw, {}, v1_location))
         return v1_response([predictor.prediction(result) for result in results])
-
-
-def _response(answer: Answer) -> Response:
-    if answer.events is not None:
-        # No buffering by proxies in between (nginx honours the header), so each event reaches the client as made.
-        return StreamingResponse(answer.events, media_type=SSE_MEDIA_TYPE, headers={"X-Accel-Buffering": "no"})
-    return JSONResponse(answer.document)
 
 
 def build(args: dict[str, Any]) -> Application:

@@ -19,7 +19,6 @@ from bigmodel.api.service import Batching
 from bigmodel.runtime.artifacts import describe_model, load_model
 from bigmodel.runtime.generation.engine import RequestRefused
 from bigmodel.runtime.generation.huggingface import HuggingFaceCausalModel, HuggingFaceTokenizer
-from bigmodel.runtime.huggingface import load_causal_lm
 from bigmodel.runtime.generation.models import BuiltinGpt
 from bigmodel.runtime.generation.tokenizers import ByteTokenizer
 from bigmodel.runtime.serving.protocol import (
@@ -275,6 +274,9 @@ def load_predictor(
     """The predictor of the model directory at uri: one a job exported, or a Hugging Face causal LM."""
     device = device or default_device()
     if describe_model(uri).task == CausalLmPredictor.task:
+        # Only here: transformers is imported by replicas that serve a Hugging Face model, not by every one.
+        from bigmodel.runtime.huggingface import load_causal_lm
+
         model, tokenizer = load_causal_lm(uri, device)
         generator = TextGenerator(
             HuggingFaceCausalModel(model, tokenizer, device),
