@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -65,7 +64,10 @@ class Collected:
         return bytes(self.tokens)
 
 
-def request(prompt: bytes, max_tokens: int, sampling: Sampling = Sampling()) -> GenerationRequest:
+GREEDY = Sampling()
+
+
+def request(prompt: bytes, max_tokens: int, sampling: Sampling = GREEDY) -> GenerationRequest:
     return GenerationRequest(tuple(prompt), max_tokens, sampling)
 
 
@@ -189,8 +191,6 @@ def test_a_model_that_fails_ends_its_requests_with_the_reason_and_the_loop_goes_
         loop.run([request(b"a", 3), request(b"b", 3)], timeout_s=30)
     engine.model = BuiltinGpt(gpt, CPU)
     assert loop.run([request(b"a", 3)], timeout_s=30) == [list(generate(gpt, b"a", 3))]
-
-
 
 
 async def test_a_stream_is_incremental_and_a_reader_that_leaves_frees_its_place(gpt: GPT) -> None:

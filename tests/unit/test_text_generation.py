@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -13,8 +12,8 @@ import torch
 
 from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.generation.models import BuiltinGpt
-from bigmodel.runtime.generation.tokenizers import ByteTokenizer
 from bigmodel.runtime.generation.text import TextStream
+from bigmodel.runtime.generation.tokenizers import ByteTokenizer
 from bigmodel.runtime.serving.openai_api import OpenAIEndpoints
 from bigmodel.runtime.serving.openai_protocol import SSE_DONE, OpenAIError
 from bigmodel.runtime.serving.text_generation import TextGenerator
@@ -40,7 +39,9 @@ def gpt(tmp_path_factory: pytest.TempPathFactory) -> GPT:
 
 
 def endpoints(model: GPT, *, max_cached_tokens: int = 4096) -> OpenAIEndpoints:
-    generator = TextGenerator(BuiltinGpt(model, CPU), ByteTokenizer(), max_sequences=8, max_cached_tokens=max_cached_tokens)
+    generator = TextGenerator(
+        BuiltinGpt(model, CPU), ByteTokenizer(), max_sequences=8, max_cached_tokens=max_cached_tokens
+    )
     return OpenAIEndpoints(generator, "coder", created=1700000000, timeout_s=60)
 
 
@@ -124,7 +125,10 @@ async def test_a_streamed_completion_is_the_whole_one_in_pieces_then_usage_and_d
 async def test_a_chat_without_a_template_is_a_transcript_ending_in_the_assistants_turn(gpt: GPT) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     stream = await events(endpoints(gpt), body(messages=messages, max_tokens=8, temperature=0, stream=True), chat=True)
-    chunks = [openai.types.chat.ChatCompletionChunk.model_validate_json(event.removeprefix(b"data: ")) for event in stream[:-1]]
+    chunks = [
+        openai.types.chat.ChatCompletionChunk.model_validate_json(event.removeprefix(b"data: "))
+        for event in stream[:-1]
+    ]
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     assert text == greedy(gpt, "system: Be brief.\nuser: hi\nassistant:", 8)
@@ -136,5 +140,3 @@ async def test_a_request_larger_than_the_cache_is_400_naming_max_tokens(gpt: GPT
     error = caught.value
     assert (error.status, error.param, error.code) == (400, "max_tokens", "context_length_exceeded")
     assert "this server holds 8 " in error.message
-
-

@@ -11,10 +11,9 @@ Outputs go to each request's sink, called on the stepping thread.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -133,7 +132,11 @@ class Engine:
     def submit(self, request: GenerationRequest, sink: Sink) -> Handle:
         self.check(request)
         sequence = _Sequence(
-            request, sink, list(request.prompt), self.reservation(request), request.sampling.generator(self.model.device)
+            request,
+            sink,
+            list(request.prompt),
+            self.reservation(request),
+            request.sampling.generator(self.model.device),
         )
         with self._lock:
             self._inbox.append(sequence)

@@ -106,7 +106,9 @@ class OpenAIEndpoints:
             )
         )
 
-    async def _events(self, kind: Kind, request_id: str, prepared: Prepared, include_usage: bool) -> AsyncIterator[bytes]:
+    async def _events(
+        self, kind: Kind, request_id: str, prepared: Prepared, include_usage: bool
+    ) -> AsyncIterator[bytes]:
         """One event per piece of text as it comes, then (when asked) the usage, then [DONE]. A client that leaves
         closes this generator, which cancels the generation and frees its place in the batch."""
         last: Piece | None = None
@@ -132,4 +134,3 @@ class OpenAIEndpoints:
         if kind == "completion":
             return completion_chunk(request_id, self.created, self.model_name, piece.text, piece.finish)
         return chat_chunk(request_id, self.created, self.model_name, piece.text or None, piece.finish, first=False)
-

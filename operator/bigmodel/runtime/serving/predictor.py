@@ -286,6 +286,4 @@ def load_predictor(
         )
         return CausalLmPredictor(generator)
     model, config = load_model(uri)
-    return build_predictor(
-        model, config, device, max_sequences=max_sequences, max_cached_tokens=max_cached_tokens
-    )
+    return build_predictor(model, config, device, max_sequences=max_sequences, max_cached_tokens=max_cached_tokens)

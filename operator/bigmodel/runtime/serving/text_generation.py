@@ -59,7 +59,9 @@ class TextGenerator:
 
     def prepare(self, request: TextRequest) -> Prepared:
         """The request's tokens, checked against the engine's bounds: raises RequestRefused before any answer starts."""
-        generation = GenerationRequest(tuple(self.tokenizer.encode(request.prompt)), request.max_tokens, request.sampling)
+        generation = GenerationRequest(
+            tuple(self.tokenizer.encode(request.prompt)), request.max_tokens, request.sampling
+        )
         self.loop.engine.check(generation)
         return Prepared(request, generation)
 
