@@ -180,7 +180,7 @@ def test_a_vanishing_top_p_keeps_only_the_most_likely_token(gpt: GPT) -> None:
 
 
 class Broken(BuiltinGpt):
-    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def prefill(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("out of memory")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bigmodel.runtime.generation.batch_cache import BatchCache
-from bigmodel.runtime.generation.models import CausalModel
+from bigmodel.runtime.generation.models import Cache, CausalModel
 from bigmodel.runtime.generation.sampling import Sampling, sample
 
 # Finish reasons, as OpenAI names them.
@@ -165,9 +165,11 @@ class Engine:
             self._inbox.clear()
         self._drop_cancelled()
         self._prefilling = self._admit()
-        for sequence in self._prefilling:
-            self._prefill(sequence)
+        joining = [(sequence, cache) for sequence in self._prefilling if (cache := self._prefill(sequence)) is not None]
         self._prefilling = []
+        # All of this step's newcomers join the batch cache in one copy.
+        self._cache.add([(cache, len(sequence.tokens) - 1) for sequence, cache in joining])
+        self._cached += [sequence for sequence, _ in joining]
         if self._cached:
             self._decode()
         for sequence in self._windowed:
@@ -195,29 +197,29 @@ class Engine:
             prefill += len(head.tokens)
         return admitted
 
-    def _prefill(self, sequence: _Sequence) -> None:
+    def _prefill(self, sequence: _Sequence) -> Cache | None:
+        """The sequence's first token; its cache when it is to join the batch cache."""
         if len(sequence.tokens) > self.model.max_positions:
             # Only a sliding model takes such a prompt (check() refuses it otherwise); its window is recomputed.
             self._windowed.append(sequence)
-            return
-        tokens = torch.tensor([sequence.tokens], device=self.model.device)
-        positions = torch.arange(len(sequence.tokens), device=self.model.device)[None, :]
-        logits, cache = self.model.forward(tokens, positions, None, None)
+            return None
+        logits, cache = self.model.prefill(torch.tensor([sequence.tokens], device=self.model.device))
         if self._emit(sequence, logits[0]):
-            return
+            return None
         if len(sequence.tokens) > self.model.max_positions:
             self._windowed.append(sequence)
-        else:
-            self._cache.add(cache, len(sequence.tokens) - 1)
-            self._cached.append(sequence)
+            return None
+        return cache
 
     def _decode(self) -> None:
         """One token for each cached row: its newest token (not yet cached) goes through the model with the cache."""
         device = self.model.device
         tokens = torch.tensor([[sequence.tokens[-1]] for sequence in self._cached], device=device)
         positions = torch.tensor([[length] for length in self._cache.lengths], device=device)
-        logits, cache = self.model.forward(tokens, positions, self._cache.key_mask(1), self._cache.layers)
-        self._cache.replace(cache, 1)
+        key_mask = self._cache.key_mask(1)
+        self._cache.reserve(1)
+        logits = self.model.decode(tokens, positions, key_mask, self._cache)
+        self._cache.commit(1)
         keep: list[int] = []
         for row, sequence in enumerate(self._cached):
             if self._emit(sequence, logits[row]):
@@ -233,9 +235,7 @@ class Engine:
 
     def _recompute(self, sequence: _Sequence) -> None:
         window = sequence.tokens[-self.model.max_positions :]
-        tokens = torch.tensor([window], device=self.model.device)
-        positions = torch.arange(len(window), device=self.model.device)[None, :]
-        logits, _ = self.model.forward(tokens, positions, None, None)
+        logits, _ = self.model.prefill(torch.tensor([window], device=self.model.device))
         self._emit(sequence, logits[0])
 
     def _emit(self, sequence: _Sequence, logits: torch.Tensor) -> bool:

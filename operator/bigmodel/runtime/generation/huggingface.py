@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from bigmodel.runtime.generation.batch_cache import BatchCache
 from bigmodel.runtime.generation.models import Cache, CausalModel
 from bigmodel.runtime.generation.tokenizers import Tokenizer
 
@@ -47,12 +48,12 @@ class HuggingFaceCausalModel(CausalModel):
         ends = {tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))}
         self.end_tokens = frozenset(token for token in ends if isinstance(token, int))
 
-    @torch.no_grad()
-    def forward(
+    def _run(
         self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None, past: Cache | None
     ) -> tuple[torch.Tensor, Cache]:
         from transformers import DynamicCache
 
+        # DynamicCache appends by concatenation, as in transformers' own generate(): a copy of the cache a step.
         cache = DynamicCache(ddp_cache_data=past) if past is not None else DynamicCache(config=self.model.config)
         output = self.model(
             input_ids=tokens,
@@ -63,6 +64,19 @@ class HuggingFaceCausalModel(CausalModel):
             logits_to_keep=1,
         )
         return output.logits[:, -1], [(layer.keys, layer.values) for layer in output.cache.layers]
+
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Cache]:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+        return self._run(tokens, positions, None, None)
+
+    @torch.no_grad()
+    def decode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, cache: BatchCache
+    ) -> torch.Tensor:
+        logits, layers = self._run(tokens, positions, key_mask, cache.in_use())
+        cache.replace(layers)
+        return logits
 
 
 def _as_list(value: Any) -> list[Any]:

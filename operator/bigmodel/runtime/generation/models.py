@@ -8,10 +8,14 @@ values with the new tokens appended. The engine owns the cache; models only comp
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 
 from bigmodel.runtime.tasks.gpt_model import GPT, KeyValue
+
+if TYPE_CHECKING:
+    from bigmodel.runtime.generation.batch_cache import BatchCache
 
 # Per layer, the keys and values of every row of a batch.
 Cache = list[KeyValue]
@@ -30,12 +34,17 @@ class CausalModel(ABC):
     end_tokens: frozenset[int]
 
     @abstractmethod
-    def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None, past: Cache | None
-    ) -> tuple[torch.Tensor, Cache]:
-        """Logits (batch, vocab) of each row's last token, and the cache with tokens (batch, new) appended.
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Cache]:
+        """One row's prompt (1, length) from position 0: its last token's logits (1, vocab) and its keys and values."""
 
-        key_mask (batch, past + new) is True for real keys, False for padding; None means one row, no padding."""
+    @abstractmethod
+    def decode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, cache: BatchCache
+    ) -> torch.Tensor:
+        """Logits (rows, vocab) of tokens (rows, 1) at positions (rows, 1) after the cache's keys; the tokens' keys
+        and values are appended to cache (which has room reserved), to be committed by the caller.
+
+        key_mask (rows, width + 1) is True for real keys, False for the left padding."""
 
 
 def attention_mask(key_mask: torch.Tensor, new: int) -> torch.Tensor:
@@ -57,8 +66,13 @@ class BuiltinGpt(CausalModel):
         self.max_positions = model.context_length
 
     @torch.no_grad()
-    def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None, past: Cache | None
-    ) -> tuple[torch.Tensor, Cache]:
-        mask = None if key_mask is None else attention_mask(key_mask, tokens.shape[1])
-        return self.model.forward_cached(tokens, positions, mask, past)
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Cache]:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+        return self.model.forward_cached(tokens, positions, None, None)
+
+    @torch.no_grad()
+    def decode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, cache: BatchCache
+    ) -> torch.Tensor:
+        logits, _ = self.model.forward_cached(tokens, positions, attention_mask(key_mask, tokens.shape[1]), cache)
+        return logits

@@ -7,7 +7,7 @@ of earlier tokens (a KV cache) and lets rows of different lengths share a batch,
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,14 @@ from bigmodel.runtime.tasks.base import device_of
 
 # One attention layer's cached keys and values, each (batch, heads, tokens, head width).
 KeyValue = tuple[torch.Tensor, torch.Tensor]
+
+
+class KeyValueStore(Protocol):
+    """Where a cached pass keeps keys and values (the serving engine's batch cache)."""
+
+    def extend(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> KeyValue:
+        """Appends a layer's new keys and values; returns all of that layer's, old and new."""
+        ...
 
 
 class CausalSelfAttention(nn.Module):
@@ -50,7 +58,7 @@ class CausalSelfAttention(nn.Module):
         return self._merged(attended)
 
     def forward_cached(
-        self, x: torch.Tensor, past: KeyValue | None, mask: torch.Tensor | None
+        self, x: torch.Tensor, layer: int, past: KeyValueStore | None, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, KeyValue]:
         """Attention of x's tokens over past's and their own; returns the output and the keys and values so far.
 
@@ -58,7 +66,7 @@ class CausalSelfAttention(nn.Module):
         which takes exactly forward()'s causal path."""
         q, k, v = self._heads(x)
         if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            k, v = past.extend(layer, k, v)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         return self._merged(attended), (k, v)
 
@@ -87,9 +95,9 @@ class Block(nn.Module):
         return x + self.feed_forward(self.feed_forward_norm(x))
 
     def forward_cached(
-        self, x: torch.Tensor, past: KeyValue | None, mask: torch.Tensor | None
+        self, x: torch.Tensor, layer: int, past: KeyValueStore | None, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, KeyValue]:
-        attended, present = self.attention.forward_cached(self.attention_norm(x), past, mask)
+        attended, present = self.attention.forward_cached(self.attention_norm(x), layer, past, mask)
         x = x + attended
         return x + self.feed_forward(self.feed_forward_norm(x)), present
 
@@ -130,7 +138,7 @@ class GPT(nn.Module):
         tokens: torch.Tensor,
         positions: torch.Tensor,
         mask: torch.Tensor | None,
-        past: list[KeyValue] | None,
+        past: KeyValueStore | None,
     ) -> tuple[torch.Tensor, list[KeyValue]]:
         """Next-token logits of each row's last token, shape (batch, vocab), and every block's keys and values.
 
@@ -139,7 +147,7 @@ class GPT(nn.Module):
         x = self.token_embedding(tokens) + self.position_embedding(positions)
         present: list[KeyValue] = []
         for index, block in enumerate(self.blocks):
-            x, kv = block.forward_cached(x, past[index] if past is not None else None, mask)
+            x, kv = block.forward_cached(x, index, past, mask)
             present.append(kv)
         # Only the last position's logits are needed: the head is the largest matrix of a small model.
         logits: torch.Tensor = self.head(self.final_norm(x[:, -1]))
