@@ -9,18 +9,21 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from bigmodel.api.wire import JOB_KIND, SERVICE_KIND
 from bigmodel.version import VERSION
 
+if TYPE_CHECKING:
+    from bigmodel.runtime.artifacts import ModelDescription
+
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 # What `train` and `serve` need beyond the operator's own dependencies: the package's `runtime` extra.
-RUNTIME_MODULES = ("ray", "torch", "sklearn", "pyarrow")
+RUNTIME_MODULES = ("ray", "torch", "sklearn", "pyarrow", "transformers", "safetensors")
 
 
 class CliError(Exception):
@@ -82,22 +85,24 @@ def _model_source(service, manifest: str, override: str | None) -> tuple[str, st
     return f"bigmodel-runs/{model.job_name}/model", f"run `{train}` first, or pass --model PATH"
 
 
-def _read_exported(uri: str, hint: str) -> tuple[str, dict]:
-    """The model's absolute URI and its config.json, read before Ray starts: a missing model is one line at once.
+def _read_exported(uri: str, hint: str) -> tuple[str, ModelDescription]:
+    """The model's absolute URI and its ModelDescription, read before Ray starts: a missing or incomplete model is one
+    line at once. Our own exports and Hugging Face causal-LM directories alike.
 
     A replica that cannot load its model is retried by Serve for a minute or more before the deploy reports why.
     """
     with _needs_runtime("serve"):
-        from bigmodel.runtime.artifacts import CONFIG_FILE, WEIGHTS_FILE
-        from bigmodel.runtime.storage import exists, read_json, resolve
+        from bigmodel.runtime.artifacts import ModelFileMissing, describe_model
+        from bigmodel.runtime.huggingface import HuggingFaceModelError
+        from bigmodel.runtime.storage import resolve
 
     try:
-        directory = resolve(uri)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not exists(directory.child(name)):
-                raise CliError(f"no exported model at {uri} (no {name}): {hint}")
         # Absolute: replicas are other processes, with working directories of their own.
-        return directory.uri, read_json(directory.child(CONFIG_FILE))
+        return resolve(uri).uri, describe_model(uri)
+    except ModelFileMissing as error:
+        raise CliError(f"no exported model at {uri} (no {error.file}): {hint}") from error
+    except HuggingFaceModelError as error:
+        raise CliError(f"{error}: {hint}") from error
     except (OSError, ValueError) as error:
         # One line: object stores answer with multi-line details.
         reason = " ".join(str(error).split())
@@ -136,7 +141,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     service = _load(args.manifest, SERVICE_KIND, "serve")
     _check_api_keys(service)
     uri, hint = _model_source(service, args.manifest, args.model)
-    model_uri, exported = _read_exported(uri, hint)
+    model_uri, description = _read_exported(uri, hint)
     _check_port_free(args.port)
 
     from bigmodel.builders.serve_app import app_args, model_name, model_version, serve_deploy_config
@@ -151,9 +156,9 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
 
     name, spec = service.metadata.name, service.spec
     # The export time stands in for the run revision the operator uses: every new export is a new version.
-    version = model_version(model_uri, str(exported.get("exported", "")))
+    version = model_version(model_uri, description.exported)
     try:
-        predictor = predictor_class(exported.get("model", {}).get("task"))
+        predictor = predictor_class(description.task)
     except ValueError as error:
         raise CliError(f"{uri}: {error}") from error
     config = serve_deploy_config(name, spec, app_args(name, spec, model_uri, version))

@@ -11,7 +11,7 @@ from torch import distributed
 from torch.nn.parallel import DistributedDataParallel
 
 from bigmodel.api.job import BuiltinWorkload
-from bigmodel.runtime.artifacts import export_model, load_model
+from bigmodel.runtime.artifacts import ModelDescription, ModelFileMissing, describe_model, export_model, load_model
 from bigmodel.runtime.tasks import make_task
 
 TINY_GPT = {"layers": 2, "heads": 2, "embed_dim": 32, "context_length": 16, "corpus_megabytes": 0.05}
@@ -53,3 +53,16 @@ def test_ddp_wrapper_is_unwrapped_and_export_replaces(tmp_path: Path) -> None:
     assert torch.equal(loaded(features), second(features))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
     assert sorted(path.name for path in (tmp_path / "model").iterdir()) == ["config.json", "weights.pt"]
+
+
+def test_describe_model_names_the_task_and_export_time_and_a_missing_file(tmp_path: Path) -> None:
+    task = make_task(BuiltinWorkload(task="gpt", gpt=TINY_GPT))
+    uri = export_model(str(tmp_path), task.build_model(), task.model_config(), {})
+    exported = json.loads((tmp_path / "model" / "config.json").read_text())["exported"]
+    assert describe_model(uri) == ModelDescription("gpt", exported)
+    (tmp_path / "model" / "weights.pt").unlink()
+    with pytest.raises(ModelFileMissing, match=rf"^no weights.pt in {uri}$") as caught:
+        describe_model(uri)
+    assert caught.value.file == "weights.pt"
+    with pytest.raises(ModelFileMissing, match="no config.json"):
+        describe_model(str(tmp_path / "elsewhere"))

@@ -38,6 +38,7 @@ SERVICE: dict[str, Any] = {
 }
 
 _DELETE = object()
+CAUSAL_LM = {"model": "s3://models/tiny-llama", "dataset": "s3://data/docs.jsonl"}
 
 
 def edit(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +63,7 @@ BAD: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("replicas-not-a-number", edit(JOB, {"spec.workers.replicas": "two"}), "spec.workers.replicas", "must be a whole number, not 'two'", "schema"),
     ("negative-replicas", edit(JOB, {"spec.workers.replicas": -1}), "spec.workers.replicas", "must be >= 1, not -1", "schema"),
     ("zero-replicas", edit(JOB, {"spec.workers.replicas": 0}), "spec.workers.replicas", "must be >= 1, not 0", "schema"),
-    ("unknown-task", edit(JOB, {"spec.workload.builtin.task": "mnist"}), "spec.workload.builtin.task", "must be 'digits' or 'gpt', not 'mnist'", "schema"),
+    ("unknown-task", edit(JOB, {"spec.workload.builtin.task": "mnist"}), "spec.workload.builtin.task", "must be 'digits', 'gpt' or 'causal-lm', not 'mnist'", "schema"),
     ("missing-workload", edit(JOB, {"spec.workload": _DELETE}), "spec.workload", "required field is missing", "schema"),
     ("two-workloads", edit(JOB, {"spec.workload.command": ["python", "train.py"]}), "spec.workload", "set exactly one of builtin, entrypoint or command (found: builtin, command)", "schema"),
     ("no-workload-kind", edit(JOB, {"spec.workload": {}}), "spec.workload", "found: none", "schema"),
@@ -77,6 +78,12 @@ BAD: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("label-value-not-string", edit(JOB, {"spec.head.nodeSelector": {"example.com/pool": 3}}), 'spec.head.nodeSelector["example.com/pool"]', "must be a string, not 3", "schema"),
     ("heads-not-dividing-width", edit(JOB, {"spec.workload.builtin": {"task": "gpt", "gpt": {"heads": 3, "embedDim": 64}}}), "spec.workload.builtin.gpt", "embedDim (64) must be a multiple of heads (3)", "cel"),
     ("gpt-options-for-digits", edit(JOB, {"spec.workload.builtin.gpt": {"layers": 2}}), "spec.workload.builtin", "options for 'gpt' given, but the task is 'digits'", "cel"),
+    ("causal-lm-without-options", edit(JOB, {"spec.workload.builtin.task": "causal-lm"}), "spec.workload.builtin", "task causal-lm needs causalLm options (model and dataset)", "cel"),
+    ("causal-lm-options-for-gpt", edit(JOB, {"spec.workload.builtin": {"task": "gpt", "causalLm": CAUSAL_LM}}), "spec.workload.builtin", "options for 'causal-lm' given, but the task is 'gpt'", "cel"),
+    ("causal-lm-without-dataset", edit(JOB, {"spec.workload.builtin": {"task": "causal-lm", "causalLm": {"model": "/models/tiny"}}}), "spec.workload.builtin.causalLm.dataset", "required field is missing", "schema"),
+    ("causal-lm-csv-dataset", edit(JOB, {"spec.workload.builtin": {"task": "causal-lm", "causalLm": CAUSAL_LM | {"dataset": "s3://data/docs.csv"}}}), "spec.workload.builtin.causalLm.dataset", "must be a .txt or .jsonl file, not 's3://data/docs.csv'", "cel"),
+    ("causal-lm-short-context", edit(JOB, {"spec.workload.builtin": {"task": "causal-lm", "causalLm": CAUSAL_LM | {"contextLength": 4}}}), "spec.workload.builtin.causalLm.contextLength", "must be >= 8, not 4", "schema"),
+    ("causal-lm-snake-case", edit(JOB, {"spec.workload.builtin": {"task": "causal-lm", "causal_lm": CAUSAL_LM}}), "spec.workload.builtin.causal_lm", "did you mean 'causalLm'?", "schema"),
     ("claim-with-relative-storage", edit(JOB, {"spec.checkpoint": {"volumeClaimName": "runs", "storage": "runs/digits"}}), "spec.checkpoint", "volumeClaimName needs storage to be the absolute path", "cel"),
     ("unknown-strategy", edit(JOB, {"spec.training.strategy": "zero3"}), "spec.training.strategy", "must be 'ddp' or 'fsdp', not 'zero3'", "schema"),
     ("no-accumulation", edit(JOB, {"spec.training.gradientAccumulationSteps": 0}), "spec.training.gradientAccumulationSteps", "must be >= 1, not 0", "schema"),
@@ -207,6 +214,8 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 GOOD: list[tuple[str, dict[str, Any]]] = [
     ("job-minimal", JOB),
     ("job-gpt", edit(JOB, {"spec.workload.builtin": {"task": "gpt", "gpt": {"heads": 4, "embedDim": 128}}})),
+    ("job-causal-lm", edit(JOB, {"spec.workload.builtin": {"task": "causal-lm", "causalLm": CAUSAL_LM | {"contextLength": 256}}})),
+    ("job-causal-lm-text-with-options", edit(JOB, {"spec.workload.builtin": {"task": "causal-lm", "causalLm": {"model": "/models/m", "dataset": "s3://data/a.txt?region=eu-west-1"}}})),
     ("job-entrypoint", edit(JOB, {"spec.workload": {"entrypoint": {"function": "mypkg.train:loop", "config": {"lr": 0.1}}}})),
     ("job-command", edit(JOB, {"spec.workload": {"command": ["python", "-m", "mypkg"]}})),
     ("job-quantities", edit(JOB, {"spec.workers.resources": {"cpu": 2, "memory": "512Mi", "gpu": 1}})),

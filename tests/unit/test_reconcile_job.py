@@ -506,6 +506,16 @@ def test_a_new_defaulted_field_or_operator_default_does_not_change_the_run_diges
     assert spec_digests(plain) == spec_digests(explicit)
 
 
+def test_the_causal_lm_options_shape_the_model() -> None:
+    options = {"model": "s3://models/tiny", "dataset": "s3://data/docs.jsonl"}
+
+    def model_digest(**changes: object) -> str:
+        builtin = {"task": "causal-lm", "causalLm": options | changes}
+        return spec_digests(make_job(workload={"builtin": builtin}))["bigmodel.dev/model-spec"]
+
+    assert len({model_digest(), model_digest(model="s3://models/other"), model_digest(contextLength=256)}) == 3
+
+
 def test_pods_built_before_digests_left_defaults_out_are_not_rebuilt() -> None:
     job = make_job(running())
     pods, services = cluster(job, 1)

@@ -69,7 +69,7 @@ def test_a_bad_value_is_422_invalid_with_a_cause_per_field(store: Store) -> None
         ),
         (
             {"workload": {"builtin": {"task": "resnet"}}},
-            'spec.workload.builtin.task: Unsupported value: "resnet": supported values: "digits", "gpt"',
+            'spec.workload.builtin.task: Unsupported value: "resnet": supported values: "digits", "gpt", "causal-lm"',
         ),
         (
             {"workload": {"builtin": {"task": "digits", "learningRate": 0}}},
@@ -139,6 +139,24 @@ def test_cel_rules_are_evaluated(store: Store) -> None:
         store.create, JOBS, "default", {**job(checkpoint={"volumeClaimName": "pvc"}), "metadata": {"name": "k"}}
     )
     assert "volumeClaimName needs storage to be the absolute path" in message
+
+
+def test_the_causal_lm_rules_are_evaluated(store: Store) -> None:
+    options = {"model": "s3://models/tiny", "dataset": "s3://data/docs.jsonl?region=eu-west-1"}
+    good = job(workload={"builtin": {"task": "causal-lm", "causalLm": options}})
+    store.create(JOBS, "default", {**good, "metadata": {"name": "good"}})
+    message, _ = invalid(store.create, JOBS, "default", job(workload={"builtin": {"task": "causal-lm"}}))
+    assert message.endswith(
+        'spec.workload.builtin: Invalid value: "object": task causal-lm needs causalLm options (model and dataset)'
+    )
+    csv = {"builtin": {"task": "causal-lm", "causalLm": options | {"dataset": "s3://data/docs.csv"}}}
+    message, _ = invalid(store.create, JOBS, "default", job(workload=csv))
+    assert message.endswith(
+        'spec.workload.builtin.causalLm.dataset: Invalid value: "string": must be a .txt or .jsonl file'
+    )
+    mismatched = {"builtin": {"task": "gpt", "causalLm": options}}
+    message, _ = invalid(store.create, JOBS, "default", job(workload=mismatched))
+    assert message.endswith('spec.workload.builtin: Invalid value: "object": task options must match the task')
 
 
 def test_one_of_and_its_rule_both_speak(store: Store) -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bigmodel.api.common import Model, NodeGroup, ObjectMeta, ObservedStatus, RayClusterSpec
 from bigmodel.api.wire import API_VERSION
 
-BuiltinTask = Literal["digits", "gpt"]
+BuiltinTask = Literal["digits", "gpt", "causal-lm"]
 Precision = Literal["auto", "fp32", "bf16"]
 Strategy = Literal["ddp", "fsdp"]
 LearningRateDecay = Literal["constant", "cosine"]
@@ -18,6 +19,11 @@ _BUILTIN_ONLY = "applies to workload.builtin; a user loop shards and saves with 
 # A queue name is a label value for Kueue (at most 63 characters) and, for Volcano, PodGroup.spec.queue's pattern.
 QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SchedulerName = Literal["volcano"]
+# A dataset URI ends in its format's suffix, before any ?options of an object-store URI. Character classes rather than
+# backslashes: the same text is a Python regex and a CEL string literal.
+DATASET_PATTERN = "[.](txt|jsonl)([?].*)?$"
+# The API server prices a CEL rule on a string by its longest possible value; a bounded one keeps matches() affordable.
+_URI_MAX_LENGTH = 2048
 
 
 class DigitsOptions(Model):
@@ -56,43 +62,94 @@ class GptOptions(Model):
         return self
 
 
+class CausalLmOptions(Model):
+    """A pretrained Hugging Face causal language model, fine-tuned on a text dataset; nothing is downloaded."""
+
+    model: str = Field(
+        ...,
+        min_length=1,
+        max_length=_URI_MAX_LENGTH,
+        description="The pretrained model: a Hugging Face model directory (config.json, *.safetensors weights, "
+        "tokenizer files) as a path on every pod or an object-store URI (s3://, gs://).",
+    )
+    dataset: str = Field(
+        ...,
+        min_length=1,
+        max_length=_URI_MAX_LENGTH,
+        description="The training text: a .txt file (one document) or a .jsonl file (one document a line, in its "
+        '"text" field), as a path on every pod or an object-store URI.',
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"self.matches('{DATASET_PATTERN}')", "message": "must be a .txt or .jsonl file"}
+            ]
+        },
+    )
+    context_length: int = Field(128, ge=8, le=131072, description="Tokens per training sequence.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_format(cls, dataset: str) -> str:
+        if not re.search(DATASET_PATTERN, dataset):
+            raise ValueError(f"must be a .txt or .jsonl file, not {dataset!r}")
+        return dataset
+
+
+# Each task's options field; the wire names are their camelCase aliases.
+_OPTION_FIELDS = {"digits": "digits", "gpt": "gpt", "causal-lm": "causal_lm"}
+_CAUSAL_LM_NEEDS_OPTIONS = "task causal-lm needs causalLm options (model and dataset)"
+
+
 class BuiltinWorkload(Model):
     """A built-in training task that needs no download."""
 
-    task: BuiltinTask = Field(..., description="digits (an MLP classifier) or gpt (a causal language model).")
+    task: BuiltinTask = Field(
+        ...,
+        description="digits (an MLP classifier), gpt (a causal language model trained from scratch) or causal-lm "
+        "(a pretrained Hugging Face causal language model, fine-tuned).",
+    )
     epochs: int = Field(1, ge=1, le=100000, description="Passes over the training data.")
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps in total, even within an epoch."
     )
-    batch_size: int = Field(64, ge=1, le=1048576, description="Samples (sequences for gpt) per worker per step.")
+    batch_size: int = Field(
+        64, ge=1, le=1048576, description="Samples (sequences for gpt and causal-lm) per worker per step."
+    )
     learning_rate: float = Field(1e-3, gt=0, le=10, description="Peak learning rate of the AdamW optimizer.")
     seed: int = Field(0, ge=0, description="Seed for initialisation and data order; runs with the same seed match.")
     precision: Precision = Field("auto", description="auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16.")
     digits: DigitsOptions | None = Field(None, description="Options of the digits task.")
     gpt: GptOptions | None = Field(None, description="Options of the gpt task.")
+    causal_lm: CausalLmOptions | None = Field(None, description="Options of the causal-lm task (required for it).")
 
     model_config = Model.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "(!has(self.digits) || self.task == 'digits') && (!has(self.gpt) || self.task == 'gpt')",
+                    "rule": "(!has(self.digits) || self.task == 'digits') && (!has(self.gpt) || self.task == 'gpt') "
+                    "&& (!has(self.causalLm) || self.task == 'causal-lm')",
                     "message": "task options must match the task",
-                }
+                },
+                {"rule": "self.task != 'causal-lm' || has(self.causalLm)", "message": _CAUSAL_LM_NEEDS_OPTIONS},
             ]
         }
     }
 
     @model_validator(mode="after")
     def _options_match_task(self) -> BuiltinWorkload:
-        for other in ("digits", "gpt"):
-            if other != self.task and getattr(self, other) is not None:
+        for other, field in _OPTION_FIELDS.items():
+            if other != self.task and getattr(self, field) is not None:
                 raise ValueError(f"options for {other!r} given, but the task is {self.task!r}")
+        if self.task == "causal-lm" and self.causal_lm is None:
+            raise ValueError(_CAUSAL_LM_NEEDS_OPTIONS)
         return self
 
-    def task_options(self) -> DigitsOptions | GptOptions:
+    def task_options(self) -> DigitsOptions | GptOptions | CausalLmOptions:
         """The options of the chosen task, defaults filled in."""
         if self.task == "digits":
             return self.digits or DigitsOptions()
+        if self.task == "causal-lm":
+            assert self.causal_lm is not None, "validation requires them"
+            return self.causal_lm
         return self.gpt or GptOptions()
 
 

@@ -60,9 +60,11 @@ def spec_digests(job: BigModelJob, *, defaults: bool = False) -> dict[str, str]:
         spec = job.spec.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True, mode="json")
     workload = spec["workload"]
     builtin = workload.get("builtin", {})
+    # Options of tasks added later count only where given, so that the digests of jobs without them stay the same.
+    options = {k: builtin.get(k) for k in ("digits", "gpt")} | {k: builtin[k] for k in ("causalLm",) if k in builtin}
     model = {
         "task": builtin.get("task"),
-        "options": {k: builtin.get(k) for k in ("digits", "gpt")},
+        "options": options,
         "entrypoint": workload.get("entrypoint", {}).get("function"),
         "command": workload.get("command"),
     }

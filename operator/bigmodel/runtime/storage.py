@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 
 Writer = Callable[[IO[bytes]], None]
 
+_COPY_CHUNK = 8 << 20
 _STAGED = re.compile(r"^\.(?P<name>.+)\.(?:tmp|trash)-[0-9a-f]{32}$")
 
 
@@ -98,7 +100,10 @@ def write_file(target: Location, write: Writer) -> None:
 def _write_files(directory: Location, files: Sequence[tuple[str, Writer]]) -> None:
     directory.filesystem.create_dir(directory.path, recursive=True)
     for file_name, write in files:
-        with directory.filesystem.open_output_stream(directory.child(file_name).path) as stream:
+        target = directory.child(file_name)
+        if "/" in file_name:  # a file in a subdirectory, such as a tokenizer's additional_chat_templates/
+            directory.filesystem.create_dir(target.path.rpartition("/")[0], recursive=True)
+        with directory.filesystem.open_output_stream(target.path) as stream:
             write(stream)
 
 
@@ -123,6 +128,18 @@ def subdirectories(parent: Location) -> list[str]:
     ]
 
 
+def files_in(parent: Location, *, recursive: bool = False) -> list[pafs.FileInfo]:
+    """The files under parent (none when parent does not exist), with their paths, sizes and modification times."""
+    selector = pafs.FileSelector(parent.path, allow_not_found=True, recursive=recursive)
+    return [info for info in parent.filesystem.get_file_info(selector) if info.type == pafs.FileType.File]
+
+
+def copy_to_local(source: Location, destination: str | os.PathLike[str]) -> None:
+    """Copy one file of any filesystem to a local path, a chunk at a time."""
+    with source.filesystem.open_input_stream(source.path) as stream, open(destination, "wb") as target:
+        shutil.copyfileobj(stream, target, _COPY_CHUNK)
+
+
 def staged_target(entry_name: str) -> str | None:
     """The directory name a staging or trash directory was made for, or None for any other entry."""
     match = _STAGED.fullmatch(entry_name)
@@ -135,6 +152,16 @@ def torch_writer(obj: Any) -> Writer:
 
 def json_writer(document: dict[str, Any]) -> Writer:
     return lambda stream: stream.write(json.dumps(document, indent=2, sort_keys=True).encode())
+
+
+def local_file_writer(path: str | os.PathLike[str]) -> Writer:
+    """Copies a local file into the stream, a chunk at a time."""
+
+    def write(stream: IO[bytes]) -> None:
+        with open(path, "rb") as source:
+            shutil.copyfileobj(source, stream, _COPY_CHUNK)
+
+    return write
 
 
 class StorageUnwritable(RuntimeError):
@@ -159,6 +186,12 @@ def probe_writable(storage: str) -> None:
 def read_torch(location: Location) -> Any:
     with location.filesystem.open_input_file(location.path) as stream:
         return torch.load(stream, map_location="cpu", weights_only=True)
+
+
+def read_bytes(location: Location) -> bytes:
+    with location.filesystem.open_input_stream(location.path) as stream:
+        data: bytes = stream.read()
+    return data
 
 
 def read_json(location: Location) -> dict[str, Any]:

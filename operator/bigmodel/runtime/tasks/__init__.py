@@ -8,12 +8,14 @@ import torch
 
 from bigmodel.api.job import BuiltinWorkload
 from bigmodel.runtime.tasks.base import TrainingTask, unwrap_model
+from bigmodel.runtime.tasks.causal_lm import CausalLmTask, load_base_model
 from bigmodel.runtime.tasks.digits import DigitsTask, build_mlp
 from bigmodel.runtime.tasks.gpt import GptTask
 from bigmodel.runtime.tasks.gpt_model import GPT, build_gpt, generate
 
 __all__ = [
     "GPT",
+    "CausalLmTask",
     "DigitsTask",
     "GptTask",
     "TrainingTask",
@@ -23,7 +25,7 @@ __all__ = [
     "unwrap_model",
 ]
 
-_TASKS: dict[str, type[TrainingTask]] = {task.name: task for task in (DigitsTask, GptTask)}
+_TASKS: dict[str, type[TrainingTask]] = {task.name: task for task in (DigitsTask, GptTask, CausalLmTask)}
 
 
 def make_task(workload: BuiltinWorkload) -> TrainingTask:
@@ -31,10 +33,13 @@ def make_task(workload: BuiltinWorkload) -> TrainingTask:
 
 
 def build_model_from_config(config: dict[str, Any]) -> torch.nn.Module:
-    """The architecture a task's model_config() describes, freshly initialised."""
+    """The architecture a task's model_config() describes, freshly initialised: for causal-lm, which fine-tunes,
+    that is the pretrained base model (in float32, on the CPU)."""
     task = config.get("task")
     if task == DigitsTask.name:
         return build_mlp(int(config["hidden_size"]))
     if task == GptTask.name:
         return build_gpt(config)
+    if task == CausalLmTask.name:
+        return load_base_model(config["base"])
     raise ValueError(f"unknown task {task!r} in model config; expected one of {sorted(_TASKS)}")

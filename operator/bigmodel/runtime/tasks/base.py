@@ -49,7 +49,7 @@ class TrainingTask(ABC):
 
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
-        """A freshly initialised model, the same for the same torch.manual_seed."""
+        """A freshly initialised model (a fine-tuning task's pretrained one), the same for the same torch.manual_seed."""
 
     def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         """The model's repeated blocks, each its own FSDP unit and activation-checkpointing region; none by default."""

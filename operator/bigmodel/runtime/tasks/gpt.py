@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 from typing import Any
 
@@ -13,30 +12,10 @@ from bigmodel.api.job import GptOptions
 from bigmodel.runtime.tasks.base import TrainingTask, device_of, evaluating
 from bigmodel.runtime.tasks.corpus import stdlib_corpus
 from bigmodel.runtime.tasks.gpt_model import GPT, build_gpt
+from bigmodel.runtime.tasks.windows import TokenWindows, held_out_metrics, held_out_tokens
 
 VOCAB_SIZE = 256
 BYTES_PER_MEGABYTE = 1_000_000
-HELD_OUT_FRACTION = 0.05
-# Evaluation reads at most this many held-out tokens, so that a large corpus does not stall training.
-EVAL_TOKENS = 1 << 16
-
-
-class ByteWindows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Non-overlapping windows of a byte sequence: (inputs, the same bytes shifted by one)."""
-
-    def __init__(self, data: torch.Tensor, context_length: int) -> None:
-        self.data = data
-        self.context_length = context_length
-
-    def __len__(self) -> int:
-        return (len(self.data) - 1) // self.context_length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        start = index * self.context_length
-        window = self.data[start : start + self.context_length + 1].long()
-        return window[:-1], window[1:]
 
 
 class GptTask(TrainingTask):
@@ -49,19 +28,19 @@ class GptTask(TrainingTask):
         return options
 
     @cached_property
-    def _splits(self) -> tuple[ByteWindows, ByteWindows]:
+    def _splits(self) -> tuple[TokenWindows, TokenWindows]:
         context = self.options.context_length
         corpus = stdlib_corpus(int(self.options.corpus_megabytes * BYTES_PER_MEGABYTE))
         data = torch.frombuffer(bytearray(corpus), dtype=torch.uint8)
-        held_out = max(int(len(data) * HELD_OUT_FRACTION), context + 1)
+        held_out = held_out_tokens(len(data), context)
         if len(data) - held_out < context + 1:
             raise ValueError(
                 f"a corpus of {len(data)} bytes is too small for a context length of {context}: "
                 "raise corpusMegabytes or lower contextLength"
             )
-        return ByteWindows(data[:-held_out], context), ByteWindows(data[-held_out:], context)
+        return TokenWindows(data[:-held_out], context), TokenWindows(data[-held_out:], context)
 
-    def dataset(self) -> ByteWindows:
+    def dataset(self) -> TokenWindows:
         return self._splits[0]
 
     def build_model(self) -> GPT:
@@ -99,19 +78,5 @@ class GptTask(TrainingTask):
         return float(6 * weights + 12 * options.layers * options.embed_dim * options.context_length)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        held_out = self._splits[1]
-        windows = min(len(held_out), max(1, EVAL_TOKENS // held_out.context_length))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(held_out, range(windows)), batch_size=self.workload.batch_size
-        )
-        total, tokens = 0.0, 0
         with evaluating(model) as bare:
-            device = device_of(bare)
-            for inputs, targets in loader:
-                logits = bare(inputs.to(device)).float()
-                total += F.cross_entropy(
-                    logits.view(-1, logits.shape[-1]), targets.to(device).reshape(-1), reduction="sum"
-                ).item()
-                tokens += targets.numel()
-        mean = total / tokens
-        return {"val_loss": mean, "val_perplexity": math.exp(mean)}
+            return held_out_metrics(bare, self._splits[1], self.workload.batch_size, device_of(bare))
