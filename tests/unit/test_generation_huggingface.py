@@ -75,5 +75,3 @@ def test_a_prompt_past_the_models_context_is_refused_naming_the_limit(model_dir:
     predictor = load_predictor(model_dir, CPU)
     with pytest.raises(ProtocolError, match="instances\\[0\\]: this model's maximum context length is 512 tokens"):
         predictor.checked([{"prompt": "fox " * 600, "max_new_tokens": 4}], {}, v1_location)
-
-

@@ -68,6 +68,13 @@ def test_a_character_cut_short_waits_for_its_other_bytes() -> None:
     assert text.add(list(euro[1:])) == "€"
 
 
+def test_bytes_that_are_no_utf8_go_out_at_once_and_only_an_unfinished_tail_waits() -> None:
+    text = TextStream(ByteTokenizer())
+    # An untrained byte-level model writes such runs; holding them all back would stall the stream to its end.
+    assert text.add([0xF7, 0xF7, 0xF7, 0x61, 0xF7]) == "\ufffd\ufffd\ufffda"
+    assert text.add([0x62]) == "\ufffdb"
+
+
 def body(**fields: object) -> bytes:
     return json.dumps({"model": "coder", **fields}).encode()
 

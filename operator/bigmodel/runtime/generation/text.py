@@ -44,8 +44,9 @@ class TextStream:
 
     def _safe_end(self) -> int:
         end = len(self._text)
-        # A character cut short decodes to U+FFFD until its next bytes come.
-        while end > self._sent and self._text[end - 1] == REPLACEMENT:
+        # A character cut short at the end decodes to one U+FFFD until its next bytes come; earlier ones are final
+        # (bytes that are no UTF-8 at all, each its own U+FFFD).
+        if end > self._sent and self._text[end - 1] == REPLACEMENT:
             end -= 1
         for stop in self.stop:
             for length in range(min(len(stop) - 1, end), 0, -1):
