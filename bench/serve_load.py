@@ -23,6 +23,10 @@ generator spent per answered request, which other work on the machine does not i
 Everything shares this machine's cores with the load generator, Ray's own processes and whatever else runs here, so
 the figures are of this machine; the ratios against baselines from the same run are what to compare.
 
+Generative models are measured in generation mode by bench.serve_generation, the successor of --task gpt here:
+continuous batching (the engine, streamed over OpenAI's /v1/completions) against request-level batching, with
+time to first token and inter-token latency on a mixed workload.
+
     python -m bench.serve_load                               # digits MLP, hidden size 2048
     python -m bench.serve_load --task gpt                    # small GPT generating --new-tokens bytes per request
     python -m bench.serve_load --duration 5 --concurrency 1,8,32 --no-autoscale

@@ -19,23 +19,27 @@ IDLE_SAMPLE_S = 3.0
 ONE_REPLICA = {"min": 1, "max": 1}
 
 
-def service_spec(bench: Bench, *, batch: int, replicas: dict[str, Any]) -> Any:
-    """A BigModelServiceSpec as a user writes it; the model name in URLs is MODEL_NAME."""
+def service_spec(
+    bench: Bench, *, batch: int, replicas: dict[str, Any], limits: dict[str, Any] | None = None, **batching: Any
+) -> Any:
+    """A BigModelServiceSpec as a user writes it; the model name in URLs is MODEL_NAME. batching: more of its
+    batching fields (maxCachedTokens)."""
     from bigmodel.api.service import BigModelServiceSpec
 
     args = bench.args
-    return BigModelServiceSpec.model_validate(
-        {
-            "model": {"uri": bench.model_uri, "name": MODEL_NAME},
-            "replicas": replicas,
-            "replicaResources": {"cpu": args.replica_cpus},
-            "batching": {"maxBatchSize": batch, "waitTimeoutMs": args.wait_timeout_ms},
-        }
-    )
+    document: dict[str, Any] = {
+        "model": {"uri": bench.model_uri, "name": MODEL_NAME},
+        "replicas": replicas,
+        "replicaResources": {"cpu": args.replica_cpus},
+        "batching": {"maxBatchSize": batch, "waitTimeoutMs": args.wait_timeout_ms, **batching},
+    }
+    if limits is not None:
+        document["limits"] = limits
+    return BigModelServiceSpec.model_validate(document)
 
 
-def deploy_service(bench: Bench, name: str, spec: Any, port: int) -> tuple[str, dict[str, Any]]:
-    """The operator's Serve config for spec, deployed on the embedded Ray; returns the predict URL and the config."""
+def local_config(bench: Bench, name: str, spec: Any, port: int) -> tuple[dict[str, Any], Any]:
+    """The operator's Serve config for spec as `bigmodel serve` adjusts it for the embedded Ray, and its app args."""
     import ray
 
     from bigmodel.builders.serve_app import app_args, model_version, serve_deploy_config
@@ -49,14 +53,31 @@ def deploy_service(bench: Bench, name: str, spec: Any, port: int) -> tuple[str, 
     )
     for note in notes:
         bench.say(f"note: {note}")
+    return config, args
+
+
+def deploy_config(bench: Bench, name: str, config: dict[str, Any], what: str) -> dict[str, Any]:
+    """config deployed on the embedded Ray, waiting until it answers; returns its one deployment's options."""
+    from bigmodel.runtime.serving import local
+
     start = time.monotonic()
     local.deploy(config, timeout_s=DEPLOY_TIMEOUT_S)
     deployment = config["applications"][0]["deployments"][0]
     bench.say(
-        f"deployed {name} in {time.monotonic() - start:.1f} s: max_batch_size={args.max_batch_size} "
-        f"wait={args.batch_wait_timeout_s * 1000:g} ms max_ongoing_requests={deployment['max_ongoing_requests']} "
+        f"deployed {name} in {time.monotonic() - start:.1f} s: {what} "
+        f"max_ongoing_requests={deployment['max_ongoing_requests']} "
         f"autoscaling={deployment['autoscaling_config']} actor={deployment['ray_actor_options']}"
     )
+    return deployment
+
+
+def deploy_service(bench: Bench, name: str, spec: Any, port: int) -> tuple[str, dict[str, Any]]:
+    """The operator's Serve config for spec, deployed on the embedded Ray; returns the predict URL and the config."""
+    from bigmodel.runtime.serving import local
+
+    config, args = local_config(bench, name, spec, port)
+    what = f"max_batch_size={args.max_batch_size} wait={args.batch_wait_timeout_s * 1000:g} ms"
+    deployment = deploy_config(bench, name, config, what)
     url = f"{local.base_url(config)}/v1/models/{MODEL_NAME}:predict"
     bench.check_answer(url)
     return url, deployment
