@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from typing import Any
 
-from bench import bench_parser
+from bench import bench_parser, run_until_interrupted
 from bench.serving.generation_load import workload
 from bench.serving.generation_report import report
 from bench.serving.report import load_average
@@ -162,12 +161,7 @@ def main() -> None:
     if args.requests < 1 or args.max_batch_size < 1 or args.duration <= 0 or args.warmup < 0:
         parser.error("--requests and --max-batch-size must be at least 1, --duration above 0, --warmup not below 0")
 
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        # The report of what was measured so far is printed; children and Ray are stopped on the way out.
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_until_interrupted(run, args)
 
 
 if __name__ == "__main__":

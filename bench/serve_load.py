@@ -37,12 +37,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from typing import Any
 
-from bench import bench_parser
+from bench import bench_parser, run_until_interrupted
 from bench.serving.baselines import in_process, plain_http
 from bench.serving.harness import Bench
 from bench.serving.model import add_model_arguments, export_bench_model, forward_cost
@@ -114,12 +113,7 @@ def main() -> None:
     parser.add_argument("--no-autoscale", action="store_true", help="skip the scale-up measurement")
     args = parser.parse_args()
 
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        # The report of what was measured so far is printed; children and Ray are stopped on the way out.
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_until_interrupted(run, args)
 
 
 if __name__ == "__main__":

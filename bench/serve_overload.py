@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import bench_parser
+from bench import bench_parser, run_until_interrupted
 from bench.serving.harness import MODEL_NAME, START_TIMEOUT_S, Bench, free_port, wait_ready
 from bench.serving.model import add_model_arguments, export_bench_model
 
@@ -186,11 +186,7 @@ def main() -> None:
     parser.add_argument("--max-queued", type=int, default=100, help="spec.limits.maxQueuedRequests (default 100)")
     parser.add_argument("--timeout", type=float, default=60.0, help="spec.limits.timeoutSeconds (default 60)")
     args = parser.parse_args()
-    try:
-        sys.exit(run(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_until_interrupted(run, args)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import bench_parser
-from bench.serving.loadgen import JSON_HEADERS, percentile
+from bench.serving.loadgen import JSON_HEADERS, fixed_rate, percentile
 
 OK = 200
 SSE = "sse"
@@ -328,27 +328,12 @@ async def open_loop(session: Any, spec: dict[str, Any], items: Sequence[WorkItem
     measure_from, stop_at = window.measure_from, window.stop_at
     timings: list[Timing] = []
     lags: list[float] = []
-    dropped = 0
-    pending: set[asyncio.Task[None]] = set()
 
-    async def one(due: float, item: WorkItem) -> None:
+    async def one(index: int, due: float) -> None:
         lags.append(time.perf_counter() - due)
-        timings.append(await send(session, spec, item, due))
+        timings.append(await send(session, spec, items[index % len(items)], due))
 
-    index = 0
-    while (due := begin + index / rate) < stop_at:
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if len(pending) < spec["max_in_flight"]:
-            task = asyncio.create_task(one(due, items[index % len(items)]))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        elif due >= measure_from:
-            dropped += 1
-        index += 1
-    if pending:
-        await asyncio.wait(pending, timeout=spec["request_timeout"])
+    dropped = await fixed_rate(begin, rate, stop_at, measure_from, spec["max_in_flight"], spec["request_timeout"], one)
     window.close()
     point = summary(timings, measure_from, stop_at, scheduled=True, rate=rate, dropped=dropped)
     # How late the generator started its requests: latency includes this, so a large lag means the figures are of a

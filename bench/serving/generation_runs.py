@@ -29,6 +29,7 @@ from bench.serving.generation_load import JSON, SSE, EventStream, Timing, WorkIt
 from bench.serving.generation_report import LABELS, point_line
 from bench.serving.harness import MODEL_NAME, START_TIMEOUT_S, Bench, free_port
 from bench.serving.loadgen import JSON_HEADERS
+from bench.serving.model import gpt_config
 from bench.serving.ray_serve import ONE_REPLICA, deploy_config, local_config, serve_pids, service_spec
 
 REQUEST_LEVEL_APP = "bench-request-level"
@@ -49,15 +50,7 @@ def export_gpt(args: Any, storage: str) -> str:
     from bigmodel.runtime.tasks import build_model_from_config
 
     torch.manual_seed(0)
-    config = {
-        "task": "gpt",
-        "vocab_size": 256,
-        "layers": args.gpt_layers,
-        "heads": args.gpt_heads,
-        "embed_dim": args.gpt_embed_dim,
-        "context_length": args.gpt_context,
-        "dropout": 0.0,
-    }
+    config = gpt_config(args)
     return export_model(storage, build_model_from_config(config), config, {})
 
 

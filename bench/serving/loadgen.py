@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import bench_parser
@@ -107,16 +108,44 @@ async def _closed_loop(session: Any, spec: dict[str, Any], concurrency: int) -> 
     return summary(latencies, errors, spec["duration"], concurrency=concurrency, **answers.fields())
 
 
+async def fixed_rate(
+    begin: float,
+    rate: float,
+    stop_at: float,
+    measure_from: float,
+    max_in_flight: int,
+    timeout_s: float,
+    start: Callable[[int, float], Awaitable[None]],
+) -> int:
+    """Runs start(index, due) for due = begin + index / rate until stop_at, whatever the answers, with at most
+    max_in_flight running; then waits (up to timeout_s) for those running. Returns the requests of the measured
+    window that were not sent because max_in_flight were running."""
+    pending: set[asyncio.Task[None]] = set()
+    dropped = index = 0
+    while (due := begin + index / rate) < stop_at:
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(pending) < max_in_flight:
+            task = asyncio.create_task(start(index, due))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        elif due >= measure_from:
+            dropped += 1
+        index += 1
+    if pending:
+        await asyncio.wait(pending, timeout=timeout_s)
+    return dropped
+
+
 async def _open_loop(session: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """Requests sent at a fixed rate whatever the answers; latency runs from each request's scheduled time."""
     url, body, rate = spec["url"], spec["body"].encode(), spec["rate"]
     begin = time.perf_counter() + 0.05
     measure_from, stop_at = _measured_window(spec, begin)
     latencies: list[float] = []
-    errors = dropped = 0
+    errors = 0
     answers = Answers()
-    pending: set[asyncio.Task[None]] = set()
-
     lags: list[float] = []
 
     async def one(due: float) -> None:
@@ -131,20 +160,9 @@ async def _open_loop(session: Any, spec: dict[str, Any]) -> dict[str, Any]:
             else:
                 errors += 1
 
-    index = 0
-    while (due := begin + index / rate) < stop_at:
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if len(pending) < spec["max_in_flight"]:
-            task = asyncio.create_task(one(due))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        elif due >= measure_from:
-            dropped += 1
-        index += 1
-    if pending:
-        await asyncio.wait(pending, timeout=REQUEST_TIMEOUT_S)
+    dropped = await fixed_rate(
+        begin, rate, stop_at, measure_from, spec["max_in_flight"], REQUEST_TIMEOUT_S, lambda index, due: one(due)
+    )
     # Requests are counted by their scheduled time, so achieved/offered shows whether the server kept up.
     achieved = len(latencies) / spec["duration"]
     sent = (len(latencies) + errors) / spec["duration"]

@@ -22,6 +22,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, task: str, new_token
     )
 
 
+def gpt_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The built-in GPT's model config from the --gpt-* flags."""
+    return {
+        "task": "gpt",
+        "vocab_size": 256,
+        "layers": args.gpt_layers,
+        "heads": args.gpt_heads,
+        "embed_dim": args.gpt_embed_dim,
+        "context_length": args.gpt_context,
+        "dropout": 0.0,
+    }
+
+
 def export_bench_model(args: argparse.Namespace, storage: str) -> tuple[str, Any, str]:
     """An untrained model of the chosen architecture, exported as a job exports one: (uri, instance, description).
 
@@ -39,15 +52,7 @@ def export_bench_model(args: argparse.Namespace, storage: str) -> tuple[str, Any
         instance: Any = SAMPLE_DIGIT
         what = f"digits MLP 64-{args.hidden_size}-{args.hidden_size}-10"
     else:
-        config = {
-            "task": "gpt",
-            "vocab_size": 256,
-            "layers": args.gpt_layers,
-            "heads": args.gpt_heads,
-            "embed_dim": args.gpt_embed_dim,
-            "context_length": args.gpt_context,
-            "dropout": 0.0,
-        }
+        config = gpt_config(args)
         instance = {"prompt": SAMPLE_PROMPT, "max_new_tokens": args.new_tokens}
         what = (
             f"GPT {args.gpt_layers} layers x {args.gpt_embed_dim} wide, {args.gpt_heads} heads, context "

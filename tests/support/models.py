@@ -9,8 +9,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from bigmodel.api.job import BuiltinWorkload
-from bigmodel.runtime.artifacts import export_model
-from bigmodel.runtime.tasks import build_model_from_config, make_task
+from bigmodel.runtime.artifacts import export_model, load_model
+from bigmodel.runtime.tasks import GPT, build_model_from_config, make_task
 
 PIXEL_MAX = 16.0
 
@@ -61,3 +61,10 @@ def export_decisive(storage: Path, config: dict[str, Any]) -> str:
             if parameter.dim() > 1:
                 parameter.normal_(0.0, 0.5)
     return export_model(str(storage), model, config, {})
+
+
+def decisive_gpt(storage: Path, context_length: int) -> GPT:
+    """export_decisive's tiny GPT, loaded back as a replica loads it."""
+    model, _ = load_model(export_decisive(storage, tiny_gpt_config(context_length=context_length)))
+    assert isinstance(model, GPT)
+    return model

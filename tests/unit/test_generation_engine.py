@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import torch
 
-from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.generation.engine import (
     ERROR,
     LENGTH,
@@ -21,25 +19,17 @@ from bigmodel.runtime.generation.loop import EngineLoop
 from bigmodel.runtime.generation.models import BuiltinGpt
 from bigmodel.runtime.generation.sampling import Sampling
 from bigmodel.runtime.tasks import GPT, generate
-from tests.support.models import export_decisive, tiny_gpt_config
+from tests.support.models import decisive_gpt
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = torch.device("cpu")
 CONTEXT = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def gpt(tmp_path_factory: pytest.TempPathFactory) -> GPT:
-    model, _ = load_model(export_decisive(tmp_path_factory.mktemp("gpt"), tiny_gpt_config(context_length=CONTEXT)))
-    assert isinstance(model, GPT)
-    return model
+    return decisive_gpt(tmp_path_factory.mktemp("gpt"), CONTEXT)
 
 
 def engine_of(model: GPT, *, max_sequences: int = 64, max_cached_tokens: int = 4096) -> Engine:

@@ -4,7 +4,6 @@ prompt alone, and the OpenAI chat endpoint speaks through the tokenizer's own ch
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,16 +14,10 @@ from bigmodel.runtime.serving.predictor import CausalLmPredictor, load_predictor
 from bigmodel.runtime.serving.protocol import ProtocolError, v1_location
 from tests.support.hf_models import write_tiny_causal_lm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
 PROMPTS = [("The fox", 9), ("A language model predicts the next token", 5), ("def", 12), ("0 1 2 3 4 5 6 7 8 9", 7)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from bigmodel.runtime.serving.protocol import ProtocolError, v1_location, v2_loc
 from bigmodel.runtime.tasks import generate
 from tests.support.models import export_decisive, tiny_gpt_config
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
 DIGITS_CONFIG = {"task": "digits", "hidden_size": 16}
 # Context 16, so that prompts longer than the context (which slide) are covered by short strings.
@@ -33,13 +34,6 @@ def exported(tmp_path: Path, config: dict[str, Any]) -> tuple[torch.nn.Module, d
     return load_model(export_decisive(tmp_path / "run", config))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Models this small are fastest on one thread; more only contend with whatever else runs on the machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 
 import openai
 import pytest
 import torch
 
-from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.generation.models import BuiltinGpt
 from bigmodel.runtime.generation.text import TextStream
 from bigmodel.runtime.generation.tokenizers import ByteTokenizer
@@ -18,24 +16,16 @@ from bigmodel.runtime.serving.openai_api import OpenAIEndpoints
 from bigmodel.runtime.serving.openai_protocol import SSE_DONE, OpenAIError
 from bigmodel.runtime.serving.text_generation import TextGenerator
 from bigmodel.runtime.tasks import GPT, generate
-from tests.support.models import export_decisive, tiny_gpt_config
+from tests.support.models import decisive_gpt
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def gpt(tmp_path_factory: pytest.TempPathFactory) -> GPT:
-    model, _ = load_model(export_decisive(tmp_path_factory.mktemp("gpt"), tiny_gpt_config(context_length=16)))
-    assert isinstance(model, GPT)
-    return model
+    return decisive_gpt(tmp_path_factory.mktemp("gpt"), 16)
 
 
 def endpoints(model: GPT, *, max_cached_tokens: int = 4096) -> OpenAIEndpoints:

@@ -429,6 +429,20 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _document(
+    request_id: str, obj: str, created: int, model: str, choices: list[dict[str, Any]], counts: tuple[int, int] | None
+) -> dict[str, Any]:
+    """The envelope every answer and chunk shares; usage only where there are final counts."""
+    document = {"id": request_id, "object": obj, "created": created, "model": model, "choices": choices}
+    if counts is not None:
+        document["usage"] = usage(*counts)
+    return document
+
+
+def _text_choice(text: str, finish_reason: FinishReason | None) -> dict[str, Any]:
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
 def completion_response(
     request_id: str,
     created: int,
@@ -438,27 +452,15 @@ def completion_response(
     prompt_tokens: int,
     completion_tokens: int,
 ) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    choices = [_text_choice(text, finish_reason)]
+    return _document(request_id, "text_completion", created, model, choices, (prompt_tokens, completion_tokens))
 
 
 def completion_chunk(
     request_id: str, created: int, model: str, text: str, finish_reason: FinishReason | None
 ) -> dict[str, Any]:
     """One streamed piece of a completion; finish_reason stays null until the last piece, as OpenAI streams it."""
-    return {
-        "id": request_id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-    }
+    return _document(request_id, "text_completion", created, model, [_text_choice(text, finish_reason)], None)
 
 
 def chat_response(
@@ -470,23 +472,15 @@ def chat_response(
     prompt_tokens: int,
     completion_tokens: int,
 ) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                # refusal is required (null) in the reference; a client sending this message back as history
-                # sends it too, and parse_chat_request accepts it.
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
+    choice = {
+        "index": 0,
+        # refusal is required (null) in the reference; a client sending this message back as history sends it
+        # too, and parse_chat_request accepts it.
+        "message": {"role": "assistant", "content": text, "refusal": None},
+        "logprobs": None,
+        "finish_reason": finish_reason,
     }
+    return _document(request_id, "chat.completion", created, model, [choice], (prompt_tokens, completion_tokens))
 
 
 def chat_chunk(
@@ -505,13 +499,8 @@ def chat_chunk(
     delta: dict[str, str] = {"role": "assistant"} if first else {}
     if delta_text is not None:
         delta["content"] = delta_text
-    return {
-        "id": request_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return _document(request_id, "chat.completion.chunk", created, model, [choice], None)
 
 
 def usage_chunk(
@@ -521,14 +510,7 @@ def usage_chunk(
 
     OpenAI also puts "usage": null on every earlier chunk of such a stream; the clients read a missing usage the same.
     """
-    return {
-        "id": request_id,
-        "object": _CHUNK_OBJECTS[kind],
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    return _document(request_id, _CHUNK_OBJECTS[kind], created, model, [], (prompt_tokens, completion_tokens))
 
 
 def model_card(name: str, created: int, owned_by: str = "bigmodel") -> dict[str, Any]:
