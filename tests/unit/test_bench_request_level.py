@@ -93,8 +93,9 @@ def test_the_baseline_is_deployed_with_the_operators_options_and_serve_builds_it
     assert config["http_options"] == product["http_options"]
 
     schema = ServeDeploySchema.model_validate(config)
+    ray_before = ray.is_initialized()
     module, name = schema.applications[0].import_path.split(":")
     builder = getattr(importlib.import_module(module), name)
     built = call_user_app_builder_with_args_if_necessary(builder, schema.applications[0].args)
     assert isinstance(built, Application)
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_before, "building the application started Ray"
