@@ -7,6 +7,7 @@ import asyncio
 import pytest
 import torch
 
+from bigmodel.runtime.generation.batch_cache import BatchCache
 from bigmodel.runtime.generation.engine import (
     ERROR,
     LENGTH,
@@ -83,6 +84,46 @@ def test_a_mixed_batch_generates_what_generate_gives_one_prompt_at_a_time(gpt: G
         assert sink.text == generate(gpt, prompt, count), prompt
         assert sink.finish == LENGTH
     assert engine.stats().cached_tokens == 0
+
+
+@pytest.fixture(scope="module")
+def long_gpt(tmp_path_factory: pytest.TempPathFactory) -> GPT:
+    return decisive_gpt(tmp_path_factory.mktemp("long-gpt"), 96)
+
+
+def test_sequences_that_take_the_places_of_finished_ones_generate_what_they_would_alone(long_gpt: GPT) -> None:
+    # Three places for many requests: a long one keeps the cache wide while short ones come and go, each newcomer
+    # taking the slot a finished one left (in place, or after the cache is compacted).
+    engine = engine_of(long_gpt, max_sequences=3)
+    requests = [(b"L" * 40, 50)] + [(bytes([65 + index]) * (1 + index % 7), 3 + index % 5) for index in range(12)]
+    sinks = [Collected() for _ in requests]
+    for (prompt, count), sink in zip(requests, sinks, strict=True):
+        engine.submit(request(prompt, count), sink)
+    run_all(engine)
+    assert [sink.text for sink in sinks] == [generate(long_gpt, prompt, count) for prompt, count in requests]
+    assert engine.stats().cached_tokens == 0
+
+
+def row(length: int, value: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A one-layer prefill cache of one row: 2 heads, length tokens, width 4, every entry value."""
+    keys = torch.full((1, 2, length, 4), value)
+    return [(keys, keys.clone())]
+
+
+def test_a_joiner_takes_a_free_slot_in_place_and_a_half_empty_cache_is_compacted() -> None:
+    cache: BatchCache[str] = BatchCache()
+    cache.add([("a", row(5, 1.0), 5), ("b", row(3, 2.0), 3), ("c", row(4, 3.0), 4)])
+    storage = cache.layers[0][0].data_ptr()
+    cache.release([1])
+    cache.add([("d", row(2, 4.0), 2)])
+    assert cache.layers[0][0].data_ptr() == storage, "the joiner's cache was copied in with the whole cache"
+    assert cache.owners == ["a", "d", "c"] and cache.lengths == [5, 2, 4]
+    keys = cache.in_use()[0][0]
+    assert keys[1, 0, -2:, 0].tolist() == [4.0, 4.0] and keys[0, 0, :, 0].tolist() == [1.0] * 5
+    assert cache.key_mask(1)[1].tolist() == [False, False, False, True, True, True]
+    cache.release([0, 2])
+    assert (cache.owners, cache.lengths, cache.width) == (["d"], [2], 2), "a cache with one row in three held"
+    assert cache.in_use()[0][0][0, 0, :, 0].tolist() == [4.0, 4.0]
 
 
 def test_a_request_that_joins_mid_batch_finishes_without_waiting_for_the_batch(gpt: GPT) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from bigmodel.runtime.huggingface import load_causal_lm
 from bigmodel.runtime.serving.openai_api import OpenAIEndpoints
+from bigmodel.runtime.serving.openai_protocol import OpenAIError
 from bigmodel.runtime.serving.predictor import CausalLmPredictor, load_predictor
 from bigmodel.runtime.serving.protocol import ProtocolError, v1_location
 from tests.support.hf_models import write_tiny_causal_lm
@@ -68,3 +69,20 @@ def test_a_prompt_past_the_models_context_is_refused_naming_the_limit(model_dir:
     predictor = load_predictor(model_dir, CPU)
     with pytest.raises(ProtocolError, match="instances\\[0\\]: this model's maximum context length is 512 tokens"):
         predictor.checked([{"prompt": "fox " * 600, "max_new_tokens": 4}], {}, v1_location)
+
+
+async def test_a_conversation_the_template_refuses_is_400_naming_messages(model_dir: str) -> None:
+    predictor = load_predictor(model_dir, CPU)
+    assert isinstance(predictor, CausalLmPredictor)
+    tokenizer = predictor.generator.tokenizer.tokenizer
+    # As many chat models' templates do: only alternating user and assistant turns.
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system messages') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    server = OpenAIEndpoints(predictor.generator, "tiny", created=0, timeout_s=60)
+    body = {"model": "tiny", "messages": [{"role": "system", "content": "x"}], "max_tokens": 2}
+    with pytest.raises(OpenAIError) as caught:
+        await server.chat(json.dumps(body).encode())
+    assert (caught.value.status, caught.value.param) == (400, "messages")
+    assert "chat template refuses this conversation: no system messages" in caught.value.message

@@ -22,7 +22,10 @@ class ModelSource(Model):
     uri: str | None = Field(
         None,
         min_length=1,
-        description="A model directory exported by a job: an object-store URI (s3://, gs://) or a path.",
+        description=(
+            "A model directory exported by a job, or a Hugging Face causal LM (config.json, *.safetensors weights, "
+            "tokenizer files): an object-store URI (s3://, gs://) or a path."
+        ),
     )
     volume_claim_name: str | None = Field(
         None,

@@ -1,88 +1,115 @@
 """The keys and values of the sequences decoding together, left-padded to one width so that one pass serves all.
 
-Rows join (after their prefill) and leave (done or cancelled) between steps, each a copy of the cache; a decode step
-writes its one new column in place, into room kept at the right, so a step costs no copy of what is cached. Padding is
-on the left so that every row's newest token is in the same column; columns no row needs any more are cut off when a
-long row leaves.
+Each sequence holds a slot (a row) from when it joins until it leaves. Padding is on the left so that every row's
+newest token is in the same column, and a decode step writes that column in place, into room kept on the right: a step
+copies nothing that is cached. A sequence that leaves frees its slot, which the next one to join reuses in place (its
+keys written right-aligned into the columns in use); a free slot still goes through the pass, masked, until the cache
+is compacted, which happens when half the slots are free or half the columns are no longer needed by any row. Only
+compaction, a joiner longer than the columns in use, and a joiner finding no free slot copy the cache.
 """
 
 from __future__ import annotations
+
+from typing import Generic, TypeVar
 
 import torch
 
 from bigmodel.runtime.generation.models import Cache, KeyValue
 
+Owner = TypeVar("Owner")
 # Columns of room allocated beyond what is cached, so that growing by a token is a write, not a copy.
 ROOM = 64
 
 
 def _fresh(like: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
-    batch, heads, _, width = like.shape
+    _, heads, _, width = like.shape
     return like.new_zeros((rows, heads, columns, width))
 
 
-class BatchCache:
+class BatchCache(Generic[Owner]):
     def __init__(self) -> None:
-        # Per layer, keys and values (rows, heads, capacity, head width); columns [0, width) are in use.
+        # Per layer, keys and values (slots, heads, capacity, head width); columns [0, width) are in use.
         self.layers: Cache = []
         self.width = 0
-        # Tokens cached for each row; its keys are the last lengths[row] of the columns in use.
+        # Per slot: who holds it (None when free) and how many tokens it has cached (0 when free); its keys are the
+        # last lengths[slot] of the columns in use.
+        self.owners: list[Owner | None] = []
         self.lengths: list[int] = []
 
     @property
-    def rows(self) -> int:
-        return len(self.lengths)
+    def slots(self) -> int:
+        return len(self.owners)
 
     @property
     def tokens(self) -> int:
         """Cached tokens, padding not counted."""
         return sum(self.lengths)
 
-    def _rebuilt(self, parts: list[tuple[Cache, int, int]], width: int) -> None:
-        """The buffers remade from parts: (cache, its first column in use, rows), each right-aligned to width."""
-        rows = sum(count for _, _, count in parts)
-        template = parts[0][0]
+    def held(self) -> list[tuple[int, Owner]]:
+        """The slots held, with their owners, in slot order."""
+        return [(slot, owner) for slot, owner in enumerate(self.owners) if owner is not None]
+
+    def add(self, joining: list[tuple[Owner, Cache, int]]) -> None:
+        """Sequences with their prefill caches (each a batch of one, exactly its length wide): into free slots in
+        place where they fit, else all together in one rebuild."""
+        free = [slot for slot, owner in enumerate(self.owners) if owner is None]
+        if len(joining) <= len(free) and all(length <= self.width for _, _, length in joining):
+            for (owner, cache, length), slot in zip(joining, free, strict=False):
+                for (keys, values), (row_keys, row_values) in zip(self.layers, cache, strict=True):
+                    keys[slot, :, self.width - length : self.width] = row_keys[0]
+                    values[slot, :, self.width - length : self.width] = row_values[0]
+                self.owners[slot], self.lengths[slot] = owner, length
+            return
+        if joining:
+            held = self.held()
+            width = max([self.width, *(length for _, _, length in joining)])
+            self._rebuild([slot for slot, _ in held], width, [cache for _, cache, _ in joining])
+            self.owners = [owner for _, owner in held] + [owner for owner, _, _ in joining]
+            self.lengths = [self.lengths[slot] for slot, _ in held] + [length for _, _, length in joining]
+
+    def release(self, slots: list[int]) -> None:
+        """Frees the slots; compacts when enough of the cache is no longer needed."""
+        for slot in slots:
+            self.owners[slot], self.lengths[slot] = None, 0
+        held = self.held()
+        if not held:
+            self.layers, self.width, self.owners, self.lengths = [], 0, [], []
+            return
+        needed = max(self.lengths)
+        if 2 * len(held) <= self.slots or self.width - needed > max(ROOM, self.width // 2):
+            rows = [slot for slot, _ in held]
+            self._rebuild(rows, needed, [])
+            self.owners = [owner for _, owner in held]
+            self.lengths = [self.lengths[slot] for slot in rows]
+
+    def _rebuild(self, rows: list[int], width: int, joining: list[Cache]) -> None:
+        """New buffers: the rows kept (their last width columns in use) and the joiners, right-aligned to width."""
+        template = self.layers or joining[0]
+        index = torch.tensor(rows, device=template[0][0].device)
+        count = len(rows) + len(joining)
         layers: Cache = []
-        for index in range(len(template)):
-            keys = _fresh(template[index][0], rows, width + ROOM)
-            values = _fresh(template[index][1], rows, width + ROOM)
-            row = 0
-            for cache, first, count in parts:
-                part_keys, part_values = cache[index]
-                used = part_keys.shape[2] - first
-                keys[row : row + count, :, width - used : width] = part_keys[:, :, first:]
-                values[row : row + count, :, width - used : width] = part_values[:, :, first:]
-                row += count
+        for layer, (like_keys, like_values) in enumerate(template):
+            keys, values = _fresh(like_keys, count, width + ROOM), _fresh(like_values, count, width + ROOM)
+            if rows:
+                kept = min(width, self.width)
+                old_keys, old_values = self.layers[layer]
+                keys[: len(rows), :, width - kept : width] = old_keys.index_select(0, index)[
+                    :, :, self.width - kept : self.width
+                ]
+                values[: len(rows), :, width - kept : width] = old_values.index_select(0, index)[
+                    :, :, self.width - kept : self.width
+                ]
+            for offset, cache in enumerate(joining):
+                row_keys, row_values = cache[layer]
+                length = row_keys.shape[2]
+                keys[len(rows) + offset, :, width - length : width] = row_keys[0]
+                values[len(rows) + offset, :, width - length : width] = row_values[0]
             layers.append((keys, values))
         self.layers, self.width = layers, width
 
-    def add(self, joining: list[tuple[Cache, int]]) -> None:
-        """Prefill caches (each a batch of one, exactly its length wide) as the last rows, in one copy."""
-        if not joining:
-            return
-        width = max(self.width, *(length for _, length in joining))
-        mine = [([(k[:, :, : self.width], v[:, :, : self.width]) for k, v in self.layers], 0, self.rows)]
-        parts = (mine if self.rows else []) + [(cache, 0, 1) for cache, _ in joining]
-        self._rebuilt(parts, width)
-        self.lengths += [length for _, length in joining]
-
-    def keep(self, rows: list[int]) -> None:
-        """Only these rows, in this order; the columns none of them uses are dropped."""
-        if not rows:
-            self.layers, self.width, self.lengths = [], 0, []
-            return
-        lengths = [self.lengths[row] for row in rows]
-        first = self.width - max(lengths)
-        index = torch.tensor(rows, device=self.layers[0][0].device)
-        selected = [
-            (k.index_select(0, index)[:, :, : self.width], v.index_select(0, index)[:, :, : self.width])
-            for k, v in self.layers
-        ]
-        self._rebuilt([(selected, first, len(rows))], self.width - first)
-        self.lengths = lengths
-
     def key_mask(self, new: int) -> torch.Tensor:
-        """(rows, width + new): which keys of each row are real once new tokens are appended to every row."""
+        """(slots, width + new): which keys of each slot are real once new tokens are appended to every slot (a free
+        slot sees only its own new token, so that its discarded row stays finite)."""
         device = self.layers[0][0].device
         lengths = torch.tensor(self.lengths, device=device)
         columns = torch.arange(self.width + new, device=device)
@@ -91,8 +118,7 @@ class BatchCache:
     def reserve(self, new: int) -> None:
         """Room for new columns: a copy only when the room is used up, which ROOM makes rare."""
         if self.layers and self.width + new > self.layers[0][0].shape[2]:
-            current = [(k[:, :, : self.width], v[:, :, : self.width]) for k, v in self.layers]
-            self._rebuilt([(current, 0, self.rows)], self.width)
+            self._rebuild(list(range(self.slots)), self.width, [])
 
     def extend(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> KeyValue:
         """A layer's new keys and values written after the columns in use (reserve() made room); the keys and values
@@ -112,6 +138,8 @@ class BatchCache:
         self.layers = layers
 
     def commit(self, new: int) -> None:
-        """new tokens of every row are now cached."""
+        """new tokens of every held slot are now cached."""
         self.width += new
-        self.lengths = [length + new for length in self.lengths]
+        self.lengths = [
+            length + new if owner is not None else 0 for length, owner in zip(self.lengths, self.owners, strict=True)
+        ]

@@ -98,12 +98,11 @@ class Engine:
     max_cached_tokens: int
     _inbox: deque[_Sequence] = field(default_factory=deque)
     _waiting: deque[_Sequence] = field(default_factory=deque)
-    # Rows of the batch cache, in order; windowed sequences (past a sliding model's context) are kept apart.
-    _cached: list[_Sequence] = field(default_factory=list)
+    # Sequences past a sliding model's context, recomputed without a cache; the others hold slots of _cache.
     _windowed: list[_Sequence] = field(default_factory=list)
     # Admitted this step and not yet in either list (a failing prefill must still end them).
     _prefilling: list[_Sequence] = field(default_factory=list)
-    _cache: BatchCache = field(default_factory=BatchCache)
+    _cache: BatchCache[_Sequence] = field(default_factory=BatchCache)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     wake: Callable[[], None] = lambda: None
 
@@ -144,7 +143,7 @@ class Engine:
         return Handle(sequence, self.wake)
 
     def stats(self) -> EngineStats:
-        running = self._cached + self._windowed
+        running = self._running()
         return EngineStats(
             running=len(running),
             waiting=len(self._waiting) + len(self._inbox),
@@ -154,7 +153,10 @@ class Engine:
 
     @property
     def idle(self) -> bool:
-        return not (self._inbox or self._waiting or self._cached or self._windowed)
+        return not (self._inbox or self._waiting or self._running())
+
+    def _running(self) -> list[_Sequence]:
+        return [sequence for _, sequence in self._cache.held()] + self._windowed
 
     def step(self) -> None:
         """One iteration: drop the cancelled, admit and prefill, then decode a token for every running sequence.
@@ -168,9 +170,8 @@ class Engine:
         joining = [(sequence, cache) for sequence in self._prefilling if (cache := self._prefill(sequence)) is not None]
         self._prefilling = []
         # All of this step's newcomers join the batch cache in one copy.
-        self._cache.add([(cache, len(sequence.tokens) - 1) for sequence, cache in joining])
-        self._cached += [sequence for sequence, _ in joining]
-        if self._cached:
+        self._cache.add([(sequence, cache, len(sequence.tokens) - 1) for sequence, cache in joining])
+        if self._cache.held():
             self._decode()
         for sequence in self._windowed:
             self._recompute(sequence)
@@ -178,14 +179,14 @@ class Engine:
 
     def _admit(self) -> list[_Sequence]:
         admitted: list[_Sequence] = []
-        reserved = sum(sequence.reserved for sequence in self._cached + self._windowed)
+        reserved = sum(sequence.reserved for sequence in self._running())
         prefill = 0
         while self._waiting:
             head = self._waiting[0]
             if head.cancelled:
                 self._waiting.popleft()
                 continue
-            running = len(self._cached) + len(self._windowed) + len(admitted)
+            running = len(self._running()) + len(admitted)
             # First come, first served: a long request at the head is not overtaken, so it cannot starve.
             if running >= self.max_sequences or reserved + head.reserved > self.max_cached_tokens:
                 break
@@ -212,26 +213,26 @@ class Engine:
         return cache
 
     def _decode(self) -> None:
-        """One token for each cached row: its newest token (not yet cached) goes through the model with the cache."""
+        """One token for each held slot: its newest token (not yet cached) goes through the model with the cache.
+        Free slots ride along masked, their outputs unused, until the cache compacts them away."""
         device = self.model.device
-        tokens = torch.tensor([[sequence.tokens[-1]] for sequence in self._cached], device=device)
+        owners = self._cache.owners
+        tokens = torch.tensor([[owner.tokens[-1] if owner else 0] for owner in owners], device=device)
         positions = torch.tensor([[length] for length in self._cache.lengths], device=device)
         key_mask = self._cache.key_mask(1)
         self._cache.reserve(1)
         logits = self.model.decode(tokens, positions, key_mask, self._cache)
         self._cache.commit(1)
-        keep: list[int] = []
-        for row, sequence in enumerate(self._cached):
-            if self._emit(sequence, logits[row]):
-                continue
-            if len(sequence.tokens) > self.model.max_positions:
+        leaving: list[int] = []
+        for slot, sequence in self._cache.held():
+            if self._emit(sequence, logits[slot]):
+                leaving.append(slot)
+            elif len(sequence.tokens) > self.model.max_positions:
                 # The next token's position would be past the context: from here on the window slides.
                 self._windowed.append(sequence)
-            else:
-                keep.append(row)
-        if len(keep) < len(self._cached):
-            self._cache.keep(keep)
-            self._cached = [self._cached[row] for row in keep]
+                leaving.append(slot)
+        if leaving:
+            self._cache.release(leaving)
 
     def _recompute(self, sequence: _Sequence) -> None:
         window = sequence.tokens[-self.model.max_positions :]
@@ -259,16 +260,15 @@ class Engine:
         with self._lock:
             self._waiting.extend(self._inbox)
             self._inbox.clear()
-        for sequence in [*self._prefilling, *self._cached, *self._windowed, *self._waiting]:
+        for sequence in [*self._prefilling, *self._running(), *self._waiting]:
             if not (sequence.finished or sequence.cancelled):
                 sequence.finished = True
                 sequence.sink(Output((), ERROR, reason))
-        self._prefilling, self._cached, self._windowed, self._waiting = [], [], [], deque()
+        self._prefilling, self._windowed, self._waiting = [], [], deque()
         self._cache = BatchCache()
 
     def _drop_cancelled(self) -> None:
-        keep = [row for row, sequence in enumerate(self._cached) if not sequence.cancelled]
-        if len(keep) < len(self._cached):
-            self._cache.keep(keep)
-            self._cached = [self._cached[row] for row in keep]
+        cancelled = [slot for slot, sequence in self._cache.held() if sequence.cancelled]
+        if cancelled:
+            self._cache.release(cancelled)
         self._windowed = [sequence for sequence in self._windowed if not sequence.cancelled]

@@ -14,7 +14,7 @@ import torch
 
 from bigmodel.runtime.generation.batch_cache import BatchCache
 from bigmodel.runtime.generation.models import Cache, CausalModel
-from bigmodel.runtime.generation.tokenizers import Tokenizer
+from bigmodel.runtime.generation.tokenizers import ConversationRefused, Tokenizer
 
 
 class UnsupportedArchitecture(ValueError):
@@ -97,4 +97,10 @@ class HuggingFaceTokenizer(Tokenizer):
     def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str | None:
         if not getattr(self.tokenizer, "chat_template", None):
             return None
-        return str(self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+        from jinja2 import TemplateError
+
+        try:
+            return str(self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
+        except TemplateError as error:
+            # Templates refuse what their model was not trained on (a system message, two user turns in a row).
+            raise ConversationRefused(f"the model's chat template refuses this conversation: {error}") from error

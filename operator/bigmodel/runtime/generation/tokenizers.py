@@ -6,6 +6,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
 
+class ConversationRefused(ValueError):
+    """A conversation the model's chat template does not take; str() says why."""
+
+
 class Tokenizer(ABC):
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
@@ -16,7 +20,7 @@ class Tokenizer(ABC):
 
     def chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str | None:
         """The prompt of a conversation ({"role", "content"} messages) by the model's own chat template, with the
-        assistant's turn opened; None when the model has no template."""
+        assistant's turn opened; None when the model has no template. Raises ConversationRefused."""
         return None
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from bigmodel.runtime.generation.engine import RequestRefused
 from bigmodel.runtime.generation.sampling import Sampling
+from bigmodel.runtime.generation.tokenizers import ConversationRefused
 from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT
 from bigmodel.runtime.serving.openai_protocol import (
     SSE_DONE,
@@ -70,7 +71,10 @@ class OpenAIEndpoints:
     async def chat(self, body: bytes) -> Answer:
         request = parse_chat_request(parse_body(body), self.model_name, self.max_tokens_limit)
         messages = [{"role": message.role, "content": message.content} for message in request.messages]
-        prompt = self.generator.chat_prompt(messages, default_chat_prompt(request.messages))
+        try:
+            prompt = self.generator.chat_prompt(messages, default_chat_prompt(request.messages))
+        except ConversationRefused as error:
+            raise OpenAIError(BAD_REQUEST, str(error), "messages") from error
         return await self._answer("chat", request, self._prepare(prompt, request.sampling))
 
     def _prepare(self, prompt: str, settings: SamplingSettings) -> Prepared:
