@@ -36,12 +36,18 @@ def _number(value: Any, width: int, digits: int = 1) -> str:
     return f"{value:{width}.{digits}f}" if _known(value) else f"{'n/a':>{width}}"
 
 
+def _problems(point: dict[str, Any]) -> list[str]:
+    """What went wrong at a point: errors (and dropped requests) by kind, streams that came mostly in one chunk."""
+    problems = [f"errors {point['errors']} {point.get('error_kinds', {})}"] if point["errors"] else []
+    if point.get("bunched"):
+        problems.append(f"{point['bunched']} of {point['requests']} came mostly in one chunk")
+    return problems
+
+
 def point_line(point: dict[str, Any]) -> str:
     """A point in one line, as the run goes."""
     cpu = f"  CPU {point['server_cpu_ms']:.1f} ms/req" if _known(point.get("server_cpu_ms")) else ""
-    errors = f"  errors {point['errors']} {point.get('error_kinds', {})}" if point["errors"] else ""
-    if point.get("bunched"):
-        errors += f"  {point['bunched']} came mostly in one chunk"
+    errors = "".join(f"  {problem}" for problem in _problems(point))
     return (
         f"{point['tokens_per_s']:8.1f} tok/s {point['requests_per_s']:6.2f} req/s  "
         f"TTFT p50 {_number(point['ttft_p50_ms'], 0)} p99 {_number(point['ttft_p99_ms'], 0)} ms  "
@@ -125,9 +131,7 @@ def report(
     if open_loop and peak and _known(open_loop["ttft_p50_ms"]) and open_loop["ttft_p50_ms"] > 0:
         ratio = open_loop["ttft_p99_ms"] / open_loop["ttft_p50_ms"]
         verdict = "met" if ratio <= TAIL_GOAL else "NOT met"
-        errors = f"; {open_loop['errors']} errors/dropped {open_loop.get('error_kinds')}" if open_loop["errors"] else ""
-        if open_loop.get("bunched"):
-            errors += f"; {open_loop['bunched']} of {open_loop['requests']} came mostly in one chunk"
+        errors = "".join(f"; {problem}" for problem in _problems(open_loop))
         print(
             f"{name}: offered {open_loop['rate']:.2f} req/s (half of (c)'s peak {peak['requests_per_s']:.2f} req/s at "
             f"concurrency {peak['concurrency']}), achieved {open_loop['requests_per_s']:.2f} req/s, "

@@ -4,6 +4,11 @@ The operator renders real Ray head and worker pods; the local kubelet runs their
 the operator submits the training through Ray's job API on the head; a worker pod is killed mid-run,
 replaced by the operator, and Ray Train resumes from the checkpoint until the job Succeeds. The job's env takes a
 value from a Secret: the pods' processes see it, Ray's job API does not.
+
+While it runs, its cluster is attacked as in the README's Security table: every request without its token is refused,
+the token of job `beta` included, through Ray's GCS as well as its HTTP APIs. `beta` is made in a namespace the local
+kubelet does not run: its pods never start (two Ray heads on one host would share the operator's view of port 8265),
+but the operator gives it a token of its own, which every process of beta's pods would have.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
+from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT, RAY_GCS_PORT
 from bigmodel.runtime.artifacts import load_model
 from bigmodel.runtime.checkpoints import CheckpointStore
 from tests.support.emulator import KubeClient, wait_for
@@ -29,10 +35,12 @@ from tests.support.local_cluster import (
     ray_dashboard_get,
     two_worker_gpt_job,
 )
+from tests.support.ray_attacks import http, http_attacks, joins_gcs, waiting_job
 
 pytestmark = pytest.mark.e2e
 
 JOBS = ("bigmodel.dev/v1alpha1", "bigmodeljobs")
+ELSEWHERE = "elsewhere"
 EVERY_STEPS = 10
 # Enough steps after the second checkpoint for the worker kill to find the run still going.
 MAX_STEPS = 400
@@ -87,6 +95,7 @@ async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: L
             *JOBS,
             two_worker_gpt_job("e2e", storage, max_steps=MAX_STEPS, every_steps=EVERY_STEPS, max_restarts=1, env=ENV),
         )
+        await kube.create(*JOBS, waiting_job("beta", tmp_path / "beta"), namespace=ELSEWHERE)
 
         # Watched on disk, not through the status a few seconds behind: the kill must land mid-run, and this small
         # model trains at tens of steps a second.
@@ -107,7 +116,21 @@ async def test_worker_killed_mid_run_is_replaced_and_training_resumes(cluster: L
         assert "bigmodel.runtime.job_entrypoint" in jobs, "Ray's job API does not list the run"
         for secret in (SECRET_VALUE, LITERAL_VALUE, "E2E_TOKEN", "E2E_SETTING", "e2e-credentials"):
             assert secret not in jobs, f"{secret} is readable through Ray's job API"
+        beta_token = await cluster_token(kube, "beta", 1, ELSEWHERE)
+        assert token != beta_token
+        dashboard = f"http://127.0.0.1:{kubelet.host_port('e2e-g1-head', RAY_DASHBOARD_PORT)}"
+        progress = f"http://127.0.0.1:{kubelet.host_port('e2e-g1-head', PROGRESS_PORT)}/progress"
+        attacks = http_attacks(dashboard, progress, beta_token)
+        accepted = [(attack, status) for attack, status in attacks if status < 400]
+        assert not accepted, f"requests without the job's token were served: {accepted}"
+        assert {status for _, status in attacks} <= {401, 403}
+        # The control: the same requests with the job's own token are served, so what refused them was the token.
+        assert http("GET", progress, token) == 200
         kubelet.kill("e2e-g1-w1", signal.SIGKILL)
+        # The head outlives its worker: its GCS takes only its own token (checked while Ray Train replaces the worker).
+        gcs = f"127.0.0.1:{kubelet.host_port('e2e-g1-head', RAY_GCS_PORT)}"
+        assert not joins_gcs(gcs, beta_token), "a driver with beta's token joined the job's cluster"
+        assert joins_gcs(gcs, token), "a driver with the job's own token could not join its cluster"
 
         async def replaced() -> dict[str, Any] | None:
             status = await _status(kube)
