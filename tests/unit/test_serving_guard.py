@@ -230,6 +230,30 @@ def test_proxy_answers_its_timeout_504_and_a_full_queue_503_with_retry_after_in_
     assert client.headers()[b"content-type"] == b"application/json"
 
 
+def test_refusals_on_the_openai_endpoints_are_in_openais_error_shape() -> None:
+    # OpenAI's clients read the message from this shape; KServe's paths keep their one line.
+    policy = Policy(max_body_bytes=LIMIT, api_keys=KEYS, auth_required=True)
+    client = run(ReplicaGuard(reading_app([]), lambda: policy), Client([b"{}"], [], path="/v1/chat/completions"))
+    assert client.status() == 401
+    assert client.json()["error"]["type"] == "authentication_error" and client.json()["error"]["message"]
+    client = run(
+        ProxyGuard(reading_app([]), LIMIT, CAPACITY),
+        Client([b"x" * 2000], [(b"content-length", b"2000")], path="/v1/completions"),
+    )
+    assert client.json() == {
+        "error": {
+            "message": f"request body is larger than {LIMIT} bytes (spec.limits.maxBodyBytes)",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    full = serve_answer(503, b"Request dropped due to backpressure.", [(b"retry-after", b"1")])
+    client = run(ProxyGuard(full, LIMIT, CAPACITY), Client([b"{}"], [], path="/v1/completions"))
+    assert (client.status(), client.json()["error"]["type"]) == (503, "server_error")
+    assert client.headers()[b"retry-after"] == b"1"
+
+
 def test_replica_guard_refuses_before_the_app_and_caps_a_streamed_body() -> None:
     policy = Policy(max_body_bytes=LIMIT, api_keys=KEYS, auth_required=True)
     seen: list[Message] = []

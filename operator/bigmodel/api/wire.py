@@ -163,6 +163,9 @@ replica 40% busy and a third of the throughput at 10x load); a look costs the pr
 PROXY_GUARD_IMPORT_PATH = "bigmodel.runtime.serving.proxy_guard:middlewares"
 HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 """Open without an API key: Kubernetes probes and load balancers carry none."""
+OPENAI_PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})
+"""The OpenAI-compatible endpoints: their errors are in OpenAI's shape, whoever refuses the request (the proxy's guard,
+a replica's guard, the app)."""
 
 # Set by the operator itself.
 RESERVED_ENV = frozenset(

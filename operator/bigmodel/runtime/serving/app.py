@@ -20,10 +20,10 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException
 
 from bigmodel.api.serve_app import ServeAppArgs
-from bigmodel.api.wire import SERVE_DEPLOYMENT_NAME
+from bigmodel.api.wire import OPENAI_PATHS, SERVE_DEPLOYMENT_NAME
 from bigmodel.runtime.serving.asgi_guard import ReplicaGuard
 from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT, Policy, api_keys_from_env
-from bigmodel.runtime.serving.openai_api import OPENAI_PATHS, Answer, OpenAIEndpoints
+from bigmodel.runtime.serving.openai_api import Answer, OpenAIEndpoints
 from bigmodel.runtime.serving.openai_protocol import (
     SSE_MEDIA_TYPE,
     OpenAIError,

@@ -19,8 +19,8 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return next((value for key, value in scope["headers"] if key == name), None)
 
 
-async def send_refusal(send: Send, refusal: Refusal) -> None:
-    body = error_body(refusal.message)
+async def send_refusal(send: Send, refusal: Refusal, path: str) -> None:
+    body = error_body(refusal, path)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *refusal.headers]
     if refusal.status == PAYLOAD_TOO_LARGE:
         # A client still sending a body that is refused is cut off, not read to its end.
@@ -58,7 +58,7 @@ class ReplicaGuard:
         policy = self.policy()
         refusal = admit(policy, scope["path"], header(scope, b"authorization"), header(scope, b"content-length"))
         if refusal is not None:
-            await send_refusal(send, refusal)
+            await send_refusal(send, refusal, scope["path"])
             return
         cap = BodyCap(policy.max_body_bytes)
         started = False
@@ -79,4 +79,4 @@ class ReplicaGuard:
         except BodyTooLarge:
             if started:
                 raise
-            await send_refusal(send, too_large(policy.max_body_bytes))
+            await send_refusal(send, too_large(policy.max_body_bytes), scope["path"])

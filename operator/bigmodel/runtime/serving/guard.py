@@ -11,7 +11,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bigmodel.api.wire import API_KEYS_ENV, HEALTH_PATHS, RETRY_AFTER_SECONDS
+from bigmodel.api.wire import API_KEYS_ENV, HEALTH_PATHS, OPENAI_PATHS, RETRY_AFTER_SECONDS
+from bigmodel.runtime.serving.openai_protocol import error_document_for
 
 BAD_REQUEST = 400
 UNAUTHORIZED = 401
@@ -46,9 +47,13 @@ class Policy:
     auth_required: bool = False
 
 
-def error_body(message: str) -> bytes:
-    """The one-line JSON error of every refusal, byte for byte as the app's own (Starlette's JSONResponse)."""
-    return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
+def error_body(refusal: Refusal, path: str) -> bytes:
+    """The JSON error of a refusal in the shape of the path's protocol, byte for byte as the app's own (Starlette's
+    JSONResponse): OpenAI's on its endpoints, so that its clients read the message; KServe's one line elsewhere."""
+    document = (
+        error_document_for(refusal.status, refusal.message) if path in OPENAI_PATHS else {"error": refusal.message}
+    )
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def parse_api_keys(text: str) -> tuple[bytes, ...]:

@@ -39,8 +39,6 @@ from bigmodel.runtime.serving.text_generation import GenerationFailed, Piece, Pr
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = 500
-# The paths whose errors are in OpenAI's shape, whatever refuses the request.
-OPENAI_PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,9 @@ _KEPT_HEADERS = frozenset({b"retry-after", b"x-request-id"})
 class ServeErrors:
     """A send that rewrites Serve's own plain-text errors (serve_error_status) as JSON; the rest passes as it is."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, path: str) -> None:
         self.send = send
+        self.path = path
         self.started = False
         self._held: Message | None = None
         self._body = b""
@@ -64,7 +65,7 @@ class ServeErrors:
                 status = serve_error_status(held["status"], headers.get(b"content-type"))
                 kept = tuple((key, value) for key, value in held.get("headers", []) if key in _KEPT_HEADERS)
                 text = self._body.decode("utf-8", errors="replace").strip()
-                await send_refusal(self.send, Refusal(status or held["status"], text, kept))
+                await send_refusal(self.send, Refusal(status or held["status"], text, kept), self.path)
             return
         await self.send(message)
 
@@ -91,7 +92,7 @@ class ProxyGuard:
         if refusal is None and counted:
             refusal = admit_load(self.in_flight, self.max_in_flight)
         if refusal is not None:
-            await send_refusal(send, refusal)
+            await send_refusal(send, refusal, scope["path"])
             return
         self.in_flight += counted
         try:
@@ -114,7 +115,7 @@ class ProxyGuard:
                 return _DISCONNECT
             return message
 
-        answer = ServeErrors(send)
+        answer = ServeErrors(send, scope["path"])
 
         async def guarded_send(message: Message) -> None:
             # Whatever comes after the body was cut off answers a request the client did not make; 413 says why.
@@ -123,7 +124,7 @@ class ProxyGuard:
 
         await self.app(scope, capped_receive, guarded_send)
         if passed and not answer.started:
-            await send_refusal(send, too_large(self.max_body_bytes))
+            await send_refusal(send, too_large(self.max_body_bytes), scope["path"])
 
 
 def middlewares() -> list[Middleware]:
