@@ -179,16 +179,16 @@ class Engine:
 
     def _admit(self) -> list[_Sequence]:
         admitted: list[_Sequence] = []
-        reserved = sum(sequence.reserved for sequence in self._running())
+        running = self._running()
+        reserved = sum(sequence.reserved for sequence in running)
         prefill = 0
         while self._waiting:
             head = self._waiting[0]
             if head.cancelled:
                 self._waiting.popleft()
                 continue
-            running = len(self._running()) + len(admitted)
             # First come, first served: a long request at the head is not overtaken, so it cannot starve.
-            if running >= self.max_sequences or reserved + head.reserved > self.max_cached_tokens:
+            if len(running) + len(admitted) >= self.max_sequences or reserved + head.reserved > self.max_cached_tokens:
                 break
             if admitted and prefill + len(head.tokens) > PREFILL_TOKENS_PER_STEP:
                 break

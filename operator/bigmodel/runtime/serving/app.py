@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from bigmodel.api.serve_app import ServeAppArgs
 from bigmodel.api.wire import OPENAI_PATHS, SERVE_DEPLOYMENT_NAME
 from bigmodel.runtime.serving.asgi_guard import ReplicaGuard
-from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT, Policy, api_keys_from_env
+from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT, Policy, api_keys_from_env, no_answer_within
 from bigmodel.runtime.serving.openai_api import Answer, OpenAIEndpoints
 from bigmodel.runtime.serving.openai_protocol import (
     SSE_MEDIA_TYPE,
@@ -153,7 +153,7 @@ class ModelServer:
         except TimeoutError:
             raise ProtocolError(
                 GATEWAY_TIMEOUT,
-                f"the model did not answer within {self.args.timeout_s:g} s (spec.limits.timeoutSeconds)",
+                no_answer_within(self.args.timeout_s),
             ) from None
 
     @api.get("/v2/health/live")

@@ -47,6 +47,11 @@ class Policy:
     auth_required: bool = False
 
 
+def no_answer_within(timeout_s: float) -> str:
+    """Why a request was answered 504 by a replica: the model ran past the service's limit."""
+    return f"the model did not answer within {timeout_s:g} s (spec.limits.timeoutSeconds)"
+
+
 def error_body(refusal: Refusal, path: str) -> bytes:
     """The JSON error of a refusal in the shape of the path's protocol, byte for byte as the app's own (Starlette's
     JSONResponse): OpenAI's on its endpoints, so that its clients read the message; KServe's one line elsewhere."""

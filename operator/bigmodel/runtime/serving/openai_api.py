@@ -12,7 +12,7 @@ from typing import Any
 from bigmodel.runtime.generation.engine import RequestRefused
 from bigmodel.runtime.generation.sampling import Sampling
 from bigmodel.runtime.generation.tokenizers import ConversationRefused
-from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT
+from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT, no_answer_within
 from bigmodel.runtime.serving.openai_protocol import (
     SSE_DONE,
     ChatRequest,
@@ -26,7 +26,6 @@ from bigmodel.runtime.serving.openai_protocol import (
     completion_response,
     default_chat_prompt,
     error_document_for,
-    model_list,
     new_request_id,
     parse_body,
     parse_chat_request,
@@ -58,9 +57,6 @@ class OpenAIEndpoints:
         # The most new tokens a request may ask for: what one replica's cache could ever hold for it.
         self.max_tokens_limit = generator.loop.engine.max_cached_tokens
 
-    def models(self) -> dict[str, Any]:
-        return model_list(self.model_name, self.created)
-
     async def completions(self, body: bytes) -> Answer:
         request = parse_completion_request(parse_body(body), self.model_name, self.max_tokens_limit)
         prepared = self._prepare(request.prompt, request.sampling)
@@ -89,10 +85,7 @@ class OpenAIEndpoints:
         try:
             piece = await asyncio.wait_for(self.generator.complete(prepared), self.timeout_s)
         except TimeoutError:
-            raise OpenAIError(
-                GATEWAY_TIMEOUT,
-                f"the model did not answer within {self.timeout_s:g} s (spec.limits.timeoutSeconds)",
-            ) from None
+            raise OpenAIError(GATEWAY_TIMEOUT, no_answer_within(self.timeout_s)) from None
         except GenerationFailed as error:
             raise OpenAIError(INTERNAL_ERROR, str(error)) from error
         build = completion_response if kind == "completion" else chat_response

@@ -9,14 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from bigmodel.runtime.generation.engine import ERROR, Engine, GenerationRequest
+from bigmodel.runtime.generation.engine import ERROR, STOP, Engine, GenerationRequest
 from bigmodel.runtime.generation.loop import EngineLoop
 from bigmodel.runtime.generation.models import CausalModel
 from bigmodel.runtime.generation.sampling import Sampling
 from bigmodel.runtime.generation.text import TextStream
 from bigmodel.runtime.generation.tokenizers import Tokenizer
-
-STOP = "stop"
 
 
 class GenerationFailed(RuntimeError):
