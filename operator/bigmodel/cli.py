@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 # What `train` and `serve` need beyond the operator's own dependencies: the package's `runtime` extra.
 RUNTIME_MODULES = ("ray", "torch", "sklearn", "pyarrow", "transformers", "safetensors")
 
@@ -151,6 +150,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         import ray
 
         from bigmodel.runtime.embedded import embedded_ray
+        from bigmodel.runtime.graceful_stop import GracefulStop
         from bigmodel.runtime.serving import local
         from bigmodel.runtime.serving.predictor import TextPredictor, predictor_class
 
@@ -167,8 +167,15 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     )
     # Ray's processes inherit this environment, as a pod's do its env: the proxy loads its guard, replicas the keys.
     os.environ.update(proxy_env(spec))
+
+    def finish() -> None:
+        console.print("\nStopping: finishing the requests in flight (Ctrl-C again stops at once).")
+        local.drain(config)
+
+    stop = GracefulStop(finish=finish)
     try:
-        with embedded_ray(args.num_cpus or os.cpu_count() or 1, verbose=args.verbose):
+        # The signals are taken once Ray is up: ray.init sets its own SIGTERM handler.
+        with embedded_ray(args.num_cpus or os.cpu_count() or 1, verbose=args.verbose), stop:
             resources = ray.cluster_resources()
             config, notes = local.local_deploy_config(
                 config, port=args.port, cpus=resources.get("CPU", 1.0), gpus=resources.get("GPU", 0.0)
@@ -188,14 +195,14 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
                 auth=spec.auth is not None,
                 generative=issubclass(predictor, TextPredictor),
             )
-            # Until Ctrl-C; leaving the block stops the embedded Ray, and with it every replica and the proxy. Short
-            # sleeps: the kernel may hand the SIGINT to one of Ray's threads, and Python acts on it only when this
-            # thread wakes.
+            # Until Ctrl-C or SIGTERM, which first let the requests in flight finish; leaving the block stops the
+            # embedded Ray, and with it every replica and the proxy. Short sleeps: the kernel may hand the signal to
+            # one of Ray's threads, and Python acts on it only when this thread wakes.
             while True:
                 time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("\nStopped.")
-        return EXIT_INTERRUPTED
+        return stop.exit_code
 
 
 def _show_ready(console: Console, url: str, model: str, sample: object, *, auth: bool, generative: bool) -> None:
@@ -248,6 +255,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         from bigmodel.console import LiveProgress, summary_table
         from bigmodel.runtime.driver import (
             TrainingFailed,
+            checkpoint_before_stopping,
             latest_checkpoint,
             local_environment,
             resolve_storage,
@@ -255,6 +263,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
             run_training,
         )
         from bigmodel.runtime.embedded import embedded_ray, local_cpus, local_worker_resources
+        from bigmodel.runtime.graceful_stop import GracefulStop
     storage = _storage_for(job, args.storage)
 
     name = job.metadata.name
@@ -266,12 +275,21 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     env, notes = local_environment(spec, os.environ)
     for note in notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
-    with embedded_ray(args.num_cpus or local_cpus(spec), verbose=args.verbose) as address:
-        if spec.workload.command is not None:
-            code = run_command(spec, storage, address, env)
-            console.print(f"command exited with code {code}")
-            return code
+
+    def finish() -> None:
+        if spec.workload.builtin is not None:
+            console.print("\nStopping: saving a checkpoint first (Ctrl-C again stops at once).")
+            checkpoint_before_stopping(spec, storage)
+
+    stop = GracefulStop(finish=finish)
+    # The signals are taken once Ray is up: ray.init sets its own SIGTERM handler.
+    with embedded_ray(args.num_cpus or local_cpus(spec), verbose=args.verbose) as address, stop:
+        live = None
         try:
+            if spec.workload.command is not None:
+                code = run_command(spec, storage, address, env)
+                console.print(f"command exited with code {code}")
+                return code
             with LiveProgress(console, name) as live:
                 result = run_training(
                     name,
@@ -285,10 +303,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
             console.print(f"[red]BigModelJob {name} failed:[/red] {error}")
             return EXIT_FAILED
         except KeyboardInterrupt:
-            latest = latest_checkpoint(spec, storage, live.snapshot)
+            latest = latest_checkpoint(spec, storage, live.snapshot if live is not None else None)
             kept = f"step {latest.step} at {latest.uri}" if latest else "none yet"
             console.print(f"\nStopped. Last checkpoint: {kept}. Run the same command to resume.")
-            return EXIT_INTERRUPTED
+            return stop.exit_code
     console.print(summary_table(name, result))
     return 0
 

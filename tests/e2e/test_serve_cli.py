@@ -63,15 +63,15 @@ class Server:
     def output(self) -> str:
         return "".join(self.stdout) + "\n--- stderr ---\n" + "".join(self.stderr)[-4000:]
 
-    def stop(self) -> int:
-        """Ctrl-C, as a user stops it; the exit code."""
+    def stop(self, signum: int = signal.SIGINT) -> int:
+        """Ctrl-C, as a user stops it, or another signal; the exit code."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signum)
         try:
             return self.process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            pytest.fail(f"bigmodel serve did not stop within {STOP_SECONDS} s of Ctrl-C:\n{self.output()}")
+            pytest.fail(f"bigmodel serve did not stop within {STOP_SECONDS} s of signal {signum}:\n{self.output()}")
 
 
 def _collect(stream: Any, lines: list[str], ready: queue.Queue[str] | None) -> None:
@@ -354,7 +354,7 @@ def test_openai_errors_are_in_openai_shape_with_the_field(servers: Servers) -> N
         openai_client(servers.digits).completions.create(model="digits", prompt="hi", max_tokens=2)
 
 
-def test_gpt_generation_equals_greedy_generate_and_ctrl_c_exits_130(servers: Servers) -> None:
+def test_gpt_generation_equals_greedy_generate_and_sigterm_finishes_the_stream_in_flight(servers: Servers) -> None:
     url, model = servers.gpt.url, load_model(servers.gpt_model)[0]
     prompts = [("def fibonacci(n):", 6), ("import", 10), ("a much longer prompt than the context of 32 bytes", 4)]
     instances = [{"prompt": prompt, "max_new_tokens": count} for prompt, count in prompts]
@@ -366,10 +366,19 @@ def test_gpt_generation_equals_greedy_generate_and_ctrl_c_exits_130(servers: Ser
     assert status == 200 and body["outputs"][0]["data"] == [expected[1]], body
     assert body["id"], "a v2 response always carries an id"
 
-    code = servers.gpt.stop()
-    assert code == 130, f"exit code {code}:\n{servers.gpt.output()}"
+    # SIGTERM, as a process manager stops a server, with a stream in flight: the server finishes it, then stops.
+    stream = openai_client(servers.gpt).completions.create(
+        model="coder", prompt="x", max_tokens=2000, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = iter(stream)
+    next(chunks)
+    servers.gpt.process.send_signal(signal.SIGTERM)
+    usage = [chunk.usage for chunk in chunks if chunk.usage is not None]
+    assert usage and usage[0].completion_tokens == 2000, f"the stream in flight was cut: {usage}"
+    code = servers.gpt.stop(signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, f"exit code {code}:\n{servers.gpt.output()}"
     assert "Stopped." in "".join(servers.gpt.stdout)
-    assert "Traceback" not in servers.gpt.output()
+    assert "Traceback" not in servers.gpt.output() and "SIGTERM received" not in servers.gpt.output()
 
 
 def test_the_ready_output_shows_a_working_request(servers: Servers) -> None:

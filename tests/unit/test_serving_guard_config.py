@@ -81,6 +81,7 @@ def test_the_serve_config_says_whether_auth_is_required_but_holds_no_key() -> No
     assert deployment["max_queued_requests"] == 12
     assert deployment["backpressure_config"] == {"status_code": 503, "retry_after_s": RETRY_AFTER_SECONDS}
     assert config["http_options"]["request_timeout_s"] == 7.5
+    assert deployment["graceful_shutdown_timeout_s"] == 7.5, "a stopping replica cuts requests short of the timeout"
     assert app_args("coder", service().spec, "s3://models/coder", "v1").auth_required is False
 
 

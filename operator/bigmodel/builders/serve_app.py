@@ -70,6 +70,9 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
         # itself, without reading their bodies further or troubling a replica.
         "max_queued_requests": spec.limits.max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": wire.RETRY_AFTER_SECONDS},
+        # A replica told to stop (a node drains, a pod is deleted, `bigmodel serve` stops) finishes its requests
+        # first; none may run longer than the service's timeout, so that is how long it waits for them.
+        "graceful_shutdown_timeout_s": spec.limits.timeout_seconds,
         "autoscaling_config": {
             "min_replicas": replicas.min,
             "initial_replicas": max(replicas.min, 1),

@@ -26,6 +26,7 @@ from bigmodel.api.job import BigModelJobSpec
 from bigmodel.api.wire import PROGRESS_RECORDER_ENV, STORAGE_ENV
 from bigmodel.runtime.checkpoints import CheckpointInfo, CheckpointStore
 from bigmodel.runtime.elastic import fit_elastically
+from bigmodel.runtime.interruptions import drain_this_node
 from bigmodel.runtime.progress import ProgressSnapshot, start_recorder
 from bigmodel.runtime.ray_checkpoints import remove_unkept
 from bigmodel.runtime.report_forwarding import ReportForwarder
@@ -310,6 +311,25 @@ def latest_checkpoint(spec: BigModelJobSpec, storage: str, snapshot: ProgressSna
     if spec.workload.builtin is not None:
         return CheckpointStore(resolve_storage(storage), keep_last=spec.checkpoint.keep_last).latest()
     return _last_reported_checkpoint(snapshot) if snapshot is not None else None
+
+
+def checkpoint_before_stopping(spec: BigModelJobSpec, storage: str, poll_s: float = 0.5) -> CheckpointInfo | None:
+    """Have the built-in loop save a checkpoint at its next step, as it does when its pod is preempted, and wait for
+    it up to the job's terminationGracePeriodSeconds; returns it (None when none came in time). A user's loop knows
+    of no drain: it keeps the checkpoints it has made."""
+    if spec.workload.builtin is None:
+        return None
+    store = CheckpointStore(resolve_storage(storage), keep_last=spec.checkpoint.keep_last)
+    before = store.latest()
+    grace = spec.termination_grace_period_seconds
+    drain_this_node(grace, "bigmodel train is stopping")
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        latest = store.latest()
+        if latest is not None and (before is None or latest.step > before.step):
+            return latest
+        time.sleep(poll_s)
+    return None
 
 
 def _last_reported_checkpoint(snapshot: ProgressSnapshot) -> CheckpointInfo | None:

@@ -53,6 +53,19 @@ def draining_deadlines() -> dict[str, float]:
     return {node: deadline_ms / 1000 if deadline_ms else float("inf") for node, deadline_ms in draining.items()}
 
 
+def drain_this_node(seconds: float, why: str) -> None:
+    """Mark the Ray node of this process draining for `seconds`, as `ray start` does on a pod's SIGTERM: a run on it
+    checkpoints at its next step. Confined here with draining_deadlines, for the same reason."""
+    from ray.core.generated import autoscaler_pb2
+
+    gcs = ray._private.worker.global_worker.gcs_client
+    deadline_ms = int((time.time() + seconds) * 1000)
+    reason = autoscaler_pb2.DrainNodeReason.DRAIN_NODE_REASON_PREEMPTION
+    accepted, refusal = gcs.drain_node(ray.get_runtime_context().get_node_id(), reason, why, deadline_ms)
+    if not accepted:
+        raise RuntimeError(f"Ray refused to drain this node: {refusal}")
+
+
 class Interruptions:
     """One rank's watch for preemption (of `nodes`) and, where `room_to_grow` is given, for growth."""
 

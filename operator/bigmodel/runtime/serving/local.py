@@ -113,3 +113,14 @@ def _wait_answering(url: str, deadline: float, timeout_s: float) -> None:
             pass
         time.sleep(POLL_SECONDS)
     raise DeployFailed(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def drain(config: dict[str, Any]) -> None:
+    """Take no new requests and finish those in flight. Deleting an application stops its replicas gracefully: each
+    waits for its requests, up to the deployment's graceful_shutdown_timeout_s (builders/serve_app.py); the proxy
+    keeps carrying their answers meanwhile and answers 404 to new ones. (serve.shutdown would stop the proxy at once,
+    cutting every stream.)"""
+    from ray import serve
+
+    for application in config["applications"]:
+        serve.delete(application["name"], _blocking=True)
