@@ -442,6 +442,25 @@ def test_a_jobs_grace_period_is_its_own_and_ray_drains_its_nodes_for_most_of_it(
         assert env["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] == "1"
 
 
+@pytest.mark.parametrize(("timeout", "grace", "drain"), [(60, 80, "70"), (5, 60, "50")])
+def test_a_service_pod_drains_long_enough_for_its_longest_request(timeout: float, grace: int, drain: str) -> None:
+    """A deleted serving pod's replicas finish their requests first (Serve's graceful shutdown waits the service's
+    timeout); Ray's drain, and the grace period around it, leave them that long."""
+    service = BigModelService.model_validate(
+        {
+            "metadata": {"name": "svc", "namespace": NAMESPACE, "uid": UID},
+            "spec": {"model": {"uri": "/models/x"}, "limits": {"timeoutSeconds": timeout}},
+        },
+        by_alias=True,
+    )
+    for pod in (head_pod(service, 0, None), worker_pod(service, 0, 0, None)):
+        assert pod["spec"]["terminationGracePeriodSeconds"] == grace
+        env = {entry["name"]: entry.get("value") for entry in container(pod)["env"]}
+        assert env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == drain
+        assert float(drain) >= timeout, "the drain ends before a request may"
+        assert "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S" not in env
+
+
 @pytest.mark.parametrize(("role", "path", "port"), [
     ("head", "/api/gcs_healthz", 8265),
     ("worker", "/api/local_raylet_healthz", 52365),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bigmodel.api import wire
@@ -31,7 +32,7 @@ from bigmodel.builders.serving_env import serving_env
 
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
-# A service's pods: long enough for Ray to drain a node's Serve replicas. A job's say in its spec how long a
+# A service's pods, at least: long enough for Ray to drain a node's Serve replicas. A job's say in its spec how long a
 # checkpoint may take (terminationGracePeriodSeconds).
 TERMINATION_GRACE_SECONDS = 60
 # What Ray needs of a grace period to stop a node's processes once its drain is over.
@@ -76,7 +77,7 @@ def _env(owner: ClusterOwner, generation: int) -> list[dict[str, Any]]:
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         *token_env(owner, generation),
         *serving_env(owner),
-        *_preemption_env(owner),
+        *_drain_env(owner),
         *(variable.to_wire() for variable in owner.spec.env),
     ]
 
@@ -153,21 +154,23 @@ def _pod(
 
 
 def _grace_seconds(owner: ClusterOwner) -> int:
-    return owner.spec.termination_grace_period_seconds if isinstance(owner, BigModelJob) else TERMINATION_GRACE_SECONDS
+    if isinstance(owner, BigModelJob):
+        return owner.spec.termination_grace_period_seconds
+    # A service's replicas finish their requests before they stop, and one may take the service's whole timeout.
+    return max(TERMINATION_GRACE_SECONDS, math.ceil(owner.spec.limits.timeout_seconds) + 2 * RAY_STOP_SECONDS)
 
 
-def _preemption_env(owner: ClusterOwner) -> list[dict[str, str]]:
-    """On SIGTERM `ray start` marks its node draining, with a deadline, before it stops the node: the run sees the
-    drain, checkpoints at its next step and lets Ray Train restart it from there (`runtime/interruptions`). The
-    drain lasts the grace period less what Ray needs to stop its processes afterwards."""
-    if not isinstance(owner, BigModelJob):
-        return []
+def _drain_env(owner: ClusterOwner) -> list[dict[str, str]]:
+    """On SIGTERM `ray start` marks its node draining, with a deadline, before it stops the node. A run sees the
+    drain, checkpoints at its next step and lets Ray Train restart it from there (`runtime/interruptions`); Serve
+    stops routing to the node's proxy and replicas, which finish their requests. The drain lasts the grace period
+    less what Ray needs to stop its processes afterwards."""
     grace = _grace_seconds(owner)
     drain = max(grace - RAY_STOP_SECONDS, grace * 3 // 4)
-    return [
-        {"name": wire.RAY_DRAIN_TIMEOUT_ENV, "value": str(drain)},
-        {"name": wire.RAY_TRAIN_PREEMPTION_POLL_ENV, "value": "1"},
-    ]
+    env = [{"name": wire.RAY_DRAIN_TIMEOUT_ENV, "value": str(drain)}]
+    if isinstance(owner, BigModelJob):
+        env.append({"name": wire.RAY_TRAIN_PREEMPTION_POLL_ENV, "value": "1"})
+    return env
 
 
 # A worker pod that dies takes its raylet with it. With Ray's defaults the GCS needs several missed 3 s health checks
