@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 import torch
+import tritonclient.http as triton
 from sklearn.datasets import load_digits
 
 from bigmodel.cli import main
@@ -185,6 +187,30 @@ def test_v1_and_v2_predictions_equal_the_model_loaded_directly(servers: Servers)
     predictions, probabilities = body["outputs"]
     assert predictions == {"name": "predictions", "datatype": "INT64", "shape": [24], "data": expected}
     assert (probabilities["datatype"], probabilities["shape"]) == ("FP32", [24, 10])
+
+
+def test_a_triton_client_gets_the_same_answer_in_binary_and_in_json(servers: Servers) -> None:
+    instances = digit_images(8)
+    pixels = np.array(instances, dtype=np.float32)
+    # The client's own timeouts (60 s) bound every call; it reads no proxy from the environment.
+    client = triton.InferenceServerClient(servers.digits.url.removeprefix("http://"))
+    try:
+        assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        binary_input = triton.InferInput("input", list(pixels.shape), "FP32")
+        binary_input.set_data_from_numpy(pixels, binary_data=True)
+        # No outputs named: the client asks for every output in binary, its default.
+        binary = client.infer("digits", [binary_input])
+        json_input = triton.InferInput("input", list(pixels.shape), "FP32")
+        json_input.set_data_from_numpy(pixels, binary_data=False)
+        outputs = [triton.InferRequestedOutput(name, binary_data=False) for name in ("predictions", "probabilities")]
+        plain = client.infer("digits", [json_input], outputs=outputs)
+    finally:
+        client.close()
+    assert binary.get_output("predictions")["parameters"] == {"binary_data_size": 8 * 8}, "not answered in binary"
+    assert "data" in plain.get_output("probabilities"), "not answered in JSON"
+    expected = expected_labels(servers.workdir / "bigmodel-runs/digits/model", instances)
+    assert binary.as_numpy("predictions").tolist() == plain.as_numpy("predictions").tolist() == expected
+    np.testing.assert_array_equal(binary.as_numpy("probabilities"), plain.as_numpy("probabilities"))
 
 
 def test_concurrent_requests_each_get_their_own_answer(servers: Servers) -> None:

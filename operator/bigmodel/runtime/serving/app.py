@@ -22,6 +22,14 @@ from starlette.exceptions import HTTPException
 from bigmodel.api.serve_app import ServeAppArgs
 from bigmodel.api.wire import OPENAI_PATHS, SERVE_DEPLOYMENT_NAME
 from bigmodel.runtime.serving.asgi_guard import ReplicaGuard
+from bigmodel.runtime.serving.binary_tensors import (
+    EXTENSION,
+    HEADER_LENGTH,
+    OCTET_STREAM,
+    check_content_encoding,
+    decode_request,
+    encode_response,
+)
 from bigmodel.runtime.serving.guard import GATEWAY_TIMEOUT, Policy, api_keys_from_env, no_answer_within
 from bigmodel.runtime.serving.openai_api import Answer, OpenAIEndpoints
 from bigmodel.runtime.serving.openai_protocol import (
@@ -166,7 +174,7 @@ class ModelServer:
 
     @api.get("/v2")
     async def server_metadata(self) -> dict[str, Any]:
-        return {"name": "bigmodel", "version": VERSION, "extensions": []}
+        return {"name": "bigmodel", "version": VERSION, "extensions": [EXTENSION]}
 
     @api.get("/v2/models/{name}")
     async def metadata(self, name: str) -> dict[str, Any]:
@@ -180,18 +188,22 @@ class ModelServer:
         return {"name": name, "ready": True}
 
     @api.post("/v2/models/{name}/infer")
-    async def infer(self, name: str, request: Request) -> dict[str, Any]:
+    async def infer(self, name: str, request: Request) -> Response:
         check_model_name(name, self.args.model_name)
+        check_content_encoding(request.headers.get("content-encoding"))
         predictor = self.predictor
-        parsed = parse_v2_request(
-            parse_json(await request.body()), predictor.input, predictor.outputs, predictor.max_instances
-        )
+        body = decode_request(await request.body(), request.headers.get(HEADER_LENGTH))
+        parsed = parse_v2_request(body.document, predictor.input, predictor.outputs, predictor.max_instances)
         instances = predictor.checked(parsed.instances, parsed.parameters, v2_location)
         results = await self._predict(instances)
         outputs = select_outputs(predictor.output_tensors(results), parsed.requested_outputs)
         # The protocol makes the id optional; one is made up so that responses can still be told apart in logs.
         request_id = parsed.id if parsed.id is not None else str(uuid.uuid4())
-        return v2_response(self.args.model_name, self.args.model_version, request_id, outputs)
+        answer = v2_response(self.args.model_name, self.args.model_version, request_id, outputs)
+        encoded = encode_response(answer, body.outputs)
+        if encoded is None:
+            return JSONResponse(answer)
+        return Response(encoded.body, media_type=OCTET_STREAM, headers={HEADER_LENGTH: str(encoded.header_length)})
 
     @api.get("/v1/models/{name}")
     async def v1_model_ready(self, name: str) -> dict[str, Any]:
