@@ -108,7 +108,7 @@ def burst(bench: Bench, policy: str, port: int) -> dict[str, Any]:
 def _watch(bench: Bench, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Runs the burst and polls the replica counts until its last answer; times count from its first request."""
     args = bench.args
-    result: dict[str, Any] = {"target_s": None, "running_s": None, "most": 1, "point": None}
+    result: dict[str, Any] = {"target_s": None, "running_s": None, "most": 1, "end": 1, "point": None}
     bound = args.duration + args.request_timeout + RECORD_SLACK_S
     with child("generation_load", json.dumps(spec)) as generator:
         started = generator.record(START_TIMEOUT_S)["time"]
