@@ -53,6 +53,18 @@ class Child:
             with contextlib.suppress(json.JSONDecodeError):
                 return json.loads(line)
 
+    def poll(self) -> dict[str, Any] | None:
+        """The next JSON record if one has come, else None at once; raises if the child ended."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return None
+            if line is None:
+                raise RuntimeError(f"{self.name} ended with code {self.process.wait()}")
+            with contextlib.suppress(json.JSONDecodeError):
+                return json.loads(line)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

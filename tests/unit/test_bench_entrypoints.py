@@ -32,6 +32,7 @@ def test_the_benches_are_found() -> None:
         "checkpoint_stall",
         "operator_scale",
         "recovery",
+        "serve_autoscale",
         "serve_generation",
         "serve_load",
         "serve_overload",

@@ -24,6 +24,7 @@ from bigmodel.builders import naming, ray_cluster
 from bigmodel.builders.network_policy import OperatorPeer, network_policy
 from bigmodel.builders.ray_cluster import checkpoint_claim, head_pod, head_service, worker_pod
 from bigmodel.builders.ray_token import token_secret
+from bigmodel.builders.serve_app import deployment_options
 from bigmodel.reconcile.cluster import Clusters
 from bigmodel.reconcile.observed import ClusterObservation
 from bigmodel.reconcile.plans import Plan
@@ -608,3 +609,20 @@ def test_a_jobs_policy_opens_ray_to_its_own_pods_and_two_ports_to_the_operator(d
         }
     ]
     assert [port["port"] for port in from_operator["ports"]] == [RAY_DASHBOARD_PORT, PROGRESS_PORT]
+
+
+def test_a_services_replicas_scale_on_requests_or_on_tokens_yet_to_generate_with_the_specs_delays() -> None:
+    service = load_manifest(EXAMPLES / "service-uri.yaml")
+    assert isinstance(service, BigModelService)
+    assert deployment_options(service.spec)["autoscaling_config"] == {
+        "min_replicas": 1,
+        "initial_replicas": 1,
+        "max_replicas": 8,
+        "target_ongoing_requests": 4,
+        "upscale_delay_s": 5.0,
+        "downscale_delay_s": 60.0,
+        "policy": {
+            "policy_function": "bigmodel.runtime.serving.autoscaling:TokenAutoscalingPolicy",
+            "policy_kwargs": {"target_pending_tokens": 8192},
+        },
+    }

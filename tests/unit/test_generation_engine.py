@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 
 import pytest
 import torch
@@ -10,9 +12,11 @@ import torch
 from bigmodel.runtime.generation.batch_cache import BatchCache
 from bigmodel.runtime.generation.engine import (
     ERROR,
+    IDLE,
     LENGTH,
     Engine,
     GenerationRequest,
+    Load,
     Output,
     RequestRefused,
 )
@@ -240,3 +244,44 @@ async def test_a_stream_is_incremental_and_a_reader_that_leaves_frees_its_place(
         await asyncio.sleep(0.05)
     assert engine.idle and engine.stats().cached_tokens == 0, "a stream left early kept its place in the batch"
     assert ERROR not in {output.finish for output in outputs}
+
+
+def test_the_load_is_the_tokens_each_sequence_has_yet_to_generate_waiting_or_running(gpt: GPT) -> None:
+    # Two places for three requests; prompts of other lengths than max_tokens, so that counting them would show.
+    engine = engine_of(gpt, max_sequences=2)
+    asked = [(b"ab", 10), (b"abcdefgh", 6), (b"x", 8)]
+    sinks = [Collected() for _ in asked]
+    handles = [engine.submit(request(prompt, count), sink) for (prompt, count), sink in zip(asked, sinks, strict=True)]
+    assert engine.load() == Load(running=0, waiting=3, pending_tokens=24), "submitted requests count before a step"
+    engine.step()
+    left = sum(count - len(sink.tokens) for (_, count), sink in zip(asked, sinks, strict=True))
+    assert left < 24, "the first step generated nothing"
+    assert engine.load() == Load(running=2, waiting=1, pending_tokens=left)
+    handles[0].cancel()
+    engine.step()
+    left = sum(count - len(sink.tokens) for (_, count), sink in zip(asked[1:], sinks[1:], strict=True))
+    assert engine.load() == Load(running=2, waiting=0, pending_tokens=left), "a cancelled request still counted"
+    run_all(engine)
+    assert engine.load() == IDLE
+
+
+def test_another_thread_sees_the_load_only_shrink_while_the_engine_works_it_off(gpt: GPT) -> None:
+    # Everything is submitted before the loop starts: from then on the work only goes down. A reader that caught a
+    # request between the inbox and the batch (counted in neither) would see it dip and come back.
+    engine = engine_of(gpt, max_sequences=3)
+    asked = [(bytes([97 + index]) * (1 + index), 5 + 3 * index) for index in range(8)]
+    for prompt, count in asked:
+        engine.submit(request(prompt, count), Collected())
+    total = sum(count for _, count in asked)
+    loads: list[Load] = []
+    EngineLoop(engine)
+    engine.wake()
+    deadline = time.monotonic() + 60
+    while (not loads or loads[-1] != IDLE) and time.monotonic() < deadline:
+        loads.append(engine.load())
+        time.sleep(0)
+    assert loads[-1] == IDLE, f"the engine still had work after 60 s: {loads[-1]}"
+    pending = [load.pending_tokens for load in loads]
+    assert pending[0] <= total, pending
+    assert all(later <= earlier for earlier, later in itertools.pairwise(pending)), "the load grew back"
+    assert len(set(pending)) > 2, "the reader saw no work in between: it did not run alongside the engine"

@@ -68,6 +68,10 @@ class ModelSource(Model):
         return self
 
 
+# A full batch (Batching.max_batch_size's default, 32 sequences) with 128 tokens left to generate each.
+DEFAULT_TARGET_PENDING_TOKENS = 32 * 128
+
+
 class ReplicaScaling(Model):
     """How Ray Serve scales the model's replicas with load."""
 
@@ -75,6 +79,20 @@ class ReplicaScaling(Model):
     max: int = Field(4, ge=1, le=1024, description="Most replicas.")
     target_ongoing_requests: float = Field(
         2.0, gt=0, le=10000, description="Requests in flight per replica that the autoscaler aims for."
+    )
+    target_pending_tokens: int = Field(
+        DEFAULT_TARGET_PENDING_TOKENS,
+        ge=1,
+        le=1 << 30,
+        description=(
+            "Generative models: tokens a replica has yet to generate, for the requests it runs and queues, that the "
+            "autoscaler aims for; each request counts its max_tokens less what it has generated (prompts do not "
+            "count: a prompt is prefilled in one pass). The service gets as many replicas as these tokens ask for or "
+            "as targetOngoingRequests asks for, whichever is more, so that a few long generations add replicas that "
+            f"counting requests would not. The default, {DEFAULT_TARGET_PENDING_TOKENS}, is a full batch of 32 "
+            "sequences with 128 tokens left each: seconds of work for a replica on a GPU. Models that do not generate "
+            "scale on requests alone."
+        ),
     )
     upscale_delay_seconds: float = Field(
         5.0, ge=0, le=3600, description="How long load must stay above the target before replicas are added."

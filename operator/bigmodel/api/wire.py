@@ -140,6 +140,15 @@ RAY_JOB_METADATA_KEYS = (JOB_LABEL, f"{GROUP}/namespace", GENERATION_LABEL)
 # The Serve application of a BigModelService.
 SERVE_APP_IMPORT_PATH = "bigmodel.runtime.serving.app:build"
 SERVE_DEPLOYMENT_NAME = "Model"
+AUTOSCALING_POLICY_IMPORT_PATH = "bigmodel.runtime.serving.autoscaling:TokenAutoscalingPolicy"
+"""The deployment's autoscaling policy: a class, since Serve passes a config's policy_kwargs to a class only. Serve's
+controller imports it, so of our code it imports this module alone."""
+# The custom metrics a replica reports to Serve's autoscaler (ModelServer.record_autoscaling_stats); a replica of a
+# model that does not generate reports none.
+PENDING_TOKENS_METRIC = "pending_tokens"
+"""Tokens the replica's engine has yet to generate for the sequences it runs and queues."""
+RUNNING_SEQUENCES_METRIC = "running_sequences"
+WAITING_SEQUENCES_METRIC = "waiting_sequences"
 API_KEYS_ENV = "BIGMODEL_API_KEYS"
 """The API keys of a service with spec.auth, one a line, in every Ray container's environment (from its Secret)."""
 MAX_BODY_BYTES_ENV = "BIGMODEL_MAX_BODY_BYTES"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -91,6 +91,29 @@ class EngineStats:
     reserved_tokens: int
 
 
+@dataclass(frozen=True)
+class Load:
+    """The work an engine has taken and not yet done, as an autoscaler weighs it; load() gives it to any thread."""
+
+    running: int
+    """Sequences in the running batch."""
+    waiting: int
+    """Sequences submitted and not yet admitted to the batch."""
+    pending_tokens: int
+    """Tokens still to generate for all of them: each one's max_tokens less the tokens it has generated. Prompt tokens
+    do not count, not even those of waiting sequences: a prompt is prefilled in one pass over all its tokens, which
+    costs about what one decode step does, while each new token costs a step of its own; counted token for token, a
+    long prompt would weigh as hundreds of steps. max_tokens is a bound (a sequence may stop early), so this errs
+    towards more work, which for scaling up is the safe side."""
+
+
+IDLE = Load(running=0, waiting=0, pending_tokens=0)
+
+
+def _pending_tokens(sequences: Iterable[_Sequence]) -> int:
+    return sum(sequence.request.max_tokens - sequence.generated for sequence in sequences if not sequence.cancelled)
+
+
 @dataclass
 class Engine:
     model: CausalModel
@@ -104,6 +127,11 @@ class Engine:
     _prefilling: list[_Sequence] = field(default_factory=list)
     _cache: BatchCache[_Sequence] = field(default_factory=BatchCache)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # The running and waiting sequences as the stepping thread last saw them; load() adds the inbox to it. Only the
+    # stepping thread may walk the batch (the cache and the waiting queue change under it), so it publishes this at
+    # the start of a step, in the same hold of the lock that empties the inbox (a request is never in neither), and
+    # again at the end.
+    _published: Load = IDLE
     wake: Callable[[], None] = lambda: None
 
     def reservation(self, request: GenerationRequest) -> int:
@@ -151,6 +179,23 @@ class Engine:
             reserved_tokens=sum(sequence.reserved for sequence in running),
         )
 
+    def load(self) -> Load:
+        """The work taken and not yet done; cheap, and safe to call from any thread while the engine steps."""
+        with self._lock:
+            published = self._published
+            inbox = [sequence for sequence in self._inbox if not sequence.cancelled]
+        return Load(
+            running=published.running,
+            waiting=published.waiting + len(inbox),
+            pending_tokens=published.pending_tokens + _pending_tokens(inbox),
+        )
+
+    def _publish(self) -> None:
+        """Called with the lock held, on the stepping thread."""
+        running = [sequence for sequence in self._running() if not sequence.cancelled]
+        waiting = [sequence for sequence in self._waiting if not sequence.cancelled]
+        self._published = Load(len(running), len(waiting), _pending_tokens(running) + _pending_tokens(waiting))
+
     @property
     def idle(self) -> bool:
         return not (self._inbox or self._waiting or self._running())
@@ -165,6 +210,7 @@ class Engine:
         with self._lock:
             self._waiting.extend(self._inbox)
             self._inbox.clear()
+            self._publish()
         self._drop_cancelled()
         self._prefilling = self._admit()
         joining = [(sequence, cache) for sequence in self._prefilling if (cache := self._prefill(sequence)) is not None]
@@ -176,6 +222,8 @@ class Engine:
         for sequence in self._windowed:
             self._recompute(sequence)
         self._windowed = [sequence for sequence in self._windowed if not sequence.finished]
+        with self._lock:
+            self._publish()
 
     def _admit(self) -> list[_Sequence]:
         admitted: list[_Sequence] = []
@@ -266,6 +314,8 @@ class Engine:
                 sequence.sink(Output((), ERROR, reason))
         self._prefilling, self._windowed, self._waiting = [], [], deque()
         self._cache = BatchCache()
+        with self._lock:
+            self._published = IDLE
 
     def _drop_cancelled(self) -> None:
         cancelled = [slot for slot, sequence in self._cache.held() if sequence.cancelled]

@@ -20,7 +20,13 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException
 
 from bigmodel.api.serve_app import ServeAppArgs
-from bigmodel.api.wire import OPENAI_PATHS, SERVE_DEPLOYMENT_NAME
+from bigmodel.api.wire import (
+    OPENAI_PATHS,
+    PENDING_TOKENS_METRIC,
+    RUNNING_SEQUENCES_METRIC,
+    SERVE_DEPLOYMENT_NAME,
+    WAITING_SEQUENCES_METRIC,
+)
 from bigmodel.runtime.serving.asgi_guard import ReplicaGuard
 from bigmodel.runtime.serving.binary_tensors import (
     EXTENSION,
@@ -40,7 +46,7 @@ from bigmodel.runtime.serving.openai_protocol import (
     model_card,
     model_list,
 )
-from bigmodel.runtime.serving.predictor import TextPredictor, load_predictor
+from bigmodel.runtime.serving.predictor import Predictor, TextPredictor, load_predictor
 from bigmodel.runtime.serving.protocol import (
     NOT_FOUND,
     ProtocolError,
@@ -98,6 +104,19 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     return _error(request, error.status_code, f"{request.method} {request.url.path}: {error.detail}")
 
 
+def autoscaling_stats(predictor: Predictor[Any, Any]) -> dict[str, float]:
+    """The replica's load as Serve's custom autoscaling metrics, which autoscaling.py's policy reads: a generative
+    model's engine load; none for a model that does not generate, which the request count alone measures."""
+    if not isinstance(predictor, TextPredictor):
+        return {}
+    load = predictor.generator.load()
+    return {
+        PENDING_TOKENS_METRIC: load.pending_tokens,
+        RUNNING_SEQUENCES_METRIC: load.running,
+        WAITING_SEQUENCES_METRIC: load.waiting,
+    }
+
+
 def _response(answer: Answer) -> Response:
     if answer.events is not None:
         # No buffering by proxies in between (nginx honours the header), so each event reaches the client as made.
@@ -131,6 +150,11 @@ class ModelServer:
             if isinstance(self.predictor, TextPredictor)
             else None
         )
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom metrics: called every min(look_back_period_s / 5, metrics_interval_s) seconds (6 s
+        by Serve's defaults); the samples go to its controller with the replica's push every metrics_interval_s."""
+        return autoscaling_stats(self.predictor)
 
     @serve.batch
     async def _run_batch(self, requests: list[list[Any]]) -> list[list[Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from bigmodel.runtime.generation.engine import ERROR, STOP, Engine, GenerationRequest
+from bigmodel.runtime.generation.engine import ERROR, STOP, Engine, GenerationRequest, Load
 from bigmodel.runtime.generation.loop import EngineLoop
 from bigmodel.runtime.generation.models import CausalModel
 from bigmodel.runtime.generation.sampling import Sampling
@@ -50,6 +50,10 @@ class TextGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.loop = EngineLoop(Engine(model, max_sequences=max_sequences, max_cached_tokens=max_cached_tokens))
+
+    def load(self) -> Load:
+        """What the replica's engine has yet to do, for the autoscaler (app.py reports it to Serve)."""
+        return self.loop.engine.load()
 
     def chat_prompt(self, messages: Sequence[Mapping[str, str]], fallback: str) -> str:
         """A conversation as the model's prompt: its own chat template, else fallback (a plain transcript)."""

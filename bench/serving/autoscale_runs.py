@@ -1,0 +1,160 @@
+"""The runs of `python -m bench.serve_autoscale`: the product's Serve application, as the operator deploys it, under a
+burst of long generations, once with each autoscaling policy, on one embedded Ray.
+
+Each policy gets a fresh application of the same spec (burst_spec); `requests` takes the operator's config with the
+autoscaling policy removed, so that Serve's default (requests in flight per replica) decides with every other setting
+equal. Before its burst each application answers one short request and then rests for --settle seconds, longer than
+Serve's look-back (30 s), so that both policies start from a window of idle samples. While the burst's load
+generator (generation_load, a process of its own) runs, the Serve controller's replica counts are polled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from typing import Any
+
+from bench.serving.children import child
+from bench.serving.generation_load import SSE, WorkItem
+from bench.serving.generation_runs import RECORD_SLACK_S, first_answer
+from bench.serving.harness import MODEL_NAME, POLL_S, START_TIMEOUT_S, Bench, free_port
+from bench.serving.ray_serve import deploy_config, local_config, replica_counts
+
+TOKENS = "tokens"
+REQUESTS = "requests"
+POLICIES = (TOKENS, REQUESTS)
+APP_PREFIX = "bench-autoscale"
+# The request each application answers before it rests: the path is warm and the answer is checked.
+WARM_UP = WorkItem("def fibonacci(n):", 8)
+
+
+def policy_config(config: dict[str, Any], policy: str) -> dict[str, Any]:
+    """The operator's Serve config for the policy: as it is for `tokens`; for `requests`, without the autoscaling
+    policy, so that Serve's default decides with every other setting as the operator renders it."""
+    if policy == TOKENS:
+        return config
+    config = copy.deepcopy(config)
+    for deployment in config["applications"][0]["deployments"]:
+        del deployment["autoscaling_config"]["policy"]
+    return config
+
+
+def burst_spec(bench: Bench) -> Any:
+    """The BigModelService spec both policies serve: min 1 replica, the run's targets and upscale delay."""
+    from bigmodel.api.service import BigModelServiceSpec
+
+    args = bench.args
+    return BigModelServiceSpec.model_validate(
+        {
+            "model": {"uri": bench.model_uri, "name": MODEL_NAME},
+            "replicas": {
+                "min": 1,
+                "max": args.max_replicas,
+                "targetOngoingRequests": args.target_ongoing_requests,
+                "targetPendingTokens": args.target_pending_tokens,
+                "upscaleDelaySeconds": args.upscale_delay,
+            },
+            "replicaResources": {"cpu": args.replica_cpus},
+            "batching": {"maxBatchSize": args.max_batch_size},
+            "limits": {"timeoutSeconds": args.request_timeout},
+        }
+    )
+
+
+def load_spec(bench: Bench, url: str) -> dict[str, Any]:
+    """generation_load's closed loop: --concurrency clients, each streaming --max-tokens tokens from a
+    --prompt-bytes prompt, back to back, for --duration seconds."""
+    args = bench.args
+    return {
+        "url": url,
+        "kind": SSE,
+        "model": MODEL_NAME,
+        "workload": {
+            "seed": args.seed,
+            "count": args.concurrency,
+            "prompt_bytes": [args.prompt_bytes, args.prompt_bytes],
+            "max_tokens": [args.max_tokens, args.max_tokens],
+        },
+        "warmup": 0,
+        "duration": args.duration,
+        "request_timeout": args.request_timeout,
+        "concurrency": [args.concurrency],
+    }
+
+
+def burst(bench: Bench, policy: str, port: int) -> dict[str, Any]:
+    """One policy: its application deployed, warmed, rested, then the burst; what the replicas did meanwhile."""
+    from ray import serve
+
+    from bigmodel.runtime.serving import local
+
+    args = bench.args
+    name = f"{APP_PREFIX}-{policy}"
+    config, _ = local_config(bench, name, burst_spec(bench), port)
+    config = policy_config(config, policy)
+    deploy_config(bench, name, config, f"policy {policy}:")
+    try:
+        url = f"{local.base_url(config)}/v1/completions"
+        first_answer(bench, url, SSE, WARM_UP)
+        bench.say(f"{policy}: answered; resting {args.settle:g} s so that Serve's look-back holds only idle samples")
+        time.sleep(args.settle)
+        return _watch(bench, name, load_spec(bench, url))
+    finally:
+        serve.delete(name)
+
+
+def _watch(bench: Bench, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Runs the burst and polls the replica counts until its last answer; times count from its first request."""
+    args = bench.args
+    result: dict[str, Any] = {"target_s": None, "running_s": None, "most": 1, "end": 1, "point": None}
+    bound = args.duration + args.request_timeout + RECORD_SLACK_S
+    with child("generation_load", json.dumps(spec)) as generator:
+        started = generator.record(START_TIMEOUT_S)["time"]
+        bench.say(f"burst: {args.concurrency} clients, {args.max_tokens} tokens a request, for {args.duration:g} s")
+        seen: tuple[int, int] | None = None
+        while True:
+            record = generator.poll()
+            elapsed = time.time() - started
+            if record is not None and record["event"] == "point":
+                result["point"] = record
+            if record is not None and record["event"] == "done":
+                break
+            if elapsed > bound:
+                raise RuntimeError(f"the burst did not end within {bound:.0f} s")
+            target, running = replica_counts(name)
+            if (target, running) != seen:
+                bench.say(f"  +{elapsed:5.1f} s: target {target} replica(s), {running} running")
+                seen = (target, running)
+            if result["target_s"] is None and target > 1:
+                result["target_s"] = elapsed
+            if result["running_s"] is None and running > 1:
+                result["running_s"] = elapsed
+            result["most"] = max(result["most"], running)
+            result["end"] = running
+            time.sleep(POLL_S)
+    result["burst_s"] = time.time() - started
+    return result
+
+
+def scaling_series(bench: Bench, results: dict[str, Any]) -> None:
+    """Each policy of --policies in turn on one embedded Ray; results[policy] as soon as its burst ends."""
+    import ray
+    from ray import serve
+
+    from bigmodel.runtime.embedded import embedded_ray
+
+    args = bench.args
+    port = free_port()
+    start = time.monotonic()
+    with embedded_ray(num_cpus=args.ray_cpus):
+        try:
+            bench.say(
+                f"embedded Ray up in {time.monotonic() - start:.1f} s with {ray.cluster_resources().get('CPU')} logical CPUs"
+            )
+            for policy in args.policies:
+                results[policy] = burst(bench, policy, port)
+        finally:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
