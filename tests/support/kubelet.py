@@ -43,8 +43,12 @@ Where it deliberately differs from a real kubelet, because every pod shares this
   runs, the port becomes the host port of that pod's target port (see the next point);
 * ports: a container port or probe port number that another pod of this kubelet uses, or that is busy on this host,
   is replaced by a free port: every occurrence of the number in the args and env values is rewritten (for example
-  ``--dashboard-agent-listen-port=52365``) and the probe uses the new port. :meth:`LocalKubelet.host_port` tells
-  which port a pod really got. Two pods can therefore both "listen on 8265".
+  ``--dashboard-agent-listen-port=52365``, or ``RAY_SERVE_WORKER_PROXY_HTTP_PORT=8000``, which is how co-located
+  worker pods' Serve proxies each get a port of their own) and the probe uses the new port.
+  :meth:`LocalKubelet.host_port` tells which port a pod really got. Two pods can therefore both "listen on 8265". A
+  pod made again under the name of one this kubelet ran gets the host ports that one had, where they are free: a
+  Service resolved once (at a container's start, see the previous point) keeps reaching it, as a Service's ClusterIP
+  stays the same for a re-created pod on a real cluster (a Ray head re-created in place, whose workers stay).
 
 * volumes: an ``emptyDir`` volume is a directory of its own for each pod, as a real one is. Its ``mountPath`` in the
   args and env values is rewritten to that directory (Ray's ``--temp-dir=/tmp/ray``, so two Ray nodes never share a
@@ -209,6 +213,8 @@ class LocalKubelet:
         self._failure: BaseException | None = None
         self._volume_root: Path | None = None
         self._incarnations = 0
+        self._host_ports: dict[str, dict[int, int]] = {}
+        """The host ports each pod name last got, for a pod made again under it."""
 
     def __enter__(self) -> LocalKubelet:
         self.start()
@@ -539,8 +545,11 @@ class LocalKubelet:
         taken = {host for other in self._pods.values()
                  if other is not pod and (other.stopping or other.process is None or other.process.returncode is None)
                  for host in other.ports.values()}
+        before = self._host_ports.get(pod.name, {})
         for port in sorted(declared):
-            pod.ports[port] = port if port not in taken and not _port_busy(port) else _free_port()
+            candidates = (before.get(port, port), port)
+            pod.ports[port] = next((c for c in candidates if c not in taken and not _port_busy(c)), None) or _free_port()
+        self._host_ports[pod.name] = dict(pod.ports)
         paths = self._empty_dirs(container, body)
 
         async def rewritten(text: str) -> str:
