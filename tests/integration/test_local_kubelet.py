@@ -171,6 +171,18 @@ async def test_a_pod_made_again_under_its_name_gets_its_host_ports_back(kube: Ku
     assert kubelet.host_port("again", 18130) == first
 
 
+async def test_of_two_pods_declaring_a_port_the_first_made_keeps_it(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    """Even when it starts last: a Ray head, made before its workers, keeps the port its Serve config binds."""
+    waiting = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}]
+    await kube.create("v1", "pods", server_pod("first-made", 18140, env=waiting))
+    await kube.create("v1", "pods", server_pod("second-made", 18140))
+    await wait_for(lambda: ready(kube, "second-made"), WAIT_S, "pod second-made never became Ready")
+    assert kubelet.host_port("second-made", 18140) != 18140
+    await kube.create("v1", "secrets", {"metadata": {"name": "late"}, "stringData": {"token": "t"}})
+    await wait_for(lambda: ready(kube, "first-made"), WAIT_S, "pod first-made never became Ready")
+    assert kubelet.host_port("first-made", 18140) == 18140
+
+
 async def _gone(kube: KubeClient, name: str) -> bool:
     return await kube.get("v1", "pods", name) is None
 
