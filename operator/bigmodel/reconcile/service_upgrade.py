@@ -46,6 +46,8 @@ def keep_serving_cluster(d: ServicePass) -> int:
     health = d.clusters.health(active)
     recovery = recovery_of(d, active) if health.state == "lost" else None
     if recovery is not None and recovery != "rebuild":
+        if d.status.serving is None or d.status.serving.generation != active:
+            d.status.serving = d.cluster_ref(active)
         recover_head(d, active, recovery, health)
         return active
     if health.state == "lost":
