@@ -141,6 +141,52 @@ async def test_pods_with_the_same_port_both_become_ready(kube: KubeClient, kubel
         assert seen["argv"][1] == f"--port={kubelet.host_port(name, 18090)}"
 
 
+async def test_a_busy_port_is_rewritten_in_env_values_too(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    """How two worker pods' Serve proxies on one host bind ports of their own: the variable that names the declared
+    port (RAY_SERVE_WORKER_PROXY_HTTP_PORT) follows the rewrite."""
+    for name in ("proxy-a", "proxy-b"):
+        env = [{"name": "PROXY_PORT", "value": "18095"}]
+        await kube.create("v1", "pods", server_pod(name, 18095, env=env))
+    for name in ("proxy-a", "proxy-b"):
+        await wait_for(lambda: ready(kube, name), WAIT_S, f"pod {name} never became Ready")
+        seen = await get_json(f"http://127.0.0.1:{kubelet.host_port(name, 18095)}/")
+        assert seen["env"]["PROXY_PORT"] == str(kubelet.host_port(name, 18095))
+    assert kubelet.host_port("proxy-a", 18095) != kubelet.host_port("proxy-b", 18095)
+
+
+async def test_a_pod_made_again_under_its_name_gets_its_host_ports_back(kube: KubeClient,
+                                                                       kubelet: LocalKubelet) -> None:
+    """As a Service's ClusterIP stays for a re-created pod: what resolved it once (a Ray worker, its head) still
+    reaches it."""
+    await kube.create("v1", "pods", server_pod("holder", 18130))
+    await wait_for(lambda: ready(kube, "holder"), WAIT_S, "pod holder never became Ready")
+    await kube.create("v1", "pods", server_pod("again", 18130))
+    await wait_for(lambda: ready(kube, "again"), WAIT_S, "pod again never became Ready")
+    first = kubelet.host_port("again", 18130)
+    assert first != 18130, "the holder took the declared port"
+    await kube.delete("v1", "pods", "again", grace_period_seconds=0)
+    await wait_for(lambda: _gone(kube, "again"), WAIT_S, "pod again was not deleted")
+    await kube.create("v1", "pods", server_pod("again", 18130))
+    await wait_for(lambda: ready(kube, "again"), WAIT_S, "the re-created pod never became Ready")
+    assert kubelet.host_port("again", 18130) == first
+
+
+async def test_of_two_pods_declaring_a_port_the_first_made_keeps_it(kube: KubeClient, kubelet: LocalKubelet) -> None:
+    """Even when it starts last: a Ray head, made before its workers, keeps the port its Serve config binds."""
+    waiting = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}]
+    await kube.create("v1", "pods", server_pod("first-made", 18140, env=waiting))
+    await kube.create("v1", "pods", server_pod("second-made", 18140))
+    await wait_for(lambda: ready(kube, "second-made"), WAIT_S, "pod second-made never became Ready")
+    assert kubelet.host_port("second-made", 18140) != 18140
+    await kube.create("v1", "secrets", {"metadata": {"name": "late"}, "stringData": {"token": "t"}})
+    await wait_for(lambda: ready(kube, "first-made"), WAIT_S, "pod first-made never became Ready")
+    assert kubelet.host_port("first-made", 18140) == 18140
+
+
+async def _gone(kube: KubeClient, name: str) -> bool:
+    return await kube.get("v1", "pods", name) is None
+
+
 async def test_service_ports_follow_rewritten_pod_ports(kube: KubeClient, kubelet: LocalKubelet) -> None:
     await kube.create("v1", "pods", server_pod("first", 18100))
     await kube.create("v1", "pods", server_pod("second", 18100))

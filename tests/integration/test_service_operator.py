@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from bigmodel.api.training_report import TrainingReport
@@ -245,3 +246,87 @@ async def test_invalid_service_is_reported_and_builds_nothing(emulator: Emulator
         assert condition["message"].startswith("spec.replicaResources.cpu: 4 CPUs per replica do not fit")
         assert await service_pods(kube) == {}
         assert (await wait_events(kube, "ValidationFailed")).count("ValidationFailed") == 1
+
+
+REDIS_ADDRESS = "redis.bigmodel-system.svc:6379"
+REDIS_PASSWORD = "not-in-any-pod-spec"
+
+
+async def redis_password_secret(kube: KubeClient) -> None:
+    """The Redis password, in the operator's namespace, where the chart puts it."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "gcs-redis"},
+        "data": {"password": base64.b64encode(REDIS_PASSWORD.encode()).decode()},
+    }
+    await kube.create("v1", "secrets", secret, namespace="bigmodel-system")
+
+
+def condition_of(status: dict[str, Any], type_: str) -> tuple[str, str] | None:
+    found = next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
+    return (found["status"], found["reason"]) if found else None
+
+
+async def test_with_gcs_fault_tolerance_a_lost_head_comes_back_in_place(emulator: Emulator, kube: KubeClient) -> None:
+    """The head pod of a Ready service is deleted: it stays Terminating a while, then a head of the same name and
+    generation is made; the workers and the Service's selector are never touched, and the service says it is
+    degraded but serving meanwhile."""
+    ray = FakeRay()
+    await redis_password_secret(kube)
+    with running_operator(emulator, ray, gcs_redis_address=REDIS_ADDRESS, gcs_redis_password_secret="gcs-redis"):
+        await kube.create(*SERVICES, service_manifest())
+        await start_cluster(kube, ray, 0)
+        await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+        pods = await service_pods(kube)
+        head_env = {e["name"]: e for e in pods["demo-s0-head"]["spec"]["containers"][0]["env"]}
+        assert head_env["RAY_REDIS_ADDRESS"]["value"] == REDIS_ADDRESS
+        assert REDIS_PASSWORD not in str(pods), "the password is in no pod spec"
+        copied = await kube.get("v1", "secrets", "demo-s0-gcs-redis")
+        assert copied is not None and base64.b64decode(copied["data"]["password"]).decode() == REDIS_PASSWORD
+        workers = {name: pod["metadata"]["uid"] for name, pod in pods.items() if name != "demo-s0-head"}
+        old_head = pods["demo-s0-head"]["metadata"]["uid"]
+        before = await kube.get("v1", "services", "demo-serve")
+        assert before is not None
+
+        await kube.bind("demo-s0-head", "node-a")
+        await kube.delete("v1", "pods", "demo-s0-head")
+        degraded = await wait_status(
+            kube, lambda s: condition_of(s, "Degraded") == ("True", "HeadRestarting"), "the head's loss was not said"
+        )
+        assert degraded["phase"] == "Ready" and condition_of(degraded, "Ready") == ("True", "Serving")
+        assert condition_of(degraded, "ReconcileFailed") in (None, ("False", "Recovered")), "no early create"
+        assert set(await service_pods(kube)) == set(workers), "no new head while the old one is Terminating"
+
+        emulator.finish_termination("default", "demo-s0-head")
+        found = await wait_pods(kube, {"demo-s0-head", *workers})
+        assert found["demo-s0-head"]["metadata"]["uid"] != old_head
+        assert {name: found[name]["metadata"]["uid"] for name in workers} == workers, "the workers were kept"
+        await wait_events(kube, "HeadRestarted")
+        await mark(kube, "demo-s0-head", pod_ip=HEAD_IPS[0])
+        back = await wait_status(
+            kube, lambda s: condition_of(s, "Degraded") == ("False", "HeadRecovered"), "the head never came back"
+        )
+        assert back["phase"] == "Ready" and back["serving"]["generation"] == 0
+        after = await kube.get("v1", "services", "demo-serve")
+        assert after is not None and after["spec"]["selector"] == before["spec"]["selector"]
+        assert "ClusterLost" not in await event_reasons(kube)
+        assert not any(name.startswith("demo-s1") for name in await service_pods(kube))
+
+
+async def test_without_gcs_fault_tolerance_a_lost_head_rebuilds_the_cluster(emulator: Emulator, kube: KubeClient) -> None:
+    ray = FakeRay()
+    with running_operator(emulator, ray):
+        await kube.create(*SERVICES, service_manifest())
+        await start_cluster(kube, ray, 0)
+        await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+        await kube.delete("v1", "pods", "demo-s0-head")
+        await wait_events(kube, "ClusterLost")
+        await start_cluster(kube, ray, 1)
+        await wait_status(
+            kube, lambda s: slot(s, "serving") == 1 and s.get("phase") == "Ready", "the rebuilt cluster never served"
+        )
+        serving = await kube.get("v1", "services", "demo-serve")
+        assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/generation"] == "1"
+        assert "bigmodel.dev/role" not in serving["spec"]["selector"]
+        assert "HeadRestarted" not in await event_reasons(kube)

@@ -43,8 +43,13 @@ Where it deliberately differs from a real kubelet, because every pod shares this
   runs, the port becomes the host port of that pod's target port (see the next point);
 * ports: a container port or probe port number that another pod of this kubelet uses, or that is busy on this host,
   is replaced by a free port: every occurrence of the number in the args and env values is rewritten (for example
-  ``--dashboard-agent-listen-port=52365``) and the probe uses the new port. :meth:`LocalKubelet.host_port` tells
-  which port a pod really got. Two pods can therefore both "listen on 8265".
+  ``--dashboard-agent-listen-port=52365``, or ``RAY_SERVE_WORKER_PROXY_HTTP_PORT=8000``, which is how co-located
+  worker pods' Serve proxies each get a port of their own) and the probe uses the new port.
+  :meth:`LocalKubelet.host_port` tells which port a pod really got. Two pods can therefore both "listen on 8265";
+  the one made first keeps the number (as a Ray head made before its workers keeps the Serve port). A
+  pod made again under the name of one this kubelet ran gets the host ports that one had, where they are free: a
+  Service resolved once (at a container's start, see the previous point) keeps reaching it, as a Service's ClusterIP
+  stays the same for a re-created pod on a real cluster (a Ray head re-created in place, whose workers stay).
 
 * volumes: an ``emptyDir`` volume is a directory of its own for each pod, as a real one is. Its ``mountPath`` in the
   args and env values is rewritten to that directory (Ray's ``--temp-dir=/tmp/ray``, so two Ray nodes never share a
@@ -124,6 +129,10 @@ class _Pod:
     labels: dict[str, str]
     container: JsonObject
     ports: dict[int, int] = field(default_factory=dict)
+    claimed: frozenset[int] = frozenset()
+    """The declared container ports it was the first live pod to declare, when it was created: until it starts,
+    they are kept for it, so that of pods declaring the same port the first made gets it (a Ray head, made before
+    its workers, keeps the Serve port its Serve config binds)."""
     process: asyncio.subprocess.Process | None = None
     started_at: str = ""
     ready: bool = False
@@ -209,6 +218,8 @@ class LocalKubelet:
         self._failure: BaseException | None = None
         self._volume_root: Path | None = None
         self._incarnations = 0
+        self._host_ports: dict[str, dict[int, int]] = {}
+        """The host ports each pod name last got, for a pod made again under it."""
 
     def __enter__(self) -> LocalKubelet:
         self.start()
@@ -336,6 +347,7 @@ class LocalKubelet:
         pod = _Pod(name=name, uid=uid, labels=dict(metadata.get("labels") or {}), container=spec["containers"][0])
         previous = known
         self._pods[name] = pod
+        pod.claimed = frozenset(self._declared_ports(pod.container) - self._ports_in_use(pod))
         pod.task = asyncio.get_running_loop().create_task(self._run_pod(pod, body, previous, bound=node is not None))
 
     def _on_deletion(self, pod: _Pod, gone: bool, grace_s: float | None) -> None:
@@ -531,16 +543,17 @@ class LocalKubelet:
         raw_argv = [expand(part, env) for part in (container.get("command") or []) + (container.get("args") or [])]
         if not raw_argv:
             raise PodFailure("LocalKubeletUnsupported", "the container has no command: there is no image to run")
-        declared = {int(port["containerPort"]) for port in container.get("ports") or []}
+        declared = self._declared_ports(container)
         probe_port = ((container.get("readinessProbe") or {}).get("httpGet")
                       or (container.get("readinessProbe") or {}).get("tcpSocket") or {}).get("port")
         if probe_port is not None:
             declared.add(_named_port(container, probe_port))
-        taken = {host for other in self._pods.values()
-                 if other is not pod and (other.stopping or other.process is None or other.process.returncode is None)
-                 for host in other.ports.values()}
+        taken = self._ports_in_use(pod)
+        before = self._host_ports.get(pod.name, {})
         for port in sorted(declared):
-            pod.ports[port] = port if port not in taken and not _port_busy(port) else _free_port()
+            candidates = (before.get(port, port), port)
+            pod.ports[port] = next((c for c in candidates if c not in taken and not _port_busy(c)), None) or _free_port()
+        self._host_ports[pod.name] = dict(pod.ports)
         paths = self._empty_dirs(container, body)
 
         async def rewritten(text: str) -> str:
@@ -550,6 +563,22 @@ class LocalKubelet:
         for name, value in env.items():
             env[name] = await rewritten(value)
         return argv, {**os.environ, **env}
+
+    @staticmethod
+    def _declared_ports(container: JsonObject) -> set[int]:
+        return {int(port["containerPort"]) for port in container.get("ports") or []}
+
+    def _ports_in_use(self, pod: _Pod) -> set[int]:
+        """Host ports other pods hold (running, stopping, or allocated and not started) or have claimed."""
+        taken: set[int] = set()
+        for other in self._pods.values():
+            if other is pod:
+                continue
+            if other.stopping or other.process is None or other.process.returncode is None:
+                taken.update(other.ports.values())
+            if other.process is None and not other.deleted:
+                taken.update(other.claimed)
+        return taken
 
     def _empty_dirs(self, container: JsonObject, body: JsonObject) -> dict[str, Path]:
         """A fresh host directory for each emptyDir volume the container mounts, by mount path."""

@@ -5,6 +5,7 @@ Shared by the end-to-end tests and bench.recovery.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -22,9 +23,11 @@ import aiohttp
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.api.wire import PROGRESS_PORT, RAY_DASHBOARD_PORT, TOKEN_SECRET_KEY
 from bigmodel.builders.naming import token_secret_name
+from bigmodel.controller.settings import OperatorSettings
 from tests.support.emulator import PROJECT_CRDS, Emulator, KubeClient, running_emulator
 from tests.support.kubelet import LocalKubelet
 from tests.support.operator import running_operator
+from tests.support.redis_server import RedisServer
 
 
 @dataclass(frozen=True)
@@ -33,15 +36,37 @@ class LocalCluster:
     kubelet: LocalKubelet
 
 
+REDIS_PASSWORD_SECRET = "gcs-redis"
+
+
 @contextmanager
-def local_cluster(work_dir: Path, poll_running_s: float = 1.0) -> Iterator[LocalCluster]:
-    """Everything up until the block ends. This interpreter's environment plays the runtime image."""
+def local_cluster(
+    work_dir: Path, poll_running_s: float = 1.0, redis: RedisServer | None = None
+) -> Iterator[LocalCluster]:
+    """Everything up until the block ends. This interpreter's environment plays the runtime image. With `redis`,
+    the operator builds services' clusters with GCS fault tolerance on it: its password in a Secret of the
+    operator's namespace, as the chart puts it."""
     image_env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    settings: dict[str, Any] = {"poll_running_s": poll_running_s}
     with mock.patch.dict(os.environ, image_env):
         with running_emulator(PROJECT_CRDS) as emulator:
+            if redis is not None:
+                asyncio.run(_password_secret(emulator, redis.password))
+                settings |= {"gcs_redis_address": redis.address, "gcs_redis_password_secret": REDIS_PASSWORD_SECRET}
             with LocalKubelet(emulator.url, work_dir / "pod-logs") as kubelet:
-                with running_operator(emulator, None, poll_running_s=poll_running_s):
+                with running_operator(emulator, None, **settings):
                     yield LocalCluster(emulator, kubelet)
+
+
+async def _password_secret(emulator: Emulator, password: str) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": REDIS_PASSWORD_SECRET},
+        "data": {"password": base64.b64encode(password.encode()).decode()},
+    }
+    async with KubeClient(emulator.url) as kube:
+        await kube.create("v1", "secrets", secret, namespace=OperatorSettings().namespace)
 
 
 async def cluster_token(kube: KubeClient, job: str, generation: int, namespace: str = "default") -> str:

@@ -182,7 +182,7 @@ def test_deploys_the_app_once_the_head_answers_and_is_ready_when_it_runs() -> No
     application = config["applications"][0]
     assert application["args"]["model_uri"] == SOURCE.uri
     assert application["deployments"][0]["autoscaling_config"]["max_replicas"] == 4
-    assert config["proxy_location"] == "HeadOnly"
+    assert config["proxy_location"] == "EveryNode", "the head is not the only way in"
 
     starting = app(config, "DEPLOYING", ("STARTING",))
     deploying = decide_service(service, seen(pods, {0: RayClusterView(True, starting, nodes(pods))}))

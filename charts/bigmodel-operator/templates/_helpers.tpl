@@ -112,3 +112,32 @@ Returned as JSON because include can only return a string.
 {{- $namespaces := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) }}
 {{- $namespaces | uniq | toJson }}
 {{- end }}
+
+{{/* GCS fault tolerance: the deployed Redis's name (its Deployment, Service, policy and generated Secret). */}}
+{{- define "bigmodel-operator.gcsRedis" -}}
+{{ include "bigmodel-operator.fullname" . }}-gcs-redis
+{{- end }}
+
+{{/* The Secret holding the Redis password: the one named, else the chart's own (deploy only). */}}
+{{- define "bigmodel-operator.gcsRedisPasswordSecret" -}}
+{{- $redis := .Values.gcsFaultTolerance.redis }}
+{{- if $redis.passwordSecret.name }}{{ $redis.passwordSecret.name }}
+{{- else if $redis.deploy }}{{ include "bigmodel-operator.gcsRedis" . }}
+{{- else }}{{ fail "gcsFaultTolerance.redis.passwordSecret.name: required with an external Redis (deploy: false)" }}
+{{- end }}
+{{- end }}
+
+{{/* Where the services' heads find Redis: the chart's Service, or the external address. */}}
+{{- define "bigmodel-operator.gcsRedisAddress" -}}
+{{- $redis := .Values.gcsFaultTolerance.redis }}
+{{- if $redis.deploy }}{{ include "bigmodel-operator.gcsRedis" . }}.{{ .Release.Namespace }}.svc:6379
+{{- else if $redis.address }}{{ $redis.address }}
+{{- else }}{{ fail "gcsFaultTolerance.redis.address: required with an external Redis (deploy: false)" }}
+{{- end }}
+{{- end }}
+
+{{/* The deployed Redis's pods: labels of their own, so that no selector of the operator's pods takes them in. */}}
+{{- define "bigmodel-operator.gcsRedisSelectorLabels" -}}
+app.kubernetes.io/name: bigmodel-gcs-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}

@@ -249,9 +249,10 @@ class ServiceLimits(Model):
         le=1024**3,
         description=(
             "Largest request body in bytes; a larger one is answered 413 before it is read (chunked bodies when they "
-            "pass it). The default, 16 MiB, holds thousands of instances; the Serve proxy on the head holds each body "
-            "in memory while its request is in flight, so this times the requests it lets in (maxQueuedRequests "
-            "plus the room of replicas.max replicas) bounds that memory."
+            "pass it). The default, 16 MiB, holds thousands of instances; a Serve proxy (on the head, and on each "
+            "worker pod with a replica) holds each body in memory while its request is in flight, so this times "
+            "the requests one proxy lets in (maxQueuedRequests plus the room of replicas.max replicas) bounds its "
+            "memory."
         ),
     )
     timeout_seconds: float = Field(
@@ -268,9 +269,10 @@ class ServiceLimits(Model):
         ge=1,
         le=100000,
         description=(
-            "Requests of the whole service that may wait for a free replica (beyond those the replicas are already "
-            "running); more are answered 503 with Retry-After at once. Per service: its one Serve proxy, on the "
-            "head, holds the queue."
+            "Requests that may wait for a free replica in each Serve proxy (beyond those the replicas are already "
+            "running); more are answered 503 with Retry-After at once. Per proxy: the service runs one on the head "
+            "and one on each worker pod with a replica, and the Service spreads connections over them, so the whole "
+            "service queues up to this times its proxies."
         ),
     )
 
@@ -286,7 +288,7 @@ class BigModelServiceSpec(RayClusterSpec):
     workers: ServiceWorkerGroup = Field(
         default_factory=ServiceWorkerGroup, description="Ray worker pods that host the replicas."
     )
-    head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (Serve controller and proxy).")
+    head: NodeGroup = Field(default_factory=NodeGroup, description="The Ray head pod (Serve controller and a proxy).")
     batching: Batching = Field(default_factory=Batching, description="Dynamic request batching.")
     serving_from: list[NetworkPeer] | None = Field(
         None,

@@ -40,6 +40,9 @@ WORKER_INDEX_LABEL = f"{GROUP}/worker-index"
 OWNER_UID_LABEL = f"{GROUP}/owner-uid"
 """The owner's uid on every pod: a cluster's NetworkPolicy selects its own pods by it, so a later resource of the
 same name (whose old pods may still be terminating) is never let into the cluster, nor lets them in."""
+SERVE_PROXY_LABEL = f"{GROUP}/serve-proxy"
+""""true" on every pod of a BigModelService's cluster (head and workers): each may run a Serve proxy, and the
+Service clients call selects them by it; their readiness (the proxy's health) decides which take traffic."""
 Role = Literal["head", "worker"]
 
 # Annotations on child objects: what they were built from.
@@ -50,6 +53,10 @@ RUN_SPEC_ANNOTATION = f"{GROUP}/run-spec"
 """A job's pods: digest of what shapes the run; a change rebuilds the cluster."""
 CLUSTER_SPEC_ANNOTATION = f"{GROUP}/cluster-spec"
 """A service's pods: digest of what only a new cluster can change."""
+GCS_FAULT_TOLERANCE_ANNOTATION = f"{GROUP}/gcs-fault-tolerance"
+"""A service's pods built with GCS fault tolerance ("redis"): the cluster's state outlives its head, so a lost head is
+re-created in place instead of rebuilding the cluster. Read from the pods, not the operator's settings: a cluster made
+before Redis was configured has no state to come back to."""
 RESTARTS_ANNOTATION = f"{GROUP}/restarts"
 """A job's pods: its restarts when the pod was made. With the next, a status write that failed (or an operator killed
 mid-pass) loses no count: the next pass reads them back from the pods."""
@@ -86,7 +93,10 @@ RAY_AGENT_PORT = 52365
 PROGRESS_PORT = 8270
 """A job's driver serves its training progress here, on the head."""
 SERVE_PORT = 8000
-"""A service's Serve proxy answers inference requests here."""
+"""A service's Serve proxies answer inference requests here, on the head and on every worker pod with a replica."""
+SERVE_HEALTH_PATH = "/-/healthz"
+"""A Serve proxy's own health route: 200 once it knows the routes (and, off the head, a running replica), 503 while
+its node drains (ray/serve/_private/proxy.py, proxy_router.py)."""
 
 # Environment of every Ray container.
 POD_IP_ENV = "POD_IP"
@@ -105,6 +115,29 @@ RAY_DRAIN_TIMEOUT_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
 """How long `ray start` keeps its node draining on SIGTERM before it kills the node's processes."""
 RAY_TRAIN_PREEMPTION_POLL_ENV = "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"
 """How often Ray Train looks for draining nodes under its workers."""
+SERVE_WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"
+"""The port a Serve proxy on a worker node binds (ray/serve/_private/constants.py; proxy.py applies it off the head
+only). A service's workers set it to SERVE_PORT, which their pods declare."""
+
+# GCS fault tolerance of a service's cluster: the head's GCS keeps its tables in an external Redis, so a re-created
+# head finds the cluster (its nodes, actors, Serve's controller and applications) where it left it.
+RAY_REDIS_ADDRESS_ENV = "RAY_REDIS_ADDRESS"
+"""Read by `ray start --head` (ray/_private/node.py): host:port, or redis:// / rediss:// (TLS) URL."""
+REDIS_PASSWORD_ENV = "BIGMODEL_REDIS_PASSWORD"
+"""The Redis password on the head, from the cluster's Secret; `ray start` takes it only as --redis-password, which
+the head's command gives as $(BIGMODEL_REDIS_PASSWORD) so that the pod spec never holds it."""
+RAY_STORAGE_NAMESPACE_ENV = "RAY_external_storage_namespace"
+"""The key prefix of one cluster's tables in Redis (RayConfig external_storage_namespace)."""
+RAY_GCS_RECONNECT_TIMEOUT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+"""How long every Ray process of a worker pod (raylet, Serve proxy, replicas) waits for the GCS to come back before
+it exits (RayConfig gcs_rpc_server_reconnect_timeout_s, 60 s by default)."""
+GCS_RECONNECT_TIMEOUT_S = 600
+"""A worker's wait for a re-created head: the old head pod's grace period (60 s) and Ray's stop, the new pod's
+scheduling, an image pull on a fresh node (minutes for a multi-GB runtime image) and `ray start`. Until then the
+workers keep serving; a head that is not back by then costs the cluster, which the operator rebuilds (KubeRay sets
+600 s too)."""
+GCS_REDIS_SECRET_KEY = "password"
+"""The key of a cluster's Redis password Secret."""
 # A cluster's Ray token: one Secret per cluster generation, owned by the resource.
 TOKEN_SECRET_KEY = "token"
 BEARER_PREFIX = "Bearer "
@@ -154,14 +187,14 @@ API_KEYS_ENV = "BIGMODEL_API_KEYS"
 MAX_BODY_BYTES_ENV = "BIGMODEL_MAX_BODY_BYTES"
 """spec.limits.maxBodyBytes, for the Serve proxy's guard, which refuses larger bodies before reading them."""
 MAX_IN_FLIGHT_ENV = "BIGMODEL_MAX_IN_FLIGHT"
-"""Requests the Serve proxy's guard lets in at once (the service's queue and its replicas' room at most); more are
+"""Requests each Serve proxy's guard lets in at once (its own queue and every replica's room at most); more are
 answered 503 before Serve's routing spends any time on them."""
 RETRY_AFTER_SECONDS = 1
 """What a 503 for a full queue tells the client to wait: about one batch's time on a busy replica, rounded up to the
 whole second the header can say."""
 PROXY_REQUIRES_KEYS_ENV = "BIGMODEL_PROXY_REQUIRES_KEYS"
 """1 for a service with spec.auth: the Serve proxy's guard refuses a request without a valid key before it reads a
-byte of its body, so that strangers cannot fill the head's memory with bodies the replicas would refuse anyway."""
+byte of its body, so that strangers cannot fill a proxy's memory with bodies the replicas would refuse anyway."""
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 """Ray Serve's hook that wraps its HTTP proxy in middlewares; read when the proxy starts."""
 ROUTER_MAX_BACKOFF_ENV = "RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S"
@@ -189,6 +222,11 @@ RESERVED_ENV = frozenset(
         RAY_AUTH_TOKEN_PATH_ENV,
         RAY_DRAIN_TIMEOUT_ENV,
         RAY_TRAIN_PREEMPTION_POLL_ENV,
+        SERVE_WORKER_PROXY_PORT_ENV,
+        RAY_REDIS_ADDRESS_ENV,
+        REDIS_PASSWORD_ENV,
+        RAY_STORAGE_NAMESPACE_ENV,
+        RAY_GCS_RECONNECT_TIMEOUT_ENV,
         API_KEYS_ENV,
         MAX_BODY_BYTES_ENV,
         MAX_IN_FLIGHT_ENV,

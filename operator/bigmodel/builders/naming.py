@@ -54,6 +54,11 @@ def token_secret_name(owner: str, generation: int, kind: OwnerKind = "BigModelJo
     return f"{cluster_name(owner, generation, kind)}-ray-token"
 
 
+def gcs_redis_secret_name(owner: str, generation: int, kind: OwnerKind = "BigModelService") -> str:
+    """The Secret holding the Redis password of one cluster with GCS fault tolerance (its head reads it)."""
+    return f"{cluster_name(owner, generation, kind)}-gcs-redis"
+
+
 def network_policy_name(owner: str, generation: int, kind: OwnerKind = "BigModelJob") -> str:
     return cluster_name(owner, generation, kind)
 
@@ -99,6 +104,17 @@ def labels(
     }
     if index is not None:
         result[wire.WORKER_INDEX_LABEL] = str(index)
+    return result
+
+
+def pod_labels(
+    owner: str, generation: int, role: Role, index: int | None = None, kind: OwnerKind = "BigModelJob"
+) -> dict[str, str]:
+    """The labels of a Ray pod: its cluster's, and on a service's pods the mark the Service clients call selects
+    (every pod of a service may run a Serve proxy; readiness says which do)."""
+    result = labels(owner, generation, role, index, kind)
+    if kind == wire.SERVICE_KIND:
+        result[wire.SERVE_PROXY_LABEL] = "true"
     return result
 
 

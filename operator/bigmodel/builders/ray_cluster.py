@@ -8,6 +8,7 @@ from typing import Any
 from bigmodel.api import wire
 from bigmodel.api.common import NodeGroup
 from bigmodel.api.job import BigModelJob
+from bigmodel.api.service import BigModelService
 from bigmodel.api.wire import (
     RAY_AGENT_PORT,
     RAY_CLIENT_PORT,
@@ -15,6 +16,8 @@ from bigmodel.api.wire import (
     RAY_GCS_PORT,
 )
 from bigmodel.builders import gang, naming
+from bigmodel.builders import gcs_fault_tolerance as fault_tolerance
+from bigmodel.builders.gcs_fault_tolerance import GcsFaultTolerance
 from bigmodel.builders.owned import ClusterOwner, namespace_and_uid, object_metadata
 from bigmodel.builders.pod import (
     RAY_TMP_DIR,
@@ -39,11 +42,13 @@ TERMINATION_GRACE_SECONDS = 60
 RAY_STOP_SECONDS = 10
 
 _RAY_PORTS = {"gcs": RAY_GCS_PORT, "dashboard": RAY_DASHBOARD_PORT, "client": RAY_CLIENT_PORT}
-# Jobs' drivers report progress on the head; services' Serve proxy listens there (proxy_location HeadOnly).
+# Jobs' drivers report progress on the head; services' Serve proxies listen on every node (proxy_location
+# EveryNode): the head's always, a worker's while it hosts a replica.
 _HEAD_PORTS: dict[str, dict[str, int]] = {
     "BigModelJob": _RAY_PORTS | {"progress": wire.PROGRESS_PORT},
     "BigModelService": _RAY_PORTS | {"serve": wire.SERVE_PORT},
 }
+_SERVICE_WORKER_PORTS = {"serve": wire.SERVE_PORT}
 
 
 def head_address(owner: str, namespace: str, generation: int, kind: naming.OwnerKind = "BigModelJob") -> str:
@@ -94,16 +99,20 @@ def checkpoint_claim(job: BigModelJob) -> ClaimMount | None:
     return ClaimMount("checkpoints", checkpoint.volume_claim_name, checkpoint.storage, read_only=False)
 
 
+Probe = tuple[str, int]
+"""An HTTP probe's (path, port)."""
+
+
 def _container(
     owner: ClusterOwner,
     generation: int,
     name: str,
     group: NodeGroup,
     command: list[str],
-    health: tuple[str, int],
+    probes: tuple[dict[str, Any], Probe],
     claim: ClaimMount | None,
 ) -> dict[str, Any]:
-    path, port = health
+    readiness, (path, port) = probes
     return {
         "name": name,
         "image": owner.spec.image,
@@ -113,11 +122,27 @@ def _container(
         **_env_from(owner),
         "resources": requirements(group.resources),
         "volumeMounts": volume_mounts(claim),
-        "readinessProbe": http_probe(path, port, initial_delay=5, period=5, timeout=2, failures=6),
+        "readinessProbe": readiness,
         # A Ray node that stops answering for two minutes is gone; its pod fails and the operator replaces it.
         "livenessProbe": http_probe(path, port, initial_delay=30, period=10, timeout=5, failures=12),
         "securityContext": container_security_context(),
     }
+
+
+def _ray_readiness(path: str, port: int) -> dict[str, Any]:
+    return http_probe(path, port, initial_delay=5, period=5, timeout=2, failures=6)
+
+
+def _probes(owner: ClusterOwner, ray_health: Probe) -> tuple[dict[str, Any], Probe]:
+    """(readiness probe, liveness path and port). A service's pods are ready when their Serve proxy is: the Service
+    clients call sends to ready pods only, and Serve runs a proxy only on the head and where a replica runs (ray/serve/
+    _private/controller.py _update_proxy_nodes), answering 503 on /-/healthz while its node drains. Looked at every
+    2 s, three misses in a row: a proxy that died costs its pod's share of requests for about 6 s, not 30. Liveness
+    stays Ray's own health, which a node without a proxy has too."""
+    if isinstance(owner, BigModelJob):
+        return _ray_readiness(*ray_health), ray_health
+    proxy = http_probe(wire.SERVE_HEALTH_PATH, wire.SERVE_PORT, initial_delay=5, period=2, timeout=2, failures=3)
+    return proxy, ray_health
 
 
 def _pod(
@@ -128,6 +153,7 @@ def _pod(
     group: NodeGroup,
     container: dict[str, Any],
     claim: ClaimMount | None,
+    gcs: GcsFaultTolerance | None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "containers": [container],
@@ -148,7 +174,8 @@ def _pod(
     if owner.spec.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": secret} for secret in owner.spec.image_pull_secrets]
     metadata = object_metadata(owner, name, pod_labels | gang.pod_labels(owner, generation))
-    if annotations := gang.pod_annotations(owner, generation):
+    annotations = gang.pod_annotations(owner, generation) | (fault_tolerance.annotations() if gcs else {})
+    if annotations:
         metadata.setdefault("annotations", {}).update(annotations)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
@@ -182,8 +209,15 @@ _NODE_FAILURE_DETECTION = [
 ]
 
 
-def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None) -> dict[str, Any]:
-    # The head drives the run (or runs Serve's controller and proxy) and computes nothing: with no CPUs or GPUs
+def gcs_for(owner: ClusterOwner, gcs: GcsFaultTolerance | None) -> GcsFaultTolerance | None:
+    """GCS fault tolerance applies to services only (builders/gcs_fault_tolerance.py says why)."""
+    return gcs if isinstance(owner, BigModelService) else None
+
+
+def head_pod(
+    owner: ClusterOwner, generation: int, claim: ClaimMount | None, gcs: GcsFaultTolerance | None = None
+) -> dict[str, Any]:
+    # The head drives the run (or runs Serve's controller and a proxy) and computes nothing: with no CPUs or GPUs
     # advertised, Ray places all training and every model replica on workers, which the operator can scale.
     command = [
         "ray", "start", "--head", "--block",
@@ -199,20 +233,27 @@ def head_pod(owner: ClusterOwner, generation: int, claim: ClaimMount | None) -> 
         "--disable-usage-stats",
     ]  # fmt: skip
     group = owner.spec.head
-    health = ("/api/gcs_healthz", RAY_DASHBOARD_PORT)
-    container = _container(owner, generation, HEAD_CONTAINER, group, command, health, claim)
-    container["ports"] = [
-        {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in _HEAD_PORTS[owner.kind].items()
-    ]
+    gcs = gcs_for(owner, gcs)
+    probes = _probes(owner, ("/api/gcs_healthz", RAY_DASHBOARD_PORT))
+    container = _container(owner, generation, HEAD_CONTAINER, group, command, probes, claim)
+    container["ports"] = _container_ports(_HEAD_PORTS[owner.kind])
     container["env"] = [*container["env"], *_NODE_FAILURE_DETECTION]
+    if gcs is not None:
+        container["command"] = [*command, *fault_tolerance.head_args()]
+        container["env"] = [*container["env"], *fault_tolerance.head_env(owner, generation, gcs)]
     owner_name, kind = owner.metadata.name, owner.kind
     name = naming.head_pod_name(owner_name, generation, kind)
-    return _pod(
-        owner, generation, name, naming.labels(owner_name, generation, "head", kind=kind), group, container, claim
-    )
+    pod_labels = naming.pod_labels(owner_name, generation, "head", kind=kind)
+    return _pod(owner, generation, name, pod_labels, group, container, claim, gcs)
 
 
-def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMount | None) -> dict[str, Any]:
+def worker_pod(
+    owner: ClusterOwner,
+    generation: int,
+    index: int,
+    claim: ClaimMount | None,
+    gcs: GcsFaultTolerance | None = None,
+) -> dict[str, Any]:
     group = owner.spec.workers
     # The node name is the pod's, so the operator can tell which pod hosts which Serve replica. The temp dir is
     # named although it is Ray's default: Ray would follow an image's TMPDIR out of the ray-tmp volume, and a worker
@@ -228,12 +269,31 @@ def worker_pod(owner: ClusterOwner, generation: int, index: int, claim: ClaimMou
         f"--temp-dir={RAY_TMP_DIR}",
         "--disable-usage-stats",
     ]  # fmt: skip
-    health = ("/api/local_raylet_healthz", RAY_AGENT_PORT)
-    container = _container(owner, generation, WORKER_CONTAINER, group, command, health, claim)
+    gcs = gcs_for(owner, gcs)
+    probes = _probes(owner, ("/api/local_raylet_healthz", RAY_AGENT_PORT))
+    container = _container(owner, generation, WORKER_CONTAINER, group, command, probes, claim)
+    if isinstance(owner, BigModelService):
+        container["ports"] = _container_ports(_SERVICE_WORKER_PORTS)
+        container["env"] = [*container["env"], *_worker_proxy_env()]
+    if gcs is not None:
+        container["env"] = [*container["env"], *fault_tolerance.worker_env()]
     owner_name, kind = owner.metadata.name, owner.kind
     name = naming.worker_pod_name(owner_name, generation, index, kind)
-    pod_labels = naming.labels(owner_name, generation, "worker", index, kind=kind)
-    return _pod(owner, generation, name, pod_labels, group, container, claim)
+    pod_labels = naming.pod_labels(owner_name, generation, "worker", index, kind=kind)
+    return _pod(owner, generation, name, pod_labels, group, container, claim, gcs)
+
+
+def _container_ports(ports: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports.items()]
+
+
+def _worker_proxy_env() -> list[dict[str, str]]:
+    """A worker's Serve proxy binds the serve port its pod declares. Serve gives every proxy the port of its
+    http_options, which this equals; the variable (ray/serve/_private/proxy.py apply_per_node_port_overrides, worker
+    nodes only) says so per pod, so that the test-only local kubelet (tests/support/kubelet.py), which runs every pod
+    on one host and rewrites a busy declared port number wherever it appears in env values, gives each co-located
+    worker proxy a port of its own. On a cluster each pod has its own IP and it changes nothing."""
+    return [{"name": wire.SERVE_WORKER_PROXY_PORT_ENV, "value": str(wire.SERVE_PORT)}]
 
 
 def head_service(owner: ClusterOwner, generation: int) -> dict[str, Any]:

@@ -48,7 +48,8 @@ def max_ongoing_requests(spec: BigModelServiceSpec) -> int:
 
 
 def proxy_in_flight_limit(spec: BigModelServiceSpec) -> int:
-    """Requests the service can hold at once: its queue, and the room of as many replicas as it may have."""
+    """Requests one Serve proxy holds at once: its own queue, and the room of as many replicas as the service may
+    have (the other proxies may be idle, so one may fill every replica)."""
     return spec.limits.max_queued_requests + spec.replicas.max * max_ongoing_requests(spec)
 
 
@@ -66,8 +67,9 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
         # would drop requests. Surging starts replacements first (the operator adds up to workers.maxSurge pods
         # above maxReplicas for them), and old replicas drain their requests before they stop.
         "max_surge_percent": 100 if spec.workers.max_surge > 0 else 0,
-        # The proxy's router queues requests no replica has room for; past this it answers 503 with Retry-After
-        # itself, without reading their bodies further or troubling a replica.
+        # Each proxy's router queues requests no replica has room for; past this it answers 503 with Retry-After
+        # itself, without reading their bodies further or troubling a replica. The count is the router's own
+        # (ray/serve/_private/router.py), so a service with N proxies queues up to N times this.
         "max_queued_requests": spec.limits.max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": wire.RETRY_AFTER_SECONDS},
         # A replica told to stop (a node drains, a pod is deleted, `bigmodel serve` stops) finishes its requests
@@ -102,10 +104,12 @@ def serve_application(service_name: str, spec: BigModelServiceSpec, args: ServeA
 
 
 def serve_deploy_config(service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs) -> dict[str, Any]:
-    """The whole declarative config (Ray's ServeDeploySchema). One proxy, on the head, behind one Service, so that
-    the deployment's max_queued_requests is the service's."""
+    """The whole declarative config (Ray's ServeDeploySchema). A proxy on every node that needs one (EveryNode: the
+    head, and each node with a replica; ray/serve/_private/controller.py _update_proxy_nodes), all behind the
+    Service clients call, so that a lost head is not a lost endpoint. Serve fixes the location when its controller
+    starts: a cluster built before keeps its own until it is rebuilt."""
     return {
-        "proxy_location": "HeadOnly",
+        "proxy_location": "EveryNode",
         # The proxy's own timeout covers the time a request waits in its queue too; Serve reads http_options when it
         # starts only, so the replicas also time the model call (runtime/serving/app.py) with the current value.
         "http_options": {

@@ -12,8 +12,9 @@ from bigmodel.builders.serve_app import proxy_in_flight_limit
 
 
 def proxy_env(spec: BigModelServiceSpec) -> dict[str, str]:
-    """The Serve proxy's: its guard, which Ray loads into every proxy it starts and which reads its limits from the
-    same env, and how often its router looks for room on a replica."""
+    """The Serve proxies': their guard, which Ray loads into every proxy it starts (on the head and on each worker
+    with a replica) and which reads its limits from the same env, and how often their routers look for room on a
+    replica. Each proxy counts its own requests."""
     return {
         wire.ROUTER_MAX_BACKOFF_ENV: str(wire.ROUTER_MAX_BACKOFF_S),
         wire.PROXY_CALLBACK_ENV: wire.PROXY_GUARD_IMPORT_PATH,
@@ -32,7 +33,8 @@ def api_key_env(service: BigModelService) -> list[dict[str, Any]]:
 
 
 def serving_env(owner: BigModelJob | BigModelService) -> list[dict[str, Any]]:
-    """Every Ray container of a service gets the same: the proxy runs on the head, replicas on any pod."""
+    """Every Ray container of a service gets the same: proxies run on the head and the workers, replicas on any
+    worker."""
     if not isinstance(owner, BigModelService):
         return []
     proxy = [{"name": name, "value": value} for name, value in proxy_env(owner.spec).items()]

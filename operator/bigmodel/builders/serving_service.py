@@ -11,10 +11,13 @@ from bigmodel.builders.owned import object_metadata
 
 
 def serving_selector(service_name: str, generation: int) -> dict[str, str]:
-    """The head pod of one cluster: the Serve proxy runs there and nowhere else (proxy_location HeadOnly)."""
+    """Every pod of one cluster that may run a Serve proxy (proxy_location EveryNode): the head and the workers.
+    Kubernetes sends to the ready ones only, and a service's pod is ready while its proxy answers its health check,
+    so a lost head costs the requests in flight on it and the workers' proxies take the rest. Moving traffic to
+    another cluster replaces the cluster and generation keys of this selector."""
     return naming.cluster_selector(service_name, generation, wire.SERVICE_KIND) | {
         wire.GENERATION_LABEL: str(generation),
-        wire.ROLE_LABEL: "head",
+        wire.SERVE_PROXY_LABEL: "true",
     }
 
 

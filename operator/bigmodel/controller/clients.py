@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bigmodel.controller.cluster_secrets import ClusterSecrets
 from bigmodel.controller.cluster_tokens import ClusterTokens
 from bigmodel.controller.kube import KubeClient
 from bigmodel.controller.metrics import OperatorMetrics
@@ -18,3 +19,4 @@ class Clients:
     settings: OperatorSettings
     metrics: OperatorMetrics
     tokens: ClusterTokens
+    secrets: ClusterSecrets

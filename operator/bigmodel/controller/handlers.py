@@ -23,6 +23,7 @@ from bigmodel.controller import loop
 from bigmodel.controller.backoff import exponential_backoff_s
 from bigmodel.controller.cache import ObjectCache
 from bigmodel.controller.clients import Clients
+from bigmodel.controller.cluster_secrets import ClusterSecrets, load_redis_password
 from bigmodel.controller.cluster_tokens import ClusterTokens, load_key
 from bigmodel.controller.informer import Informer
 from bigmodel.controller.job_kind import JobKind
@@ -107,12 +108,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         for resource, cache in children.items()
     ]
     tokens = ClusterTokens(await load_key(kube, operator_settings.namespace, operator_settings.token_key_secret))
+    redis_password = None
+    if operator_settings.gcs_redis_password_secret:
+        redis_password = await load_redis_password(
+            kube,
+            operator_settings.namespace,
+            operator_settings.gcs_redis_password_secret,
+            operator_settings.gcs_redis_password_key,
+        )
     memo.clients = Clients(
         kube=kube,
         ray=memo.get("ray") or HttpRayClient(tokens),
         settings=operator_settings,
         metrics=metrics,
         tokens=tokens,
+        secrets=ClusterSecrets(tokens, redis_password),
     )
     logger.info("bigmodel operator started; namespaces: %s", operator_settings.namespaces or "all")
 

@@ -191,7 +191,7 @@ async def _carry_out(plan: Plan[Any], namespace: str, clients: Clients) -> None:
         resource = RESOURCES_BY_KIND[obj["kind"]]
         with _step(f"creating {obj['kind']} {obj['metadata']['name']}"):
             if resource is SECRETS:
-                await kube.replace(resource, namespace, clients.tokens.filled(obj))
+                await kube.replace(resource, namespace, clients.secrets.filled(obj))
             elif resource is NETWORK_POLICIES:
                 await kube.replace(resource, namespace, obj)
             else:

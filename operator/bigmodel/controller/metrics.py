@@ -118,6 +118,11 @@ class OperatorMetrics:
         self.service_upgrades = Counter(
             "bigmodel_service_upgrades", "Cluster upgrades of services, by result.", ["result"], registry=r
         )
+        self.service_head_restarts = Counter(
+            "bigmodel_service_head_restarts",
+            "Lost Ray heads of services re-created in place (GCS fault tolerance), their clusters kept.",
+            registry=r,
+        )
         for change in _WORKER_CHANGES.values():
             self.service_worker_changes.labels(change)
         for result in _UPGRADE_RESULTS.values():
@@ -168,6 +173,7 @@ class OperatorMetrics:
             self.service_worker_changes.labels(change).inc(plan.outcomes[outcome])
         for outcome, result in _UPGRADE_RESULTS.items():
             self.service_upgrades.labels(result).inc(plan.outcomes[outcome])
+        self.service_head_restarts.inc(plan.outcomes[Outcome.HEAD_RESTARTED])
         status, per_worker = plan.status, service.spec.workers.resources.gpu
         facts = _ServiceFacts(
             phase=status.phase,

@@ -66,7 +66,14 @@ class ServiceKind(Kind[BigModelService, ServiceObservation, BigModelServiceStatu
         timers: dict[str, datetime],
         settings: OperatorSettings,
     ) -> ServicePlan:
-        return decide_service(service, seen, timers, poll_s=settings.poll_running_s, operator=settings.operator_peer())
+        return decide_service(
+            service,
+            seen,
+            timers,
+            poll_s=settings.poll_running_s,
+            operator=settings.operator_peer(),
+            gcs=settings.gcs_fault_tolerance(),
+        )
 
     def invalid(
         self, status: BigModelServiceStatus | None, generation: int | None, errors: list[str], now: datetime
@@ -124,7 +131,9 @@ async def resolve_source(service: BigModelService, clients: Clients) -> ModelSou
 
 
 async def _ray_view(clients: Clients, pod: PodView | None, app_name: str) -> RayClusterView | None:
-    if pod is None or not pod.ready or not pod.pod_ip:
+    """What the head's Ray says; None while it does not answer. Asked of a running head, ready or not: a service's
+    head is ready only once its Serve proxy is, which needs the application the operator deploys through this."""
+    if pod is None or not pod.running:
         return None
     try:
         return await clients.ray.serve_state(pod.ray_head, app_name)

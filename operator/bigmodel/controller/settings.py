@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from bigmodel.builders.gcs_fault_tolerance import GcsFaultTolerance
 from bigmodel.builders.network_policy import DEFAULT_OPERATOR_NAMESPACE, DEFAULT_OPERATOR_POD_LABELS, OperatorPeer
 
 
@@ -57,6 +58,31 @@ class OperatorSettings(BaseModel):
         "derived from; made by the operator on first start.",
     )
 
+    gcs_redis_address: str | None = Field(
+        None,
+        description="GCS fault tolerance of the services' Ray clusters: the Redis (host:port, redis:// or rediss:// "
+        "for TLS) where each cluster's GCS keeps its state, so that a lost head is re-created in place while the "
+        "workers serve. None: a lost head rebuilds the cluster.",
+    )
+    gcs_redis_password_secret: str | None = Field(
+        None,
+        description="Name of the Secret, in the operator's namespace, holding that Redis's password; required with "
+        "gcs_redis_address. The operator copies it into a Secret per cluster, which the head reads.",
+    )
+    gcs_redis_password_key: str = Field("password", description="The key of the password in that Secret.")
+
+    @model_validator(mode="after")
+    def _redis_has_a_password(self) -> OperatorSettings:
+        if self.gcs_redis_address and not self.gcs_redis_password_secret:
+            raise ValueError(
+                "BIGMODEL_GCS_REDIS_PASSWORD_SECRET: required with BIGMODEL_GCS_REDIS_ADDRESS (a Redis without a "
+                "password lets whoever reaches it read and rewrite every cluster's state)"
+            )
+        return self
+
+    def gcs_fault_tolerance(self) -> GcsFaultTolerance | None:
+        return GcsFaultTolerance(self.gcs_redis_address) if self.gcs_redis_address else None
+
     def operator_peer(self) -> OperatorPeer:
         return OperatorPeer(self.namespace, dict(self.pod_labels))
 
@@ -97,6 +123,13 @@ class OperatorSettings(BaseModel):
             values["peering_priority"] = int(env["BIGMODEL_PEERING_PRIORITY"])
         if env.get("BIGMODEL_VOLCANO"):
             values["volcano"] = env["BIGMODEL_VOLCANO"].lower() in ("true", "1")
+        for name, field in (
+            ("BIGMODEL_GCS_REDIS_ADDRESS", "gcs_redis_address"),
+            ("BIGMODEL_GCS_REDIS_PASSWORD_SECRET", "gcs_redis_password_secret"),
+            ("BIGMODEL_GCS_REDIS_PASSWORD_KEY", "gcs_redis_password_key"),
+        ):
+            if env.get(name):
+                values[field] = env[name]
         if env.get("BIGMODEL_ALLOWED_SERVICE_ACCOUNTS"):
             accounts = env["BIGMODEL_ALLOWED_SERVICE_ACCOUNTS"].split(",")
             values["allowed_service_accounts"] = [a.strip() for a in accounts if a.strip()]

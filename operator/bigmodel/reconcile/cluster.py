@@ -12,13 +12,14 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bigmodel.api.wire import VOLCANO_GROUP_ANNOTATION
+from bigmodel.api.wire import GCS_FAULT_TOLERANCE_ANNOTATION, VOLCANO_GROUP_ANNOTATION
 from bigmodel.builders import naming
 from bigmodel.builders.gang import gang, pod_group
+from bigmodel.builders.gcs_fault_tolerance import GcsFaultTolerance, redis_secret
 from bigmodel.builders.network_policy import OperatorPeer, network_policy
 from bigmodel.builders.owned import ClusterOwner
 from bigmodel.builders.pod import ClaimMount
-from bigmodel.builders.ray_cluster import head_pod, head_service, worker_pod
+from bigmodel.builders.ray_cluster import gcs_for, head_pod, head_service, worker_pod
 from bigmodel.builders.ray_token import token_secret
 from bigmodel.reconcile.observed import ClusterObservation, PodView
 from bigmodel.reconcile.plans import Outcome, Plan
@@ -50,9 +51,12 @@ class Clusters:
         claim: ClaimMount | None,
         stamp: dict[str, str],
         operator: OperatorPeer,
+        gcs: GcsFaultTolerance | None = None,
     ) -> None:
         self._owner = owner
         self._operator = operator
+        self._gcs = gcs_for(owner, gcs)
+        """Where new clusters keep their GCS tables; None: in the head's memory."""
         self._seen = seen
         self._plan = plan
         self._claim = claim
@@ -90,10 +94,12 @@ class Clusters:
         if ("Pod", naming.head_pod_name(owner.metadata.name, generation, owner.kind)) not in existing:
             self._create(network_policy(owner, generation, self._operator))
             self._create(token_secret(owner, generation))
+            if self._gcs is not None:
+                self._create(redis_secret(owner, generation))
             group = pod_group(owner, generation)
             if group is not None:
                 self._create(group)
-        for obj in (head_service(owner, generation), head_pod(owner, generation, self._claim)):
+        for obj in (head_service(owner, generation), head_pod(owner, generation, self._claim, self._gcs)):
             if (obj["kind"], obj["metadata"]["name"]) not in existing:
                 self._create(obj)
         live = len(self._seen.workers(generation))
@@ -104,10 +110,24 @@ class Clusters:
     ) -> None:
         """New worker pods at these indexes; the i-th carries annotations[i], when given."""
         for position, index in enumerate(indexes):
-            pod = worker_pod(self._owner, generation, index, self._claim)
+            pod = worker_pod(self._owner, generation, index, self._claim, self._gcs)
             if annotations and position < len(annotations):
                 pod["metadata"].setdefault("annotations", {}).update(annotations[position])
             self._create(pod)
+
+    @property
+    def fault_tolerant(self) -> bool:
+        """Whether new clusters are built with GCS fault tolerance."""
+        return self._gcs is not None
+
+    def built_fault_tolerant(self, generation: int) -> bool:
+        """Whether the generation's pods were built with GCS fault tolerance: its state is in Redis."""
+        return any(GCS_FAULT_TOLERANCE_ANNOTATION in pod.annotations for pod in self._seen.pods_of(generation))
+
+    def restart_head(self, generation: int) -> None:
+        """A new head pod for a cluster whose head is gone, under the same name: the workers, the head Service and
+        the cluster's Secrets and policy stay as they are."""
+        self._create(head_pod(self._owner, generation, self._claim, self._gcs))
 
     def free_worker_indexes(self, generation: int, count: int) -> list[int]:
         """The lowest worker indexes no pod of the generation uses, failed and draining ones included: a replacement
@@ -147,6 +167,8 @@ class Clusters:
             ("NetworkPolicy", naming.network_policy_name(name, generation, kind)),
             ("Secret", naming.token_secret_name(name, generation, kind)),
         ]
+        if self._gcs is not None or self.built_fault_tolerant(generation):
+            self._plan.delete_access.append(("Secret", naming.gcs_redis_secret_name(name, generation, kind)))
         if self._had_pod_group(generation):
             self._plan.delete_access.append(("PodGroup", naming.pod_group_name(name, generation)))
 

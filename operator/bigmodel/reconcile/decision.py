@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from bigmodel.api.common import ObservedStatus
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.service import BigModelService
+from bigmodel.builders.gcs_fault_tolerance import GcsFaultTolerance
 from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.builders.pod import ClaimMount
 from bigmodel.reconcile.cluster import Clusters
@@ -43,6 +44,7 @@ class Decision(Generic[OwnerT, SeenT, StatusT]):
         stamp: dict[str, str],
         timers: dict[str, datetime] | None = None,
         operator: OperatorPeer,
+        gcs: GcsFaultTolerance | None = None,
     ) -> None:
         self.owner = owner
         self.seen = seen
@@ -54,7 +56,7 @@ class Decision(Generic[OwnerT, SeenT, StatusT]):
         if any(c.type == VALIDATION_FAILED for c in self.status.conditions):
             self.condition(VALIDATION_FAILED, False, "Valid")
         self.plan: Plan[StatusT] = Plan(status=self.status, timers=dict(timers or {}))
-        self.clusters = Clusters(owner, seen, self.plan, claim=claim, stamp=stamp, operator=operator)
+        self.clusters = Clusters(owner, seen, self.plan, claim=claim, stamp=stamp, operator=operator, gcs=gcs)
 
     def event(self, type_: EventType, reason: str, message: str) -> None:
         self.plan.event(type_, reason, message)

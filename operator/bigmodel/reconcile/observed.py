@@ -63,6 +63,11 @@ class PodView:
     def failed(self) -> bool:
         return self.phase in ("Failed", "Succeeded")
 
+    @property
+    def running(self) -> bool:
+        """Its container runs and it has an IP: its processes may be called, ready or not."""
+        return self.phase == "Running" and bool(self.pod_ip)
+
     @classmethod
     def from_object(cls, pod: dict[str, Any]) -> PodView:
         meta = pod.get("metadata", {})

@@ -37,6 +37,8 @@ class Outcome(str, Enum):
     WORKER_REPLACED = "worker_replaced"
     WORKER_ADDED = "worker_added"
     WORKER_REMOVED = "worker_removed"
+    HEAD_RESTARTED = "head_restarted"
+    """A service's lost Ray head was re-created in place (GCS fault tolerance), its cluster kept."""
     UPGRADE_COMPLETE = "upgrade_complete"
     UPGRADE_FAILED = "upgrade_failed"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from bigmodel.api.service import BigModelService, BigModelServiceStatus
+from bigmodel.builders.gcs_fault_tolerance import GcsFaultTolerance
 from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.reconcile.decision import validation_plan
 from bigmodel.reconcile.service_app import converge_app, desired_config, desired_model, wait_for_source
@@ -26,9 +27,11 @@ def decide_service(
     timers: dict[str, datetime] | None = None,
     poll_s: float = POLL_READY_S,
     operator: OperatorPeer | None = None,
+    gcs: GcsFaultTolerance | None = None,
 ) -> ServicePlan:
-    """The plan for one service. Pure: the clock comes in the observation, the idle timers in `timers`."""
-    d = ServicePass(service, seen, timers, poll_s, operator or OperatorPeer())
+    """The plan for one service. Pure: the clock comes in the observation, the idle timers in `timers`; `gcs`: where
+    new clusters keep their GCS tables (None: in the head's memory)."""
+    d = ServicePass(service, seen, timers, poll_s, operator or OperatorPeer(), gcs)
     model = desired_model(d)
     if model is None:
         wait_for_source(d)

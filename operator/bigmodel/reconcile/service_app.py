@@ -27,10 +27,12 @@ def desired_config(d: ServicePass, model: ServedModel) -> dict[str, Any]:
 
 
 def converge_app(d: ServicePass, generation: int, config: dict[str, Any]) -> str | None:
-    """Deploy the desired application where it is not; the app's status, None while Ray is unreachable."""
+    """Deploy the desired application where it is not; the app's status, None while Ray is unreachable. A service's
+    head is ready only once its Serve proxy is (builders/ray_cluster.py): its dashboard having answered is what
+    counts here."""
     head = d.seen.head(generation)
     ray = d.seen.cluster(generation)
-    if head is None or not head.ready or not head.pod_ip or not ray.reachable:
+    if head is None or not head.running or not ray.reachable:
         d.busy = True
         return None
     app = ray.app

@@ -22,6 +22,7 @@ from bigmodel.api.service import (
     ServiceLimits,
 )
 from bigmodel.api.wire import CLUSTER_SPEC_ANNOTATION, SERVICE_KIND
+from bigmodel.builders.gcs_fault_tolerance import GcsFaultTolerance
 from bigmodel.builders.naming import cluster_name
 from bigmodel.builders.network_policy import OperatorPeer
 from bigmodel.builders.pod import ClaimMount
@@ -31,6 +32,8 @@ from bigmodel.reconcile.service_observed import ModelSourceView, ServiceObservat
 
 POLL_BUSY_S = 2.0
 POLL_READY_S = 3.0
+HEAD_RESTARTING = "HeadRestarting"
+"""The reason of the Degraded condition while the serving cluster's head is re-created in place."""
 
 ServicePlan = Plan[BigModelServiceStatus]
 
@@ -65,7 +68,8 @@ def model_claim(source: ModelSourceView | None) -> ClaimMount | None:
 
 
 class ServicePass(Decision[BigModelService, ServiceObservation, BigModelServiceStatus]):
-    """One pass over one service. `busy` asks for the next pass soon: something is starting or changing."""
+    """One pass over one service. `busy` asks for the next pass soon: something is starting or changing.
+    `head_restart` says why, while the serving cluster's head is being re-created in place (head_recovery.py)."""
 
     def __init__(
         self,
@@ -74,6 +78,7 @@ class ServicePass(Decision[BigModelService, ServiceObservation, BigModelServiceS
         timers: dict[str, datetime] | None,
         poll_s: float,
         operator: OperatorPeer,
+        gcs: GcsFaultTolerance | None = None,
     ) -> None:
         self.source = seen.source if isinstance(seen.source, ModelSourceView) else None
         claim = model_claim(self.source)
@@ -87,11 +92,13 @@ class ServicePass(Decision[BigModelService, ServiceObservation, BigModelServiceS
             stamp={CLUSTER_SPEC_ANNOTATION: self.digest},
             timers=timers,
             operator=operator,
+            gcs=gcs,
         )
         self.service = service
         self.spec = service.spec
         self.poll_s = poll_s
         self.busy = False
+        self.head_restart: str | None = None
 
     @property
     def active(self) -> int:

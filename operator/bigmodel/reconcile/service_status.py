@@ -8,7 +8,7 @@ from bigmodel.api.service import BigModelService, ServedModel, ServicePhase
 from bigmodel.api.wire import GENERATION_LABEL, ROLE_LABEL, SERVE_PORT
 from bigmodel.builders.naming import serving_service_name
 from bigmodel.reconcile.service_observed import ServeAppView, SourceProblem
-from bigmodel.reconcile.service_pass import POLL_BUSY_S, ServicePass
+from bigmodel.reconcile.service_pass import HEAD_RESTARTING, POLL_BUSY_S, ServicePass
 
 FAILED_APP = ("DEPLOY_FAILED", "UNHEALTHY")
 
@@ -21,12 +21,17 @@ def report(d: ServicePass, model: ServedModel, app_status: str | None) -> None:
     """Replicas, workers, URL, conditions, phase and message of the serving cluster; when to look again."""
     status = d.status
     assert status.serving is not None
+    status.url = service_url(d.service)
+    if d.head_restart is not None:
+        report_head_restart(d, d.head_restart)
+        return
+    if d.had("Degraded"):
+        d.condition("Degraded", False, "HeadRecovered", "the Ray head is back")
     status.serving.application = app_status
     ray = d.seen.cluster(d.active)
     app = ray.app if ray.reachable else None
     serving_now = count_replicas(d, app) > 0 and app_status is not None
     count_workers(d)
-    status.url = service_url(d.service)
     loaded = app_status == "RUNNING"
     if loaded:
         status.model = model
@@ -52,13 +57,40 @@ def count_replicas(d: ServicePass, app: ServeAppView | None) -> int:
     return running
 
 
-def count_workers(d: ServicePass) -> None:
-    """Ready and desired worker pods of the serving cluster, the ones this pass creates included."""
+def report_head_restart(d: ServicePass, why: str) -> None:
+    """While the head is re-created, Ray cannot be asked: the workers whose Serve proxy answers (their pods are ready)
+    say whether the service still serves; the replica counts and the application stay as Ray last said."""
+    status = d.status
+    generation = d.active
+    serving = count_workers(d)
+    status.replicas = d.before.replicas.model_copy()
+    status.replicas_ready = d.before.replicas_ready
+    d.condition("Degraded", True, HEAD_RESTARTING, f"the Ray head of cluster {generation} is being re-created: {why}")
+    d.condition(
+        "Ready",
+        serving > 0,
+        "Serving" if serving else "NotServing",
+        f"{serving} worker pod(s) serving while the Ray head is re-created",
+    )
+    if serving:
+        status.phase = "Upgrading" if d.pending is not None else "Ready"
+    else:
+        status.phase = "Deploying"
+    status.message = f"the Ray head of cluster {generation} is being re-created ({why}); {serving} worker pod(s) serve"
+    d.plan.requeue_after = POLL_BUSY_S
+
+
+def count_workers(d: ServicePass) -> int:
+    """Ready and desired worker pods of the serving cluster, the ones this pass creates included; returns how many
+    serve. A worker counts as ready when its Serve proxy answers (its pod is ready) or, since Serve runs a proxy only
+    where a replica runs, when its Ray node is alive and waits for one."""
     workers = [p for p in d.seen.workers(d.active) if not p.failed]
     counts = d.status.workers
     counts.desired = len(workers) + sum(1 for obj in d.plan.create if _is_worker_of(obj, d.active))
-    counts.ready = sum(1 for p in workers if p.ready)
+    nodes = d.seen.cluster(d.active).nodes
+    counts.ready = sum(1 for p in workers if p.ready or p.name in nodes)
     d.status.workers_ready = f"{counts.ready}/{counts.desired}"
+    return sum(1 for p in workers if p.ready)
 
 
 def _is_worker_of(obj: dict[str, Any], generation: int) -> bool:

@@ -13,16 +13,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bigmodel.api.service import PendingCluster, RetiringCluster
-from bigmodel.api.wire import CLUSTER_SPEC_ANNOTATION
-from bigmodel.builders.naming import serving_service_name
+from bigmodel.api.wire import CLUSTER_SPEC_ANNOTATION, ROLE_LABEL, SERVICE_KIND
+from bigmodel.builders.naming import head_pod_name, serving_service_name
 from bigmodel.builders.serving_service import serving_selector, serving_service
+from bigmodel.reconcile.cluster import ClusterHealth
+from bigmodel.reconcile.head_recovery import HeadRecovery, head_recovery
 from bigmodel.reconcile.plans import Outcome
 from bigmodel.reconcile.service_app import converge_app
-from bigmodel.reconcile.service_pass import ServicePass
+from bigmodel.reconcile.service_pass import HEAD_RESTARTING, ServicePass
 from bigmodel.reconcile.service_scaling import scale_workers
 
-# Long enough for requests already routed to the old cluster's proxy to complete after the Service moved.
+# Long enough for requests already routed to the old cluster's proxies to complete after the Service moved.
 RETIRE_DELAY_S = 30.0
+
 # A pending cluster whose application is not RUNNING by then is given up; the serving cluster keeps the traffic.
 UPGRADE_TIMEOUT_S = 900.0
 
@@ -33,13 +36,20 @@ def build(d: ServicePass, generation: int) -> None:
 
 
 def keep_serving_cluster(d: ServicePass) -> int:
-    """The serving cluster, built when there is none and rebuilt as a new generation when its head failed; its
-    workers scaled. Returns its generation."""
+    """The serving cluster, built when there is none; its workers scaled. A lost head is re-created in place when
+    the cluster's state survives it (head_recovery.py), else the cluster is rebuilt as a new generation. Returns its
+    generation."""
     active = d.active
     if d.seen.head(active) is None:
         # A newer cluster whose head exists was built by a pass whose status write was lost: it is the serving one.
         active = d.seen.newest_built(active, d.pending)
     health = d.clusters.health(active)
+    recovery = recovery_of(d, active) if health.state == "lost" else None
+    if recovery is not None and recovery != "rebuild":
+        if d.status.serving is None or d.status.serving.generation != active:
+            d.status.serving = d.cluster_ref(active)
+        recover_head(d, active, recovery, health)
+        return active
     if health.state == "lost":
         rebuilt = d.clusters.next_generation(active, d.pending)
         d.event("Warning", "ClusterLost", f"the Ray head of cluster {active} failed; building cluster {rebuilt}")
@@ -52,13 +62,41 @@ def keep_serving_cluster(d: ServicePass) -> int:
         build(d, active)
     elif health.state == "draining":
         d.busy = True
+    elif d.had("Degraded", HEAD_RESTARTING) and not d.seen.cluster(active).reachable:
+        # The re-created head runs, but its GCS has not answered yet: the workers still wait for it, and nothing
+        # is scaled before Ray can say what it needs.
+        d.head_restart = "the re-created Ray head is starting"
+        d.busy = True
     else:
         scale_workers(d, active)
     return active
 
 
+def recovery_of(d: ServicePass, generation: int) -> HeadRecovery:
+    head = head_pod_name(d.service.metadata.name, generation, SERVICE_KIND)
+    return head_recovery(d.seen, generation, head, fault_tolerant=d.clusters.fault_tolerant, digest=d.digest)
+
+
+def recover_head(d: ServicePass, generation: int, recovery: HeadRecovery, health: ClusterHealth) -> None:
+    """One step of re-creating the lost head of a cluster whose state is in Redis; its workers keep serving."""
+    name = head_pod_name(d.service.metadata.name, generation, SERVICE_KIND)
+    d.head_restart = health.why
+    if recovery == "clear" and health.head is not None:
+        d.clusters.remove_pod(health.head)
+    elif recovery == "restart":
+        d.clusters.restart_head(generation)
+        d.event(
+            "Warning",
+            "HeadRestarted",
+            f"the Ray head pod {name} was lost; re-created it in cluster {generation}, whose state comes back from "
+            "Redis; its workers serve meanwhile",
+        )
+        d.count(Outcome.HEAD_RESTARTED)
+    d.busy = True
+
+
 def point_service_at(d: ServicePass, generation: int) -> None:
-    """The Service clients call selects the head of the serving cluster (its Serve proxy)."""
+    """The Service clients call selects the Serve proxies of the serving cluster (its head and its workers)."""
     serving = d.seen.serving
     if serving is None:
         d.plan.create.append(serving_service(d.service, generation))
@@ -67,9 +105,11 @@ def point_service_at(d: ServicePass, generation: int) -> None:
 
 
 def move_traffic(d: ServicePass, generation: int) -> None:
-    # A merge patch of a map merges keys; every key of the selector is replaced, none is added or dropped.
+    """A merge patch of a map merges keys: the selector's keys are set, and a key that selectors of earlier operator
+    versions had but this one has not (the head's role, when only the head ran a proxy) is dropped with null."""
     name = d.service.metadata.name
-    d.plan.patch_services[serving_service_name(name)] = {"spec": {"selector": serving_selector(name, generation)}}
+    selector: dict[str, str | None] = {ROLE_LABEL: None, **serving_selector(name, generation)}
+    d.plan.patch_services[serving_service_name(name)] = {"spec": {"selector": selector}}
 
 
 def upgrade_cluster(d: ServicePass, config: dict[str, Any]) -> None:

@@ -1,17 +1,19 @@
-"""The Serve HTTP proxy's guard: Ray loads middlewares() into every proxy it starts (wire.PROXY_CALLBACK_ENV).
+"""The Serve HTTP proxy's guard: Ray loads middlewares() into every proxy it starts (wire.PROXY_CALLBACK_ENV), on
+the head and on each worker node that hosts a replica; each guards its own requests.
 
 For a service with API keys, a request without a valid one is refused here, before its body is read: the replicas
-check keys too, but a body the proxy has already read has cost the head its memory by then.
+check keys too, but a body the proxy has already read has cost its node the memory by then.
 
 Serve's proxy reads a request's whole body into memory as fast as the client sends it, whether or not a replica
 has taken the request yet (a 100 MB body grew the proxy by 150 MB), so a limit enforced only in the replicas would
-come too late for the head. Here a body announced too large is refused before a byte of it is read, and a chunked
+come too late for the proxy's node. Here a body announced too large is refused before a byte of it is read, and a chunked
 one is cut off once it passes the limit.
 
 Under overload, Serve's own refusal of a request its queue has no room for (max_queued_requests) costs the proxy a
 trip through its router (and a logged warning) for each; at ten times what one replica sustains on a small machine,
 that saturated the proxy's core and requests waited in its socket backlog, outside any bound. So the guard counts
-the requests in flight through it and refuses those beyond the service's capacity itself, for a fraction of that.
+the requests in flight through its proxy and refuses those beyond what one proxy may hold (its queue and every
+replica's room: builders.serve_app.proxy_in_flight_limit) itself, for a fraction of that.
 The proxy's own error answers are also put into the app's JSON form.
 """
 
@@ -128,7 +130,7 @@ class ProxyGuard:
 
 
 def middlewares() -> list[Middleware]:
-    """What Ray's proxy callback returns: the guard with the service's limits from the head pod's environment."""
+    """What Ray's proxy callback returns: the guard with the service's limits from its Ray pod's environment."""
     limits = {
         "max_body_bytes": int(os.environ[MAX_BODY_BYTES_ENV]),
         "max_in_flight": int(os.environ[MAX_IN_FLIGHT_ENV]),
