@@ -10,7 +10,6 @@ generator (generation_load, a process of its own) runs, the Serve controller's r
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import time
@@ -20,7 +19,7 @@ from bench.serving.children import child
 from bench.serving.generation_load import SSE, WorkItem
 from bench.serving.generation_runs import RECORD_SLACK_S, first_answer
 from bench.serving.harness import MODEL_NAME, POLL_S, START_TIMEOUT_S, Bench, free_port
-from bench.serving.ray_serve import deploy_config, local_config, replica_counts
+from bench.serving.ray_serve import deploy_config, local_config, replica_counts, serving_ray
 
 TOKENS = "tokens"
 REQUESTS = "requests"
@@ -140,21 +139,7 @@ def _watch(bench: Bench, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def scaling_series(bench: Bench, results: dict[str, Any]) -> None:
     """Each policy of --policies in turn on one embedded Ray; results[policy] as soon as its burst ends."""
-    import ray
-    from ray import serve
-
-    from bigmodel.runtime.embedded import embedded_ray
-
-    args = bench.args
     port = free_port()
-    start = time.monotonic()
-    with embedded_ray(num_cpus=args.ray_cpus):
-        try:
-            bench.say(
-                f"embedded Ray up in {time.monotonic() - start:.1f} s with {ray.cluster_resources().get('CPU')} logical CPUs"
-            )
-            for policy in args.policies:
-                results[policy] = burst(bench, policy, port)
-        finally:
-            with contextlib.suppress(Exception):
-                serve.shutdown()
+    with serving_ray(bench, burst_spec(bench)):
+        for policy in bench.args.policies:
+            results[policy] = burst(bench, policy, port)

@@ -30,7 +30,7 @@ from bench.serving.generation_report import LABELS, point_line
 from bench.serving.harness import MODEL_NAME, START_TIMEOUT_S, Bench, free_port
 from bench.serving.loadgen import JSON_HEADERS
 from bench.serving.model import gpt_config
-from bench.serving.ray_serve import ONE_REPLICA, deploy_config, local_config, serve_pids, service_spec
+from bench.serving.ray_serve import ONE_REPLICA, deploy_config, local_config, serve_pids, service_spec, serving_ray
 
 REQUEST_LEVEL_APP = "bench-request-level"
 CONTINUOUS_APP = "bench-continuous"
@@ -257,14 +257,8 @@ def _deployed(bench: Bench, name: str, config: dict[str, Any], what: str) -> Ite
 
 def serve_series(bench: Bench, items: Sequence[WorkItem], results: dict[str, Any]) -> None:
     """(b), then (c) and the open loop at half of (c)'s peak request rate, on one embedded Ray."""
-    import ray
-    from ray import serve
-
-    from bigmodel.runtime.embedded import embedded_ray
-
     args = bench.args
     port = free_port()
-    start = time.monotonic()
     spec = service_spec(
         bench,
         batch=args.max_batch_size,
@@ -273,49 +267,40 @@ def serve_series(bench: Bench, items: Sequence[WorkItem], results: dict[str, Any
         maxCachedTokens=args.max_cached_tokens,
     )
     answers: dict[str, str] = {}
-    with embedded_ray(num_cpus=args.ray_cpus):
-        try:
-            bench.say(
-                f"embedded Ray up in {time.monotonic() - start:.1f} s with {ray.cluster_resources().get('CPU')} logical CPUs"
-            )
-            if "b" in args.systems:
-                # The operator's config for the same spec (replica resources, max_ongoing_requests, queue, timeout),
-                # with the request-level application in place of the product's.
-                config, app = local_config(bench, REQUEST_LEVEL_APP, spec, port)
-                config = request_level_config(config, app)
-                what = f"request-level, @serve.batch max_batch_size={app.max_batch_size} wait={args.wait_timeout_ms} ms"
-                with _deployed(bench, REQUEST_LEVEL_APP, config, what) as base:
-                    url = f"{base}/v1/completions"
-                    answers["b"] = first_answer(bench, url, JSON, items[0])
-                    generation_load(
-                        bench,
-                        load_spec(bench, url, JSON),
-                        "b",
-                        serve_pids(REQUEST_LEVEL_APP),
-                        results.setdefault("b", []),
-                    )
-            if "c" in args.systems:
-                config, app = local_config(bench, CONTINUOUS_APP, spec, port)
-                what = (
-                    f"the product's app, max_batch_size={app.max_batch_size} max_cached_tokens={app.max_cached_tokens}"
+    with serving_ray(bench, spec):
+        if "b" in args.systems:
+            # The operator's config for the same spec (replica resources, max_ongoing_requests, queue, timeout),
+            # with the request-level application in place of the product's.
+            config, app = local_config(bench, REQUEST_LEVEL_APP, spec, port)
+            config = request_level_config(config, app)
+            what = f"request-level, @serve.batch max_batch_size={app.max_batch_size} wait={args.wait_timeout_ms} ms"
+            with _deployed(bench, REQUEST_LEVEL_APP, config, what) as base:
+                url = f"{base}/v1/completions"
+                answers["b"] = first_answer(bench, url, JSON, items[0])
+                generation_load(
+                    bench,
+                    load_spec(bench, url, JSON),
+                    "b",
+                    serve_pids(REQUEST_LEVEL_APP),
+                    results.setdefault("b", []),
                 )
-                with _deployed(bench, CONTINUOUS_APP, config, what) as base:
-                    url = f"{base}/v1/completions"
-                    answers["c"] = first_answer(bench, url, SSE, items[0])
-                    if "b" in answers:
-                        agree = "the same" if answers["b"] == answers["c"] else "different"
-                        bench.say(f"(b) and (c) answered the first request with {agree} text")
-                    pids = serve_pids(CONTINUOUS_APP)
-                    points = results.setdefault("c", [])
-                    generation_load(bench, load_spec(bench, url, SSE), "c", pids, points)
-                    peak = max(points, key=lambda point: point["requests_per_s"], default=None)
-                    if peak is not None and peak["requests_per_s"] > 0 and not args.no_open_loop:
-                        results["peak"] = {"requests_per_s": peak["requests_per_s"], "concurrency": peak["concurrency"]}
-                        opened: list[dict[str, Any]] = []
-                        rate = peak["requests_per_s"] / 2
-                        generation_load(bench, load_spec(bench, url, SSE, rate=rate), "open", pids, opened)
-                        if opened:
-                            results["open"] = opened[0]
-        finally:
-            with contextlib.suppress(Exception):
-                serve.shutdown()
+        if "c" in args.systems:
+            config, app = local_config(bench, CONTINUOUS_APP, spec, port)
+            what = f"the product's app, max_batch_size={app.max_batch_size} max_cached_tokens={app.max_cached_tokens}"
+            with _deployed(bench, CONTINUOUS_APP, config, what) as base:
+                url = f"{base}/v1/completions"
+                answers["c"] = first_answer(bench, url, SSE, items[0])
+                if "b" in answers:
+                    agree = "the same" if answers["b"] == answers["c"] else "different"
+                    bench.say(f"(b) and (c) answered the first request with {agree} text")
+                pids = serve_pids(CONTINUOUS_APP)
+                points = results.setdefault("c", [])
+                generation_load(bench, load_spec(bench, url, SSE), "c", pids, points)
+                peak = max(points, key=lambda point: point["requests_per_s"], default=None)
+                if peak is not None and peak["requests_per_s"] > 0 and not args.no_open_loop:
+                    results["peak"] = {"requests_per_s": peak["requests_per_s"], "concurrency": peak["concurrency"]}
+                    opened: list[dict[str, Any]] = []
+                    rate = peak["requests_per_s"] / 2
+                    generation_load(bench, load_spec(bench, url, SSE, rate=rate), "open", pids, opened)
+                    if opened:
+                        results["open"] = opened[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -174,39 +175,50 @@ def scale_up(bench: Bench, port: int) -> dict[str, Any]:
     return result
 
 
-def serve_series(bench: Bench) -> dict[str, Any]:
-    """(c), the open loop at half its peak, (d), and the scale-up; all on one embedded Ray."""
+@contextlib.contextmanager
+def serving_ray(bench: Bench, spec: Any) -> Iterator[None]:
+    """An embedded Ray of --ray-cpus CPUs whose Serve proxy runs as a service's pods run it, and as `bigmodel serve`
+    starts it: with the guard and the router's backoff for `spec` (builders/serving_env.py), which Ray reads once,
+    when it starts the proxy. Serve is shut down after the block."""
     import ray
     from ray import serve
 
+    from bigmodel.builders.serving_env import proxy_env
     from bigmodel.runtime.embedded import embedded_ray
 
-    args = bench.args
-    results: dict[str, Any] = {}
-    port = free_port()
+    os.environ.update(proxy_env(spec))
     start = time.monotonic()
-    with embedded_ray(num_cpus=args.ray_cpus):
+    with embedded_ray(num_cpus=bench.args.ray_cpus):
         try:
             bench.say(
                 f"embedded Ray up in {time.monotonic() - start:.1f} s with {ray.cluster_resources().get('CPU')} logical CPUs"
             )
-            batched = service_spec(bench, batch=args.max_batch_size, replicas=ONE_REPLICA)
-            with deployed(bench, "bench-batch", batched, port) as (url, _):
-                pids = serve_pids("bench-batch")
-                idle_from = cpu_seconds(pids)
-                time.sleep(IDLE_SAMPLE_S)
-                results["idle_cpu"] = (cpu_seconds(pids) - idle_from) / IDLE_SAMPLE_S
-                bench.say(f"Serve proxy + replica at rest: {results['idle_cpu'] * 1000:.0f} ms CPU per second")
-                results["batched"] = bench.load(url, "(c) serve b32", pids)
-                peak = max(point["throughput"] for point in results["batched"])
-                results["open"] = bench.load(url, "(c) open", pids, rate=peak / 2)[0]
-
-            with deployed(bench, "bench-single", service_spec(bench, batch=1, replicas=ONE_REPLICA), port) as (url, _):
-                results["single"] = bench.load(url, "(d) serve b1", serve_pids("bench-single"))
-
-            if not args.no_autoscale:
-                results["scale"] = scale_up(bench, port)
+            yield
         finally:
             with contextlib.suppress(Exception):
                 serve.shutdown()
+
+
+def serve_series(bench: Bench) -> dict[str, Any]:
+    """(c), the open loop at half its peak, (d), and the scale-up; all on one embedded Ray."""
+    args = bench.args
+    results: dict[str, Any] = {}
+    port = free_port()
+    batched = service_spec(bench, batch=args.max_batch_size, replicas=ONE_REPLICA)
+    with serving_ray(bench, batched):
+        with deployed(bench, "bench-batch", batched, port) as (url, _):
+            pids = serve_pids("bench-batch")
+            idle_from = cpu_seconds(pids)
+            time.sleep(IDLE_SAMPLE_S)
+            results["idle_cpu"] = (cpu_seconds(pids) - idle_from) / IDLE_SAMPLE_S
+            bench.say(f"Serve proxy + replica at rest: {results['idle_cpu'] * 1000:.0f} ms CPU per second")
+            results["batched"] = bench.load(url, "(c) serve b32", pids)
+            peak = max(point["throughput"] for point in results["batched"])
+            results["open"] = bench.load(url, "(c) open", pids, rate=peak / 2)[0]
+
+        with deployed(bench, "bench-single", service_spec(bench, batch=1, replicas=ONE_REPLICA), port) as (url, _):
+            results["single"] = bench.load(url, "(d) serve b1", serve_pids("bench-single"))
+
+        if not args.no_autoscale:
+            results["scale"] = scale_up(bench, port)
     return results
