@@ -187,7 +187,7 @@ async def test_a_lost_head_fails_only_its_requests_in_flight_and_comes_back_in_p
 
         traffic, stop = Traffic(), asyncio.Event()
         load = asyncio.create_task(steady_load(endpoints, traffic, stop))
-        await asyncio.sleep(5)  # steady state, with requests on both proxies
+        await asyncio.sleep(3)  # steady state, with requests on both proxies
         assert {r.pod for r in traffic.requests} == {HEAD, f"{NAME}-s0-w0"}, "the load did not reach both proxies"
 
         killed_at = time.monotonic()
@@ -204,7 +204,7 @@ async def test_a_lost_head_fails_only_its_requests_in_flight_and_comes_back_in_p
 
         new_head = await wait_for(head_back, HEAD_BACK_S, f"the head was not back within {HEAD_BACK_S:.0f} s", 1.0)
         back_at = time.monotonic()
-        await asyncio.sleep(5)  # the new head's proxy takes its share again
+        await asyncio.sleep(3)  # the new head's proxy takes its share again
         stop.set()
         await load
         status = await _status(kube)
