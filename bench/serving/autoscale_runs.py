@@ -19,7 +19,7 @@ from bench.serving.children import child
 from bench.serving.generation_load import SSE, WorkItem
 from bench.serving.generation_runs import RECORD_SLACK_S, first_answer
 from bench.serving.harness import MODEL_NAME, POLL_S, START_TIMEOUT_S, Bench, free_port
-from bench.serving.ray_serve import deploy_config, local_config, replica_counts, serving_ray
+from bench.serving.ray_serve import ScaleWatch, deploy_config, local_config, serving_ray
 
 TOKENS = "tokens"
 REQUESTS = "requests"
@@ -107,12 +107,12 @@ def burst(bench: Bench, policy: str, port: int) -> dict[str, Any]:
 def _watch(bench: Bench, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Runs the burst and polls the replica counts until its last answer; times count from its first request."""
     args = bench.args
-    result: dict[str, Any] = {"target_s": None, "running_s": None, "most": 1, "end": 1, "point": None}
+    result: dict[str, Any] = {"most": 1, "end": 1, "point": None}
+    watch = ScaleWatch(bench, name, result)
     bound = args.duration + args.request_timeout + RECORD_SLACK_S
     with child("generation_load", json.dumps(spec)) as generator:
         started = generator.record(START_TIMEOUT_S)["time"]
         bench.say(f"burst: {args.concurrency} clients, {args.max_tokens} tokens a request, for {args.duration:g} s")
-        seen: tuple[int, int] | None = None
         while True:
             record = generator.poll()
             elapsed = time.time() - started
@@ -122,14 +122,7 @@ def _watch(bench: Bench, name: str, spec: dict[str, Any]) -> dict[str, Any]:
                 break
             if elapsed > bound:
                 raise RuntimeError(f"the burst did not end within {bound:.0f} s")
-            target, running = replica_counts(name)
-            if (target, running) != seen:
-                bench.say(f"  +{elapsed:5.1f} s: target {target} replica(s), {running} running")
-                seen = (target, running)
-            if result["target_s"] is None and target > 1:
-                result["target_s"] = elapsed
-            if result["running_s"] is None and running > 1:
-                result["running_s"] = elapsed
+            _, running = watch.poll(elapsed)
             result["most"] = max(result["most"], running)
             result["end"] = running
             time.sleep(POLL_S)

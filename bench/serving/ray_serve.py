@@ -140,6 +140,28 @@ def replica_counts(name: str) -> tuple[int, int]:
         return sum(states.values()), states.get("RUNNING", 0)
 
 
+class ScaleWatch:
+    """A deployment's replica counts, polled under load: each change said, and the seconds at which the target and
+    the running replicas first exceeded 1 kept in `result` (target_s, running_s)."""
+
+    def __init__(self, bench: Bench, name: str, result: dict[str, Any], seen: tuple[int, int] | None = None) -> None:
+        self.bench, self.name, self.result, self.seen = bench, name, result, seen
+        result.setdefault("target_s", None)
+        result.setdefault("running_s", None)
+
+    def poll(self, elapsed: float) -> tuple[int, int]:
+        """(target, running) now, `elapsed` seconds into the load."""
+        target, running = replica_counts(self.name)
+        if (target, running) != self.seen:
+            self.bench.say(f"  +{elapsed:5.1f} s: target {target} replica(s), {running} running")
+            self.seen = (target, running)
+        if self.result["target_s"] is None and target > 1:
+            self.result["target_s"] = elapsed
+        if self.result["running_s"] is None and running > 1:
+            self.result["running_s"] = elapsed
+        return target, running
+
+
 def scale_up(bench: Bench, port: int) -> dict[str, Any]:
     """Goal 4: seconds from the start of load until the target replica count exceeds 1, and until 2 replicas run."""
     args = bench.args
@@ -150,7 +172,7 @@ def scale_up(bench: Bench, port: int) -> dict[str, Any]:
     )
     name = "bench-autoscale"
     with deployed(bench, name, spec, port) as (url, deployment):
-        result: dict[str, Any] = {"config": deployment["autoscaling_config"], "target_s": None, "running_s": None}
+        result: dict[str, Any] = {"config": deployment["autoscaling_config"]}
         target, running = replica_counts(name)
         bench.say(f"before load: target {target} replica(s), {running} running")
         load = bench.load_spec(
@@ -159,17 +181,10 @@ def scale_up(bench: Bench, port: int) -> dict[str, Any]:
         with child("loadgen", json.dumps(load)) as generator:
             load_started = generator.record(START_TIMEOUT_S)["time"]
             bench.say(f"load: {args.autoscale_concurrency} closed-loop clients")
-            seen = (target, running)
+            watch = ScaleWatch(bench, name, result, seen=(target, running))
             while time.time() - load_started < args.autoscale_timeout:
-                target, running = replica_counts(name)
-                elapsed = time.time() - load_started
-                if (target, running) != seen:
-                    bench.say(f"  +{elapsed:5.1f} s: target {target} replica(s), {running} running")
-                    seen = (target, running)
-                if result["target_s"] is None and target > 1:
-                    result["target_s"] = elapsed
-                if result["running_s"] is None and running > 1:
-                    result["running_s"] = elapsed
+                _, running = watch.poll(time.time() - load_started)
+                if running > 1:
                     break
                 time.sleep(POLL_S)
     return result
