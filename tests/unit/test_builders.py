@@ -621,6 +621,7 @@ def test_a_services_replicas_scale_on_requests_or_on_tokens_yet_to_generate_with
         "target_ongoing_requests": 4,
         "upscale_delay_s": 5.0,
         "downscale_delay_s": 60.0,
+        "look_back_period_s": 30.0,
         "policy": {
             "policy_function": "bigmodel.runtime.serving.autoscaling:TokenAutoscalingPolicy",
             "policy_kwargs": {"target_pending_tokens": 8192},

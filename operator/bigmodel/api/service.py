@@ -100,6 +100,15 @@ class ReplicaScaling(Model):
     downscale_delay_seconds: float = Field(
         60.0, ge=0, le=86400, description="How long load must stay below the target before replicas are removed."
     )
+    look_back_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description=(
+            "The window of load the autoscaler averages (Serve's look_back_period_s, like Knative's stable window): "
+            "shorter follows a burst and its end sooner, longer rides out spikes."
+        ),
+    )
 
     model_config = Model.model_config | {
         "json_schema_extra": {

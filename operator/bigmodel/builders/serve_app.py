@@ -82,6 +82,7 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
             "target_ongoing_requests": replicas.target_ongoing_requests,
             "upscale_delay_s": replicas.upscale_delay_seconds,
             "downscale_delay_s": replicas.downscale_delay_seconds,
+            "look_back_period_s": replicas.look_back_seconds,
             # Replicas for requests or for tokens to generate, whichever is more (runtime/serving/autoscaling.py);
             # Serve applies the delays and bounds above to its decision as to its own policy's.
             "policy": {
