@@ -100,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray-cpus", type=int, default=2, help="logical CPUs of the embedded Ray (default 2)")
     parser.add_argument("--max-batch-size", type=int, default=32, help="batching.maxBatchSize (default 32)")
     parser.add_argument(
+        "--wait-timeout-ms", type=int, default=10, help="batching.waitTimeoutMs (default 10; generation waits for none)"
+    )
+    parser.add_argument(
         "--request-timeout", type=float, default=300.0, help="seconds a request may take (limits.timeoutSeconds)"
     )
     parser.add_argument("--gpt-layers", type=int, default=2)

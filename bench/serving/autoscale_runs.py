@@ -19,7 +19,7 @@ from bench.serving.children import child
 from bench.serving.generation_load import SSE, WorkItem
 from bench.serving.generation_runs import RECORD_SLACK_S, first_answer
 from bench.serving.harness import MODEL_NAME, POLL_S, START_TIMEOUT_S, Bench, free_port
-from bench.serving.ray_serve import ScaleWatch, deploy_config, local_config, serving_ray
+from bench.serving.ray_serve import ScaleWatch, deploy_config, local_config, service_spec, serving_ray
 
 TOKENS = "tokens"
 REQUESTS = "requests"
@@ -42,23 +42,18 @@ def policy_config(config: dict[str, Any], policy: str) -> dict[str, Any]:
 
 def burst_spec(bench: Bench) -> Any:
     """The BigModelService spec both policies serve: min 1 replica, the run's targets and upscale delay."""
-    from bigmodel.api.service import BigModelServiceSpec
-
     args = bench.args
-    return BigModelServiceSpec.model_validate(
-        {
-            "model": {"uri": bench.model_uri, "name": MODEL_NAME},
-            "replicas": {
-                "min": 1,
-                "max": args.max_replicas,
-                "targetOngoingRequests": args.target_ongoing_requests,
-                "targetPendingTokens": args.target_pending_tokens,
-                "upscaleDelaySeconds": args.upscale_delay,
-            },
-            "replicaResources": {"cpu": args.replica_cpus},
-            "batching": {"maxBatchSize": args.max_batch_size},
-            "limits": {"timeoutSeconds": args.request_timeout},
-        }
+    return service_spec(
+        bench,
+        batch=args.max_batch_size,
+        replicas={
+            "min": 1,
+            "max": args.max_replicas,
+            "targetOngoingRequests": args.target_ongoing_requests,
+            "targetPendingTokens": args.target_pending_tokens,
+            "upscaleDelaySeconds": args.upscale_delay,
+        },
+        limits={"timeoutSeconds": args.request_timeout},
     )
 
 

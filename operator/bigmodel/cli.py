@@ -277,11 +277,11 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
 
     def finish() -> None:
-        if spec.workload.builtin is not None:
-            console.print("\nStopping: saving a checkpoint first (Ctrl-C again stops at once).")
-            checkpoint_before_stopping(spec, storage)
+        console.print("\nStopping: saving a checkpoint first (Ctrl-C again stops at once).")
+        checkpoint_before_stopping(spec, storage)
 
-    stop = GracefulStop(finish=finish)
+    # A user's loop knows of no drain: it keeps the checkpoints it has made, and a signal stops it at once.
+    stop = GracefulStop(finish=finish if spec.workload.builtin is not None else None)
     # The signals are taken once Ray is up: ray.init sets its own SIGTERM handler.
     with embedded_ray(args.num_cpus or local_cpus(spec), verbose=args.verbose) as address, stop:
         live = None

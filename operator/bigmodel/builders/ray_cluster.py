@@ -100,7 +100,7 @@ def checkpoint_claim(job: BigModelJob) -> ClaimMount | None:
 
 
 Probe = tuple[str, int]
-"""An HTTP probe's (path, port)."""
+"""Ray's health check of a node: an HTTP (path, port), its liveness probe."""
 
 
 def _container(
@@ -109,10 +109,10 @@ def _container(
     name: str,
     group: NodeGroup,
     command: list[str],
-    probes: tuple[dict[str, Any], Probe],
+    health: Probe,
     claim: ClaimMount | None,
 ) -> dict[str, Any]:
-    readiness, (path, port) = probes
+    path, port = health
     return {
         "name": name,
         "image": owner.spec.image,
@@ -122,27 +122,22 @@ def _container(
         **_env_from(owner),
         "resources": requirements(group.resources),
         "volumeMounts": volume_mounts(claim),
-        "readinessProbe": readiness,
+        "readinessProbe": _readiness(owner, health),
         # A Ray node that stops answering for two minutes is gone; its pod fails and the operator replaces it.
         "livenessProbe": http_probe(path, port, initial_delay=30, period=10, timeout=5, failures=12),
         "securityContext": container_security_context(),
     }
 
 
-def _ray_readiness(path: str, port: int) -> dict[str, Any]:
-    return http_probe(path, port, initial_delay=5, period=5, timeout=2, failures=6)
-
-
-def _probes(owner: ClusterOwner, ray_health: Probe) -> tuple[dict[str, Any], Probe]:
-    """(readiness probe, liveness path and port). A service's pods are ready when their Serve proxy is: the Service
+def _readiness(owner: ClusterOwner, ray_health: Probe) -> dict[str, Any]:
+    """A job's pods are ready when their Ray node is. A service's are ready when their Serve proxy is: the Service
     clients call sends to ready pods only, and Serve runs a proxy only on the head and where a replica runs (ray/serve/
     _private/controller.py _update_proxy_nodes), answering 503 on /-/healthz while its node drains. Looked at every
     2 s, three misses in a row: a proxy that died costs its pod's share of requests for about 6 s, not 30. Liveness
     stays Ray's own health, which a node without a proxy has too."""
     if isinstance(owner, BigModelJob):
-        return _ray_readiness(*ray_health), ray_health
-    proxy = http_probe(wire.SERVE_HEALTH_PATH, wire.SERVE_PORT, initial_delay=5, period=2, timeout=2, failures=3)
-    return proxy, ray_health
+        return http_probe(*ray_health, initial_delay=5, period=5, timeout=2, failures=6)
+    return http_probe(wire.SERVE_HEALTH_PATH, wire.SERVE_PORT, initial_delay=5, period=2, timeout=2, failures=3)
 
 
 def _pod(
@@ -234,8 +229,8 @@ def head_pod(
     ]  # fmt: skip
     group = owner.spec.head
     gcs = gcs_for(owner, gcs)
-    probes = _probes(owner, ("/api/gcs_healthz", RAY_DASHBOARD_PORT))
-    container = _container(owner, generation, HEAD_CONTAINER, group, command, probes, claim)
+    health = ("/api/gcs_healthz", RAY_DASHBOARD_PORT)
+    container = _container(owner, generation, HEAD_CONTAINER, group, command, health, claim)
     container["ports"] = _container_ports(_HEAD_PORTS[owner.kind])
     container["env"] = [*container["env"], *_NODE_FAILURE_DETECTION]
     if gcs is not None:
@@ -270,8 +265,8 @@ def worker_pod(
         "--disable-usage-stats",
     ]  # fmt: skip
     gcs = gcs_for(owner, gcs)
-    probes = _probes(owner, ("/api/local_raylet_healthz", RAY_AGENT_PORT))
-    container = _container(owner, generation, WORKER_CONTAINER, group, command, probes, claim)
+    health = ("/api/local_raylet_healthz", RAY_AGENT_PORT)
+    container = _container(owner, generation, WORKER_CONTAINER, group, command, health, claim)
     if isinstance(owner, BigModelService):
         container["ports"] = _container_ports(_SERVICE_WORKER_PORTS)
         container["env"] = [*container["env"], *_worker_proxy_env()]

@@ -316,9 +316,7 @@ def latest_checkpoint(spec: BigModelJobSpec, storage: str, snapshot: ProgressSna
 def checkpoint_before_stopping(spec: BigModelJobSpec, storage: str, poll_s: float = 0.5) -> CheckpointInfo | None:
     """Have the built-in loop save a checkpoint at its next step, as it does when its pod is preempted, and wait for
     it up to the job's terminationGracePeriodSeconds; returns it (None when none came in time). A user's loop knows
-    of no drain: it keeps the checkpoints it has made."""
-    if spec.workload.builtin is None:
-        return None
+    of no drain."""
     store = CheckpointStore(resolve_storage(storage), keep_last=spec.checkpoint.keep_last)
     before = store.latest()
     grace = spec.termination_grace_period_seconds

@@ -111,7 +111,8 @@ IDLE = Load(running=0, waiting=0, pending_tokens=0)
 
 
 def _pending_tokens(sequences: Iterable[_Sequence]) -> int:
-    return sum(sequence.request.max_tokens - sequence.generated for sequence in sequences if not sequence.cancelled)
+    """Of sequences that are not cancelled."""
+    return sum(sequence.request.max_tokens - sequence.generated for sequence in sequences)
 
 
 @dataclass
