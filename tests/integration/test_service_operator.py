@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from bigmodel.api.traffic import ArmOutcomes
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.builders.naming import submission_id
 from tests.integration.test_job_operator import JOBS, _free_port, job_manifest, mark, scrape, start_running
@@ -98,7 +99,7 @@ async def test_service_becomes_a_ray_cluster_serving_its_model(emulator: Emulato
 
         await start_cluster(kube, ray, 0)
         ready = await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
-        (head_ip, config), = ray.deploys
+        ((head_ip, config),) = ray.deploys
         assert head_ip == HEAD_IPS[0]
         application = config["applications"][0]
         assert application["args"]["model_uri"] == "/models/demo"
@@ -136,7 +137,9 @@ async def test_service_waits_for_its_job_and_serves_what_it_exported(emulator: E
         uid = job["metadata"]["uid"]
         await start_running(kube, ray, uid)
         await wait_status(kube, lambda s: "SourceJobNotFinished" in str(s.get("conditions")), "not waiting on the job")
-        report = TrainingReport(step=100, total_steps=100, epoch=1, epochs=2, model_uri="/checkpoints/demo/model", done=True)
+        report = TrainingReport(
+            step=100, total_steps=100, epoch=1, epochs=2, model_uri="/checkpoints/demo/model", done=True
+        )
         ray.succeed(submission_id(uid, 1), report)
 
         found = await wait_pods(kube, {"demo-s0-head", "demo-s0-w0"})
@@ -173,19 +176,27 @@ async def test_unplaced_replicas_add_a_worker_and_idle_ones_are_removed(emulator
         # Load gone: Serve scaled down to the replica on w1; w0 holds nothing and goes after idleTimeoutSeconds (10 s).
         ray.set_replicas(head_ip, running=1)
         ray.busy[head_ip] = frozenset({"demo-s0-w1"})
-        found = await wait_for(lambda: _exactly(service_pods(kube), {"demo-s0-head", "demo-s0-w1"}), WAIT_S,
-                               "the idle worker w0 was not removed (w1 hosts the replica and must stay)")
+        found = await wait_for(
+            lambda: _exactly(service_pods(kube), {"demo-s0-head", "demo-s0-w1"}),
+            WAIT_S,
+            "the idle worker w0 was not removed (w1 hosts the replica and must stay)",
+        )
         assert found
         await wait_events(kube, "WorkerRemoved")
-        await wait_for(lambda: scrape(port).get('bigmodel_service_worker_changes_total{change="removed"}') == 1,
-                       WAIT_S, "the removal was not counted")
+        await wait_for(
+            lambda: scrape(port).get('bigmodel_service_worker_changes_total{change="removed"}') == 1,
+            WAIT_S,
+            "the removal was not counted",
+        )
 
 
 async def _exactly(found: Any, names: set[str]) -> bool:
     return set(await found) == names
 
 
-async def test_model_change_is_rolled_in_place_and_shape_change_moves_traffic(emulator: Emulator, kube: KubeClient) -> None:
+async def test_model_change_is_rolled_in_place_and_shape_change_moves_traffic(
+    emulator: Emulator, kube: KubeClient
+) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray):
         # On object storage: a new model is a new URI, nothing to mount (a claim's mount path would be a pod change).
@@ -314,7 +325,9 @@ async def test_with_gcs_fault_tolerance_a_lost_head_comes_back_in_place(emulator
         assert not any(name.startswith("demo-s1") for name in await service_pods(kube))
 
 
-async def test_without_gcs_fault_tolerance_a_lost_head_rebuilds_the_cluster(emulator: Emulator, kube: KubeClient) -> None:
+async def test_without_gcs_fault_tolerance_a_lost_head_rebuilds_the_cluster(
+    emulator: Emulator, kube: KubeClient
+) -> None:
     ray = FakeRay()
     with running_operator(emulator, ray):
         await kube.create(*SERVICES, service_manifest())
@@ -330,3 +343,56 @@ async def test_without_gcs_fault_tolerance_a_lost_head_rebuilds_the_cluster(emul
         assert serving is not None and serving["spec"]["selector"]["bigmodel.dev/generation"] == "1"
         assert "bigmodel.dev/role" not in serving["spec"]["selector"]
         assert "HeadRestarted" not in await event_reasons(kube)
+
+
+def answers(requests: int, errors: int = 0) -> ArmOutcomes:
+    arm = ArmOutcomes()
+    for index in range(requests):
+        arm.record(500 if index < errors else 200, 0.01)
+    return arm
+
+
+async def test_a_canary_that_fails_is_rolled_back_and_a_good_one_promoted(emulator: Emulator, kube: KubeClient) -> None:
+    ray, port = FakeRay(), _free_port()
+    head = HEAD_IPS[0]
+    rollout = {"canaryPercent": 20, "minRequests": 5, "analysisSeconds": 5}
+    with running_operator(emulator, ray, metrics_port=port):
+        await kube.create(*SERVICES, service_manifest(model={"uri": "s3://models/demo"}, rollout=rollout))
+        await start_cluster(kube, ray, 0)
+        first = await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")
+        served = first["model"]["version"]
+
+        await kube.patch(*SERVICES, "demo", {"spec": {"model": {"uri": "s3://models/demo-bad"}}})
+        trial = await wait_status(
+            kube, lambda s: (s.get("canary") or {}).get("phase") == "Analyzing", "the canary never took its share"
+        )
+        version = trial["canary"]["version"]
+        assert trial["traffic"] == f"{served} 80%, {version} 20%" and trial["phase"] == "Upgrading"
+        assert ray.traffic_settings[head].canary is not None and ray.traffic_settings[head].canary.percent == 20
+        assert [a["name"] for a in ray.deploys[-1][1]["applications"]] == ["demo", "demo-canary"]
+        ray.outcomes[head] = (answers(50), answers(10, errors=10))
+        rolled = await wait_status(
+            kube,
+            lambda s: "canary" not in s and s.get("rolledBackVersion") == version,
+            "the canary was not rolled back",
+        )
+        assert rolled["model"]["version"] == served and rolled["traffic"] == f"{served} 100%"
+        assert rolled["phase"] == "Ready" and condition_of(rolled, "UpgradeInProgress") == ("False", "CanaryRolledBack")
+        assert [a["name"] for a in ray.deploys[-1][1]["applications"]] == ["demo"]
+        assert ray.traffic_settings[head].canary is None
+        await wait_events(kube, "CanaryStarted", "CanaryRolledBack")
+
+        await kube.patch(*SERVICES, "demo", {"spec": {"model": {"uri": "s3://models/demo-v2"}}})
+        await wait_status(kube, lambda s: (s.get("canary") or {}).get("phase") == "Analyzing", "no second canary")
+        ray.outcomes[head] = (answers(50), answers(10))
+        promoted = await wait_status(
+            kube,
+            lambda s: "canary" not in s and s.get("model", {}).get("source") == "s3://models/demo-v2",
+            "the good canary was not promoted",
+        )
+        assert promoted["phase"] == "Ready" and promoted["traffic"] == f"{promoted['model']['version']} 100%"
+        assert [a["args"]["model_uri"] for a in ray.deploys[-1][1]["applications"]] == ["s3://models/demo-v2"]
+        await wait_events(kube, "CanaryPromoted")
+        samples = scrape(port)
+        assert samples['bigmodel_service_canaries_total{result="rolled_back"}'] == 1
+        assert samples['bigmodel_service_canaries_total{result="promoted"}'] == 1

@@ -6,9 +6,10 @@ operator asked of Ray and lets the test say what Ray answers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bigmodel.api.traffic import ArmOutcomes, ProxyReport, TrafficReport, TrafficSetting
 from bigmodel.api.training_report import TrainingReport
 from bigmodel.reconcile.job_observed import RayJobState, RayJobView
 from bigmodel.reconcile.observed import RayHead
@@ -35,6 +36,13 @@ class FakeRay:
     """Every head IP the operator sent a job call to."""
     deploy_outcome: str = "RUNNING"
     """The status a newly deployed application reports; DEPLOY_FAILED plays a model that does not load."""
+    canaries: dict[str, ServeAppView] = field(default_factory=dict)
+    """The canary application each head reports, while its config has one."""
+    traffic_settings: dict[str, TrafficSetting] = field(default_factory=dict)
+    """The canary split each head's proxies apply (all of them at once, here)."""
+    outcomes: dict[str, tuple[ArmOutcomes, ArmOutcomes]] = field(default_factory=dict)
+    """What the serving and the canary version answered through each head's one proxy, while a canary takes a
+    share."""
 
     async def submit(self, head: RayHead, submission: dict[str, Any]) -> None:
         self.called.add(head.ip)
@@ -61,15 +69,32 @@ class FakeRay:
         self.deploys.append((head_ip, config))
         state = "RUNNING" if self.deploy_outcome == "RUNNING" else "STARTING"
         message = "replica constructor failed" if self.deploy_outcome == "DEPLOY_FAILED" else ""
-        self.apps[head_ip] = ServeAppView(
-            self.deploy_outcome, message, config["applications"][0], target_replicas=1, replica_states=(state,)
+        stable, *canary = (
+            ServeAppView(self.deploy_outcome, message, application, target_replicas=1, replica_states=(state,))
+            for application in config["applications"]
         )
+        self.apps[head_ip] = stable
+        if canary:
+            self.canaries[head_ip] = canary[0]
+        else:
+            self.canaries.pop(head_ip, None)
 
     async def serve_state(self, head: RayHead, app_name: str) -> RayClusterView:
         head_ip = head.ip
         nodes = self.nodes.get(head_ip, frozenset())
         demand = (((("CPU", 1.0),), self.unplaced[head_ip]),) if self.unplaced.get(head_ip) else ()
-        return RayClusterView(True, self.apps.get(head_ip), nodes, self.busy.get(head_ip, nodes), demand)
+        view = RayClusterView(True, self.apps.get(head_ip), nodes, self.busy.get(head_ip, nodes), demand)
+        return replace(view, canary=self.canaries.get(head_ip))
+
+    async def traffic(self, head: RayHead) -> TrafficReport:
+        setting = self.traffic_settings.get(head.ip, TrafficSetting())
+        report = ProxyReport(proxy=f"{head.ip}/1", at=0.0, applies=setting)
+        if setting.canary is not None and head.ip in self.outcomes:
+            report.stable, report.canary = self.outcomes[head.ip]
+        return TrafficReport(setting=setting, proxies=[report])
+
+    async def set_traffic(self, head: RayHead, setting: TrafficSetting) -> None:
+        self.traffic_settings[head.ip] = setting
 
     def set_replicas(self, head_ip: str, running: int, unplaced: int = 0) -> None:
         """What Serve's autoscaler did: `running` replicas run, `unplaced` more wait for room."""

@@ -48,6 +48,16 @@ def train_digits(storage: Path, *, seed: int = 0, epochs: int = 3, hidden_size: 
     return export_model(str(storage), model, task.model_config(), task.evaluate(model))
 
 
+def diverged_digits(storage: Path) -> str:
+    """A digits model as a run that diverged exports it: every weight NaN. It loads like any other; returns its URI."""
+    task = make_task(BuiltinWorkload.model_validate({"task": "digits", "digits": {"hiddenSize": 16}}))
+    model = task.build_model()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    return export_model(str(storage), model, task.model_config(), {})
+
+
 def export_decisive(storage: Path, config: dict[str, Any]) -> str:
     """An untrained model of config with large weights, exported; returns its URI.
 

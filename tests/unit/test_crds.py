@@ -197,6 +197,11 @@ def test_printer_columns() -> None:
         "URL",
         "Age",
     ]
+    assert [(name, path) for name, path, priority in columns["service"] if priority == 1] == [
+        ("Version", ".status.model.version"),
+        ("Traffic", ".status.traffic"),
+        ("Message", ".status.message"),
+    ], "kubectl get bms -o wide: the versions serving and their shares"
     assert job["names"]["shortNames"] == ["bmj"] and service["names"]["shortNames"] == ["bms"]
     assert job["versions"][0]["subresources"] == {"status": {}}
 

@@ -19,7 +19,7 @@ from bigmodel.runtime.serving.predictor import (
 )
 from bigmodel.runtime.serving.protocol import ProtocolError, v1_location, v2_location
 from bigmodel.runtime.tasks import generate
-from tests.support.models import export_decisive, tiny_gpt_config
+from tests.support.models import diverged_digits, export_decisive, tiny_gpt_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,6 +99,13 @@ def test_bad_digits_instances_are_400_with_position_and_reason(
     with pytest.raises(ProtocolError) as caught:
         digits.checked([[0] * 64, instance], {}, v1_location)
     assert caught.value.status == 400 and caught.value.message.startswith(expected), caught.value.message
+
+
+def test_a_diverged_model_answers_a_server_error_not_label_zero(tmp_path: Path) -> None:
+    predictor = build_predictor(*load_model(diverged_digits(tmp_path)), CPU)
+    with pytest.raises(ProtocolError) as failed:
+        predictor.predict(images(2))
+    assert failed.value.status == 500 and "not finite" in failed.value.message
 
 
 def test_digits_take_no_parameters(digits: DigitsPredictor) -> None:

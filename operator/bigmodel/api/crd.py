@@ -280,6 +280,7 @@ KINDS: tuple[_Kind, ...] = (
             _column("URL", ".status.url", description="In-cluster URL of the HTTP endpoint."),
             _AGE,
             _column("Version", ".status.model.version", priority=1, description="Version of the served model."),
+            _column("Traffic", ".status.traffic", priority=1, description="Versions serving and their shares."),
             _MESSAGE,
         ),
     ),

@@ -143,8 +143,9 @@ class ServiceWorkerGroup(NodeGroup):
         ge=0,
         le=64,
         description=(
-            "Worker pods allowed above maxReplicas while Serve rolls the replicas to a new model, so that new "
-            "replicas start before old ones stop (no dropped requests at full size). 0: old replicas stop first."
+            "Worker pods allowed above maxReplicas while Serve rolls the replicas to a new model or starts a canary's "
+            "(spec.rollout), so that new replicas start before old ones stop (no dropped requests at full size). 0: "
+            "old replicas stop first, and a canary at full size waits for room."
         ),
     )
 
@@ -286,6 +287,59 @@ class ServiceLimits(Model):
     )
 
 
+class Rollout(Model):
+    """How a new model version takes over: at once (Serve rolls the replicas to it), or first as a canary beside
+    the version serving, judged on its answers, then promoted or rolled back by itself."""
+
+    canary_percent: int | None = Field(
+        None,
+        ge=1,
+        le=99,
+        description=(
+            "Percent of the requests a new model version takes as a canary, beside the version serving, before it "
+            "replaces it. The canary runs as a second Serve application in the same cluster with replicas of its "
+            "own; every Serve proxy sends it exactly this share of the requests it takes. Unset: a new version "
+            "replaces the serving one at once (a rolling update). Removing it during a canary promotes the canary."
+        ),
+    )
+    analysis_seconds: int = Field(
+        300,
+        ge=5,
+        le=86400,
+        description=(
+            "How long the canary takes its share before it is promoted, if its answers were no worse than the "
+            "serving version's by then and it answered at least minRequests."
+        ),
+    )
+    min_requests: int = Field(
+        100,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Requests the canary must have answered before its answers are judged: neither rolled back nor "
+            "promoted on fewer."
+        ),
+    )
+    max_error_rate_increase: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description=(
+            "How much higher the canary's share of server errors (5xx) may be than the serving version's, as a "
+            "fraction (0.01: one percentage point); more rolls it back at once."
+        ),
+    )
+    max_latency_ratio: float = Field(
+        1.5,
+        ge=1,
+        le=1000,
+        description=(
+            "How many times the serving version's p99 latency (to the answer's first byte) the canary's may be; "
+            "more rolls it back at once. Differences within 20 ms are not counted: a request path's own noise."
+        ),
+    )
+
+
 class BigModelServiceSpec(RayClusterSpec):
     """The desired inference service."""
 
@@ -312,6 +366,9 @@ class BigModelServiceSpec(RayClusterSpec):
     )
     limits: ServiceLimits = Field(
         default_factory=ServiceLimits, description="Request size, time and queue bounds of the endpoint."
+    )
+    rollout: Rollout = Field(
+        default_factory=Rollout, description="How a new model version takes over: at once, or as a canary first."
     )
 
     def uses_gpu(self) -> bool:
@@ -340,6 +397,47 @@ class ServedModel(Model):
 
     source: str | None = Field(None, description="Where it was loaded from: the model directory URI or path.")
     version: str | None = Field(None, description="Version of the served model, changed by every upgrade.")
+
+
+class CanaryArm(Model):
+    """One version's answers during a canary, summed over the Serve proxies."""
+
+    requests: int = Field(0, description="Requests answered.")
+    errors: int = Field(0, description="Of them, server errors (5xx).")
+    p99: str | None = Field(None, description="99th percentile latency to the answer's first byte, bucketed.")
+
+
+CanaryPhase = Literal["Deploying", "Analyzing", "Promoting", "Removing"]
+CanaryResult = Literal["Promoted", "RolledBack", "Cancelled"]
+
+
+class Canary(Model):
+    """A model version on trial beside the serving one (spec.rollout.canaryPercent)."""
+
+    version: str = Field(..., description="The canary's model version.")
+    source: str = Field(..., description="Where the canary's model is.")
+    percent: int = Field(..., description="Percent of the requests it takes.")
+    phase: CanaryPhase = Field(
+        ...,
+        description=(
+            "Deploying its replicas, Analyzing its answers, Promoting (the serving application rolls to it), or "
+            "Removing (its application goes once no proxy sends it requests)."
+        ),
+    )
+    result: CanaryResult | None = Field(None, description="Promoted, RolledBack or Cancelled, once decided.")
+    reason: str | None = Field(None, description="Why it was promoted, rolled back or cancelled.")
+    started: datetime = Field(..., description="When it was started.")
+    analysis_started: datetime | None = Field(None, description="When it began taking its share of requests.")
+    stable: CanaryArm = Field(default_factory=CanaryArm, description="The serving version's answers meanwhile.")
+    canary: CanaryArm = Field(default_factory=CanaryArm, description="The canary's answers.")
+
+
+class VersionTraffic(Model):
+    """A model version serving, and its share of the requests."""
+
+    version: str = Field(..., description="The model version.")
+    source: str | None = Field(None, description="Where its model is.")
+    percent: int = Field(..., description="Percent of the requests it takes.")
 
 
 class ServiceCluster(Model):
@@ -384,6 +482,17 @@ class BigModelServiceStatus(ObservedStatus):
     )
     failed_cluster_spec: str | None = Field(
         None, description="Digest of a cluster shape whose upgrade failed; it is not retried until the spec changes."
+    )
+    canary: Canary | None = Field(None, description="A new model version on trial beside the serving one.")
+    versions: list[VersionTraffic] = Field(
+        default_factory=list, description="The model versions serving and their shares of the requests."
+    )
+    traffic: str | None = Field(None, description="The versions serving and their shares, for kubectl get -o wide.")
+    rolled_back_version: str | None = Field(
+        None,
+        description=(
+            "A model version whose canary was rolled back: it is not tried again until spec.model names another."
+        ),
     )
 
 

@@ -203,6 +203,14 @@ ROUTER_MAX_BACKOFF_S = 0.05
 0.5 s left a replica idle for up to that long after each batch whenever requests queued (bench.serve_overload: the
 replica 40% busy and a third of the throughput at 10x load); a look costs the proxy next to nothing."""
 PROXY_GUARD_IMPORT_PATH = "bigmodel.runtime.serving.proxy_guard:middlewares"
+CANARY_ROUTE_PREFIX = "/bigmodel-canary"
+"""The route of a service's canary application: a proxy sends the canary's share of requests there, the same path
+behind it. Not under /-/, so that a request sent there directly counts toward capacity like any other."""
+CANARY_APP_SUFFIX = "-canary"
+"""A service's canary application is named <service>-canary beside the stable <service>."""
+TRAFFIC_PATH = "/-/bigmodel/traffic"
+"""On every Serve proxy of a service, for the operator alone (the cluster's Ray token): GET the canary traffic
+setting and every proxy's outcomes, PUT a new setting (api/traffic.py)."""
 HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
 """Open without an API key: Kubernetes probes and load balancers carry none."""
 OPENAI_PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions"})

@@ -39,10 +39,11 @@ class OperatorPeer:
         }
 
 
-# The ports the operator calls: Ray's dashboard (job, Serve and State APIs) and, on a job's head, its progress.
+# The ports the operator calls: Ray's dashboard (job, Serve and State APIs) and, on a job's head, its progress; on a
+# service's head, the Serve proxy's canary traffic (wire.TRAFFIC_PATH).
 _OPERATOR_PORTS = {
     "BigModelJob": (wire.RAY_DASHBOARD_PORT, wire.PROGRESS_PORT),
-    "BigModelService": (wire.RAY_DASHBOARD_PORT,),
+    "BigModelService": (wire.RAY_DASHBOARD_PORT, wire.SERVE_PORT),
 }
 _SAME_NAMESPACE: list[dict[str, Any]] = [{"podSelector": {}}]
 

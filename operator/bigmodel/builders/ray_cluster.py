@@ -64,6 +64,10 @@ def dashboard_url(pod_ip: str) -> str:
     return _http_url(pod_ip, RAY_DASHBOARD_PORT)
 
 
+def serve_url(pod_ip: str) -> str:
+    return _http_url(pod_ip, wire.SERVE_PORT)
+
+
 def progress_url(pod_ip: str) -> str:
     return _http_url(pod_ip, wire.PROGRESS_PORT)
 

@@ -94,21 +94,30 @@ def deployment_options(spec: BigModelServiceSpec) -> dict[str, Any]:
     }
 
 
-def serve_application(service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs) -> dict[str, Any]:
+def serve_application(
+    service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs, canary: bool = False
+) -> dict[str, Any]:
+    """The service's application, or its canary: the same, under the canary's name and route (wire.CANARY_*)."""
     return {
-        "name": service_name,
-        "route_prefix": "/",
+        "name": service_name + wire.CANARY_APP_SUFFIX if canary else service_name,
+        "route_prefix": wire.CANARY_ROUTE_PREFIX if canary else "/",
         "import_path": wire.SERVE_APP_IMPORT_PATH,
         "args": args.model_dump(mode="json"),
         "deployments": [deployment_options(spec)],
     }
 
 
-def serve_deploy_config(service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs) -> dict[str, Any]:
+def serve_deploy_config(
+    service_name: str, spec: BigModelServiceSpec, args: ServeAppArgs, canary: ServeAppArgs | None = None
+) -> dict[str, Any]:
     """The whole declarative config (Ray's ServeDeploySchema). A proxy on every node that needs one (EveryNode: the
     head, and each node with a replica; ray/serve/_private/controller.py _update_proxy_nodes), all behind the
     Service clients call, so that a lost head is not a lost endpoint. Serve fixes the location when its controller
-    starts: a cluster built before keeps its own until it is rebuilt."""
+    starts: a cluster built before keeps its own until it is rebuilt. With `canary`, a second application serves
+    the canary version beside the first; the proxies' guards send it its share."""
+    applications = [serve_application(service_name, spec, args)]
+    if canary is not None:
+        applications.append(serve_application(service_name, spec, canary, canary=True))
     return {
         "proxy_location": "EveryNode",
         # The proxy's own timeout covers the time a request waits in its queue too; Serve reads http_options when it
@@ -118,5 +127,5 @@ def serve_deploy_config(service_name: str, spec: BigModelServiceSpec, args: Serv
             "port": wire.SERVE_PORT,
             "request_timeout_s": spec.limits.timeout_seconds,
         },
-        "applications": [serve_application(service_name, spec, args)],
+        "applications": applications,
     }

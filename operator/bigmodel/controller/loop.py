@@ -27,7 +27,7 @@ from bigmodel.controller.ray_client import RayClient, RayError, RayUnreachable
 from bigmodel.controller.stored_status import status_patch
 from bigmodel.reconcile.decision import deletion_plan
 from bigmodel.reconcile.observed import Children, ClusterObservation, PodView, ServiceView, owned_by
-from bigmodel.reconcile.plans import DeployServe, Plan, RayAction, StopJob, SubmitJob
+from bigmodel.reconcile.plans import DeployServe, Plan, RayAction, SetTraffic, StopJob, SubmitJob
 from bigmodel.reconcile.step_failure import StepFailure, one_line, with_failure, without_failure
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,8 @@ def _ray_step(action: RayAction) -> str:
         return f"submitting Ray job {action.submission.get('submission_id', '')}"
     if isinstance(action, StopJob):
         return f"stopping Ray job {action.submission_id}"
+    if isinstance(action, SetTraffic):
+        return "setting the canary's share of requests"
     return "deploying the Serve applications"
 
 
@@ -220,6 +222,8 @@ async def call_ray(ray: RayClient, action: RayAction) -> None:
             await ray.stop(action.head, action.submission_id)
         except RayUnreachable:
             log.info("could not stop Ray job %s: the head is gone, and the job with it", action.submission_id)
+    elif isinstance(action, SetTraffic):
+        await ray.set_traffic(action.head, action.setting)
     else:
         assert isinstance(action, DeployServe)
         await ray.deploy_serve(action.head, action.config)

@@ -28,6 +28,7 @@ PHASES: tuple[JobPhase, ...] = ("Pending", "Starting", "Running", "Restarting", 
 SERVICE_PHASES: tuple[ServicePhase, ...] = ("Pending", "Deploying", "Ready", "Upgrading", "Failed")
 _WORKER_CHANGES = {Outcome.WORKER_ADDED: "added", Outcome.WORKER_REMOVED: "removed", Outcome.WORKER_REPLACED: "replaced"}
 _UPGRADE_RESULTS = {Outcome.UPGRADE_COMPLETE: "complete", Outcome.UPGRADE_FAILED: "failed"}
+_CANARY_RESULTS = {Outcome.CANARY_PROMOTED: "promoted", Outcome.CANARY_ROLLED_BACK: "rolled_back"}
 ACTIVE_PHASES = ("Pending", "Starting", "Running", "Restarting")
 _SLOW = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 _JOB_LENGTH = (60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
@@ -123,8 +124,13 @@ class OperatorMetrics:
             "Lost Ray heads of services re-created in place (GCS fault tolerance), their clusters kept.",
             registry=r,
         )
+        self.service_canaries = Counter(
+            "bigmodel_service_canaries", "Canary model versions judged, by result.", ["result"], registry=r
+        )
         for change in _WORKER_CHANGES.values():
             self.service_worker_changes.labels(change)
+        for result in _CANARY_RESULTS.values():
+            self.service_canaries.labels(result)
         for result in _UPGRADE_RESULTS.values():
             self.service_upgrades.labels(result)
         self._facts: dict[_Key, _JobFacts] = {}
@@ -173,6 +179,8 @@ class OperatorMetrics:
             self.service_worker_changes.labels(change).inc(plan.outcomes[outcome])
         for outcome, result in _UPGRADE_RESULTS.items():
             self.service_upgrades.labels(result).inc(plan.outcomes[outcome])
+        for outcome, result in _CANARY_RESULTS.items():
+            self.service_canaries.labels(result).inc(plan.outcomes[outcome])
         self.service_head_restarts.inc(plan.outcomes[Outcome.HEAD_RESTARTED])
         status, per_worker = plan.status, service.spec.workers.resources.gpu
         facts = _ServiceFacts(

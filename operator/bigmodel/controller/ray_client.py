@@ -13,9 +13,10 @@ from typing import Any, Protocol
 import aiohttp
 from pydantic import ValidationError
 
+from bigmodel.api.traffic import TrafficReport, TrafficSetting
 from bigmodel.api.training_report import TrainingReport
-from bigmodel.api.wire import BEARER_PREFIX, CANNOT_RUN_MARKER, FAILURE_MARKER
-from bigmodel.builders.ray_cluster import dashboard_url, progress_url
+from bigmodel.api.wire import BEARER_PREFIX, CANARY_APP_SUFFIX, CANNOT_RUN_MARKER, FAILURE_MARKER, TRAFFIC_PATH
+from bigmodel.builders.ray_cluster import dashboard_url, progress_url, serve_url
 from bigmodel.controller.cluster_tokens import ClusterTokens
 from bigmodel.reconcile.failure_text import failure_summary
 from bigmodel.reconcile.job_observed import RayJobView
@@ -59,6 +60,10 @@ class RayClient(Protocol):
     async def deploy_serve(self, head: RayHead, config: dict[str, Any]) -> None: ...
 
     async def serve_state(self, head: RayHead, app_name: str) -> RayClusterView: ...
+
+    async def traffic(self, head: RayHead) -> TrafficReport: ...
+
+    async def set_traffic(self, head: RayHead, setting: TrafficSetting) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -148,14 +153,33 @@ class HttpRayClient:
         report = (status.get("clusterStatus") or {}).get("loadMetricsReport") or {}
         names = {node["node_id"]: node.get("node_name") or "" for node in rows}
         usage = report.get("usageByNode") or {}
-        app = (serve.get("applications") or {}).get(app_name)
+        apps = serve.get("applications") or {}
+        app, canary = apps.get(app_name), apps.get(app_name + CANARY_APP_SUFFIX)
         return RayClusterView(
             reachable=True,
             app=app_view(app) if app else None,
+            canary=app_view(canary) if canary else None,
             nodes=frozenset(node.get("node_name") or "" for node in rows if node.get("state") == "ALIVE"),
             busy=frozenset(names.get(node_id, "") for node_id, used in usage.items() if holds_compute(used)),
             demand=pending_demand(report.get("resourceDemand") or []),
         )
+
+    async def traffic(self, head: RayHead) -> TrafficReport:
+        """The canary split the proxies apply and their outcomes, from the guard of the head's Serve proxy."""
+        return await self._traffic(head, "GET")
+
+    async def set_traffic(self, head: RayHead, setting: TrafficSetting) -> None:
+        await self._traffic(head, "PUT", setting.model_dump(mode="json"))
+
+    async def _traffic(self, head: RayHead, method: str, body: Any = None) -> TrafficReport:
+        url = f"{serve_url(head.ip)}{TRAFFIC_PATH}"
+        status, payload = await self._request(head, method, url, body)
+        if status >= 400 or not isinstance(payload, dict):
+            raise RayUnreachable(f"{method} {TRAFFIC_PATH}: HTTP {status}: {payload}")
+        try:
+            return TrafficReport.model_validate(payload)
+        except ValidationError as error:
+            raise RayRefused(f"{method} {TRAFFIC_PATH}: not a traffic report: {error.errors()[0]['msg']}") from error
 
     async def _get(self, head: RayHead, path: str) -> dict[str, Any]:
         status, payload = await self._request(head, "GET", f"{dashboard_url(head.ip)}{path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import datetime
 
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 
 from bigmodel.api.job import BigModelJob
 from bigmodel.api.service import BigModelService, BigModelServiceStatus
+from bigmodel.api.traffic import TrafficReport
 from bigmodel.builders.naming import serving_service_name
 from bigmodel.builders.ray_cluster import checkpoint_claim
 from bigmodel.controller.clients import Clients
@@ -57,6 +59,10 @@ class ServiceKind(Kind[BigModelService, ServiceObservation, BigModelServiceStatu
             view = await _ray_view(clients, seen.head(generation), service.metadata.name)
             if view is not None:
                 seen.ray[generation] = view
+        status = service.status
+        if status is not None and status.canary is not None and status.serving is not None:
+            traffic = await _traffic(clients, seen.head(status.serving.generation))
+            return dataclasses.replace(seen, traffic=traffic)
         return seen
 
     def decide(
@@ -128,6 +134,17 @@ async def resolve_source(service: BigModelService, clients: Clients) -> ModelSou
     return ModelSourceView(
         uri=status.model_uri, revision=revision, claim=(claim.claim_name, claim.path) if claim else None
     )
+
+
+async def _traffic(clients: Clients, pod: PodView | None) -> TrafficReport | None:
+    """The canary split and outcomes, from the guard of the head's Serve proxy; None while it does not answer."""
+    if pod is None or not pod.running:
+        return None
+    try:
+        return await clients.ray.traffic(pod.ray_head)
+    except RayError as error:
+        log.info("no canary traffic report from %s: %s", pod.name, error)
+        return None
 
 
 async def _ray_view(clients: Clients, pod: PodView | None, app_name: str) -> RayClusterView | None:

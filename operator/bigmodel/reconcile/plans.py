@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
 from bigmodel.api.common import ObservedStatus
+from bigmodel.api.traffic import TrafficSetting
 from bigmodel.reconcile.observed import RayHead
 
 EventType = Literal["Normal", "Warning"]
@@ -41,6 +42,8 @@ class Outcome(str, Enum):
     """A service's lost Ray head was re-created in place (GCS fault tolerance), its cluster kept."""
     UPGRADE_COMPLETE = "upgrade_complete"
     UPGRADE_FAILED = "upgrade_failed"
+    CANARY_PROMOTED = "canary_promoted"
+    CANARY_ROLLED_BACK = "canary_rolled_back"
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,15 @@ class DeployServe:
     config: dict[str, Any]
 
 
-RayAction = SubmitJob | StopJob | DeployServe
+@dataclass(frozen=True)
+class SetTraffic:
+    """Set the canary's share of the requests on every Serve proxy of the cluster, through the head's."""
+
+    head: RayHead
+    setting: TrafficSetting
+
+
+RayAction = SubmitJob | StopJob | DeployServe | SetTraffic
 
 
 @dataclass(kw_only=True)

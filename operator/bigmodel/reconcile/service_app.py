@@ -1,4 +1,5 @@
-"""The model a BigModelService serves and the Serve application that serves it, on any of its clusters."""
+"""The model a BigModelService serves and the Serve applications that serve it (and a canary), on any of its
+clusters."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from bigmodel.api.service import ServedModel
 from bigmodel.builders.serve_app import app_args, model_version, serve_deploy_config
 from bigmodel.reconcile.plans import DeployServe
+from bigmodel.reconcile.service_canary import Versions
 from bigmodel.reconcile.service_observed import SourceProblem
 from bigmodel.reconcile.service_pass import ServicePass
 
@@ -20,26 +22,31 @@ def desired_model(d: ServicePass) -> ServedModel | None:
     return d.before.model if d.before.model.source else None
 
 
-def desired_config(d: ServicePass, model: ServedModel) -> dict[str, Any]:
+def desired_config(d: ServicePass, versions: Versions) -> dict[str, Any]:
     name = d.service.metadata.name
-    args = app_args(name, d.spec, model.source or "", model.version or "")
-    return serve_deploy_config(name, d.spec, args)
+    stable, canary = versions.stable, versions.canary
+    args = app_args(name, d.spec, stable.source or "", stable.version or "")
+    canary_args = app_args(name, d.spec, canary.source or "", canary.version or "") if canary else None
+    return serve_deploy_config(name, d.spec, args, canary_args)
 
 
 def converge_app(d: ServicePass, generation: int, config: dict[str, Any]) -> str | None:
-    """Deploy the desired application where it is not; the app's status, None while Ray is unreachable. A service's
-    head is ready only once its Serve proxy is (builders/ray_cluster.py): its dashboard having answered is what
-    counts here."""
+    """Deploy the desired applications (the service's, and a canary's) where they are not; the status of the
+    service's application, None while Ray is unreachable. A service's head is ready only once its Serve proxy is
+    (builders/ray_cluster.py): its dashboard having answered is what counts here."""
     head = d.seen.head(generation)
     ray = d.seen.cluster(generation)
     if head is None or not head.running or not ray.reachable:
         d.busy = True
         return None
     app = ray.app
-    if app is None or not app.runs(config["applications"][0]):
+    stable, *canary = config["applications"]
+    canary_runs = ray.canary.runs(canary[0]) if canary and ray.canary else not canary and ray.canary is None
+    if app is None or not app.runs(stable) or not canary_runs:
         d.plan.ray.append(DeployServe(head.ray_head, config))
         d.busy = True
-        return "DEPLOYING"
+        if app is None or not app.runs(stable):
+            return "DEPLOYING"
     if app.status != "RUNNING":
         d.busy = True
     return app.status

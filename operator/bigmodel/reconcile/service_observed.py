@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bigmodel.api.traffic import TrafficReport
 from bigmodel.api.wire import GENERATION_LABEL
 from bigmodel.reconcile.observed import ClusterObservation
 
@@ -56,6 +57,8 @@ class RayClusterView:
     """Nodes where something (a Serve replica) holds CPUs or GPUs."""
     demand: Demand = ()
     """What Ray's scheduler is waiting to place for lack of room: the replicas more worker pods would take."""
+    canary: ServeAppView | None = None
+    """The canary application (<service>-canary), while there is one."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class ServiceObservation(ClusterObservation):
     source: ModelSourceView | SourceProblem
     serving: ServingServiceView | None = None
     ray: dict[int, RayClusterView] = field(default_factory=dict)
+    traffic: TrafficReport | None = None
+    """During a canary: the split the serving cluster's proxies apply and what each version answered through them;
+    None while the head's proxy does not answer."""
 
     def cluster(self, generation: int) -> RayClusterView:
         return self.ray.get(generation, RayClusterView(reachable=False))

@@ -7,6 +7,7 @@ kept a little while for the requests in flight). The pieces that fill the plan:
     service_app.py      the model to serve and the Serve application on each cluster
     service_scaling.py  worker pods that follow Serve's demand
     service_upgrade.py  the slots: the serving cluster kept up, cluster-shape upgrades, traffic, retirement
+    service_canary.py   a new model version on trial beside the serving one, its share, its verdict
     service_status.py   replicas, workers, URL, conditions, phase and message
 """
 

@@ -70,11 +70,12 @@ def scale_workers(d: ServicePass, generation: int) -> None:
 
 
 def surge(d: ServicePass, generation: int) -> int:
-    """Room above maxReplicas while Serve rolls replicas to a new version: without it, a rolling update of a
-    service at full size would wait forever for room to start its first new replica."""
+    """Room above maxReplicas while Serve rolls replicas to a new version or starts a canary's: without it, a
+    service at full size would wait forever for room to start the first replica of the new version."""
     app = d.seen.cluster(generation).app
     rolling = app is not None and app.status == "DEPLOYING" and app.running_replicas > 0
-    return d.spec.workers.max_surge if rolling else 0
+    trial = d.status.canary is not None and d.status.canary.phase == "Deploying"
+    return d.spec.workers.max_surge if rolling or trial else 0
 
 
 def add_workers(d: ServicePass, generation: int, count: int, healthy: int) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bigmodel.api.service import BigModelService, ServedModel, ServicePhase
+from bigmodel.api.service import BigModelService, Canary, ServedModel, ServicePhase
 from bigmodel.api.wire import GENERATION_LABEL, ROLE_LABEL, SERVE_PORT
 from bigmodel.builders.naming import serving_service_name
+from bigmodel.builders.serve_app import model_version
+from bigmodel.reconcile.service_canary import traffic
 from bigmodel.reconcile.service_observed import ServeAppView, SourceProblem
 from bigmodel.reconcile.service_pass import HEAD_RESTARTING, POLL_BUSY_S, ServicePass
 
@@ -35,6 +37,8 @@ def report(d: ServicePass, model: ServedModel, app_status: str | None) -> None:
     loaded = app_status == "RUNNING"
     if loaded:
         status.model = model
+    status.versions = traffic(d)
+    status.traffic = ", ".join(f"{v.version} {v.percent}%" for v in status.versions) or None
     upgrading = set_conditions(d, model, app, app_status, serving_now)
     status.phase = phase(d, serving_now, upgrading, app_status)
     status.message = message(d, app_status, app.message if app else "")
@@ -114,16 +118,46 @@ def set_conditions(
     else:
         d.condition("ModelLoaded", False, "Loading", "the replicas are loading the model")
     rolling = serving_now and not loaded
-    upgrading = rolling or d.pending is not None
-    if d.pending is not None:
+    # A canary rolled back is over for its version, though its application is still being removed.
+    canary = d.status.canary if d.status.canary is None or d.status.canary.result != "RolledBack" else None
+    upgrading = rolling or d.pending is not None or canary is not None
+    if canary is not None:
+        d.condition("UpgradeInProgress", True, "Canary", canary_message(canary))
+    elif d.pending is not None:
         d.condition("UpgradeInProgress", True, "NewCluster", f"building cluster {d.pending}; cluster {d.active} serves")
     elif rolling:
         d.condition(
             "UpgradeInProgress", True, "RollingUpdate", f"Serve is rolling the replicas to version {model.version}"
         )
-    elif d.status.failed_cluster_spec != d.digest:
+    elif d.status.failed_cluster_spec != d.digest and not rolled_back(d):
         d.condition("UpgradeInProgress", False, "UpToDate", "")
     return upgrading
+
+
+def rolled_back(d: ServicePass) -> bool:
+    """Whether the spec still names a version whose canary was rolled back: the condition keeps saying so."""
+    return (
+        d.status.rolled_back_version is not None
+        and d.source is not None
+        and (model_version(d.source.uri, d.source.revision) == d.status.rolled_back_version)
+    )
+
+
+_DONE = {"Promoted": "promoted", "RolledBack": "rolled back", "Cancelled": "cancelled"}
+
+
+def canary_message(canary: Canary) -> str:
+    arms = (
+        f"canary {canary.canary.requests} requests, {canary.canary.errors} errors, p99 {canary.canary.p99}; "
+        f"serving version {canary.stable.requests} requests, {canary.stable.errors} errors, p99 {canary.stable.p99}"
+    )
+    steps = {
+        "Deploying": "its replicas are starting",
+        "Analyzing": f"it takes {canary.percent}% of the requests: {arms}",
+        "Promoting": f"promoted ({canary.reason}); the service rolls to it",
+        "Removing": f"{_DONE[canary.result or 'Cancelled']} ({canary.reason}); its application is being removed",
+    }
+    return f"version {canary.version}: {steps[canary.phase]}"
 
 
 def phase(d: ServicePass, serving: bool, upgrading: bool, app_status: str | None) -> ServicePhase:
@@ -143,4 +177,8 @@ def message(d: ServicePass, app_status: str | None, app_message: str) -> str:
         return "waiting for the Ray cluster"
     if isinstance(d.seen.source, SourceProblem):
         return f"serving the last model; {d.seen.source.message}"
+    if d.status.canary is not None:
+        return canary_message(d.status.canary)
+    if rolled_back(d):
+        return f"version {d.status.rolled_back_version} was rolled back; version {d.status.model.version} serves"
     return f"application {app_status}"

@@ -7,7 +7,15 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bigmodel.runtime.serving.guard import PAYLOAD_TOO_LARGE, Policy, Refusal, admit, error_body, too_large
+from bigmodel.runtime.serving.guard import (
+    PAYLOAD_TOO_LARGE,
+    Headers,
+    Policy,
+    Refusal,
+    admit,
+    error_body,
+    too_large,
+)
 
 
 class BodyTooLarge(Exception):
@@ -19,14 +27,30 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return next((value for key, value in scope["headers"] if key == name), None)
 
 
-async def send_refusal(send: Send, refusal: Refusal, path: str) -> None:
-    body = error_body(refusal, path)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *refusal.headers]
-    if refusal.status == PAYLOAD_TOO_LARGE:
-        # A client still sending a body that is refused is cut off, not read to its end.
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+async def send_json(send: Send, status: int, body: bytes, extra: Headers = ()) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_refusal(send: Send, refusal: Refusal, path: str) -> None:
+    # A client still sending a body that is refused is cut off, not read to its end.
+    close = ((b"connection", b"close"),) if refusal.status == PAYLOAD_TOO_LARGE else ()
+    await send_json(send, refusal.status, error_body(refusal, path), (*refusal.headers, *close))
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """A whole request body of at most `limit` bytes; None when it is longer or the client left."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not message.get("more_body", False):
+            return body
 
 
 class BodyCap:
@@ -42,6 +66,19 @@ class BodyCap:
         return self.seen > self.limit
 
 
+def at_root(scope: Scope) -> Scope:
+    """A request that came through a route prefix (the canary application's), as if it had come to the root: the
+    app answers the same paths, and names them the same in its errors, under any prefix."""
+    root = scope.get("root_path", "")
+    if not root or not scope["path"].startswith(root + "/"):
+        return scope
+    raw = scope.get("raw_path")
+    moved = {"path": scope["path"][len(root) :], "root_path": ""}
+    if raw is not None and raw.startswith(root.encode()):
+        moved["raw_path"] = raw[len(root) :]
+    return {**scope, **moved}
+
+
 class ReplicaGuard:
     """Every request to a replica: its API key and announced size before the app sees it, its streamed size as the
     app reads it. Paths added to the app later are guarded too, since this wraps the whole app."""
@@ -55,6 +92,7 @@ class ReplicaGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = at_root(scope)
         policy = self.policy()
         refusal = admit(policy, scope["path"], header(scope, b"authorization"), header(scope, b"content-length"))
         if refusal is not None:

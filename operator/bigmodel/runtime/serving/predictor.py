@@ -23,6 +23,7 @@ from bigmodel.runtime.generation.models import BuiltinGpt
 from bigmodel.runtime.generation.tokenizers import ByteTokenizer
 from bigmodel.runtime.serving.protocol import (
     BAD_REQUEST,
+    MODEL_FAILED,
     InvalidInstance,
     OutputTensor,
     ProtocolError,
@@ -141,6 +142,11 @@ class DigitsPredictor(Predictor[tuple[float, ...], DigitsResult]):
     def run(self, instances: Sequence[tuple[float, ...]]) -> list[DigitsResult]:
         features = torch.tensor(instances, dtype=torch.float32, device=self.device) / PIXEL_MAX
         probabilities = F.softmax(self.model(features).float(), dim=1).cpu()
+        if not torch.isfinite(probabilities).all():
+            # A run that diverged exports NaN weights, whose every answer would be label 0: an error says so.
+            raise ProtocolError(
+                MODEL_FAILED, "the model's output is not finite (NaN or infinity): its weights diverged"
+            )
         labels = probabilities.argmax(dim=1)
         return [DigitsResult(int(label), tuple(row.tolist())) for label, row in zip(labels, probabilities, strict=True)]
 

@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 BAD_REQUEST = 400
 NOT_FOUND = 404
+MODEL_FAILED = 500
+"""The model itself failed a request it was given (an answer that is no number): the version is at fault, not the
+client."""
 
 PLATFORM = "pytorch"
 NUMERIC_DATATYPES = frozenset(

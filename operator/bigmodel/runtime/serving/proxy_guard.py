@@ -15,29 +15,55 @@ that saturated the proxy's core and requests waited in its socket backlog, outsi
 the requests in flight through its proxy and refuses those beyond what one proxy may hold (its queue and every
 replica's room: builders.serve_app.proxy_in_flight_limit) itself, for a fraction of that.
 The proxy's own error answers are also put into the app's JSON form.
+
+During a canary, the guard sends the canary's share of the requests to the canary application and counts what each
+version answers (canary_split.py); the operator sets the share and reads the counts on wire.TRAFFIC_PATH, with the
+cluster's Ray token (traffic_store.py shares both among the proxies).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import time
+from dataclasses import dataclass
 
+from pydantic import ValidationError
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bigmodel.api.wire import API_KEYS_ENV, MAX_BODY_BYTES_ENV, MAX_IN_FLIGHT_ENV, PROXY_REQUIRES_KEYS_ENV
-from bigmodel.runtime.serving.asgi_guard import BodyCap, header, send_refusal
+from bigmodel.api.traffic import TrafficReport, TrafficSetting
+from bigmodel.api.wire import (
+    API_KEYS_ENV,
+    CANARY_ROUTE_PREFIX,
+    MAX_BODY_BYTES_ENV,
+    MAX_IN_FLIGHT_ENV,
+    POD_NAME_ENV,
+    PROXY_REQUIRES_KEYS_ENV,
+    RAY_AUTH_TOKEN_ENV,
+    TRAFFIC_PATH,
+)
+from bigmodel.runtime.serving.asgi_guard import BodyCap, header, read_body, send_json, send_refusal
+from bigmodel.runtime.serving.canary_split import CanarySplit
 from bigmodel.runtime.serving.guard import (
+    BAD_REQUEST,
+    UNAUTHORIZED,
     Policy,
     Refusal,
     admit,
     admit_load,
+    authorized,
     counts_toward_capacity,
     parse_api_keys,
     serve_error_status,
     too_large,
 )
+from bigmodel.runtime.serving.traffic_store import RayKvStore, TrafficStore, TrafficSync, current_reports
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
+_MAX_SETTING_BYTES = 64 * 1024
+METHOD_NOT_ALLOWED = 405
 _KEPT_HEADERS = frozenset({b"retry-after", b"x-request-id"})
 
 
@@ -72,21 +98,43 @@ class ServeErrors:
         await self.send(message)
 
 
+@dataclass(frozen=True)
+class TrafficDesk:
+    """A proxy's part in canary traffic: its split, the store every proxy of the cluster shares, and the cluster's
+    Ray token, which the operator shows to read and set them (None: nobody may)."""
+
+    split: CanarySplit
+    store: TrafficStore
+    token: bytes | None
+
+    def report(self) -> TrafficReport:
+        return TrafficReport(setting=self.store.setting(), proxies=current_reports(self.store))
+
+
 class ProxyGuard:
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, max_in_flight: int, api_keys: tuple[bytes, ...] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        max_in_flight: int,
+        api_keys: tuple[bytes, ...] | None = None,
+        traffic: TrafficDesk | None = None,
     ) -> None:
         """api_keys: those accepted, when the service requires one (an empty tuple then lets no one in)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.policy = Policy(max_body_bytes, api_keys or (), auth_required=api_keys is not None)
+        self.traffic = traffic
         # One event loop runs the proxy's HTTP server, so a plain count is exact.
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["path"] == TRAFFIC_PATH and self.traffic is not None:
+            await traffic_endpoint(self.traffic, scope, receive, send)
             return
         # Every path's body is limited (a POST to a probe's path is read as much as any); probes take no capacity.
         counted = counts_toward_capacity(scope["path"])
@@ -98,9 +146,26 @@ class ProxyGuard:
             return
         self.in_flight += counted
         try:
-            await self._guarded(scope, receive, send)
+            if counted and self.traffic is not None:
+                await self._split(self.traffic.split, scope, receive, send)
+            else:
+                await self._guarded(scope, receive, send)
         finally:
             self.in_flight -= counted
+
+    async def _split(self, split: CanarySplit, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request to the version whose turn it is, its answer counted for that version."""
+        if split.route(scope["path"]):
+            scope = under_prefix(scope, CANARY_ROUTE_PREFIX)
+        started = time.monotonic()
+        path = scope["path"]
+
+        async def counted_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                split.record(path, message["status"], time.monotonic() - started)
+            await send(message)
+
+        await self._guarded(scope, receive, counted_send)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         cap = BodyCap(self.max_body_bytes)
@@ -129,11 +194,57 @@ class ProxyGuard:
             await send_refusal(send, too_large(self.max_body_bytes), scope["path"])
 
 
+def under_prefix(scope: Scope, prefix: str) -> Scope:
+    """The request sent to the application routed at `prefix`, the same path behind it."""
+    moved = {"path": prefix + scope["path"]}
+    if scope.get("raw_path") is not None:
+        moved["raw_path"] = prefix.encode() + scope["raw_path"]
+    return {**scope, **moved}
+
+
+async def traffic_endpoint(desk: TrafficDesk, scope: Scope, receive: Receive, send: Send) -> None:
+    """GET: the setting and every proxy's report; PUT a TrafficSetting: applied here at once, by every other proxy
+    within traffic_store.SYNC_INTERVAL_S. The operator's alone: it shows the cluster's Ray token."""
+    path = scope["path"]
+    if desk.token is None or not authorized(header(scope, b"authorization"), (desk.token,)):
+        refusal = Refusal(UNAUTHORIZED, f"{path} is the operator's: it takes the cluster's Ray token")
+        await send_refusal(send, refusal, path)
+        return
+    if scope["method"] == "PUT":
+        body = await read_body(receive, _MAX_SETTING_BYTES)
+        try:
+            setting = TrafficSetting.model_validate_json(body or b"")
+        except ValidationError as error:
+            await send_refusal(send, Refusal(BAD_REQUEST, f"not a traffic setting: {error.errors()[0]['msg']}"), path)
+            return
+        await asyncio.to_thread(desk.store.put_setting, setting)
+        desk.split.apply(setting)
+    elif scope["method"] != "GET":
+        await send_refusal(send, Refusal(METHOD_NOT_ALLOWED, f"{path} takes GET and PUT"), path)
+        return
+    report = await asyncio.to_thread(desk.report)
+    await send_json(send, 200, report.model_dump_json().encode())
+
+
 def middlewares() -> list[Middleware]:
-    """What Ray's proxy callback returns: the guard with the service's limits from its Ray pod's environment."""
+    """What Ray's proxy callback returns: the guard with the service's limits from its Ray pod's environment, and
+    this proxy's part in canary traffic, kept in step with the other proxies' by a thread of its own."""
     limits = {
         "max_body_bytes": int(os.environ[MAX_BODY_BYTES_ENV]),
         "max_in_flight": int(os.environ[MAX_IN_FLIGHT_ENV]),
     }
     keys = parse_api_keys(os.environ.get(API_KEYS_ENV, "")) if os.environ.get(PROXY_REQUIRES_KEYS_ENV) == "1" else None
-    return [Middleware(ProxyGuard, **limits, api_keys=keys)]
+    return [Middleware(ProxyGuard, **limits, api_keys=keys, traffic=traffic_desk())]
+
+
+def traffic_desk() -> TrafficDesk | None:
+    """This proxy's part in canary traffic, kept in step with the cluster's other proxies by a thread of its own;
+    None outside a Ray process (nothing to share with)."""
+    if not RayKvStore.reachable():
+        return None
+    token = os.environ.get(RAY_AUTH_TOKEN_ENV)
+    # A proxy started again on the same pod is a new proxy: the old one's report is left to go stale.
+    split = CanarySplit(f"{os.environ.get(POD_NAME_ENV) or socket.gethostname()}/{os.getpid()}")
+    store = RayKvStore()
+    TrafficSync(split, store).start()
+    return TrafficDesk(split, store, token.encode() if token else None)
