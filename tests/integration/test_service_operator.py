@@ -356,7 +356,8 @@ async def test_a_canary_that_fails_is_rolled_back_and_a_good_one_promoted(emulat
     ray, port = FakeRay(), _free_port()
     head = HEAD_IPS[0]
     rollout = {"canaryPercent": 20, "minRequests": 5, "analysisSeconds": 5}
-    with running_operator(emulator, ray, metrics_port=port):
+    # Polled every second, as a Ready service: the canary's steps follow one another no slower.
+    with running_operator(emulator, ray, metrics_port=port, poll_running_s=1.0):
         await kube.create(*SERVICES, service_manifest(model={"uri": "s3://models/demo"}, rollout=rollout))
         await start_cluster(kube, ray, 0)
         first = await wait_status(kube, lambda s: s.get("phase") == "Ready", "the service never became Ready")

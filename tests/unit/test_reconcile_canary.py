@@ -4,7 +4,7 @@ and removed only once no proxy sends it requests."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -54,8 +54,7 @@ class World:
         ray = RayClusterView(
             True, self.apps.get("digits"), nodes(self.pods), canary=self.apps.get("digits" + CANARY_APP_SUFFIX)
         )
-        observation = seen(self.pods, {0: ray}, source=source, now=self.now)
-        observation = observation.__class__(**{**observation.__dict__, "traffic": self.traffic})
+        observation = replace(seen(self.pods, {0: ray}, source=source, now=self.now), traffic=self.traffic)
         plan = decide_service(make_service(self.status, **self.spec), observation)
         self.status = plan.status
         return plan
@@ -186,6 +185,25 @@ def test_a_new_spec_cancels_the_canary_and_a_canary_that_does_not_deploy_is_roll
     world.apps["digits" + CANARY_APP_SUFFIX] = ServeAppView("DEPLOY_FAILED", "replica constructor failed")
     plan = world.step()
     assert "CanaryRolledBack" in reasons(plan) and "DEPLOY_FAILED" in (world.status.canary.reason or "")  # type: ignore[union-attr]
+
+
+def test_proxies_that_never_report_roll_the_canary_back_and_a_decided_one_goes_without_their_word() -> None:
+    world, version = canary_running()
+    world.traffic = None
+    world.now = NOW + timedelta(seconds=60)
+    plan = world.step()
+    assert world.status.canary is not None and world.status.canary.phase == "Analyzing", "a short silence is waited out"
+    world.now = NOW + timedelta(seconds=121)
+    plan = world.step()
+    assert "CanaryRolledBack" in reasons(plan) and "did not report" in (world.status.canary.reason or "")  # type: ignore[union-attr]
+    world.now = NOW + timedelta(seconds=200)
+    world.step()
+    assert world.status.canary is not None, "the proxies' word is waited for a while"
+    world.now = NOW + timedelta(seconds=300)
+    plan = world.step()
+    assert world.status.canary is None and world.status.rolled_back_version == version
+    (deploy,) = plan.ray_calls(DeployServe)
+    assert [a["name"] for a in deploy.config["applications"]] == ["digits"]
 
 
 def test_without_canary_percent_a_new_version_rolls_in_place() -> None:

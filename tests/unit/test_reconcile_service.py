@@ -438,3 +438,13 @@ def test_protection_of_a_running_service_takes_a_new_cluster_and_its_default_cha
         {**plain.model_dump(by_alias=True, mode="json"), "spec": {**plain.spec.to_wire(), "limits": {}}}, by_alias=True
     )
     assert cluster_digest(defaults.spec, None) == cluster_digest(plain.spec, None)
+
+
+def test_a_changing_service_is_looked_at_no_less_often_than_a_ready_one() -> None:
+    pods, _, ray, status = serving_at_ready()
+    retrained = ModelSourceView(uri=SOURCE.uri, revision="uid:2")
+    rolling = decide_service(make_service(status), seen(pods, ray, source=retrained))
+    assert rolling.status.phase == "Upgrading" and rolling.requeue_after == 2.0
+    quick = decide_service(make_service(status), seen(pods, ray, source=retrained), poll_s=1.0)
+    assert quick.requeue_after == 1.0, "polled every second when Ready, a rolling service must not wait 2 s"
+    assert decide_service(make_service(status), seen(pods, ray)).requeue_after == 3.0

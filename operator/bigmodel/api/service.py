@@ -428,6 +428,8 @@ class Canary(Model):
     reason: str | None = Field(None, description="Why it was promoted, rolled back or cancelled.")
     started: datetime = Field(..., description="When it was started.")
     analysis_started: datetime | None = Field(None, description="When it began taking its share of requests.")
+    reported: datetime | None = Field(None, description="When the Serve proxies last reported its answers.")
+    decided: datetime | None = Field(None, description="When it was promoted, rolled back or cancelled.")
     stable: CanaryArm = Field(default_factory=CanaryArm, description="The serving version's answers meanwhile.")
     canary: CanaryArm = Field(default_factory=CanaryArm, description="The canary's answers.")
 

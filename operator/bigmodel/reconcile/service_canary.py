@@ -24,6 +24,9 @@ LATENCY_NOISE_MS = 20.0
 FRESH_S = 10.0
 """A proxy that reported within this of the newest report is live: it must have stopped sending the canary requests
 before the canary's application goes. One that has not reported for longer is gone (its pod with it)."""
+SILENT_PROXIES_S = 120.0
+"""How long the head's proxy may not answer for the traffic (a runtime image older than canaries, a proxy that cannot
+start) before a canary is rolled back unjudged, or a decided one's application removed without the proxies' word."""
 FAILED_APPS = ("DEPLOY_FAILED", "UNHEALTHY")
 
 Verdict = Literal["wait", "promote", "rollback"]
@@ -152,13 +155,18 @@ def ends_early(d: ServicePass, canary: Canary, desired: ServedModel) -> tuple[Ca
 
 
 def analyze(d: ServicePass, canary: Canary) -> None:
-    report = d.seen.traffic
-    if report is None or canary.analysis_started is None:
+    report, started = d.seen.traffic, canary.analysis_started
+    if report is None or started is None:
+        heard = canary.reported or started
+        if heard is None or (d.now - heard).total_seconds() > SILENT_PROXIES_S:
+            conclude(
+                d, canary, "RolledBack", f"the Serve proxies did not report its answers for {SILENT_PROXIES_S:.0f} s"
+            )
         return
+    canary.reported = d.now
     stable, trial = report.outcomes(canary.version)
     canary.stable, canary.canary = arm(stable), arm(trial)
-    elapsed = (d.now - canary.analysis_started).total_seconds()
-    verdict, why = judge(d.spec.rollout, stable, trial, elapsed)
+    verdict, why = judge(d.spec.rollout, stable, trial, (d.now - started).total_seconds())
     if verdict == "rollback":
         conclude(d, canary, "RolledBack", why)
     elif verdict == "promote":
@@ -166,7 +174,7 @@ def analyze(d: ServicePass, canary: Canary) -> None:
 
 
 def conclude(d: ServicePass, canary: Canary, result: CanaryResult, why: str) -> None:
-    canary.result, canary.reason = result, why
+    canary.result, canary.reason, canary.decided = result, why, d.now
     served = d.status.model.version
     if result == "Promoted":
         canary.phase = "Promoting"
@@ -207,6 +215,8 @@ def remove(d: ServicePass, canary: Canary, generation: int) -> None:
     report = d.seen.traffic
     off = TrafficSetting()
     if report is None:
+        if canary.decided is None or (d.now - canary.decided).total_seconds() > SILENT_PROXIES_S:
+            d.status.canary = None
         return
     if report.setting != off:
         share(d, generation, off)

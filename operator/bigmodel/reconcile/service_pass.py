@@ -102,6 +102,11 @@ class ServicePass(Decision[BigModelService, ServiceObservation, BigModelServiceS
         self.head_restart: str | None = None
 
     @property
+    def busy_poll_s(self) -> float:
+        """A service that is changing is looked at every POLL_BUSY_S, and never less often than a Ready one."""
+        return min(POLL_BUSY_S, self.poll_s)
+
+    @property
     def active(self) -> int:
         """The serving cluster's generation; the first cluster is generation 0."""
         return self.status.serving.generation if self.status.serving else 0

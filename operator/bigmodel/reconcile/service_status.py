@@ -10,7 +10,7 @@ from bigmodel.builders.naming import serving_service_name
 from bigmodel.builders.serve_app import model_version
 from bigmodel.reconcile.service_canary import traffic
 from bigmodel.reconcile.service_observed import ServeAppView, SourceProblem
-from bigmodel.reconcile.service_pass import HEAD_RESTARTING, POLL_BUSY_S, ServicePass
+from bigmodel.reconcile.service_pass import HEAD_RESTARTING, ServicePass
 
 FAILED_APP = ("DEPLOY_FAILED", "UNHEALTHY")
 
@@ -45,7 +45,7 @@ def report(d: ServicePass, model: ServedModel, app_status: str | None) -> None:
     if status.phase == "Ready" and d.before.phase != "Ready":
         d.event("Normal", "Ready", f"serving {model.source} (version {model.version}) at {status.url}")
     # Serve's demand changes without any Kubernetes event, so a Ready service is still looked at every poll_s.
-    d.plan.requeue_after = POLL_BUSY_S if d.busy or status.phase != "Ready" else d.poll_s
+    d.plan.requeue_after = d.busy_poll_s if d.busy or status.phase != "Ready" else d.poll_s
 
 
 def count_replicas(d: ServicePass, app: ServeAppView | None) -> int:
@@ -81,7 +81,7 @@ def report_head_restart(d: ServicePass, why: str) -> None:
     else:
         status.phase = "Deploying"
     status.message = f"the Ray head of cluster {generation} is being re-created ({why}); {serving} worker pod(s) serve"
-    d.plan.requeue_after = POLL_BUSY_S
+    d.plan.requeue_after = d.busy_poll_s
 
 
 def count_workers(d: ServicePass) -> int:
