@@ -15,6 +15,7 @@ from typing import Literal
 from bigmodel.api.service import Canary, CanaryArm, CanaryResult, Rollout, ServedModel, VersionTraffic
 from bigmodel.api.traffic import ArmOutcomes, CanaryShare, TrafficSetting
 from bigmodel.reconcile.plans import Outcome, SetTraffic
+from bigmodel.reconcile.service_observed import ServeAppView
 from bigmodel.reconcile.service_pass import ServicePass
 
 CANARY_START_TIMEOUT_S = 15 * 60.0
@@ -111,7 +112,13 @@ def follow_canary(d: ServicePass, desired: ServedModel, generation: int) -> Vers
     return versions_of(d)
 
 
+def runs_version(app: ServeAppView | None, version: str) -> bool:
+    """Whether a Serve application runs the model version (its replicas were made from a config of it)."""
+    return app is not None and app.status == "RUNNING" and app.deployed.get("args", {}).get("model_version") == version
+
+
 def step(d: ServicePass, canary: Canary, desired: ServedModel, generation: int) -> None:
+    """The canary one phase on, or more where nothing needs waiting for; ends asking for the next pass soon."""
     ray = d.seen.cluster(generation)
     app = ray.canary if ray.reachable else None
     if canary.phase in ("Deploying", "Analyzing"):
@@ -121,11 +128,7 @@ def step(d: ServicePass, canary: Canary, desired: ServedModel, generation: int) 
         if ended is not None:
             conclude(d, canary, *ended)
     if canary.phase == "Deploying":
-        if (
-            app is not None
-            and app.status == "RUNNING"
-            and app.deployed.get("args", {}).get("model_version") == canary.version
-        ):
+        if runs_version(app, canary.version):
             canary.phase, canary.analysis_started = "Analyzing", d.now
         elif (d.now - canary.started).total_seconds() > CANARY_START_TIMEOUT_S:
             conclude(d, canary, "RolledBack", f"its application was not running within {CANARY_START_TIMEOUT_S:.0f} s")
@@ -199,12 +202,7 @@ def promote(d: ServicePass, canary: Canary, generation: int) -> None:
     """The serving application rolls to the canary's version (Serve starts its new replicas before it stops the old
     ones); once it runs it, the canary is removed."""
     ray = d.seen.cluster(generation)
-    app = ray.app if ray.reachable else None
-    if (
-        app is not None
-        and app.status == "RUNNING"
-        and app.deployed.get("args", {}).get("model_version") == canary.version
-    ):
+    if runs_version(ray.app if ray.reachable else None, canary.version):
         d.status.model = ServedModel(source=canary.source, version=canary.version)
         d.status.rolled_back_version = None
         canary.phase = "Removing"
