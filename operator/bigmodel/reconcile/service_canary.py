@@ -15,7 +15,7 @@ from typing import Literal
 from bigmodel.api.service import Canary, CanaryArm, CanaryResult, Rollout, ServedModel, VersionTraffic
 from bigmodel.api.traffic import ArmOutcomes, CanaryShare, TrafficSetting
 from bigmodel.reconcile.plans import Outcome, SetTraffic
-from bigmodel.reconcile.service_observed import ServeAppView
+from bigmodel.reconcile.service_observed import FAILED_APP_STATES, ServeAppView
 from bigmodel.reconcile.service_pass import ServicePass
 
 CANARY_START_TIMEOUT_S = 15 * 60.0
@@ -28,7 +28,6 @@ before the canary's application goes. One that has not reported for longer is go
 SILENT_PROXIES_S = 120.0
 """How long the head's proxy may not answer for the traffic (a runtime image older than canaries, a proxy that cannot
 start) before a canary is rolled back unjudged, or a decided one's application removed without the proxies' word."""
-FAILED_APPS = ("DEPLOY_FAILED", "UNHEALTHY")
 
 Verdict = Literal["wait", "promote", "rollback"]
 
@@ -123,7 +122,7 @@ def step(d: ServicePass, canary: Canary, desired: ServedModel, generation: int) 
     app = ray.canary if ray.reachable else None
     if canary.phase in ("Deploying", "Analyzing"):
         ended = ends_early(d, canary, desired)
-        if ended is None and app is not None and app.status in FAILED_APPS:
+        if ended is None and app is not None and app.status in FAILED_APP_STATES:
             ended = ("RolledBack", f"its application is {app.status}: {app.message}")
         if ended is not None:
             conclude(d, canary, *ended)

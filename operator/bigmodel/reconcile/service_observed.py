@@ -13,6 +13,10 @@ Demand = tuple[tuple[tuple[tuple[str, float], ...], int], ...]
 """Resource shapes Ray could not place, with how many of each: (((resource, amount), ...), count)."""
 
 
+FAILED_APP_STATES = ("DEPLOY_FAILED", "UNHEALTHY")
+"""Serve application states that waiting will not mend."""
+
+
 @dataclass(frozen=True)
 class ServeAppView:
     """One Serve application as Ray's Serve REST API reports it."""

@@ -7,12 +7,10 @@ from typing import Any
 from bigmodel.api.service import BigModelService, Canary, ServedModel, ServicePhase
 from bigmodel.api.wire import GENERATION_LABEL, ROLE_LABEL, SERVE_PORT
 from bigmodel.builders.naming import serving_service_name
-from bigmodel.builders.serve_app import model_version
+from bigmodel.reconcile.service_app import desired_model
 from bigmodel.reconcile.service_canary import traffic
-from bigmodel.reconcile.service_observed import ServeAppView, SourceProblem
+from bigmodel.reconcile.service_observed import FAILED_APP_STATES, ServeAppView, SourceProblem
 from bigmodel.reconcile.service_pass import HEAD_RESTARTING, ServicePass
-
-FAILED_APP = ("DEPLOY_FAILED", "UNHEALTHY")
 
 
 def service_url(service: BigModelService) -> str:
@@ -136,10 +134,11 @@ def set_conditions(
 
 def rolled_back(d: ServicePass) -> bool:
     """Whether the spec still names a version whose canary was rolled back: the condition keeps saying so."""
+    desired = desired_model(d)
     return (
         d.status.rolled_back_version is not None
-        and d.source is not None
-        and (model_version(d.source.uri, d.source.revision) == d.status.rolled_back_version)
+        and desired is not None
+        and (desired.version == d.status.rolled_back_version)
     )
 
 
@@ -163,7 +162,7 @@ def canary_message(canary: Canary) -> str:
 def phase(d: ServicePass, serving: bool, upgrading: bool, app_status: str | None) -> ServicePhase:
     if serving:
         return "Upgrading" if upgrading else "Ready"
-    if app_status in FAILED_APP:
+    if app_status in FAILED_APP_STATES:
         return "Failed"
     return "Deploying" if d.seen.head(d.active) else "Pending"
 
@@ -171,7 +170,7 @@ def phase(d: ServicePass, serving: bool, upgrading: bool, app_status: str | None
 def message(d: ServicePass, app_status: str | None, app_message: str) -> str:
     if d.pending is not None:
         return f"upgrading: cluster {d.pending} is being built"
-    if app_status in FAILED_APP:
+    if app_status in FAILED_APP_STATES:
         return f"the application is {app_status}: {app_message}"
     if app_status is None:
         return "waiting for the Ray cluster"

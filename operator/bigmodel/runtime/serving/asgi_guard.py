@@ -66,6 +66,15 @@ class BodyCap:
         return self.seen > self.limit
 
 
+def under_prefix(scope: Scope, prefix: str) -> Scope:
+    """The request sent to the application routed at `prefix` (the proxy's move; at_root undoes it in the
+    replica), the same path behind it."""
+    moved = {"path": prefix + scope["path"]}
+    if scope.get("raw_path") is not None:
+        moved["raw_path"] = prefix.encode() + scope["raw_path"]
+    return {**scope, **moved}
+
+
 def at_root(scope: Scope) -> Scope:
     """A request that came through a route prefix (the canary application's), as if it had come to the root: the
     app answers the same paths, and names them the same in its errors, under any prefix."""

@@ -44,7 +44,7 @@ from bigmodel.api.wire import (
     RAY_AUTH_TOKEN_ENV,
     TRAFFIC_PATH,
 )
-from bigmodel.runtime.serving.asgi_guard import BodyCap, header, read_body, send_json, send_refusal
+from bigmodel.runtime.serving.asgi_guard import BodyCap, header, read_body, send_json, send_refusal, under_prefix
 from bigmodel.runtime.serving.canary_split import CanarySplit
 from bigmodel.runtime.serving.guard import (
     BAD_REQUEST,
@@ -146,7 +146,8 @@ class ProxyGuard:
             return
         self.in_flight += counted
         try:
-            if counted and self.traffic is not None:
+            # Without a canary there is nothing to split, and nothing anyone reads counts of.
+            if counted and self.traffic is not None and self.traffic.split.setting.canary is not None:
                 await self._split(self.traffic.split, scope, receive, send)
             else:
                 await self._guarded(scope, receive, send)
@@ -192,14 +193,6 @@ class ProxyGuard:
         await self.app(scope, capped_receive, guarded_send)
         if passed and not answer.started:
             await send_refusal(send, too_large(self.max_body_bytes), scope["path"])
-
-
-def under_prefix(scope: Scope, prefix: str) -> Scope:
-    """The request sent to the application routed at `prefix`, the same path behind it."""
-    moved = {"path": prefix + scope["path"]}
-    if scope.get("raw_path") is not None:
-        moved["raw_path"] = prefix.encode() + scope["raw_path"]
-    return {**scope, **moved}
 
 
 async def traffic_endpoint(desk: TrafficDesk, scope: Scope, receive: Receive, send: Send) -> None:
